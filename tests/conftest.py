@@ -1,0 +1,16 @@
+"""Test-session set-up.
+
+Without a GPU the Triton kernels run under the Triton interpreter, which must be switched on before any
+kernel is decorated, i.e. before ``alr_fast.kernels`` is imported (../shared/STACK.md).
+"""
+
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Keep CPU tests quick and reproducible on a 2-core machine.
+torch.set_num_threads(min(2, torch.get_num_threads()))
