@@ -112,8 +112,8 @@ class MethodConfig:
     (0.9; 0.8 for Clothing1M), not from the ALR paper."""
     lam: float = 0.3
     """Weight of the entropy term lam * H(p) for 'alr' (ignored by 'ce' and 'selc'). Assumption: the brief
-    gives 0.1-1; 0.3 is what the demo measured best among a small sweep."""
-    warmup_epochs: int = 10
+    gives 0.1-1; recipes set their own (the demo's 1.0 was measured, see recipes.py)."""
+    warmup_epochs: int = 4
     """Epochs of plain cross-entropy before refinement starts (ignored by 'ce')."""
     bank_dtype: str = "float32"
     """Storage dtype of the soft-label bank: 'float32' or 'bfloat16'."""

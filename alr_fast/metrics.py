@@ -1,0 +1,52 @@
+"""What papers on label noise report, computed from per-sample arrays at the end of an epoch.
+
+All inputs are CPU int64 tensors of length N addressed by global index.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["label_quality", "memorisation_split"]
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
+
+def label_quality(given: torch.Tensor, refined: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    """Refined-label accuracy and precision/recall/F1 of the detector "the given label is wrong".
+
+    The detector flags a sample when its refined label differs from the given one; the truth is
+    ``given != clean``. With no flag at all precision is 0 (reported, not NaN).
+    """
+    flagged = refined != given
+    wrong = given != clean
+    tp = int((flagged & wrong).sum())
+    precision = _ratio(tp, int(flagged.sum()))
+    recall = _ratio(tp, int(wrong.sum()))
+    f1 = _ratio(2 * precision * recall, precision + recall) if precision + recall > 0 else 0.0
+    return {
+        "refined_label_acc": float((refined == clean).float().mean()) if clean.numel() else 0.0,
+        "given_label_acc": float((given == clean).float().mean()) if clean.numel() else 0.0,
+        "mislabel_precision": precision,
+        "mislabel_recall": recall,
+        "mislabel_f1": f1,
+        "num_flagged": int(flagged.sum()),
+        "num_mislabelled": int(wrong.sum()),
+    }
+
+
+def memorisation_split(pred: torch.Tensor, given: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    """On mislabelled samples seen this epoch (``pred >= 0``): share predicted as the true label, as the
+    wrong given label (memorised), or as something else."""
+    seen = (pred >= 0) & (given != clean)
+    n = int(seen.sum())
+    p, g, c = pred[seen], given[seen], clean[seen]
+    true_share = _ratio(int((p == c).sum()), n)
+    given_share = _ratio(int((p == g).sum()), n)
+    return {
+        "memo_true": true_share,
+        "memo_given": given_share,
+        "memo_other": _ratio(n - int((p == c).sum()) - int((p == g).sum()), n),
+    }

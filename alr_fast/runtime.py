@@ -1,0 +1,71 @@
+"""Where the run happens: device, precision, loss backend and process group, decided once and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Runtime", "resolve_runtime", "init_distributed"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str
+    """'fp32', 'bf16' or 'fp16'."""
+    backend: str
+    """Loss backend actually used: 'torch' or 'triton'."""
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join (or create) the process group DeepSpeed uses; a plain ``python`` run becomes a group of one.
+
+    Under ``deepspeed``/``torchrun`` the launcher's RANK/WORLD_SIZE/MASTER_* variables are used as they are.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(
+                RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+            )
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def resolve_runtime(device: str, precision: str, backend: str) -> Runtime:
+    from alr_fast.functional import resolve_backend
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device='cuda' but torch sees no CUDA device; use train.device=cpu")
+    if device == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" else "fp32"
+    if dev.type == "cpu" and precision == "fp16":
+        raise ValueError("train.precision='fp16' needs a GPU (loss scaling on CPU is not supported); use fp32")
+    rank, world = init_distributed(dev)
+    return Runtime(device=dev, precision=precision, backend=resolve_backend(backend, dev), rank=rank,
+                   world_size=world)
