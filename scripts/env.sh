@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment in .venv and prints nothing else on success.
+# Source it or run it; the other scripts call it first. Re-installs when pyproject.toml or constraints.txt change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.alr_fast_stamp"
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "[env] creating $VENV (torch, torchvision, triton, deepspeed, DALI: ~5 GB, a few minutes the first time)" >&2
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  # The constraints pin the tested versions; '[dali,test]' adds DALI and pytest.
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[dali,test]" >&2
+  # DeepSpeed JIT-compiles its CPU shared-memory comm op on first use (~30 s); build it now, once per machine,
+  # so the first run is not slowed down. Cached under ~/.cache/torch_extensions.
+  "$VENV/bin/python" - >&2 <<'PYEOF'
+from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None and builder.is_compatible():
+    builder.load(verbose=False)
+PYEOF
+  echo "$want" > "$STAMP"
+  echo "[env] ready: $VENV" >&2
+fi

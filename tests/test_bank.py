@@ -1,0 +1,61 @@
+"""The soft-label bank: construction, queries, state round trip, device/dtype handling."""
+
+import pytest
+import torch
+
+from alr_fast import SoftLabelBank, alr_loss
+
+
+def test_init_is_one_hot_and_queries():
+    labels = torch.tensor([2, 0, 1, 2])
+    bank = SoftLabelBank(labels, 3)
+    assert torch.equal(bank.soft, torch.nn.functional.one_hot(labels, 3).float())
+    assert torch.equal(bank.refined_labels(), labels)
+    assert torch.equal(bank.confidence(), torch.ones(4))
+    assert not bank.changed().any()
+    bank.soft[1] = torch.tensor([0.2, 0.1, 0.7])
+    assert bank.refined_labels()[1] == 2 and bank.changed().tolist() == [False, True, False, False]
+    assert bank.confidence()[1] == pytest.approx(0.7)
+    bank.reset()
+    assert not bank.changed().any()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", torch.bfloat16])
+def test_state_dict_round_trip(tmp_path, dtype):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (50,), generator=g)
+    bank = SoftLabelBank(labels, 5, dtype=dtype)
+    alr_loss(torch.randn(20, 5, generator=g), bank.soft, torch.arange(20), alpha=0.8, lam=0.1, backend="torch")
+    torch.save(bank.state_dict(), tmp_path / "bank.pt")
+    fresh = SoftLabelBank(torch.zeros(50, dtype=torch.long), 5, dtype=dtype)
+    fresh.load_state_dict(torch.load(tmp_path / "bank.pt", weights_only=True))
+    assert torch.equal(fresh.soft, bank.soft) and torch.equal(fresh.given, labels)
+    assert fresh.soft.dtype == bank.soft.dtype
+    assert bank.changed().sum() >= 0 and not torch.equal(bank.soft[:20], fresh.soft[20:40])
+
+
+def test_moves_with_to_and_wrong_shape_state_is_rejected():
+    bank = SoftLabelBank(torch.tensor([0, 1]), 2).to(torch.device("cpu"))
+    assert bank.soft.device.type == "cpu"
+    other = SoftLabelBank(torch.tensor([0, 1, 1]), 2)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        bank.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((torch.tensor([0, 3]), 3), "label 3 at global index 1 is outside"),
+        ((torch.tensor([[0, 1]]), 3), "1-D integer"),
+        ((torch.tensor([0.0, 1.0]), 3), "1-D integer"),
+        ((torch.tensor([0, 1]), 1), "num_classes must be >= 2"),
+    ],
+)
+def test_bad_construction(args, match):
+    with pytest.raises(ValueError, match=match):
+        SoftLabelBank(*args)
+
+
+def test_bad_dtype():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        SoftLabelBank(torch.tensor([0]), 2, dtype="float16")

@@ -1,0 +1,71 @@
+"""Config validation, overrides and recipes."""
+
+import json
+
+import pytest
+
+from alr_fast.config import Config, MethodConfig, TrainConfig, apply_overrides, config_from_dict, config_to_dict
+from alr_fast.recipes import RECIPES, get_recipe
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_is_valid_and_round_trips(name):
+    cfg = get_recipe(name)
+    assert cfg.recipe == name
+    again = config_from_dict(json.loads(json.dumps(config_to_dict(cfg))))
+    assert again == cfg
+
+
+def test_documented_defaults():
+    assert get_recipe("cifar10").method.alpha == 0.9
+    assert get_recipe("clothing1m").method.alpha == 0.8
+    assert get_recipe("webvision").method.bank_dtype == "bfloat16"
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(get_recipe("demo"), [
+        "method.alpha=0.8", "train.epochs=7", "data.augment=true", "optim.milestones=3,5", "data.data_root=/x",
+    ])
+    assert cfg.method.alpha == 0.8 and cfg.train.epochs == 7 and cfg.data.augment is True
+    assert cfg.optim.milestones == (3, 5) and cfg.data.data_root == "/x"
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("method.alpha=1.2", r"method.alpha: must be in \[0, 1\]"),
+        ("method.name=elr", "method.name: must be one of"),
+        ("train.epochs=0", "train.epochs: must be >= 1"),
+        ("train.epochs=ten", "train.epochs='ten'"),
+        ("data.augment=maybe", "expected true/false"),
+        ("data.noise_kind=uniform", "data.noise_kind: must be one of"),
+        ("method.warmup_epochs=40", "leaves no refinement epoch"),
+        ("optim.milestones=5,3", "must be sorted"),
+        ("nosuch.x=1", "unknown section"),
+        ("method.beta=1", "unknown field 'beta'"),
+        ("method.alpha", "expected section.field=value"),
+    ],
+)
+def test_bad_overrides_name_the_field(override, match):
+    with pytest.raises(ValueError, match=match):
+        apply_overrides(get_recipe("demo"), [override])
+
+
+def test_method_semantics():
+    assert MethodConfig(name="selc", lam=0.7).effective_lam == 0.0
+    assert MethodConfig(name="ce", lam=0.7).effective_lam == 0.0
+    assert MethodConfig(name="alr", lam=0.7).effective_lam == 0.7
+    m = MethodConfig(name="alr", warmup_epochs=3)
+    assert [m.refine_at(e) for e in range(5)] == [False, False, False, True, True]
+    assert not any(MethodConfig(name="ce").refine_at(e) for e in range(50))
+
+
+def test_ce_may_have_any_warmup():
+    Config(method=MethodConfig(name="ce", warmup_epochs=100), train=TrainConfig(epochs=2))
+
+
+def test_unknown_field_in_dict():
+    d = config_to_dict(get_recipe("demo"))
+    d["train"]["epoch"] = 3
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['epoch'\]"):
+        config_from_dict(d)
