@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="one run of one method from a recipe")
     p_train.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
     p_train.add_argument("--method", choices=METHODS)
+    # The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead.
+    p_train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     _add_common(p_train)
 
     p_show = sub.add_parser("config", help="print a recipe's resolved config as JSON")
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(cfg)
         print(json.dumps(summary, indent=2))
         return 0
-    except (ValueError, TypeError, NotImplementedError, FileNotFoundError) as e:
+    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -64,3 +64,14 @@ def test_full_demo_alr_beats_ce_by_ten_points(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "summary.json").read_text())["methods"]
     assert m["alr"]["last_test_acc"] >= m["ce"]["last_test_acc"] + 0.10, m
+
+
+def test_launcher_script_runs_from_any_directory(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launchers" / "train.py"), "--epochs", "2", "--set", "method.warmup_epochs=1",
+         "--set", "data.dataset=digits", "--set", "model.name=mlp", "--out", str(tmp_path / "l"), "--no-progress",
+         "--local_rank=0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "l" / "summary.json").read_text())["epochs"] == 2
