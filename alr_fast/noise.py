@@ -13,6 +13,9 @@ Conventions (see ../shared/DATASETS.md; the published codebases differ, so each 
 * ``asym-cifar100``  each sample independently moves to the next class, circularly, inside its block of 5
   consecutive class ids (0-4, 5-9, ...) with probability ``rate`` (Co-teaching/ELR convention; these blocks are
   not the real CIFAR-100 superclasses). Needs K = 100.
+* ``asym-digits``  this project's map for handwritten digits, 1<->7, 3<->8, 5<->6, 4<->9 (0 and 2 keep their
+  label), applied like ``asym-cifar10`` to a global random subset of ``round(rate * N)`` samples; the flip rate
+  is about 0.8 * rate. Needs K = 10.
 * ``pair``  each sample independently moves from class i to (i + 1) mod K with probability ``rate``.
 * ``instance``  instance-dependent noise of Xia et al. (2020): a per-sample flip rate from a normal(rate, 0.1)
   truncated to [0, 1]; ``W ~ N(0, 1)`` of shape [K, D, K]; for a sample x (pixels scaled to [0, 1] and
@@ -33,10 +36,12 @@ import numpy as np
 
 __all__ = ["NOISE_KINDS", "NoiseManifest", "make_noisy_labels", "label_hash", "transition_matrix"]
 
-NOISE_KINDS = ("none", "sym-incl", "sym-excl", "asym-cifar10", "asym-cifar100", "pair", "instance")
+NOISE_KINDS = ("none", "sym-incl", "sym-excl", "asym-cifar10", "asym-cifar100", "asym-digits", "pair", "instance")
 
 # DivideMix's CIFAR-10 asymmetric map, as source -> target.
 CIFAR10_ASYM_MAP = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+# This project's asymmetric map for handwritten digits (0-9): pairs that look alike when written.
+DIGITS_ASYM_MAP = {7: 1, 1: 7, 3: 8, 8: 3, 5: 6, 6: 5, 4: 9, 9: 4}
 
 
 @dataclass
@@ -156,15 +161,16 @@ def make_noisy_labels(
             shift = rng.integers(1, num_classes, size=idx.size)
             noisy[idx] = (clean[idx] + shift) % num_classes
             convention = "round(rate*N) random samples relabelled uniformly over the K-1 other classes"
-    elif kind == "asym-cifar10":
+    elif kind in ("asym-cifar10", "asym-digits"):
         if num_classes != 10:
-            raise ValueError(f"make_noisy_labels: asym-cifar10 needs num_classes=10, got {num_classes}")
+            raise ValueError(f"make_noisy_labels: {kind} needs num_classes=10, got {num_classes}")
         idx = _subset(rng, n, rate)
         mapping = np.arange(10)
-        for src, dst in CIFAR10_ASYM_MAP.items():
+        for src, dst in (CIFAR10_ASYM_MAP if kind == "asym-cifar10" else DIGITS_ASYM_MAP).items():
             mapping[src] = dst
         noisy[idx] = mapping[clean[idx]]
-        convention = "global round(rate*N) subset; 9->1, 2->0, 4->7, 3<->5 (DivideMix/SELC)"
+        convention = ("global round(rate*N) subset; 9->1, 2->0, 4->7, 3<->5 (DivideMix/SELC)" if kind == "asym-cifar10"
+                      else "global round(rate*N) subset; 1<->7, 3<->8, 5<->6, 4<->9 (alr_fast's digit map)")
     elif kind == "asym-cifar100":
         if num_classes != 100:
             raise ValueError(f"make_noisy_labels: asym-cifar100 needs num_classes=100, got {num_classes}")

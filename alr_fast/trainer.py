@@ -121,6 +121,19 @@ def _evaluate(model: torch.nn.Module, loader: ArrayLoader, labels: torch.Tensor,
     return correct.item() / labels.numel()  # .item() syncs: once per evaluation
 
 
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, mean, std, rt: Runtime) -> torch.Tensor:
+    """Softmax probabilities [N, K] (fp32, on the CPU) of ``model`` in eval mode on uint8 ``images``."""
+    loader = ArrayLoader(images, batch_size=512, mean=mean, std=std, shuffle=False, device=rt.device)
+    model.eval()
+    out = []
+    for x, _ in loader.epoch(0):
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.precision == "bf16"):
+            out.append(torch.softmax(model(x).float(), dim=1).cpu())
+    model.train()
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -> None:
     import matplotlib
 
@@ -149,8 +162,9 @@ def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -
     plt.close(fig)
 
 
-def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None = None) -> dict:
-    """Run one configuration end to end; returns the summary (also written to ``<out>/summary.json``)."""
+def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None = None, return_model: bool = False):
+    """Run one configuration end to end; returns the summary (also written to ``<out>/summary.json``), and the
+    trained model too (``(summary, model)``) when ``return_model``."""
     import deepspeed
 
     if cfg.train.threads:
@@ -289,6 +303,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
         "world_size": rt.world_size,
         "device": str(rt.device),
         "loss_backend": rt.backend,
+        "sample_passes": int(cfg.train.epochs * n),
     }
     for key in ("refined_label_acc", "given_label_acc", "mislabel_precision", "mislabel_recall", "mislabel_f1",
                 "memo_true", "memo_given", "memo_other"):
@@ -299,4 +314,6 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         warm = cfg.method.warmup_epochs if cfg.method.name != "ce" else None
         _plot_curves(rows, out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
+    if return_model:
+        return summary, engine.module
     return summary

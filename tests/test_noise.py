@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from alr_fast.noise import CIFAR10_ASYM_MAP, label_hash, make_noisy_labels
+from alr_fast.noise import CIFAR10_ASYM_MAP, DIGITS_ASYM_MAP, label_hash, make_noisy_labels
 
 
 def clean_labels(n=20000, k=10, seed=0):
@@ -43,6 +43,15 @@ def test_asym_cifar10_follows_the_map():
         assert abs((noisy[y == src] != src).mean() - 0.4) < 0.05
     # 5 of 10 classes are in the map: the overall rate is about half of the requested one
     assert abs(m.actual_rate - 0.2) < 0.02
+
+
+def test_asym_digits_follows_its_map():
+    y = clean_labels()
+    noisy, m = make_noisy_labels(y, kind="asym-digits", rate=0.4, num_classes=10, seed=3)
+    changed = noisy != y
+    assert all(DIGITS_ASYM_MAP[int(s)] == d for s, d in zip(y[changed], noisy[changed]))
+    assert np.all(noisy[y == 0] == 0) and np.all(noisy[y == 2] == 2)
+    assert abs(m.actual_rate - 0.32) < 0.02
 
 
 def test_asym_cifar100_moves_inside_blocks_of_five():
