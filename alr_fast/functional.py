@@ -26,12 +26,14 @@ def _triton_available() -> bool:
     return bool(getattr(kernels, "HAS_FUSED_ALR", False))
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Decide the backend once: ``auto`` is ``triton`` for CUDA tensors when the fused kernel exists."""
+def resolve_backend(backend: str, device: torch.device, logits_dtype: torch.dtype | None = None) -> str:
+    """Decide the backend once: ``auto`` is ``triton`` for CUDA tensors when the fused kernel exists (fp64
+    logits always take the reference: the kernel computes in fp32)."""
     if backend not in BACKENDS:
         raise ValueError(f"alr_loss: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and _triton_available() else "torch"
+        fused_ok = device.type == "cuda" and logits_dtype != torch.float64 and _triton_available()
+        return "triton" if fused_ok else "torch"
     if backend == "triton" and not _triton_available():
         raise RuntimeError(
             "alr_loss: backend='triton' requested but the fused kernel is not available in this install "
@@ -100,6 +102,7 @@ def alr_loss(
     reduction: str = "mean",
     backend: str = "auto",
     check_index: bool = True,
+    assume_unique: bool = False,
 ) -> torch.Tensor:
     """ALR loss on a batch, updating the soft-label ``bank`` in place at rows ``index`` when ``refine``.
 
@@ -113,16 +116,20 @@ def alr_loss(
         reduction: ``"mean"`` over valid rows, ``"sum"`` or ``"none"`` (per-row, 0 on padded rows).
         backend: ``"torch"`` (reference), ``"triton"`` (fused kernel) or ``"auto"``.
         check_index: verify ``index < N`` (a host sync on CUDA).
+        assume_unique: promise that no index repeats in the batch; the fused kernel then skips the device sort
+            it needs for the sequential duplicate semantics (results are undefined if the promise is broken).
+            Ignored by the torch backend.
 
     Semantics of duplicates and non-finite logits: see :mod:`alr_fast.reference`.
     """
     _validate(logits, bank, index, alpha, lam, reduction, check_index)
-    chosen = resolve_backend(backend, logits.device)
+    chosen = resolve_backend(backend, logits.device, logits.dtype)
     if chosen == "triton":
         from alr_fast.kernels import fused_alr_loss
 
         return fused_alr_loss(
-            logits, bank, index, alpha=float(alpha), lam=float(lam), refine=refine, reduction=reduction
+            logits, bank, index, alpha=float(alpha), lam=float(lam), refine=refine, reduction=reduction,
+            assume_unique=assume_unique,
         )
     return alr_loss_reference(
         logits, bank, index, alpha=float(alpha), lam=float(lam), refine=refine, reduction=reduction

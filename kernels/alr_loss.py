@@ -74,16 +74,35 @@ LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BANK_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
-# Block-size heuristics. NOT yet tuned on a GPU (no GPU in the session that wrote them); chosen so that a
-# thread holds <= 16 fp32 elements per live [ROWS, BLOCK_K] tensor (register file: 64K regs/SM on H100).
-MAX_ONE_SWEEP_BLOCK = 8192  # K up to this is processed from registers, one read of the logits and bank row
+# Block-size heuristics. NOT yet timed on a GPU (no GPU in the session that wrote them). Checked only by
+# compiling for sm_90 with ptxas (no spills; about 64-140 registers per thread at 8 elements per thread per
+# [ROWS, BLOCK_K] tensor). Re-tune with benchmarks/bench_loss.py on the first H100/H200 run.
+MAX_ONE_SWEEP_BLOCK = 8192  # K up to this is processed from registers: one read of the logits and bank row
 MULTI_SWEEP_BLOCK = 4096  # block along K for the two-sweep path (K > MAX_ONE_SWEEP_BLOCK)
-TILE_ELEMS = 4096  # target elements per program (ROWS * BLOCK_K) when K is small
+TILE_ELEMS = 2048  # target elements per program (ROWS * BLOCK_K) when K is small
+ELEMS_PER_THREAD = 8  # num_warps = ROWS * BLOCK_K / (32 * ELEMS_PER_THREAD), clamped to [2, 32]
 MAX_ROWS = 128  # most rows per program
 REDUCE_BLOCK = 1024  # partials summed per step by the reduction kernel
 
 
 # ------------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _round_to(x, dtype: tl.constexpr):
+    """fp32 -> ``dtype``, rounding to nearest even.
+
+    bf16 is rounded by hand (add 0x7FFF plus the lowest kept bit, drop 16 bits): the Triton interpreter
+    truncates fp32 -> bf16, so a plain cast would round differently on CPU than ``cvt.rn`` on a GPU. Exact
+    RNE for finite values and inf; any NaN becomes the canonical NaN. On a GPU it costs a few integer ops per
+    stored element, nothing for a memory-bound kernel.
+    """
+    if dtype == tl.bfloat16:
+        u = tl.where(x == x, x.to(tl.uint32, bitcast=True), 0x7FC00000)
+        u = (u + ((u >> 16) & 1) + 0x7FFF) >> 16
+        return u.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
 @triton.jit
 def _alr_rows(
     logits_ptr,
@@ -96,7 +115,7 @@ def _alr_rows(
     row,
     idx,
     act,
-    K,
+    K_DIV,
     alpha,
     one_minus_alpha,
     lam,
@@ -106,6 +125,7 @@ def _alr_rows(
     ONE_SWEEP: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """One row per lane: lanes ``act`` process batch row ``row`` against bank row ``idx`` (< 0: padded).
 
@@ -113,9 +133,13 @@ def _alr_rows(
     """
     valid = act & (idx >= 0)
     # int64 offsets: row * stride overflows int32 once B*K (or N*K for the bank) exceeds 2**31.
-    l_off = row.to(tl.int64) * stride_lb
-    g_off = row.to(tl.int64) * stride_gb
-    b_off = tl.where(valid, idx, 0).to(tl.int64) * stride_nb
+    # ROW_ALIGN (a power of two dividing K and every row stride) tells the compiler that rows start on aligned
+    # elements (multiple_of) and, through K = K_DIV * ROW_ALIGN, that the column mask is constant in groups of
+    # ROW_ALIGN; so loads and stores vectorise even when K is not a multiple of 16 (K=1000: groups of 8).
+    K = K_DIV * ROW_ALIGN
+    l_off = tl.multiple_of(row.to(tl.int64) * stride_lb, ROW_ALIGN)
+    g_off = tl.multiple_of(row.to(tl.int64) * stride_gb, ROW_ALIGN)
+    b_off = tl.multiple_of(tl.where(valid, idx, 0).to(tl.int64) * stride_nb, ROW_ALIGN)
     cols = tl.arange(0, BLOCK_K)
 
     if ONE_SWEEP:
@@ -137,7 +161,7 @@ def _alr_rows(
             # t_new = alpha t + (1 - alpha) p   (p detached); enters the loss in fp32, stored in the bank dtype
             t = alpha * t + one_minus_alpha * p
             wmask = (valid & ~bad)[:, None] & kmask
-            tl.store(bank_ptr + b_off[:, None] + cols[None, :], t.to(bank_ptr.dtype.element_ty), mask=wmask)
+            tl.store(bank_ptr + b_off[:, None] + cols[None, :], _round_to(t, bank_ptr.dtype.element_ty), mask=wmask)
         t_sum = tl.sum(t, axis=1)
         # CE against the target: -sum_k t_k log p_k (t_k = 0 contributes exactly 0, masked columns too)
         loss = -tl.sum(tl.where(kmask, t * logp, 0.0), axis=1)
@@ -152,7 +176,7 @@ def _alr_rows(
             g = t_sum[:, None] * p - t
         g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g, 0.0))
         gmask = act[:, None] & kmask
-        tl.store(grad_ptr + g_off[:, None] + cols[None, :], g.to(grad_ptr.dtype.element_ty), mask=gmask)
+        tl.store(grad_ptr + g_off[:, None] + cols[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=gmask)
     else:
         # Sweep 1: online max m, s = sum_k exp(z_k - m), a = sum_k exp(z_k - m) (z_k - m), sum_k t_k.
         m = tl.full([ROWS], float("-inf"), tl.float32)
@@ -204,7 +228,7 @@ def _alr_rows(
             if REFINE:
                 # t_new = alpha t + (1 - alpha) p   (p detached); stored in the bank dtype
                 t = alpha * t + one_minus_alpha * p
-                tl.store(bank_ptr + b_off[:, None] + c[None, :], t.to(bank_ptr.dtype.element_ty), mask=lmask)
+                tl.store(bank_ptr + b_off[:, None] + c[None, :], _round_to(t, bank_ptr.dtype.element_ty), mask=lmask)
             # -sum_k t_k log p_k
             loss -= tl.sum(tl.where(kmask, t * logp, 0.0), axis=1)
             if HAS_ENTROPY:
@@ -215,7 +239,7 @@ def _alr_rows(
                 g = t_sum[:, None] * p - t
             g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g, 0.0))
             gmask = act[:, None] & kmask
-            tl.store(grad_ptr + g_off[:, None] + c[None, :], g.to(grad_ptr.dtype.element_ty), mask=gmask)
+            tl.store(grad_ptr + g_off[:, None] + c[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=gmask)
         if HAS_ENTROPY:
             loss = loss + lam * ent
 
@@ -239,7 +263,7 @@ def _alr_fwd_kernel(
     partial_ptr,
     scale_ptr,
     B,
-    K,
+    K_DIV,
     alpha,
     one_minus_alpha,
     lam,
@@ -250,6 +274,7 @@ def _alr_fwd_kernel(
     ONE_SWEEP: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """Forward: loss, bank update, gradient buffer. ``key`` is the sorted index (DEDUP) or the index itself.
 
@@ -269,8 +294,8 @@ def _alr_fwd_kernel(
             row = tl.load(order_ptr + pos, mask=act, other=0)
             loss, valid = _alr_rows(
                 logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_rows_ptr,
-                row, key, act, K, alpha, one_minus_alpha, lam,
-                REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K,
+                row, key, act, K_DIV, alpha, one_minus_alpha, lam,
+                REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
             )  # fmt: skip
             loss_acc += tl.where(act, loss, 0.0)
             n_valid += valid.to(tl.float32)
@@ -284,8 +309,8 @@ def _alr_fwd_kernel(
     else:
         loss, valid = _alr_rows(
             logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_rows_ptr,
-            pos, key, in_batch, K, alpha, one_minus_alpha, lam,
-            REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K,
+            pos, key, in_batch, K_DIV, alpha, one_minus_alpha, lam,
+            REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
         )  # fmt: skip
         loss_acc += tl.where(in_batch, loss, 0.0)
         n_valid += valid.to(tl.float32)
@@ -328,12 +353,14 @@ def _alr_grad_scale_kernel(
     stride_go,
     scale_ptr,
     B,
-    K,
+    K_DIV,
     PER_ROW: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """Backward: dL/dz = grad_output (per row for "none") * scale (1/n_valid for "mean") * dL_i/dz."""
+    K = K_DIV * ROW_ALIGN  # see _alr_rows: lets loads and stores vectorise
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     rmask = rows < B
@@ -343,9 +370,11 @@ def _alr_grad_scale_kernel(
     else:
         go = tl.zeros([ROWS], tl.float32) + tl.load(grad_out_ptr).to(tl.float32)
     f = go * tl.load(scale_ptr)
-    g = tl.load(grad_ptr + rows[:, None] * stride_gb + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    g_off = tl.multiple_of(rows * stride_gb, ROW_ALIGN)  # int64: rows * stride may exceed 2**31
+    o_off = tl.multiple_of(rows * stride_ob, ROW_ALIGN)
+    g = tl.load(grad_ptr + g_off[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     g = g * f[:, None]
-    tl.store(out_ptr + rows[:, None] * stride_ob + cols[None, :], g.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + o_off[:, None] + cols[None, :], _round_to(g, out_ptr.dtype.element_ty), mask=mask)
 
 
 INTERPRETED = not isinstance(_alr_fwd_kernel, triton.runtime.JITFunction)
@@ -374,9 +403,9 @@ def pick_config(
 ) -> KernelConfig:
     """Block sizes and warps for a ``[B, K]`` problem; non-zero arguments override the heuristics.
 
-    Heuristics (untuned, see benchmarks/KERNEL_NOTES.md): ``K <= 8192`` is one sweep with
+    Heuristics (untimed, see benchmarks/KERNEL_NOTES.md): ``K <= 8192`` is one sweep with
     ``BLOCK_K = next_pow2(K)``; larger K sweeps twice in blocks of 4096. Small K packs several rows per program
-    (about 4096 elements per tile) but keeps enough programs to fill the device. About 16 elements per thread.
+    (about 2048 elements per tile) but keeps enough programs to fill the device. 8 elements per thread.
     """
     for name, value in (("block_k", block_k), ("rows_per_program", rows_per_program)):
         if value < 0 or (value and value & (value - 1)):
@@ -396,12 +425,22 @@ def pick_config(
     else:
         rows = max(1, min(TILE_ELEMS // blk, MAX_ROWS, triton.next_power_of_2(max(B, 1))))
         target = _num_programs_target(device)
-        # Halve the rows per program while that leaves the device under-filled and tiles above 512 elements.
-        while rows > 1 and triton.cdiv(B, rows) < target and rows * blk > 512:
+        # Halve the rows per program while that leaves the device under-filled and tiles above 256 elements.
+        while rows > 1 and triton.cdiv(B, rows) < target and rows * blk > 256:
             rows //= 2
     if not num_warps:
-        num_warps = max(1, min(16, (rows * blk) // 512))  # ~16 elements per thread per [ROWS, BLOCK_K] tensor
+        # At least 2 warps: with one, ptxas spilled the bf16 DEDUP variant at K=100 (sm_90, triton 3.7.1).
+        num_warps = max(2, min(32, (rows * blk) // (32 * ELEMS_PER_THREAD)))
     return KernelConfig(block_k=blk, rows=rows, num_warps=num_warps, one_sweep=one_sweep)
+
+
+def _row_align(*sizes: int) -> int:
+    """Largest power of two (<= 16) dividing K and every row stride: a hint for vectorised access."""
+    align = 16
+    for size in sizes:
+        while align > 1 and size % align:
+            align //= 2
+    return align
 
 
 def _check_inputs(logits, bank, index, alpha, lam, reduction, where: str) -> None:
@@ -423,9 +462,12 @@ def _check_inputs(logits, bank, index, alpha, lam, reduction, where: str) -> Non
         raise ValueError(f"{where}: bank must not require grad (it is updated in place, outside autograd)")
     if bank.shape[1] != logits.shape[1]:
         raise ValueError(f"{where}: logits has K={logits.shape[1]} classes but bank has K={bank.shape[1]}")
-    if bank.shape[1] > 1 and bank.stride(1) != 1:
+    if logits.shape[1] < 1:
+        raise ValueError(f"{where}: need at least one class (K >= 1), got logits of shape {tuple(logits.shape)}")
+    if (bank.shape[1] > 1 and bank.stride(1) != 1) or (bank.shape[0] > 1 and bank.stride(0) == 0):
         raise ValueError(
-            f"{where}: bank must have unit column stride (it is updated in place), got strides {bank.stride()}"
+            f"{where}: bank must have unit column stride and distinct rows (it is updated in place), got "
+            f"strides {bank.stride()}"
         )
     if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.int64:
         raise TypeError(f"{where}: index must be a 1-D torch.int64 tensor [B], got {_describe(index)}")
@@ -515,6 +557,7 @@ def alr_forward(
     else:
         key, order = index, index  # order is unused without DEDUP
     n_prog = triton.cdiv(B, cfg.rows)
+    align = _row_align(K, logits.stride(0), grad.stride(0), bank.stride(0))
     partials = torch.empty((n_prog, 2), dtype=torch.float32, device=logits.device) if red else scale
     _alr_fwd_kernel[(n_prog,)](
         logits, logits.stride(0),
@@ -523,9 +566,10 @@ def alr_forward(
         grad, grad.stride(0),
         loss if red == 0 else scale,
         partials, scale,
-        B, K, float(alpha), 1.0 - float(alpha), float(lam),
+        B, K // align, float(alpha), 1.0 - float(alpha), float(lam),
         REFINE=bool(refine), HAS_ENTROPY=bool(refine) and float(lam) != 0.0, DEDUP=dedup, REDUCTION=red,
         ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
+        ROW_ALIGN=align,
         num_warps=cfg.num_warps,
     )  # fmt: skip
     if red:
@@ -549,12 +593,14 @@ def alr_grad_scale(
         return out
     per_row = grad_output.dim() == 1
     blk = min(triton.next_power_of_2(K), 4096)
-    rows = max(1, min(4096 // blk, triton.next_power_of_2(B)))
+    rows = max(1, min(4096 // blk, triton.next_power_of_2(B)))  # ~4096 elements per program, 16 per thread
     grid = (triton.cdiv(B, rows), triton.cdiv(K, blk))
+    align = _row_align(K, grad.stride(0), out.stride(0))
     _alr_grad_scale_kernel[grid](
         grad, grad.stride(0), out, out.stride(0),
         grad_output, grad_output.stride(0) if per_row else 0, scale,
-        B, K, PER_ROW=per_row, ROWS=rows, BLOCK_K=blk, num_warps=max(1, min(16, rows * blk // 512)),
+        B, K // align, PER_ROW=per_row, ROWS=rows, BLOCK_K=blk, ROW_ALIGN=align,
+        num_warps=max(1, min(8, rows * blk // 512)),
     )  # fmt: skip
     return out
 
