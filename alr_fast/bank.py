@@ -1,5 +1,10 @@
 """The soft-label bank: one row of class probabilities per training sample, addressed by global index.
 
+Sharded across data-parallel ranks by a fixed rule: rank r of W owns the samples whose global index i has
+``i % W == r``, stored at local row ``i // W``. The data loaders give each rank only the samples it owns, so
+no bank row ever travels between ranks during training; the global bank is assembled only for checkpoints'
+re-sharding and for exports. With W = 1 the local row is the global index.
+
 It is model state: an ``nn.Module`` whose buffers move with ``.to()`` and round-trip through
 ``state_dict``. It is deliberately *not* a submodule of the network that DeepSpeed wraps, so mixed-precision
 casting of the model never touches it; the trainer checkpoints it beside the engine.
@@ -20,8 +25,18 @@ class SoftLabelBank(nn.Module):
 
     soft: torch.Tensor
     given: torch.Tensor
+    global_index: torch.Tensor
 
-    def __init__(self, given_labels: torch.Tensor, num_classes: int, dtype: torch.dtype | str = torch.float32):
+    def __init__(
+        self,
+        given_labels: torch.Tensor,
+        num_classes: int,
+        dtype: torch.dtype | str = torch.float32,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        """``given_labels`` are the labels of *all* N samples; this bank keeps the rows rank ``rank`` owns."""
         super().__init__()
         if isinstance(dtype, str):
             if dtype not in _DTYPES:
@@ -37,20 +52,54 @@ class SoftLabelBank(nn.Module):
             )
         if num_classes < 2:
             raise ValueError(f"SoftLabelBank: num_classes must be >= 2, got {num_classes}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"SoftLabelBank: rank {rank} outside [0, world_size={world_size})")
         given_labels = given_labels.long()
         if given_labels.numel() and (int(given_labels.min()) < 0 or int(given_labels.max()) >= num_classes):
             bad = int(torch.nonzero((given_labels < 0) | (given_labels >= num_classes))[0])
             raise ValueError(
                 f"SoftLabelBank: label {int(given_labels[bad])} at global index {bad} is outside [0, {num_classes})"
             )
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.total_samples = int(given_labels.numel())
+        owned = torch.arange(rank, given_labels.numel(), world_size, device=given_labels.device)
+        given_labels = given_labels[owned]
         soft = torch.zeros(given_labels.numel(), num_classes, dtype=dtype, device=given_labels.device)
         soft.scatter_(1, given_labels[:, None], 1.0)
         self.register_buffer("soft", soft)
         self.register_buffer("given", given_labels.clone())
+        self.register_buffer("global_index", owned)
 
     @property
     def num_samples(self) -> int:
+        """Rows held here (all N when world_size is 1)."""
         return self.soft.shape[0]
+
+    def local_index(self, index: torch.Tensor) -> torch.Tensor:
+        """Global indices of owned samples -> local rows; padding (-1) stays -1. No host sync."""
+        if self.world_size == 1:
+            return index
+        return torch.where(index >= 0, torch.div(index, self.world_size, rounding_mode="floor"), index)
+
+    def owns(self, index: torch.Tensor) -> torch.Tensor:
+        """[B] bool: padding or owned by this rank."""
+        return (index < 0) | (index % self.world_size == self.rank)
+
+    def load_rows_from(self, shards: list[dict]) -> None:
+        """Fill the owned rows from the state dicts of a bank saved with *any* sharding (re-sharding)."""
+        filled = torch.zeros(self.num_samples, dtype=torch.bool, device=self.soft.device)
+        for sd in shards:
+            gidx = sd["global_index"].to(self.soft.device)
+            mine = (gidx % self.world_size) == self.rank
+            local = torch.div(gidx[mine], self.world_size, rounding_mode="floor")
+            self.soft[local] = sd["soft"].to(self.soft.device, self.soft.dtype)[mine]
+            if not torch.equal(self.given[local], sd["given"].to(self.given.device)[mine]):
+                raise ValueError("SoftLabelBank: the checkpoint's given labels differ from this run's labels")
+            filled[local] = True
+        if not bool(filled.all()):
+            raise ValueError(
+                f"SoftLabelBank: the checkpoint shards cover {int(filled.sum())} of this rank's {self.num_samples} rows"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -74,4 +123,5 @@ class SoftLabelBank(nn.Module):
         self.soft.scatter_(1, self.given[:, None], 1.0)
 
     def extra_repr(self) -> str:
-        return f"num_samples={self.num_samples}, num_classes={self.num_classes}, dtype={self.soft.dtype}"
+        return (f"num_samples={self.num_samples} of {self.total_samples}, num_classes={self.num_classes}, "
+                f"dtype={self.soft.dtype}, rank={self.rank}/{self.world_size}")

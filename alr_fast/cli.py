@@ -16,6 +16,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="per-rank batch size")
     p.add_argument("--seed", type=int, help="seed of init and data order")
     p.add_argument("--noise-rate", type=float, help="synthetic noise rate in [0, 1]")
+    p.add_argument("--data-root", help="folder of an on-disk dataset")
+    p.add_argument("--model", help="small_cnn, mlp or a torchvision model name (e.g. resnet50)")
+    p.add_argument("--image-size", type=int, help="training crop size in pixels (on-disk datasets)")
+    p.add_argument("--save-every", type=int, help="also checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set method.alpha=0.8 (repeatable)")
@@ -25,7 +30,8 @@ def _config_from_args(args, recipe: str):
     cfg = get_recipe(recipe)
     sets = list(args.overrides)
     for flag, key in (("out", "train.out"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
-                      ("seed", "train.seed"), ("noise_rate", "data.noise_rate")):
+                      ("seed", "train.seed"), ("noise_rate", "data.noise_rate"), ("data_root", "data.data_root"),
+                      ("model", "model.name"), ("image_size", "data.image_size"), ("save_every", "train.save_every")):
         value = getattr(args, flag)
         if value is not None:
             sets.insert(0, f"{key}={value}")
@@ -33,6 +39,8 @@ def _config_from_args(args, recipe: str):
         sets.insert(0, f"method.name={args.method}")
     if args.no_progress:
         sets.append("train.progress=false")
+    if args.resume:
+        sets.append("train.resume=true")
     return apply_overrides(cfg, sets)
 
 
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(cfg)
         print(json.dumps(summary, indent=2))
         return 0
-    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, NotADirectoryError,
+            FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

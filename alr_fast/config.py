@@ -58,12 +58,28 @@ class DataConfig:
     test_fraction: float = 0.2
     """Embedded datasets only: share of the data held out (stratified, seed 0) as a clean test split."""
     augment: bool = False
-    """Embedded datasets only: random +-2 pixel shifts during training."""
+    """Training augmentation: the recipe's (random crop/flip for on-disk datasets; +-2 pixel shifts for the
+    embedded digits)."""
+    image_size: int = 0
+    """Training crop size in pixels for on-disk datasets (0 = the recipe's default)."""
+    loader: str = "auto"
+    """Input pipeline for on-disk datasets: 'dali', 'torch' (torchvision DataLoader) or 'auto' (DALI if
+    installed)."""
+    workers: int = 2
+    """Decoding threads (DALI) / DataLoader worker processes (torch)."""
+    subset_size: int = 0
+    """Clothing1M: class-balanced images drawn per epoch from the noisy train set (0 = the recipe's)."""
+    skip_unreadable: bool = False
+    """Skip (and report) images that are missing or do not decode instead of failing."""
 
     def __post_init__(self):
         _check_choice("data", "noise_kind", self.noise_kind, NOISE_KINDS)
         _check(0.0 <= self.noise_rate <= 1.0, "data", "noise_rate", "must be in [0, 1]", self.noise_rate)
         _check(0.0 < self.test_fraction < 1.0, "data", "test_fraction", "must be in (0, 1)", self.test_fraction)
+        _check(self.image_size >= 0, "data", "image_size", "must be >= 0", self.image_size)
+        _check_choice("data", "loader", self.loader, ("auto", "dali", "torch"))
+        _check(self.workers >= 0, "data", "workers", "must be >= 0", self.workers)
+        _check(self.subset_size >= 0, "data", "subset_size", "must be >= 0", self.subset_size)
 
 
 @dataclass
@@ -153,9 +169,28 @@ class TrainConfig:
     threads: int = 0
     """CPU threads for torch (0 = leave torch's default)."""
     out: str = "runs/latest"
-    """Run folder: config.json, noise.json, metrics.jsonl, curves.png, summary.json."""
+    """Run folder: config.json, noise.json, metrics.jsonl, curves.png, summary.json, checkpoints/, exports."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (DeepSpeed gradient_accumulation_steps)."""
+    global_batch_size: int = 0
+    """Optional check: samples per optimizer step over all ranks; must equal batch_size x grad_accum x world
+    size when set (0 = not checked)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (0, 1 or 2). The bank is sharded by alr_fast itself, whatever the stage."""
+    save_every: int = 0
+    """Also checkpoint every N training steps (0 = only at the end of each epoch)."""
+    save_every_epoch: bool = True
+    """Checkpoint at the end of every epoch."""
+    keep_checkpoints: int = 2
+    """How many complete checkpoints to keep (newest first)."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in `out` (a fresh start if there is none)."""
+    export_every_epoch: bool = False
+    """Write the exports (refined_labels.csv, pred_probs.npy, labels.npy) after every epoch, not only at the end."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to <out>/tb (rank 0)."""
 
     def __post_init__(self):
         _check(self.epochs >= 1, "train", "epochs", "must be >= 1", self.epochs)
@@ -163,6 +198,11 @@ class TrainConfig:
         _check_choice("train", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("train", "device", self.device, ("auto", "cpu", "cuda"))
         _check(self.threads >= 0, "train", "threads", "must be >= 0", self.threads)
+        _check(self.grad_accum >= 1, "train", "grad_accum", "must be >= 1", self.grad_accum)
+        _check(self.global_batch_size >= 0, "train", "global_batch_size", "must be >= 0", self.global_batch_size)
+        _check(self.zero_stage in (0, 1, 2), "train", "zero_stage", "must be 0, 1 or 2", self.zero_stage)
+        _check(self.save_every >= 0, "train", "save_every", "must be >= 0", self.save_every)
+        _check(self.keep_checkpoints >= 1, "train", "keep_checkpoints", "must be >= 1", self.keep_checkpoints)
 
 
 @dataclass

@@ -66,25 +66,29 @@ def base_config(dataset: str, kind: str, rate: float, seed: int, out: Path) -> C
 def run_cleanlab(cfg: Config, data: TrainData, rt, folds: int, seed: int, out: Path) -> dict:
     from cleanlab.filter import find_label_issues
 
+    from alr_fast.data.embedded import load_embedded
+
     t0 = time.perf_counter()
-    n, k = data.train_images.shape[0], data.num_classes
+    arrays = load_embedded(cfg.data.dataset, cfg.data.test_fraction)  # same split as build_train_data
+    images = arrays.train_images
+    n, k = data.num_train, data.num_classes
     perm = np.random.default_rng(seed).permutation(n)
     pred = torch.zeros(n, k)
     passes = 0
     for f in range(folds):
         held = np.sort(perm[f::folds])
         keep = np.setdiff1d(np.arange(n), held)
-        fold_data = TrainData(
-            train_images=data.train_images[keep], given_labels=data.given_labels[keep],
-            clean_labels=data.clean_labels[keep], test_images=data.train_images[held],
-            test_labels=data.clean_labels[held], num_classes=k, mean=data.mean, std=data.std,
+        fold_data = TrainData.from_arrays(
+            images[keep], data.given_labels[keep], data.clean_labels[keep], images[held], data.clean_labels[held],
+            num_classes=k, mean=arrays.mean, std=arrays.std,
         )
         fcfg = copy.deepcopy(cfg)
         fcfg.method.name = "ce"
         fcfg.train.out = str(out / f"fold{f}")
         summary, model = train(fcfg, fold_data, runtime=rt, return_model=True)
         passes += summary["sample_passes"]
-        pred[held] = predict_probs(model, data.train_images[held], data.mean, data.std, rt)
+        local_idx, probs = predict_probs(model, fold_data.test_source(512), held.size, rt)
+        pred[torch.from_numpy(held)[local_idx]] = probs
     issues = find_label_issues(data.given_labels, pred.numpy())
     given = torch.from_numpy(data.given_labels)
     clean = torch.from_numpy(data.clean_labels)

@@ -59,3 +59,37 @@ def test_bad_construction(args, match):
 def test_bad_dtype():
     with pytest.raises(ValueError, match="dtype must be one of"):
         SoftLabelBank(torch.tensor([0]), 2, dtype="float16")
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shards_are_disjoint_cover_everything_and_reshard(world):
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 4, (11,), generator=g)
+    shards = [SoftLabelBank(labels, 4, rank=r, world_size=world) for r in range(world)]
+    owned = torch.cat([b.global_index for b in shards])
+    assert sorted(owned.tolist()) == list(range(11))
+    for r, b in enumerate(shards):
+        assert torch.equal(b.given, labels[b.global_index])
+        assert torch.equal(b.local_index(b.global_index), torch.arange(b.num_samples))
+        assert b.owns(b.global_index).all() and b.owns(torch.tensor([-1])).all()
+        b.soft.copy_(torch.softmax(torch.randn(b.num_samples, 4, generator=g), 1))
+    # Assemble the global bank from the shards, then re-shard onto 2 ranks and onto 1.
+    full = torch.zeros(11, 4)
+    for b in shards:
+        full[b.global_index] = b.soft
+    states = [b.state_dict() for b in shards]
+    for new_world in (1, 2):
+        for r in range(new_world):
+            nb = SoftLabelBank(labels, 4, rank=r, world_size=new_world)
+            nb.load_rows_from(states)
+            assert torch.equal(nb.soft, full[nb.global_index])
+
+
+def test_reshard_rejects_incomplete_or_mismatched():
+    labels = torch.tensor([0, 1, 2, 0])
+    half = SoftLabelBank(labels, 3, rank=0, world_size=2).state_dict()
+    with pytest.raises(ValueError, match="cover 2 of this rank's 4 rows"):
+        SoftLabelBank(labels, 3).load_rows_from([half])
+    other = SoftLabelBank(torch.tensor([1, 1, 2, 0]), 3).state_dict()
+    with pytest.raises(ValueError, match="given labels differ"):
+        SoftLabelBank(labels, 3).load_rows_from([other])

@@ -1,8 +1,10 @@
 """Batches from in-memory uint8 image arrays, each row carrying its global index into the bank.
 
-Sharded by rank: every epoch a seeded permutation of the N samples is split into ``world_size`` disjoint
-shards of equal length; shards are padded with index -1 rows (zero images) so every rank takes the same
-number of steps. Padded rows never reach the loss (see :mod:`alr_fast.reference`).
+Sharded by rank with a fixed owner per sample: rank r of W reads exactly the samples whose global index i has
+``i % W == r`` (the rows its soft-label bank shard holds, see :mod:`alr_fast.bank`), in a new seeded order
+every epoch. Shards are padded with index -1 rows (zero images) to the common length ``ceil(N / W)`` so every
+rank takes the same number of steps; padded rows never reach the loss (see :mod:`alr_fast.reference`).
+Randomness is derived from (seed, epoch, rank, step), so an epoch can be resumed at any step.
 """
 
 from __future__ import annotations
@@ -50,15 +52,13 @@ class ArrayLoader:
 
     def shard_indices(self, epoch: int) -> torch.Tensor:
         """This rank's global indices for ``epoch`` (padded with -1 to the common shard length)."""
-        n = self.images.shape[0]
+        owned = torch.arange(self.rank, self.images.shape[0], self.world_size)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        padded = torch.full((self.shard_len * self.world_size,), -1, dtype=torch.long)
-        padded[:n] = order
-        return padded.view(self.shard_len, self.world_size)[:, self.rank].contiguous()
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + self.rank * 7_777_777)
+            owned = owned[torch.randperm(owned.numel(), generator=g)]
+        padded = torch.full((self.shard_len,), -1, dtype=torch.long)
+        padded[: owned.numel()] = owned
+        return padded
 
     def _shift(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # Random +-2 pixel translation (pad 2, random crop back), one offset per batch for speed.
@@ -66,11 +66,13 @@ class ArrayLoader:
         dy, dx = torch.randint(0, 5, (2,), generator=g).tolist()
         return torch.nn.functional.pad(x, (2, 2, 2, 2))[..., dy : dy + h, dx : dx + w]
 
-    def epoch(self, epoch: int):
-        """Yield ``(images float [b, C, H, W] normalised, index int64 [b])`` for this rank."""
+    def epoch(self, epoch: int, start_step: int = 0):
+        """Yield ``(images float [b, C, H, W] normalised, index int64 [b])`` for this rank, from ``start_step``."""
         idx_all = self.shard_indices(epoch).to(self.device)
-        g = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
-        for start in range(0, idx_all.numel(), self.batch_size):
+        for step, start in enumerate(range(0, idx_all.numel(), self.batch_size)):
+            if step < start_step:
+                continue
+            g = torch.Generator().manual_seed(hash((self.seed, epoch, self.rank, step)) & 0x7FFF_FFFF_FFFF)
             idx = idx_all[start : start + self.batch_size]
             x = self.images[idx.clamp_min(0)].float()
             x = (x - self.mean) / self.std

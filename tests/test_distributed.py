@@ -1,0 +1,126 @@
+"""Data-parallel training through the real launcher: 2 CPU ranks (gloo), checkpoints, exact resume, exports."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = str(ROOT / "launchers" / "train.py")
+# Small and fast: scikit-learn's 1,797 real digits (1,438 train), an MLP, 64 per rank per step.
+BASE = ["--recipe", "demo", "--method", "alr", "--set", "data.dataset=digits", "--set", "model.name=mlp",
+        "--set", "method.warmup_epochs=1", "--batch-size", "64", "--no-progress"]
+
+
+def run(cmd, cwd, env_extra=None, expect=0):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+    if expect is not None:
+        assert proc.returncode == expect, f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def torchrun(nproc, args, cwd, **kw):
+    return run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(29500 + os.getpid() % 1000), LAUNCHER, *args], cwd, **kw)
+
+
+def single(args, cwd, **kw):
+    return run([sys.executable, LAUNCHER, *args], cwd, **kw)
+
+
+def read_exports(out: Path):
+    with open(out / "refined_labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    return rows, np.load(out / "pred_probs.npy"), np.load(out / "labels.npy")
+
+
+def test_two_ranks(tmp_path):
+    out = tmp_path / "two"
+    proc = torchrun(2, [*BASE, "--epochs", "2", "--out", str(out)], tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    # Every rank hashed its final weights; the trainer raises if they differ, and reports them.
+    assert len(summary["rank_weight_digests"]) == 2 and len(set(summary["rank_weight_digests"])) == 1
+    rows, probs, labels = read_exports(out)
+    n = labels.shape[0]
+    assert n > 1000
+    # The bank shards in the last checkpoint are disjoint and cover every sample.
+    ckpt = sorted((out / "checkpoints").glob("step_*"))[-1]
+    shards = [torch.load(ckpt / f"bank_rank{r}.pt", weights_only=True) for r in range(2)]
+    owned = [set(s["global_index"].tolist()) for s in shards]
+    assert owned[0].isdisjoint(owned[1]) and owned[0] | owned[1] == set(range(n))
+    assert all(abs(len(o) - n / 2) <= 1 for o in owned)
+    # Exports are complete and consistent with the assembled bank.
+    assert len(rows) == n and probs.shape == (n, 10)
+    assert [int(r["global_index"]) for r in rows] == list(range(n))
+    assert sorted(int(r["suspect_rank"]) for r in rows) == list(range(1, n + 1))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    bank = torch.load(out / "bank.pt", weights_only=True)
+    for s in shards:
+        assert torch.equal(bank["soft"][s["global_index"]], s["soft"])
+    assert [int(r["refined_label"]) for r in rows] == bank["soft"].argmax(1).tolist()
+    assert "Traceback" not in proc.stderr
+
+
+def _same_run(a: Path, b: Path):
+    ma, mb = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    ba, bb = torch.load(a / "bank.pt", weights_only=True), torch.load(b / "bank.pt", weights_only=True)
+    assert torch.equal(ba["soft"], bb["soft"])
+    for name in ("refined_labels.csv", "pred_probs.npy", "labels.npy"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    timing = ("images_per_s", "epoch_time_s", "data_time_s", "step_time_s")
+    ra = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(ra) == strip(rb)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
+    args = [*BASE, "--epochs", "3", "--save-every", "5"]
+    single([*args, "--out", str(tmp_path / "ref")], tmp_path)
+    # 1,438 samples / 64 = 23 steps per epoch; step 33 is in the middle of epoch 1 (checkpoint at 30).
+    killed = single([*args, "--out", str(tmp_path / "cut")], tmp_path, env_extra={"ALR_FAST_FAULT_AT_STEP": "33"},
+                    expect=None)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    resumed = single([*args, "--out", str(tmp_path / "cut"), "--resume"], tmp_path)
+    assert "resumed from" in resumed.stdout and "step 7 of the epoch" in resumed.stdout
+    _same_run(tmp_path / "ref", tmp_path / "cut")
+
+
+def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
+    out = tmp_path / "r"
+    torchrun(2, [*BASE, "--epochs", "2", "--out", str(out)], tmp_path)
+    proc = single([*BASE, "--epochs", "3", "--out", str(out), "--resume"], tmp_path)
+    assert "world size 2 -> 1" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["epochs"] == 3
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    rows_csv, probs, labels = read_exports(out)
+    assert len(rows_csv) == labels.shape[0] and probs.shape == (labels.shape[0], 10)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    proc = single([*BASE, "--epochs", "2", "--out", str(tmp_path / "x"), "--resume"], tmp_path)
+    assert "no complete checkpoint" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--set", "train.global_batch_size=100"], "train.global_batch_size=100 but train.batch_size (64)"),
+        (["--batch-size", "0"], "train.batch_size: must be >= 1"),
+    ],
+)
+def test_inconsistent_batch_configuration(tmp_path, extra, match):
+    proc = single([*BASE, "--epochs", "2", "--out", str(tmp_path / "b"), *extra], tmp_path, expect=2)
+    assert match in proc.stderr
