@@ -1,0 +1,32 @@
+"""The benchmark scripts run end to end (tiny settings) and write what they measured."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, cwd):
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_bench_train_smoke(tmp_path):
+    _run([str(ROOT / "benchmarks" / "bench_train.py"), "--steps", "3", "--blocks", "1", "--warmup-steps", "1",
+          "--out", str(tmp_path)], tmp_path)
+    result = json.loads((tmp_path / "bench_train_cpu.json").read_text())
+    for mode in ("ce", "alr"):
+        assert result["results"][mode]["images_per_s"] > 0
+        assert len(result["raw"][mode]) == 3
+    assert result["git_sha"] and result["command"] and "alr_overhead_share_from_loss_timing" in result
+    assert (tmp_path / "bench_train_cpu.md").read_text().startswith("# bench_train")
+
+
+def test_bench_loss_smoke(tmp_path):
+    _run([str(ROOT / "benchmarks" / "bench_loss.py"), "--B", "64", "--K", "10", "--dtypes", "fp32", "--impls",
+          "eager", "--reps", "2", "--warmup", "1", "--out", str(tmp_path)], tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert any(f.endswith(".json") for f in files) and any(f.endswith(".md") for f in files), files
