@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from alr_fast.config import METHODS, apply_overrides
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = _config_from_args(args, args.recipe)
         summary = train(cfg)
-        print(json.dumps(summary, indent=2))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(summary, indent=2))
         return 0
     except (ValueError, TypeError, NotImplementedError, FileNotFoundError, NotADirectoryError,
             FloatingPointError) as e:

@@ -124,3 +124,14 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path):
 def test_inconsistent_batch_configuration(tmp_path, extra, match):
     proc = single([*BASE, "--epochs", "2", "--out", str(tmp_path / "b"), *extra], tmp_path, expect=2)
     assert match in proc.stderr
+
+
+def test_deepspeed_launcher_two_ranks(tmp_path):
+    """How users start runs: `deepspeed --num_gpus N launchers/...` (it appends --local_rank=N)."""
+    deepspeed_bin = Path(sys.executable).parent / "deepspeed"
+    out = tmp_path / "ds"
+    proc = run([str(deepspeed_bin), "--num_gpus", "2", "--master_port", str(29600 + os.getpid() % 1000), LAUNCHER,
+                *BASE, "--epochs", "2", "--out", str(out)], tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(set(summary["rank_weight_digests"])) == 1
+    assert proc.stdout.count('"method": "alr"') == 1  # the summary is printed by rank 0 only
