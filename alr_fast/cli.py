@@ -60,12 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     _add_common(p_train)
 
+    from alr_fast.data.cli import add_data_parser, run_data_command
+
+    add_data_parser(sub)
+
     p_show = sub.add_parser("config", help="print a recipe's resolved config as JSON")
     p_show.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
     p_show.add_argument("--set", dest="overrides", action="append", default=[])
 
     args = parser.parse_args(argv)
     try:
+        if args.command == "data":
+            return run_data_command(args)
         if args.command == "config":
             from alr_fast.config import config_to_dict
 

@@ -2,8 +2,9 @@
 
     python launchers/train.py --recipe demo --method alr --epochs 40 --out runs/alr
 
-Same flags as ``python -m alr_fast train``. This version runs one process; the data-parallel launchers
-(``deepspeed launchers/train_webvision.py`` and friends, with a sharded bank) are the distributed issue's work.
+Same flags as ``python -m alr_fast train``; runs under ``python``, ``torchrun`` or ``deepspeed``. The
+dataset-specific launchers (train_cifar.py, train_animal10n.py, train_clothing1m.py, train_webvision.py) are
+the same with their recipe preselected.
 """
 
 import sys
