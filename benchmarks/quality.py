@@ -59,6 +59,8 @@ def base_config(dataset: str, kind: str, rate: float, seed: int, out: Path) -> C
     cfg.model.name = DATASET_MODEL[dataset]
     cfg.train.seed = seed
     cfg.train.progress = False
+    cfg.train.save_every_epoch = False  # hundreds of short runs: no checkpoints or TensorBoard files needed
+    cfg.train.tensorboard = False
     cfg.train.out = str(out)
     return cfg
 
