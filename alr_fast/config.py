@@ -71,6 +71,17 @@ class DataConfig:
     """Clothing1M: class-balanced images drawn per epoch from the noisy train set (0 = the recipe's)."""
     skip_unreadable: bool = False
     """Skip (and report) images that are missing or do not decode instead of failing."""
+    cifar_n: str | None = None
+    """CIFAR only: path of a CIFAR-10N/100N label file (CIFAR-10_human.pt / CIFAR-100_human.pt) to train on its
+    human labels instead of synthetic noise (set noise_kind=none)."""
+    label_set: str | None = None
+    """With cifar_n: which labels, by short name: aggre, worst, rand1, rand2, rand3 (10N) or noisy100 (100N)."""
+    noise_file: str | None = None
+    """Train-label file made elsewhere, by global index: a JSON list, .npy, .npz or CSV (set noise_kind=none)."""
+    noise_key: str | None = None
+    """With noise_file: the array's key inside an .npz (default: its only array)."""
+    webvision_source: str = "all"
+    """Full WebVision: which training list, 'google', 'flickr' or 'all' (mini-WebVision is always Google)."""
 
     def __post_init__(self):
         _check_choice("data", "noise_kind", self.noise_kind, NOISE_KINDS)
@@ -80,6 +91,10 @@ class DataConfig:
         _check_choice("data", "loader", self.loader, ("auto", "dali", "torch"))
         _check(self.workers >= 0, "data", "workers", "must be >= 0", self.workers)
         _check(self.subset_size >= 0, "data", "subset_size", "must be >= 0", self.subset_size)
+        _check_choice("data", "webvision_source", self.webvision_source, ("google", "flickr", "all"))
+        if (self.cifar_n or self.noise_file) and self.noise_kind != "none":
+            raise ValueError("config data.noise_kind: must be 'none' when data.cifar_n or data.noise_file gives "
+                             f"the labels, got {self.noise_kind!r}")
 
 
 @dataclass

@@ -215,7 +215,10 @@ def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -
         ax.grid(alpha=0.3)
         if warmup:
             ax.axvline(warmup - 0.5, color="grey", ls="--", lw=0.8)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if "refined_label_acc" not in rows[0]:
+        axes[1].set_title("clean labels unknown: no memorisation split")
     axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

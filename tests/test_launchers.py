@@ -76,3 +76,25 @@ def test_bad_data_root_is_a_clear_error(tmp_path, name):
                 *SMALL], tmp_path, expect=2)
     assert "error:" in proc.stderr and str(missing) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cifar_n_labels_and_noise_file_through_the_launcher(tmp_path):
+    import numpy as np
+
+    root = fixture(tmp_path, "cifar10")
+    out = tmp_path / "c10n"
+    run([sys.executable, launcher("cifar"), "--data-root", str(root), "--out", str(out), *SMALL,
+         "--set", "data.noise_kind=none", "--set", f"data.cifar_n={root / 'CIFAR-10_human.pt'}",
+         "--set", "data.label_set=worst"], tmp_path)
+    check_run(out, 1)
+    labels = np.load(out / "labels.npy")
+    # A noise file by global index: every label shifted by one class.
+    noise = tmp_path / "shifted.json"
+    noise.write_text(json.dumps([int((x + 1) % 10) for x in labels]))
+    out2 = tmp_path / "c10f"
+    run([sys.executable, launcher("cifar"), "--data-root", str(root), "--out", str(out2), *SMALL,
+         "--set", "data.noise_kind=none", "--set", f"data.noise_file={noise}"], tmp_path)
+    assert np.array_equal(np.load(out2 / "labels.npy"), (labels + 1) % 10)
+    bad = run([sys.executable, launcher("cifar"), "--data-root", str(root), "--out", str(tmp_path / "x"), *SMALL,
+               "--set", f"data.noise_file={noise}"], tmp_path, expect=2)
+    assert "must be 'none' when data.cifar_n or data.noise_file" in bad.stderr

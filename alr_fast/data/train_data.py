@@ -56,9 +56,10 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
     if not cifar and d.noise_kind != "none":
         raise ValueError(f"data.noise_kind={d.noise_kind!r}: synthetic noise is for CIFAR; {d.dataset} has real "
                          "label noise (set data.noise_kind=none)")
-    source = "all" if d.dataset == "webvision" else "google"
+    source = d.webvision_source if d.dataset == "webvision" else "google"
     noise = dict(noise_kind=d.noise_kind, noise_rate=d.noise_rate, noise_seed=d.noise_seed) if cifar else {}
-    train = read_split(d.dataset, d.data_root, "train", source=source, **noise)
+    train = read_split(d.dataset, d.data_root, "train", source=source, cifar_n=d.cifar_n, label_set=d.label_set,
+                       noise_file=d.noise_file, noise_key=d.noise_key, **noise)
     test = read_split(d.dataset, d.data_root, TEST_SPLIT[d.dataset], source=source)
     workers = max(1, d.workers)
     exclude_train = _unreadable(train, workers) if d.skip_unreadable else None
