@@ -387,8 +387,10 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
                 raise RuntimeError(f"rank {rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
             logits = engine(x)
+            # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
+            # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
             loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine, backend=rt.backend,
-                            check_index=check_index)
+                            check_index=check_index, assume_unique=True)
             engine.backward(loss)
             engine.step()
             with torch.no_grad():

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             else:
                 loss = alr_loss(logits, bank.soft, bank.local_index(idx), alpha=cfg.method.alpha,
                                 lam=max(cfg.method.lam, 1e-3), refine=True, backend=rt.backend,
-                                check_index=False)
+                                check_index=False, assume_unique=True)
             engine.backward(loss)
             engine.step()
             _sync(rt.device)
@@ -141,7 +141,8 @@ def main(argv=None) -> int:
                 if mode == "ce":
                     loss = F.cross_entropy(logits, labels)
                 else:
-                    loss = alr_loss(logits, bank.soft, idx, alpha=0.9, lam=0.5, backend=rt.backend, check_index=False)
+                    loss = alr_loss(logits, bank.soft, idx, alpha=0.9, lam=0.5, backend=rt.backend, check_index=False,
+                                    assume_unique=True)
                 loss.backward()
                 _sync(rt.device)
                 loss_only[mode].append(time.perf_counter() - t0)
