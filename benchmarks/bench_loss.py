@@ -255,7 +255,8 @@ def write_markdown(path: Path, result: dict) -> None:
         "loss forward (for the fused kernel this already writes the bank and the gradient buffer); `step` = "
         "forward + backward to the logits (the fused backward scales the gradient buffer: one more read and "
         "write of B*K). Model GB/s = (read logits + bank rows, write bank rows + gradient) / fwd time. "
-        "Speed-ups compare `step` times. Launches: GPU kernels (and memcpy/memset) per call, torch.profiler.",
+        "Speed-ups compare `step` times. Launches: GPU kernels (and memcpy/memset) per call, torch.profiler; "
+        "`step` includes the fill kernel with which autograd seeds `loss.backward()` (not the loss's own).",
         "",
     ]
     for note in result["notes"]:

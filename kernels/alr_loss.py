@@ -37,13 +37,23 @@ plus gathered (permuted) row reads, and a group of d duplicates is processed ser
   gradients are then **undefined** (concurrent read-modify-write of the same row).
 * Warm-up never writes the bank, so duplicates cannot interact and the sort is always skipped.
 
-Launches per call: warm-up or ``assume_unique``: 1 kernel (+1 one-program reduction kernel for
-``"mean"``/``"sum"``); default refinement: the sort's launches in addition. No host synchronisation anywhere on
-this path (no ``.item()``, no data-dependent Python branch).
+Launches per call
+-----------------
+Warm-up, or refinement with ``assume_unique=True``: **one kernel launch for every reduction** (no memset, no
+second kernel); default (duplicate-safe) refinement: the sort's launches in addition. The backward is one more
+launch. No host synchronisation anywhere on this path (no ``.item()``, no data-dependent Python branch).
 
-Reductions are deterministic: every program writes its partial (sum of losses, number of valid rows) and a
-one-program kernel adds the partials in a fixed order. ``"mean"`` divides by the number of valid rows (0 when
-none).
+Reductions (single pass, deterministic)
+---------------------------------------
+``"none"`` stores per-row losses. ``"sum"``/``"mean"`` use a "last program reduces" scheme inside the same
+launch: every program stores its partial (sum of its row losses in fp32, number of its valid rows), then draws
+a ticket from an int32 counter with ``atomic_add(sem="acq_rel", scope="gpu")`` after a CTA barrier; the program
+that draws the last ticket loads all partials (L1 bypassed) and adds them in a fixed order in fp64, writes the
+loss (``"mean"``: divided by ``max(n_valid, 1)``, so 0 when no row is valid) and the backward scale
+``1 / max(n_valid, 1)``, and resets the counter to 0. The summation order does not depend on which program
+finishes last, and there are no float atomics: results are bitwise identical run to run. A NaN row loss makes
+the reduced loss NaN, as in the reference. The counter is cached per device and CUDA stream and a fresh one is
+taken per CUDA-graph-captured call (:class:`_TicketCounters`); partials are a per-call ``torch.empty``.
 
 Non-finite logits: a valid row with a NaN or +-inf logit gets a NaN loss and a NaN gradient row, and its bank
 row is not written. Masked and non-finite elements are replaced by 0 before any arithmetic so no NaN/inf
@@ -52,6 +62,7 @@ leaks into the statistics of other rows.
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import torch
@@ -82,7 +93,9 @@ MULTI_SWEEP_BLOCK = 4096  # block along K for the two-sweep path (K > MAX_ONE_SW
 TILE_ELEMS = 2048  # target elements per program (ROWS * BLOCK_K) when K is small
 ELEMS_PER_THREAD = 8  # num_warps = ROWS * BLOCK_K / (32 * ELEMS_PER_THREAD), clamped to [2, 32]
 MAX_ROWS = 128  # most rows per program
-REDUCE_BLOCK = 1024  # partials summed per step by the reduction kernel
+RED_ELEMS_PER_THREAD = 4  # the last program sums 32 * num_warps * this many partials per loop step
+TICKET_SLOTS = 64  # ticket counters per zeroed slab (one per CUDA stream, one per CUDA-graph capture)
+TICKET_STRIDE = 32  # int32 between counters: one 128-byte line each, every slot 16-byte aligned
 
 
 # ------------------------------------------------------------------------------------------------- kernels
@@ -111,7 +124,7 @@ def _alr_rows(
     stride_nb,
     grad_ptr,
     stride_gb,
-    loss_rows_ptr,
+    loss_ptr,
     row,
     idx,
     act,
@@ -245,7 +258,7 @@ def _alr_rows(
 
     loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
     if STORE_ROWS:
-        tl.store(loss_rows_ptr + row, loss, mask=act)
+        tl.store(loss_ptr + row, loss, mask=act)
     return loss, valid
 
 
@@ -259,8 +272,9 @@ def _alr_fwd_kernel(
     order_ptr,
     grad_ptr,
     stride_gb,
-    loss_rows_ptr,
+    loss_ptr,
     partial_ptr,
+    counter_ptr,
     scale_ptr,
     B,
     K_DIV,
@@ -275,10 +289,12 @@ def _alr_fwd_kernel(
     ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
+    RED_BLOCK: tl.constexpr,
 ):
     """Forward: loss, bank update, gradient buffer. ``key`` is the sorted index (DEDUP) or the index itself.
 
-    REDUCTION: 0 "none" (per-row losses stored), 1 "sum", 2 "mean" (per-program partials stored).
+    REDUCTION: 0 "none" (per-row losses into ``loss_ptr[B]``, ``scale = 1``), 1 "sum", 2 "mean" (the scalar
+    loss into ``loss_ptr[0]`` and ``scale`` by the last program, see :func:`_last_program_reduces`).
     """
     pid = tl.program_id(0)
     pos = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)  # sorted positions (DEDUP) or batch rows
@@ -293,7 +309,7 @@ def _alr_fwd_kernel(
         while tl.max(act.to(tl.int32), axis=0) > 0:
             row = tl.load(order_ptr + pos, mask=act, other=0)
             loss, valid = _alr_rows(
-                logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_rows_ptr,
+                logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
                 row, key, act, K_DIV, alpha, one_minus_alpha, lam,
                 REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
             )  # fmt: skip
@@ -308,7 +324,7 @@ def _alr_fwd_kernel(
             pos = nxt
     else:
         loss, valid = _alr_rows(
-            logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_rows_ptr,
+            logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
             pos, key, in_batch, K_DIV, alpha, one_minus_alpha, lam,
             REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
         )  # fmt: skip
@@ -318,29 +334,63 @@ def _alr_fwd_kernel(
         if pid == 0:
             tl.store(scale_ptr, 1.0)
     else:
-        # Deterministic reduction: one partial per program, added in a fixed order by _alr_reduce_kernel.
-        tl.store(partial_ptr + 2 * pid, tl.sum(loss_acc, axis=0))
-        tl.store(partial_ptr + 2 * pid + 1, tl.sum(n_valid, axis=0))
+        _last_program_reduces(
+            partial_ptr, counter_ptr, loss_ptr, scale_ptr, tl.sum(loss_acc, axis=0), tl.sum(n_valid, axis=0),
+            REDUCTION == 2, RED_BLOCK,
+        )  # fmt: skip
 
 
 @triton.jit
-def _alr_reduce_kernel(partial_ptr, loss_ptr, scale_ptr, n_partials, MEAN: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: loss = sum of partial losses (/ max(n_valid, 1) for "mean"); scale = dloss/d(row loss)."""
-    offs = tl.arange(0, BLOCK)
-    total = tl.zeros([BLOCK], tl.float32)
-    count = tl.zeros([BLOCK], tl.float32)
-    for i0 in range(0, n_partials, BLOCK):
-        o = i0 + offs
-        total += tl.load(partial_ptr + 2 * o, mask=o < n_partials, other=0.0)
-        count += tl.load(partial_ptr + 2 * o + 1, mask=o < n_partials, other=0.0)
-    loss_sum = tl.sum(total, axis=0)
-    if MEAN:
-        n = tl.maximum(tl.sum(count, axis=0), 1.0)  # a batch without a valid row has loss 0
-        tl.store(loss_ptr, loss_sum / n)
-        tl.store(scale_ptr, 1.0 / n)
-    else:
-        tl.store(loss_ptr, loss_sum)
-        tl.store(scale_ptr, 1.0)
+def _last_program_reduces(
+    partial_ptr, counter_ptr, loss_ptr, scale_ptr, loss_part, count_part, MEAN: tl.constexpr, RED_BLOCK: tl.constexpr
+):
+    """Deterministic single-pass grid reduction ("last program reduces"); no second launch, no float atomics.
+
+    Every program stores its partial (sum of its row losses, number of its valid rows) in
+    ``partial_ptr[pid]`` / ``partial_ptr[n_prog + pid]``, then draws a ticket from the int32 counter
+    (``atomic_add``, ``sem="acq_rel"``, ``scope="gpu"``). The program that draws ticket ``n_prog - 1`` knows
+    every partial is stored and visible, adds them all in a fixed order (independent of which program is
+    last and of the order the programs ran in: bitwise reproducible), writes the loss (``/ max(n_valid, 1)``
+    for "mean") and the backward scale, and resets the counter to 0 for the next launch on the same counter.
+
+    Memory ordering (GPU), by the PTX memory model's causality order, which is transitive:
+    partial stores (any thread of program A) -> ``bar.sync`` of A -> A's release atomic (gpu scope) ->
+    read by the last program's acquire atomic on the same counter (gpu scope) -> ``bar.sync`` of the last
+    program (Triton broadcasts a scalar atomic's result through shared memory between barriers) -> its loads
+    of the partials, which additionally bypass L1 (``.cg``) so no stale line can be read. This is the pattern
+    of CUDA's threadFenceReduction sample (store, fence, atomicInc, last block reads). No program waits for
+    another, so it needs no co-residency and cannot deadlock.
+    """
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    tl.store(partial_ptr + pid, loss_part)
+    tl.store(partial_ptr + n_prog + pid, count_part)
+    # Every thread's partial store is ordered before the (single-thread) release atomic below.
+    tl.debug_barrier()
+    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+    if ticket == n_prog - 1:
+        # Fixed order: lane j accumulates partials j, j + RED_BLOCK, ... in fp64, then one fixed tree sum.
+        # fp64 makes the cross-program sum exact to well below fp32 resolution for any realistic grid.
+        offs = tl.arange(0, RED_BLOCK)
+        total = tl.zeros([RED_BLOCK], tl.float64)
+        count = tl.zeros([RED_BLOCK], tl.float64)
+        for i0 in range(0, n_prog, RED_BLOCK):
+            o = i0 + offs
+            m = o < n_prog
+            total += tl.load(partial_ptr + o, mask=m, other=0.0, cache_modifier=".cg").to(tl.float64)
+            if MEAN:
+                count += tl.load(partial_ptr + n_prog + o, mask=m, other=0.0, cache_modifier=".cg").to(tl.float64)
+        loss_sum = tl.sum(total, axis=0)  # NaN if any row loss is NaN, as in the reference
+        if MEAN:
+            n = tl.maximum(tl.sum(count, axis=0), 1.0)  # a batch without a valid row has loss 0
+            tl.store(loss_ptr, (loss_sum / n).to(tl.float32))
+            tl.store(scale_ptr, (1.0 / n).to(tl.float32))
+        else:
+            tl.store(loss_ptr, loss_sum.to(tl.float32))
+            tl.store(scale_ptr, 1.0)
+        # Every other program has taken its ticket: nothing else touches the counter in this launch. The next
+        # launch on this counter starts after this one ends (same stream), so it sees 0.
+        tl.store(counter_ptr, 0)
 
 
 @triton.jit
@@ -382,6 +432,74 @@ INTERPRETED = not isinstance(_alr_fwd_kernel, triton.runtime.JITFunction)
 
 
 # ----------------------------------------------------------------------------------------------- host side
+class _TicketCounters:
+    """Zeroed int32 ticket counters for the single-launch reduction, cached per device and CUDA stream.
+
+    Contract: a counter is 0 when a launch starts, and the launch leaves it at 0 (its last program resets
+    it). So no memset per call: one ``torch.zeros`` per slab of ``TICKET_SLOTS`` counters, the first time a
+    slab is needed (first call on a device, then every ``TICKET_SLOTS`` streams / captured calls).
+
+    * Eager: one counter per ``(device, CUDA stream)``. Launches on one stream run one after another, so they
+      can share it; launches on two streams may overlap, so they get different counters.
+    * Slabs are zeroed on a private stream, outside any memory pool that routes the current stream's
+      allocations (torch.compile's cudagraph trees warm up in one); a stream that gets a counter first waits
+      for that memset (``wait_event``: a stream dependency, not a launch; once per stream).
+    * CUDA graph capture (``torch.cuda.is_current_stream_capturing()``): every captured call gets a counter of
+      its own, never handed out again (the graph may be replayed on any stream, concurrently with eager work;
+      4 bytes per captured call are never reclaimed). It comes from a slab zeroed *before* the capture began:
+      ``torch.cuda.graph``, ``make_graphed_callables`` and the cudagraph trees all synchronise the device
+      before capturing, so that memset has completed (a raw ``CUDAGraph.capture_begin`` must be preceded by
+      a call outside the capture and a synchronisation). If no zeroed slot is left, the counter is a
+      ``torch.zeros`` made inside the capture: the graph then holds a 4-byte memset node before the kernel
+      (still correct). No synchronisation and no slab allocation happen during a capture.
+    * Not supported: replaying one graph concurrently on two streams (its outputs are shared too), and
+      programmatic dependent launch (the next launch on a stream must start after this one ended).
+    * CPU (the Triton interpreter): one counter per device; programs run one after another.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_stream: dict[tuple, torch.Tensor] = {}
+        self._free: dict[torch.device, list[tuple[torch.Tensor, object]]] = {}  # (counter, memset event)
+
+    def get(self, device: torch.device) -> torch.Tensor:
+        """The counter for a launch on ``device`` from the current stream (a ``[1]`` int32 tensor, 0 now)."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            with self._lock:
+                key = (device, None)
+                if key not in self._by_stream:
+                    self._by_stream[key] = torch.zeros((1,), dtype=torch.int32, device=device)
+                return self._by_stream[key]
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        stream = torch.cuda.current_stream(device)
+        with self._lock:
+            free = self._free.setdefault(device, [])
+            if torch.cuda.is_current_stream_capturing():
+                if not free:
+                    return torch.zeros((1,), dtype=torch.int32, device=device)  # a memset node in the graph
+                return free.pop()[0]  # zeroed before the capture began (the capture entry synchronised)
+            key = (device, stream.cuda_stream)
+            counter = self._by_stream.get(key)
+            if counter is None:
+                if not free:
+                    side = torch.cuda.Stream(device)
+                    event = torch.cuda.Event()
+                    with torch.cuda.stream(side):
+                        slab = torch.zeros((TICKET_SLOTS * TICKET_STRIDE,), dtype=torch.int32, device=device)
+                        event.record(side)
+                    last = (TICKET_SLOTS - 1) * TICKET_STRIDE
+                    free.extend((slab[i : i + 1], event) for i in range(last, -1, -TICKET_STRIDE))
+                counter, event = free.pop()
+                stream.wait_event(event)
+                self._by_stream[key] = counter
+            return counter
+
+
+_TICKETS = _TicketCounters()
+
+
 class KernelConfig(NamedTuple):
     """Launch configuration of the forward kernel."""
 
@@ -432,6 +550,11 @@ def pick_config(
         # At least 2 warps: with one, ptxas spilled the bf16 DEDUP variant at K=100 (sm_90, triton 3.7.1).
         num_warps = max(2, min(32, (rows * blk) // (32 * ELEMS_PER_THREAD)))
     return KernelConfig(block_k=blk, rows=rows, num_warps=num_warps, one_sweep=one_sweep)
+
+
+def _red_block(num_warps: int) -> int:
+    """Partials the last program sums per loop step: ``RED_ELEMS_PER_THREAD`` per thread (tests shrink it)."""
+    return RED_ELEMS_PER_THREAD * 32 * num_warps
 
 
 def _row_align(*sizes: int) -> int:
@@ -518,7 +641,8 @@ def alr_forward(
     ``grad`` is ``dL_i/dz`` per row (unscaled) in the logits dtype; the gradient of the returned loss is
     ``grad * scale * grad_output`` (``scale`` = ``1 / n_valid`` for ``"mean"``, else 1; a ``[1]`` fp32
     tensor). Pass ``grad`` (``[B, K]``, logits dtype, unit column stride; may be ``logits`` itself) and
-    ``loss_rows`` (``[B]`` fp32, ``"none"`` only) to choose the output buffers. No host synchronisation.
+    ``loss_rows`` (``[B]`` fp32, ``"none"`` only) to choose the output buffers. No host synchronisation;
+    one kernel launch for every reduction (plus the index sort when ``refine`` and not ``assume_unique``).
     """
     _check_inputs(logits, bank, index, alpha, lam, reduction, "alr_forward")
     B, K = logits.shape
@@ -558,22 +682,35 @@ def alr_forward(
         key, order = index, index  # order is unused without DEDUP
     n_prog = triton.cdiv(B, cfg.rows)
     align = _row_align(K, logits.stride(0), grad.stride(0), bank.stride(0))
-    partials = torch.empty((n_prog, 2), dtype=torch.float32, device=logits.device) if red else scale
-    _alr_fwd_kernel[(n_prog,)](
-        logits, logits.stride(0),
-        bank, bank.stride(0),
-        key, order,
-        grad, grad.stride(0),
-        loss if red == 0 else scale,
-        partials, scale,
-        B, K // align, float(alpha), 1.0 - float(alpha), float(lam),
-        REFINE=bool(refine), HAS_ENTROPY=bool(refine) and float(lam) != 0.0, DEDUP=dedup, REDUCTION=red,
-        ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
-        ROW_ALIGN=align,
-        num_warps=cfg.num_warps,
-    )  # fmt: skip
     if red:
-        _alr_reduce_kernel[(1,)](partials, loss, scale, n_prog, MEAN=red == 2, BLOCK=REDUCE_BLOCK, num_warps=4)
+        # Per-program partials: torch.empty launches nothing (caching allocator; stream-ordered, and taken
+        # from the graph's private pool under CUDA graph capture). The ticket counter must be 0 on entry:
+        # a cached per-stream (per-capture) slot that the kernel leaves at 0; see _TicketCounters.
+        partials = torch.empty((2 * n_prog,), dtype=torch.float32, device=logits.device)
+        counter = _TICKETS.get(logits.device)
+    else:
+        partials = counter = scale  # unused by the kernel ("none")
+    try:
+        _alr_fwd_kernel[(n_prog,)](
+            logits, logits.stride(0),
+            bank, bank.stride(0),
+            key, order,
+            grad, grad.stride(0),
+            loss,
+            partials, counter, scale,
+            B, K // align, float(alpha), 1.0 - float(alpha), float(lam),
+            REFINE=bool(refine), HAS_ENTROPY=bool(refine) and float(lam) != 0.0, DEDUP=dedup, REDUCTION=red,
+            ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
+            ROW_ALIGN=align, RED_BLOCK=_red_block(cfg.num_warps),
+            num_warps=cfg.num_warps,
+        )  # fmt: skip
+    except BaseException:
+        # The interpreter runs the programs inside this call: an exception (or Ctrl-C) part-way through the
+        # grid would leave the counter non-zero for the next call. On a GPU nothing has run when the launch
+        # raises (a device fault mid-kernel is fatal to the CUDA context anyway).
+        if red and INTERPRETED:
+            counter.zero_()
+        raise
     return loss, grad, scale
 
 
@@ -607,7 +744,10 @@ def alr_grad_scale(
 
 # ------------------------------------------------------------------------------------------ torch custom ops
 # Registered so that torch.compile treats the kernels as opaque ops (with fake implementations for tracing)
-# and so CUDA graphs can capture them; the bank is declared mutated.
+# and so CUDA graphs can capture them; the bank is declared mutated. The reduction's ticket counter and
+# partials are internal scratch, not arguments: partials are a fresh torch.empty per call, and the counter is
+# 0 before and after every call (the launch restores it), so no state observable by the caller or by
+# functionalization changes; concurrency is handled by _TicketCounters (per stream, per captured call).
 @torch.library.custom_op("alr_fast::fused_alr_fwd", mutates_args=("bank",))
 def _fused_alr_fwd_op(
     logits: torch.Tensor,
@@ -736,8 +876,8 @@ def fused_alr_loss(
     (that would sync): indices must be ``< bank.shape[0]`` (``alr_fast.alr_loss(check_index=True)`` checks).
 
     Args:
-        assume_unique: skip the device sort that serialises duplicate indices (one launch fewer); with
-            duplicate indices the results are then undefined.
+        assume_unique: skip the device sort that serialises duplicate indices: the forward is then a single
+            kernel launch for every reduction. With duplicate indices the results are then undefined.
         inplace_grad: write the gradient into the logits buffer instead of a new ``[B, K]`` buffer (saves
             memory). The logits values are destroyed by the forward, so nothing else may use them afterwards
             (autograd raises if something saved them), and backward can run once.

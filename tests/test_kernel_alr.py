@@ -27,6 +27,7 @@ import triton.language as tl  # noqa: E402
 
 from alr_fast.kernels import ALRLoss, alr_forward, fused_alr_loss, pick_config  # noqa: E402
 from alr_fast.kernels.alr_loss import INTERPRETED, _round_to  # noqa: E402
+from alr_fast.kernels import alr_loss as alr_loss_mod  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -392,6 +393,160 @@ def test_empty_batch(reduction):
     assert z.grad.shape == (0, 3)
 
 
+# ------------------------------------------------------------------- single-launch ("last program") reduction
+# "sum"/"mean" reduce inside the forward launch: each program stores a partial and takes a ticket; the program
+# with the last ticket sums all partials in a fixed order and resets the counter. These tests force many
+# programs (one or two rows each) and a tiny summation block, so the last program loops over several blocks.
+def _counter() -> int:
+    """The ticket counter the next launch on this device (and current stream) will use: must be 0."""
+    return int(alr_loss_mod._TICKETS.get(DEVICE))
+
+
+def _unique_case(B, K, seed, *, n_pad, dtype=torch.float32):
+    """Unique bank rows; ``n_pad`` padded rows (index -1) at random positions other than the first and last."""
+    logits, bank, _ = make_case(B, K, dtype, torch.float32, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randperm(bank.shape[0], generator=g)[:B]
+    index[1 + torch.randperm(B - 2, generator=g)[:n_pad]] = -1
+    return logits, bank, index.to(DEVICE)
+
+
+@pytest.fixture
+def small_red_block(monkeypatch):
+    """The last program sums 8 partials per loop step (instead of 128 * num_warps)."""
+    monkeypatch.setattr(alr_loss_mod, "_red_block", lambda num_warps: 8)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(
+    "refine,assume_unique,dups", [(True, True, False), (True, False, True), (False, False, True)],
+    ids=["alr-unique", "alr-dedup", "warmup"],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "K,launch",
+    [
+        pytest.param(5, dict(rows_per_program=1), id="K5-64programs"),
+        pytest.param(40, dict(block_k=16, rows_per_program=2), id="K40-multisweep-32programs"),
+    ],
+)
+def test_single_launch_reduction_many_programs(K, launch, refine, assume_unique, dups, reduction, small_red_block):
+    """B=64 over 32-64 programs, padded rows (and duplicates on the duplicate-safe paths): loss, gradient
+    (through the scale written by the last program) and bank match float64; the counter is back to 0."""
+    B = 64
+    if dups:
+        logits, bank, index = make_case(B, K, torch.float32, torch.float32, seed=71 + K)  # 2 padded, duplicates
+    else:
+        logits, bank, index = _unique_case(B, K, seed=71 + K, n_pad=7)
+    check_against_float64(
+        logits, bank, index, alpha=ALPHA, lam=LAM, refine=refine, reduction=reduction, assume_unique=assume_unique,
+        grad_output=torch.tensor(1.5, device=DEVICE), **launch,
+    )  # fmt: skip
+    assert _counter() == 0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("refine,assume_unique", [(True, True), (True, False), (False, False)])
+def test_single_launch_reduction_all_padded(refine, assume_unique, reduction, small_red_block):
+    """No valid row in 16 programs: loss exactly 0, scale exactly 1 (mean divides by max(n_valid, 1))."""
+    B, K = 16, 5
+    logits, bank, _ = make_case(B, K, torch.float32, torch.float32, seed=73)
+    index = torch.full((B,), -1, dtype=torch.long, device=DEVICE)
+    bank_f = bank.clone()
+    loss, grad, scale = alr_forward(
+        logits, bank_f, index, alpha=ALPHA, lam=LAM, refine=refine, reduction=reduction,
+        assume_unique=assume_unique, rows_per_program=1,
+    )  # fmt: skip
+    assert loss.shape == () and torch.equal(loss.cpu(), torch.tensor(0.0))
+    assert torch.equal(scale.cpu(), torch.ones(1))
+    assert torch.equal(grad.cpu(), torch.zeros(B, K)) and torch.equal(bank_f, bank)
+    assert _counter() == 0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("assume_unique", [True, False])
+def test_single_launch_reduction_non_finite(assume_unique, reduction, small_red_block):
+    """NaN / inf rows in the first and the last program: the reduced loss is NaN (as in the reference), the
+    scale stays 1/n_valid, every other row's gradient is finite and matches float64."""
+    B, K = 48, 6
+    logits, bank, index = _unique_case(B, K, seed=79, n_pad=5)  # rows 0 and B-1 are valid
+    logits[0, 2] = float("nan")
+    logits[B - 1, 0] = float("inf")
+    loss, grad, _ = check_against_float64(
+        logits, bank, index, alpha=ALPHA, lam=LAM, refine=True, reduction=reduction, assume_unique=assume_unique,
+        rows_per_program=1,
+    )  # fmt: skip
+    assert torch.isnan(loss)
+    assert torch.isnan(grad[[0, B - 1]]).all() and torch.isfinite(grad[1 : B - 1]).all()
+    _, _, scale = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
+                              assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
+    n_valid = int((index >= 0).sum())
+    want = torch.tensor(1.0 / n_valid if reduction == "mean" else 1.0, dtype=torch.float32)
+    assert torch.equal(scale.cpu(), want.reshape(1))
+    assert _counter() == 0
+
+
+def test_single_launch_reduction_consecutive_calls(small_red_block):
+    """Calls with different grids and reductions reuse one counter: each one matches float64 and leaves the
+    counter at 0 (a missing reset would make the next call's last ticket land on the wrong program). The same
+    call repeated gives the same loss bit for bit."""
+    calls = [  # (B, K, rows_per_program, reduction, refine)
+        (37, 5, 1, "mean", True),
+        (64, 7, 2, "sum", True),
+        (9, 5, 1, "none", True),  # "none" does not touch the counter
+        (9, 5, 1, "mean", False),
+        (40, 5, 64, "mean", True),  # a single program
+        (37, 5, 1, "mean", True),
+    ]
+    losses = []
+    for B, K, rows, reduction, refine in calls:
+        logits, bank, index = _unique_case(B, K, seed=83 + B, n_pad=3)
+        loss, _, _ = check_against_float64(
+            logits, bank, index, alpha=ALPHA, lam=LAM, refine=refine, reduction=reduction, assume_unique=True,
+            rows_per_program=rows,
+        )  # fmt: skip
+        losses.append(loss)
+        assert _counter() == 0
+    assert torch.equal(losses[0], losses[-1])
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="injects a Python exception into an interpreted program")
+def test_interpreter_failure_mid_grid_resets_the_counter(monkeypatch):
+    """Under the interpreter the programs run inside the launch call: an exception after some programs drew
+    tickets must not leave the counter non-zero for the next call."""
+    logits, bank, index = _unique_case(16, 5, seed=89, n_pad=2)
+    original = alr_loss_mod._alr_rows
+    calls = {"n": 0}
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("injected failure in program 5")
+        return original(*args)
+
+    monkeypatch.setattr(alr_loss_mod, "_alr_rows", failing)
+    with pytest.raises(Exception, match="injected failure"):
+        alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, assume_unique=True, rows_per_program=1)
+    monkeypatch.setattr(alr_loss_mod, "_alr_rows", original)
+    assert _counter() == 0
+    check_against_float64(logits, bank, index, alpha=ALPHA, lam=LAM, refine=True, reduction="mean",
+                          assume_unique=True, rows_per_program=1)  # fmt: skip
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="relies on the interpreter running programs 0, 1, ... in order")
+def test_only_the_last_ticket_reduces_and_resets():
+    """With the counter preset to c, tickets run c .. c+n-1 and ticket n-1 is drawn by program n-1-c: that
+    program alone must reduce and reset, after which the remaining c programs leave the counter at c. (A
+    kernel in which every program reduces, or which keys on another ticket, ends elsewhere.)"""
+    logits, bank, index = _unique_case(16, 5, seed=97, n_pad=2)
+    counter = alr_loss_mod._TICKETS.get(DEVICE)
+    try:
+        counter.fill_(5)
+        alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, assume_unique=True, rows_per_program=1)
+        assert int(counter) == 5  # the loss itself is garbage here: programs 11..15 had not stored partials yet
+    finally:
+        counter.zero_()
+
+
 def test_functional_backend_dispatch():
     """alr_loss(backend="triton") runs the fused kernel; "auto" picks it only for CUDA tensors."""
     assert kernels.HAS_FUSED_ALR is True
@@ -627,29 +782,138 @@ def test_gpu_int64_offsets():
     assert not torch.equal(bank[rows], before)
 
 
-@gpu_only
-@pytest.mark.parametrize("refine,assume_unique", [(False, False), (True, True), (True, False)])
-def test_gpu_launches_and_no_host_sync(refine, assume_unique):
-    """No host sync on the kernel path (CUDA sync debug mode raises on one); kernel launches per call."""
+def _gpu_activities(fn) -> list[str]:
+    """Names of the GPU activities (kernels, memsets, memcpys) during ``fn()``, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+@gpu_only
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("refine,assume_unique", [(False, False), (True, True), (True, False)])
+def test_gpu_launches_and_no_host_sync(refine, assume_unique, reduction):
+    """No host sync on the kernel path (CUDA sync debug mode raises on one); kernel launches per call: exactly
+    one GPU activity (no reduction kernel, no memset) for warm-up and assume_unique, every reduction."""
     logits, bank, index = make_case(1024, 1000, torch.bfloat16, torch.float32, seed=61)
-    kw = dict(alpha=ALPHA, lam=LAM, refine=refine, assume_unique=assume_unique, reduction="none")
-    fused_alr_loss(logits, bank, index, **kw)  # compile outside the checks
+    kw = dict(alpha=ALPHA, lam=LAM, refine=refine, assume_unique=assume_unique, reduction=reduction)
+    fused_alr_loss(logits, bank, index, **kw)  # compile and take this stream's ticket counter outside the checks
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         fused_alr_loss(logits, bank, index, **kw)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fused_alr_loss(logits, bank, index, **kw)
-        torch.cuda.synchronize()
-    launches = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    names = [e.name for e in launches]
+    names = _gpu_activities(lambda: fused_alr_loss(logits, bank, index, **kw))
     assert sum("_alr_fwd_kernel" in n for n in names) == 1, names
     if not refine or assume_unique:
-        assert len(names) == 1, names  # exactly one launch ("none" needs no reduction kernel)
+        assert len(names) == 1, names  # exactly one launch per call
+    # The step: this module launches the forward kernel and the backward scaling kernel, nothing else.
+    z = logits.clone().requires_grad_(True)
+    go = torch.ones(1024 if reduction == "none" else (), device="cuda")
+    names = _gpu_activities(lambda: fused_alr_loss(z, bank, index, **kw).backward(go))
+    ours = [n for n in names if "_alr_" in n]
+    assert len(ours) == 2 and sum("_alr_fwd_kernel" in n for n in ours) == 1, names
+    assert sum("_alr_grad_scale_kernel" in n for n in ours) == 1, names
+    if not refine or assume_unique:  # (torch.sort may memset its own workspace)
+        assert not any("emset" in n for n in names), names
+
+
+@gpu_only
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("B,K,rows", [(65536, 16, 1), (65536, 16, 0), (16384, 1000, 0), (1024, 32000, 0)])
+def test_gpu_single_launch_reduction_bitwise_and_complete(B, K, rows, reduction):
+    """Many programs (up to 65,536, so the last one loops over 256 blocks of partials): the reduced loss is
+    bitwise identical run to run, and equals the float64 sum of the per-row losses of the same call to fp32
+    accuracy (a partial missed or read stale would be off by ~1/n_programs). Two inputs alternate, so a stale
+    partial from the previous call could not go unnoticed."""
+    cases = []
+    for seed in (101, 103):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        logits = (torch.randn(B, K, device="cuda", generator=g) * 3).to(torch.bfloat16)
+        bank = torch.softmax(torch.randn(2 * B, K, device="cuda", generator=g), 1)
+        index = torch.randperm(2 * B, device="cuda", generator=g)[:B]
+        index[torch.randperm(B, device="cuda", generator=g)[: B // 10]] = -1
+        rows_loss = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction="none",
+                                assume_unique=True, rows_per_program=rows)[0]  # fmt: skip
+        total = rows_loss.double().sum()
+        want = total / max(int((index >= 0).sum()), 1) if reduction == "mean" else total
+        cases.append((logits, bank, index, want))
+    first = [None, None]
+    for rep in range(6):
+        logits, bank, index, want = cases[rep % 2]
+        loss, _, _ = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
+                                 assume_unique=True, rows_per_program=rows)  # fmt: skip
+        if first[rep % 2] is None:
+            first[rep % 2] = loss.clone()
+            torch.testing.assert_close(loss.double(), want, rtol=2e-6, atol=0)
+        assert torch.equal(loss, first[rep % 2]), (rep, loss, first[rep % 2])
+    assert int(alr_loss_mod._TICKETS.get(DEVICE)) == 0
+
+
+@gpu_only
+def test_gpu_concurrent_streams_use_separate_counters():
+    """Two streams issue single-launch reductions concurrently: each stream has its own ticket counter, and
+    every result equals the result of the same call made alone."""
+    B, K = 16384, 100
+    inputs = [_unique_case(B, K, seed=s, n_pad=100) for s in (107, 109)]
+    kw = dict(alpha=ALPHA, lam=LAM, refine=False, reduction="mean", assume_unique=True)
+    alone = [fused_alr_loss(lg, bk, ix, **kw) for lg, bk, ix in inputs]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    counters = []
+    for st in streams:
+        st.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(st):
+            counters.append(alr_loss_mod._TICKETS.get(DEVICE))
+    assert counters[0].data_ptr() != counters[1].data_ptr()
+    results = [[], []]
+    for _ in range(20):
+        for j, st in enumerate(streams):
+            with torch.cuda.stream(st):
+                results[j].append(fused_alr_loss(*inputs[j], **kw))
+    for st in streams:
+        torch.cuda.current_stream().wait_stream(st)
+    torch.cuda.synchronize()
+    for j in range(2):
+        for r in results[j]:
+            assert torch.equal(r, alone[j])
+    assert all(int(c) == 0 for c in counters)
+
+
+@gpu_only
+def test_gpu_cuda_graph_single_launch_reduction():
+    """A captured graph with two single-launch reductions, replayed with new inputs between eager calls on
+    the same counter: bitwise equal to eager, and each replay runs two kernels and no memset."""
+    B, K = 4096, 100
+    logits, bank, index = _unique_case(B, K, seed=113, n_pad=50)
+    kw = dict(alpha=ALPHA, lam=LAM, assume_unique=True)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up of both captured variants: compile, zeroed counter slab
+        fused_alr_loss(logits, bank.clone(), index, reduction="mean", refine=False, **kw)
+        fused_alr_loss(logits, bank.clone(), index, reduction="sum", **kw)
+    torch.cuda.current_stream().wait_stream(s)
+    static_logits, static_bank = logits.clone(), bank.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        mean = fused_alr_loss(static_logits, static_bank, index, reduction="mean", refine=False, **kw)
+        total = fused_alr_loss(static_logits, static_bank, index, reduction="sum", **kw)
+    for seed in range(3):
+        new = torch.randn(B, K, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
+        static_logits.copy_(new)
+        static_bank.copy_(bank)
+        names = _gpu_activities(graph.replay)
+        eager_bank = bank.clone()
+        eager_mean = fused_alr_loss(new, eager_bank, index, reduction="mean", refine=False, **kw)
+        eager_sum = fused_alr_loss(new, eager_bank, index, reduction="sum", **kw)
+        torch.cuda.synchronize()
+        assert torch.equal(mean, eager_mean) and torch.equal(total, eager_sum)
+        assert torch.equal(static_bank, eager_bank)
+        assert sum("_alr_fwd_kernel" in n for n in names) == 2 and not any("emset" in n for n in names), names
 
 
 @gpu_only

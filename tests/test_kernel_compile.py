@@ -20,7 +20,8 @@ import pytest
 pytest.importorskip("triton")
 
 # (logits, bank, REFINE, HAS_ENTROPY, DEDUP, REDUCTION, B, K, block_k): the launch config comes from
-# pick_config exactly as the host function picks it on an H100 (132 SMs).
+# pick_config exactly as the host function picks it on an H100 (132 SMs). REDUCTION 1 ("sum") and 2 ("mean")
+# include the in-kernel "last program reduces" tail (atomic ticket + fp64 sum of the partials).
 FWD_VARIANTS = [
     ("fp32", "fp32", True, True, True, 2, 16384, 10, 0),
     ("bf16", "bf16", True, True, True, 2, 16384, 100, 0),
@@ -31,7 +32,29 @@ FWD_VARIANTS = [
     ("fp32", "fp16", True, True, True, 0, 1024, 8192, 0),
     ("bf16", "bf16", True, True, True, 2, 1024, 32000, 0),
     ("fp32", "fp32", False, False, False, 2, 64, 262144, 0),
+    # Single-launch reductions on the assume_unique / warm-up paths (the last program sums the partials).
+    ("bf16", "fp32", True, True, False, 2, 16384, 1000, 0),
+    ("fp32", "fp32", False, False, False, 1, 65536, 16, 0),
+    ("bf16", "bf16", True, False, False, 1, 1024, 32000, 0),
 ]
+
+
+def _reduction_ordering(ptx: str) -> dict:
+    """What the single-launch reduction relies on, read off the PTX (the GPU-only part of its correctness):
+    the ticket is an ``atom.global.gpu.acq_rel.add`` on an integer, a ``bar.sync`` separates the partial
+    stores from it, the partials are read back with L1-bypassing ``ld.global.cg``, and there is no float atomic
+    anywhere (the loss sum is not order-dependent)."""
+    lines = [ln.strip() for ln in ptx.splitlines()]
+    atoms = [i for i, ln in enumerate(lines) if "atom." in ln or ln.startswith(("red.", "@")) and " red." in ln]
+    tickets = [i for i in atoms if re.search(r"atom\.global\.gpu\.acq_rel\.add\.u32", lines[i])]
+    float_atomics = [lines[i] for i in atoms if re.search(r"\.(?:f16|bf16|f32|f64)\b", lines[i])]
+    barrier_first = True
+    for i in tickets:
+        last_store = max((j for j in range(i) if "st.global" in lines[j]), default=-1)
+        last_bar = max((j for j in range(i) if lines[j].startswith("bar.sync")), default=-1)
+        barrier_first &= last_bar > last_store
+    return dict(tickets=len(tickets), atomics=len(atoms), float_atomics=float_atomics,
+                barrier_before_ticket=barrier_first, cg_loads=len(re.findall(r"ld\.global\.cg", ptx)))
 
 
 def _compile_all() -> list[dict]:
@@ -64,7 +87,8 @@ def _compile_all() -> list[dict]:
         regs = int(re.search(r"Used (\d+) registers", out).group(1))
         spill = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", out))
         vector = len(re.findall(r"(?:ld|st)\.global\.v\d", ptx))
-        return dict(name=name, num_warps=num_warps, registers=regs, spill_bytes=spill, vector_accesses=vector)
+        return dict(name=name, num_warps=num_warps, registers=regs, spill_bytes=spill, vector_accesses=vector,
+                    ordering=_reduction_ordering(ptx))
 
     results = []
     for logits, bank, refine, entropy, dedup, red, B, K, block_k in FWD_VARIANTS:
@@ -72,14 +96,15 @@ def _compile_all() -> list[dict]:
         sig = {
             "logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
             "key_ptr": "*i64", "order_ptr": "*i64", "grad_ptr": f"*{logits}", "stride_gb": "i64",
-            "loss_rows_ptr": "*fp32", "partial_ptr": "*fp32", "scale_ptr": "*fp32",
+            "loss_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32" if red else "*fp32",
+            "scale_ptr": "*fp32",
             "B": "i32", "K_DIV": "i32", "alpha": "fp32", "one_minus_alpha": "fp32", "lam": "fp32",
         }  # fmt: skip
         cx = dict(REFINE=refine, HAS_ENTROPY=entropy, DEDUP=dedup, REDUCTION=red, ONE_SWEEP=cfg.one_sweep,
-                  ROWS=cfg.rows, BLOCK_K=cfg.block_k, ROW_ALIGN=m._row_align(K))  # fmt: skip
+                  ROWS=cfg.rows, BLOCK_K=cfg.block_k, ROW_ALIGN=m._row_align(K),
+                  RED_BLOCK=m._red_block(cfg.num_warps))  # fmt: skip
         results.append(build(m._alr_fwd_kernel, sig, cx, cfg.num_warps, f"fwd {logits}/{bank} K={K} {cfg}"))
-    sig = {"partial_ptr": "*fp32", "loss_ptr": "*fp32", "scale_ptr": "*fp32", "n_partials": "i32"}
-    results.append(build(m._alr_reduce_kernel, sig, dict(MEAN=True, BLOCK=m.REDUCE_BLOCK), 4, "reduce"))
+        results[-1]["reduction"] = red
     for dt, per_row in (("bf16", True), ("fp32", False)):
         sig = {
             "grad_ptr": f"*{dt}", "stride_gb": "i64", "out_ptr": f"*{dt}", "stride_ob": "i64",
@@ -100,12 +125,18 @@ def test_kernels_compile_for_sm90_without_spills():
     proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == len(FWD_VARIANTS) + 3
+    assert len(results) == len(FWD_VARIANTS) + 2
     for r in results:
         assert r["spill_bytes"] == 0, r
         assert r["registers"] <= 255, r
-        if r["name"] != "reduce":  # K=10 rows are 40 bytes: still 2 x 8-byte vectors per row
-            assert r["vector_accesses"] > 0, f"no vectorised global load/store: {r}"
+        assert r["vector_accesses"] > 0, f"no vectorised global load/store: {r}"  # K=10: 2 x 8-byte vectors
+        order = r["ordering"]
+        assert not order["float_atomics"], r  # deterministic: no float atomics anywhere
+        if r.get("reduction"):  # "sum" / "mean": exactly one ticket atomic, fenced by a barrier, L1 bypassed
+            assert order["tickets"] == 1 and order["atomics"] == 1, r
+            assert order["barrier_before_ticket"] and order["cg_loads"] > 0, r
+        else:
+            assert order["atomics"] == 0, r
 
 
 if __name__ == "__main__":
