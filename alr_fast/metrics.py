@@ -1,6 +1,8 @@
 """What papers on label noise report, computed from per-sample arrays at the end of an epoch.
 
-All inputs are CPU int64 tensors of length N addressed by global index.
+All inputs are CPU int64 tensors of length N addressed by global index. A clean label of -1 means "unknown"
+(e.g. most of Clothing1M's noisy train set): such samples are left out of every clean-label metric, and
+``num_clean_known`` says how many samples the figures rest on.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ def label_quality(given: torch.Tensor, refined: torch.Tensor, clean: torch.Tenso
     The detector flags a sample when its refined label differs from the given one; the truth is
     ``given != clean``. With no flag at all precision is 0 (reported, not NaN).
     """
+    known = clean >= 0
+    given, refined, clean = given[known], refined[known], clean[known]
     flagged = refined != given
     wrong = given != clean
     tp = int((flagged & wrong).sum())
@@ -34,13 +38,14 @@ def label_quality(given: torch.Tensor, refined: torch.Tensor, clean: torch.Tenso
         "mislabel_f1": f1,
         "num_flagged": int(flagged.sum()),
         "num_mislabelled": int(wrong.sum()),
+        "num_clean_known": int(known.sum()),
     }
 
 
 def memorisation_split(pred: torch.Tensor, given: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
     """On mislabelled samples seen this epoch (``pred >= 0``): share predicted as the true label, as the
     wrong given label (memorised), or as something else."""
-    seen = (pred >= 0) & (given != clean)
+    seen = (pred >= 0) & (clean >= 0) & (given != clean)
     n = int(seen.sum())
     p, g, c = pred[seen], given[seen], clean[seen]
     true_share = _ratio(int((p == c).sum()), n)

@@ -93,3 +93,17 @@ def test_reshard_rejects_incomplete_or_mismatched():
     other = SoftLabelBank(torch.tensor([1, 1, 2, 0]), 3).state_dict()
     with pytest.raises(ValueError, match="given labels differ"):
         SoftLabelBank(labels, 3).load_rows_from([other])
+
+
+def test_metrics_skip_unknown_clean_labels():
+    from alr_fast.metrics import label_quality, memorisation_split
+
+    given = torch.tensor([0, 1, 2, 3, 1])
+    refined = torch.tensor([0, 2, 2, 1, 1])
+    clean = torch.tensor([0, 2, -1, -1, 0])  # two unknown
+    q = label_quality(given, refined, clean)
+    assert q["num_clean_known"] == 3
+    assert q["refined_label_acc"] == pytest.approx(2 / 3)  # rows 0, 1 right; row 4 wrong
+    assert q["mislabel_precision"] == 1.0 and q["mislabel_recall"] == 0.5
+    m = memorisation_split(torch.tensor([0, 2, 2, 3, 1]), given, clean)
+    assert m == {"memo_true": 0.5, "memo_given": 0.5, "memo_other": 0.0}

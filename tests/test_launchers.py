@@ -59,6 +59,9 @@ def test_clothing1m_launcher_two_ranks_torch_loader(tmp_path):
          "--image-size", "64", "--set", "data.loader=torch", "--set", "data.subset_size=40", *SMALL], tmp_path)
     s = check_run(out, 2)
     assert len(set(s["rank_weight_digests"])) == 1
+    # Clothing1M knows the clean label of only some noisy-train images: metrics rest on those.
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < last["num_clean_known"] < len((out / "refined_labels.csv").read_text().splitlines()) - 1
 
 
 def test_mini_webvision_launcher(tmp_path):

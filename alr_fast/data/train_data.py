@@ -87,7 +87,7 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
     spec = recipe_transform(d.dataset, train=d.augment, crop=crop)
     return TrainData(
         given_labels=train.labels,
-        clean_labels=clean if clean is not None and known.all() else None,
+        clean_labels=clean if clean is not None and known.any() else None,  # -1 = unknown, see alr_fast.metrics
         num_classes=train.num_classes,
         in_channels=3,
         image_size=spec.crop,
