@@ -40,13 +40,18 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     import deepspeed
     import torch.distributed as dist
 
+    # DeepSpeed's engine insists on LOCAL_RANK (set by every launcher); a plain process is local rank 0. A child
+    # process ignores an inherited LOCAL_RANK unless RANK is set too.
+    os.environ.setdefault("LOCAL_RANK", "0")
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(
-                RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
-            )
         backend = "nccl" if device.type == "cuda" else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        if "RANK" in os.environ:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        else:
+            # A group of one on a free local port, passed directly rather than through MASTER_PORT so that child
+            # processes started later (tests, tools) do not inherit a port this process holds.
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                       init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -12,5 +12,10 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Tests start their own process groups (in-process, torchrun, deepspeed): a launcher's variables inherited
+# from the environment would make them join the wrong one.
+for _var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+    os.environ.pop(_var, None)
+
 # Keep CPU tests quick and reproducible on a 2-core machine.
 torch.set_num_threads(min(2, torch.get_num_threads()))

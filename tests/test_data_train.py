@@ -40,7 +40,10 @@ def test_two_epochs_of_training_on_a_fixture(tmp_path, name, loader, extra):
     if name == "cifar10":
         assert data.noise_manifest["kind"] == "sym-incl" and data.clean_labels is not None
     if name == "clothing1m":
-        assert data.clean_labels is None and data.extra["clean_labels_known"] > 0  # partial: not passed on
+        # Partly known clean labels are passed on with -1 where unknown; metrics rest on the known ones.
+        known = data.extra["clean_labels_known"]
+        assert 0 < known < data.num_train and int((data.clean_labels >= 0).sum()) == known
+        assert rows[-1]["num_clean_known"] == known
         assert data.image_size == 64 and len(data.train_source(0, 1, 16, 0)) == 2  # 28-row subset per epoch
 
 

@@ -51,7 +51,7 @@ def test_train_command_and_bad_override(tmp_path):
     assert bad.returncode == 2 and "method.alpha: must be in [0, 1]" in bad.stderr
     missing = run_cli("train", "--recipe", "cifar10", "--epochs", "1", "--set", "method.warmup_epochs=0",
                       cwd=tmp_path)
-    assert missing.returncode == 2 and "data.dataset='cifar10'" in missing.stderr
+    assert missing.returncode == 2 and "data.data_root: required for the on-disk dataset 'cifar10'" in missing.stderr
 
 
 def test_launcher_script_runs_from_any_directory(tmp_path):
