@@ -9,6 +9,7 @@ import sys
 
 from alr_fast.config import METHODS, apply_overrides
 from alr_fast.recipes import RECIPES, get_recipe
+from alr_fast.runtime import shutdown_distributed
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             if bad or not methods:
                 parser.error(f"--methods: unknown {bad}; choose from {METHODS}")
             summary = run_demo(cfg, methods)
+            shutdown_distributed()
             print()
             print(f"{cfg.data.dataset}, {cfg.data.noise_kind} noise requested {cfg.data.noise_rate:.0%} "
                   f"(actual {summary['noise']['actual_rate']:.1%}), {cfg.train.epochs} epochs, "
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(cfg)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(summary, indent=2))
+        shutdown_distributed()  # on success only: after a one-sided error a barrier could wait forever
         return 0
     except (ValueError, TypeError, NotImplementedError, FileNotFoundError, NotADirectoryError,
             FloatingPointError) as e:

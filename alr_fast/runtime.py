@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Runtime", "resolve_runtime", "init_distributed"]
+__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,16 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                        init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly: every rank meets at a barrier first (a rank that tears down gloo while
+    a peer is still talking to it can abort with 'terminate called without an active exception')."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def resolve_runtime(device: str, precision: str, backend: str) -> Runtime:
