@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -226,42 +227,61 @@ def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -
 
 
 def write_exports(out: Path, engine, bank: SoftLabelBank, data: TrainData, rt: Runtime, batch_size: int) -> dict:
-    """refined_labels.csv, pred_probs.npy, labels.npy, bank.pt (global) and exports.json; collective call."""
-    k = bank.num_classes
-    gidx, probs = predict_probs(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size),
-                                data.num_train, rt)
-    soft_local = bank.soft.float()
-    soft = _gather_global(soft_local, bank, 0.0).cpu()
-    prob_parts = all_gather_rows(probs.to(rt.device))
-    idx_parts = all_gather_rows(gidx.to(rt.device))
+    """refined_labels.csv, pred_probs.npy, soft_labels.npy, labels.npy and exports.json; a collective call.
+
+    Built to scale to full WebVision (2.4M x 1000): no N x K tensor goes through a collective or sits in
+    memory. Each rank writes its own rows to ``<out>/.export_parts/`` (``--out`` is on a shared filesystem
+    for multi-node runs anyway); rank 0 streams them into memory-mapped ``.npy`` files.
+    """
+    k, n = bank.num_classes, data.num_train
+    gidx, probs = predict_probs(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), n, rt)
+    parts = out / ".export_parts"
+    if rt.is_main:
+        parts.mkdir(parents=True, exist_ok=True)
+    barrier()
+    torch.save({"pred_index": gidx, "probs": probs, "bank_index": bank.global_index.cpu(),
+                "soft": bank.soft.float().cpu()}, parts / f"part{rt.rank}.pt")
+    barrier()
     info = {}
     if rt.is_main:
-        pred_probs = np.zeros((data.num_train, k), dtype=np.float32)
-        for g, p in zip(idx_parts, prob_parts):
-            pred_probs[g.cpu().numpy()] = p.cpu().numpy()
-        given = torch.from_numpy(data.given_labels)
-        refined = soft.argmax(dim=1)
-        confidence = soft.max(dim=1).values
-        # Suspicion: soft-label mass that moved away from the given label; rank 1 = most suspect.
-        suspicion = 1.0 - soft.gather(1, given[:, None]).squeeze(1)
-        order = torch.from_numpy(np.lexsort((np.arange(data.num_train), -suspicion.numpy())))
-        suspect_rank = torch.empty_like(order)
-        suspect_rank[order] = torch.arange(1, data.num_train + 1)
+        given = data.given_labels.astype(np.int64)
+        pred_mm = np.lib.format.open_memmap(out / "pred_probs.npy", mode="w+", dtype=np.float32, shape=(n, k))
+        soft_mm = np.lib.format.open_memmap(out / "soft_labels.npy", mode="w+", dtype=np.float32, shape=(n, k))
+        pred_mm[:] = 0.0  # rows never predicted (skipped unreadable images) stay 0
+        refined = np.zeros(n, dtype=np.int64)
+        confidence = np.zeros(n, dtype=np.float32)
+        given_mass = np.zeros(n, dtype=np.float32)
+        for r in range(rt.world_size):
+            part = torch.load(parts / f"part{r}.pt", map_location="cpu", weights_only=True, mmap=True)
+            pred_mm[part["pred_index"].numpy()] = part["probs"].numpy()
+            rows, soft = part["bank_index"].numpy(), part["soft"]
+            soft_mm[rows] = soft.numpy()
+            refined[rows] = soft.argmax(dim=1).numpy()
+            confidence[rows] = soft.max(dim=1).values.numpy()
+            given_mass[rows] = soft.gather(1, torch.from_numpy(given[rows])[:, None]).squeeze(1).numpy()
+        pred_mm.flush()
+        soft_mm.flush()
+        del pred_mm, soft_mm
+        # Suspicion: soft-label mass that moved away from the given label; rank 1 = most suspect (ties by index).
+        order = np.lexsort((np.arange(n), given_mass))
+        suspect_rank = np.empty(n, dtype=np.int64)
+        suspect_rank[order] = np.arange(1, n + 1)
         with open(out / "refined_labels.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["global_index", "given_label", "refined_label", "confidence", "suspect_rank"])
-            for i in range(data.num_train):
-                w.writerow([i, int(given[i]), int(refined[i]), f"{float(confidence[i]):.6f}", int(suspect_rank[i])])
-        np.save(out / "pred_probs.npy", pred_probs)
-        np.save(out / "labels.npy", data.given_labels.astype(np.int64))
-        torch.save({"soft": soft.to(bank.soft.dtype), "given": given}, out / "bank.pt")
+            w.writerows(zip(range(n), given.tolist(), refined.tolist(), (f"{c:.6f}" for c in confidence.tolist()),
+                            suspect_rank.tolist()))
+        np.save(out / "labels.npy", given)
+        shutil.rmtree(parts, ignore_errors=True)
         info = {
-            "num_samples": data.num_train,
+            "num_samples": n,
             "num_classes": k,
             "num_changed": int((refined != given).sum()),
-            "files": ["refined_labels.csv", "pred_probs.npy", "labels.npy", "bank.pt"],
+            "files": ["refined_labels.csv", "pred_probs.npy", "soft_labels.npy", "labels.npy"],
             "cleanlab": "cleanlab.filter.find_label_issues(np.load('labels.npy'), np.load('pred_probs.npy'))",
-            "pred_probs_note": "in-sample probabilities of the final model (eval transform), not cross-validated",
+            "pred_probs_note": "in-sample probabilities of the final model (eval transform), not cross-validated; "
+                               "rows of images skipped as unreadable are 0",
+            "soft_labels_note": f"the bank's soft labels as float32 (stored as {str(bank.soft.dtype).replace('torch.', '')})",
         }
         (out / "exports.json").write_text(json.dumps(info, indent=2) + "\n")
     barrier()

@@ -62,19 +62,22 @@ def test_two_ranks(tmp_path):
     assert [int(r["global_index"]) for r in rows] == list(range(n))
     assert sorted(int(r["suspect_rank"]) for r in rows) == list(range(1, n + 1))
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
-    bank = torch.load(out / "bank.pt", weights_only=True)
+    soft = torch.from_numpy(np.load(out / "soft_labels.npy"))
     for s in shards:
-        assert torch.equal(bank["soft"][s["global_index"]], s["soft"])
-    assert [int(r["refined_label"]) for r in rows] == bank["soft"].argmax(1).tolist()
+        assert torch.equal(soft[s["global_index"]], s["soft"].float())
+    assert [int(r["refined_label"]) for r in rows] == soft.argmax(1).tolist()
+    # suspect_rank 1 = least soft-label mass left on the given label
+    given_mass = soft.gather(1, torch.from_numpy(labels)[:, None]).squeeze(1)
+    first = min(rows, key=lambda r: int(r["suspect_rank"]))
+    assert given_mass[int(first["global_index"])] == given_mass.min()
+    assert not (out / ".export_parts").exists()
     assert "Traceback" not in proc.stderr
 
 
 def _same_run(a: Path, b: Path):
     ma, mb = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
     assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
-    ba, bb = torch.load(a / "bank.pt", weights_only=True), torch.load(b / "bank.pt", weights_only=True)
-    assert torch.equal(ba["soft"], bb["soft"])
-    for name in ("refined_labels.csv", "pred_probs.npy", "labels.npy"):
+    for name in ("refined_labels.csv", "pred_probs.npy", "soft_labels.npy", "labels.npy"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     timing = ("images_per_s", "epoch_time_s", "data_time_s", "step_time_s")
     ra = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
