@@ -5,6 +5,7 @@ kernel is decorated, i.e. before ``alr_fast.kernels`` is imported (../shared/STA
 """
 
 import os
+import socket
 
 import torch
 
@@ -19,3 +20,10 @@ for _var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SI
 
 # Keep CPU tests quick and reproducible on a 2-core machine.
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def free_port() -> int:
+    """A TCP port free right now on the loopback interface, for a launcher's --master_port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

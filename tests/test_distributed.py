@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = str(ROOT / "launchers" / "train.py")
 # Small and fast: scikit-learn's 1,797 real digits (1,438 train), an MLP, 64 per rank per step.
@@ -28,7 +30,7 @@ def run(cmd, cwd, env_extra=None, expect=0):
 
 def torchrun(nproc, args, cwd, **kw):
     return run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(29500 + os.getpid() % 1000), LAUNCHER, *args], cwd, **kw)
+                "--master_port", str(free_port()), LAUNCHER, *args], cwd, **kw)
 
 
 def single(args, cwd, **kw):
@@ -133,7 +135,7 @@ def test_deepspeed_launcher_two_ranks(tmp_path):
     """How users start runs: `deepspeed --num_gpus N launchers/...` (it appends --local_rank=N)."""
     deepspeed_bin = Path(sys.executable).parent / "deepspeed"
     out = tmp_path / "ds"
-    proc = run([str(deepspeed_bin), "--num_gpus", "2", "--master_port", str(29600 + os.getpid() % 1000), LAUNCHER,
+    proc = run([str(deepspeed_bin), "--num_gpus", "2", "--master_port", str(free_port()), LAUNCHER,
                 *BASE, "--epochs", "2", "--out", str(out)], tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and len(set(summary["rank_weight_digests"])) == 1

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "small_cnn", "--epochs", "2", "--set", "method.warmup_epochs=1", "--batch-size", "16",
          "--no-progress", "--set", "data.workers=1"]
@@ -55,7 +57,7 @@ def test_clothing1m_launcher_two_ranks_torch_loader(tmp_path):
     root = fixture(tmp_path, "clothing1m", "--layout", "b")
     out = tmp_path / "c1m"
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-         str(29700 + os.getpid() % 200), launcher("clothing1m"), "--data-root", str(root), "--out", str(out),
+         str(free_port()), launcher("clothing1m"), "--data-root", str(root), "--out", str(out),
          "--image-size", "64", "--set", "data.loader=torch", "--set", "data.subset_size=40", *SMALL], tmp_path)
     s = check_run(out, 2)
     assert len(set(s["rank_weight_digests"])) == 1
