@@ -6,11 +6,13 @@ The semantics (padded rows, duplicates, non-finite logits, reductions) are speci
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from alr_fast.reference import alr_loss_reference
 
-__all__ = ["alr_loss", "resolve_backend", "LOGIT_DTYPES", "BANK_DTYPES", "BACKENDS", "REDUCTIONS"]
+__all__ = ["alr_loss", "resolve_backend", "validate_inputs", "describe", "LOGIT_DTYPES", "BANK_DTYPES", "BACKENDS", "REDUCTIONS"]
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 BANK_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -42,50 +44,51 @@ def resolve_backend(backend: str, device: torch.device, logits_dtype: torch.dtyp
     return backend
 
 
-def _validate(logits, bank, index, alpha, lam, reduction, check_index):
+def validate_inputs(logits, bank, index, *, alpha, lam, reduction, where: str = "alr_loss",
+                    check_index: bool = False) -> None:
+    """Raise a clear error naming the argument (shared by every backend; ``where`` prefixes the message).
+
+    Only metadata is read, except with ``check_index`` (a host sync on CUDA: ``index.max()``).
+    """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"alr_loss: logits must be a 2-D tensor [B, K], got {_describe(logits)}")
+        raise ValueError(f"{where}: logits must be a 2-D tensor [B, K], got {describe(logits)}")
     if logits.dtype not in LOGIT_DTYPES:
-        raise TypeError(f"alr_loss: logits dtype must be one of {LOGIT_DTYPES}, got {logits.dtype}")
+        raise TypeError(f"{where}: logits dtype must be one of {LOGIT_DTYPES}, got {logits.dtype}")
     if not isinstance(bank, torch.Tensor) or bank.dim() != 2:
-        raise ValueError(f"alr_loss: bank must be a 2-D tensor [N, K], got {_describe(bank)}")
+        raise ValueError(f"{where}: bank must be a 2-D tensor [N, K], got {describe(bank)}")
     if bank.dtype not in BANK_DTYPES:
-        raise TypeError(f"alr_loss: bank dtype must be one of {BANK_DTYPES}, got {bank.dtype}")
+        raise TypeError(f"{where}: bank dtype must be one of {BANK_DTYPES}, got {bank.dtype}")
     if bank.requires_grad:
-        raise ValueError("alr_loss: bank must not require grad (it is updated in place, outside autograd)")
+        raise ValueError(f"{where}: bank must not require grad (it is updated in place, outside autograd)")
     if logits.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"alr_loss: logits has K={logits.shape[1]} classes but bank has K={bank.shape[1]} columns"
-        )
+        raise ValueError(f"{where}: logits has K={logits.shape[1]} classes but bank has K={bank.shape[1]} columns")
     if logits.shape[1] < 1:
-        raise ValueError("alr_loss: need at least one class (K >= 1)")
+        raise ValueError(f"{where}: need at least one class (K >= 1)")
     if not isinstance(index, torch.Tensor) or index.dim() != 1:
-        raise ValueError(f"alr_loss: index must be a 1-D int64 tensor [B], got {_describe(index)}")
+        raise ValueError(f"{where}: index must be a 1-D int64 tensor [B], got {describe(index)}")
     if index.dtype != torch.int64:
-        raise TypeError(f"alr_loss: index dtype must be torch.int64, got {index.dtype}")
+        raise TypeError(f"{where}: index dtype must be torch.int64, got {index.dtype}")
     if index.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"alr_loss: index has {index.shape[0]} entries but logits has B={logits.shape[0]} rows"
-        )
+        raise ValueError(f"{where}: index has {index.shape[0]} entries but logits has B={logits.shape[0]} rows")
     if not (logits.device == bank.device == index.device):
         raise ValueError(
-            f"alr_loss: logits ({logits.device}), bank ({bank.device}) and index ({index.device}) "
+            f"{where}: logits ({logits.device}), bank ({bank.device}) and index ({index.device}) "
             "must be on the same device"
         )
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alr_loss: alpha must be in [0, 1], got {alpha}")
-    if not torch.isfinite(torch.tensor(float(lam))) or float(lam) < 0.0:
-        raise ValueError(f"alr_loss: lam must be a finite number >= 0, got {lam}")
+        raise ValueError(f"{where}: alpha must be in [0, 1], got {alpha}")
+    if not math.isfinite(float(lam)) or float(lam) < 0.0:
+        raise ValueError(f"{where}: lam must be a finite number >= 0, got {lam}")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"alr_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if check_index and index.numel() > 0:
-        # Host sync on CUDA; the trainer validates its index range once and passes check_index=False there.
+        # Host sync on CUDA; the trainer's loaders give in-range indices by construction and pass False there.
         hi = int(index.max().item())
         if hi >= bank.shape[0]:
-            raise IndexError(f"alr_loss: index {hi} is out of range for a bank of {bank.shape[0]} rows")
+            raise IndexError(f"{where}: index {hi} is out of range for a bank of {bank.shape[0]} rows")
 
 
-def _describe(x) -> str:
+def describe(x) -> str:
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
     return type(x).__name__
@@ -122,7 +125,7 @@ def alr_loss(
 
     Semantics of duplicates and non-finite logits: see :mod:`alr_fast.reference`.
     """
-    _validate(logits, bank, index, alpha, lam, reduction, check_index)
+    validate_inputs(logits, bank, index, alpha=alpha, lam=lam, reduction=reduction, check_index=check_index)
     chosen = resolve_backend(backend, logits.device, logits.dtype)
     if chosen == "triton":
         from alr_fast.kernels import fused_alr_loss

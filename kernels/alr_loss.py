@@ -70,6 +70,8 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from alr_fast.functional import describe, validate_inputs
+
 __all__ = [
     "ALRLoss",
     "FusedALRFunction",
@@ -81,8 +83,6 @@ __all__ = [
     "INTERPRETED",
 ]
 
-LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-BANK_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
 # Block-size heuristics. NOT yet timed on a GPU (no GPU in the session that wrote them). Checked only by
@@ -567,57 +567,24 @@ def _row_align(*sizes: int) -> int:
 
 
 def _check_inputs(logits, bank, index, alpha, lam, reduction, where: str) -> None:
-    """Raise a clear error naming the argument. Cheap (no device access)."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"{where}: logits must be a 2-D tensor [B, K], got {_describe(logits)}")
+    """Raise a clear error naming the argument. Cheap (no device access): the checks every backend shares,
+    then what only the kernel needs."""
+    validate_inputs(logits, bank, index, alpha=alpha, lam=lam, reduction=reduction, where=where)
     if logits.dtype == torch.float64:
         raise TypeError(
             f"{where}: logits dtype torch.float64 is not supported by the fused kernel (it computes in fp32); "
             "use backend='torch' for float64"
         )
-    if logits.dtype not in LOGIT_DTYPES:
-        raise TypeError(f"{where}: logits dtype must be one of {LOGIT_DTYPES}, got {logits.dtype}")
-    if not isinstance(bank, torch.Tensor) or bank.dim() != 2:
-        raise ValueError(f"{where}: bank must be a 2-D tensor [N, K], got {_describe(bank)}")
-    if bank.dtype not in BANK_DTYPES:
-        raise TypeError(f"{where}: bank dtype must be one of {BANK_DTYPES}, got {bank.dtype}")
-    if bank.requires_grad:
-        raise ValueError(f"{where}: bank must not require grad (it is updated in place, outside autograd)")
-    if bank.shape[1] != logits.shape[1]:
-        raise ValueError(f"{where}: logits has K={logits.shape[1]} classes but bank has K={bank.shape[1]}")
-    if logits.shape[1] < 1:
-        raise ValueError(f"{where}: need at least one class (K >= 1), got logits of shape {tuple(logits.shape)}")
     if (bank.shape[1] > 1 and bank.stride(1) != 1) or (bank.shape[0] > 1 and bank.stride(0) == 0):
         raise ValueError(
             f"{where}: bank must have unit column stride and distinct rows (it is updated in place), got "
             f"strides {bank.stride()}"
-        )
-    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.int64:
-        raise TypeError(f"{where}: index must be a 1-D torch.int64 tensor [B], got {_describe(index)}")
-    if index.shape[0] != logits.shape[0]:
-        raise ValueError(f"{where}: index has {index.shape[0]} entries but logits has B={logits.shape[0]} rows")
-    if not (logits.device == bank.device == index.device):
-        raise ValueError(
-            f"{where}: logits ({logits.device}), bank ({bank.device}) and index ({index.device}) must be on "
-            "the same device"
         )
     if logits.device.type != "cuda" and not INTERPRETED:
         raise ValueError(
             f"{where}: tensors on {logits.device} need a CUDA device, or TRITON_INTERPRET=1 set before "
             "alr_fast.kernels is imported (the Triton interpreter, for tests)"
         )
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"{where}: alpha must be in [0, 1], got {alpha}")
-    if not float(lam) >= 0.0 or float(lam) == float("inf"):
-        raise ValueError(f"{where}: lam must be a finite number >= 0, got {lam}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{where}: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return type(x).__name__
 
 
 def alr_forward(
@@ -655,7 +622,7 @@ def alr_forward(
     elif grad.shape != (B, K) or grad.dtype != logits.dtype or (K > 1 and grad.stride(1) != 1):
         raise ValueError(
             f"alr_forward: grad must be [{B}, {K}] of dtype {logits.dtype} with unit column stride, got "
-            f"{_describe(grad)} with strides {grad.stride()}"
+            f"{describe(grad)} with strides {grad.stride()}"
         )
     red = REDUCTIONS[reduction]
     scale = torch.empty((1,), dtype=torch.float32, device=logits.device)
@@ -725,7 +692,7 @@ def alr_grad_scale(
     if out is None:
         out = torch.empty((B, K), dtype=grad.dtype, device=grad.device)
     if grad_output.dim() not in (0, 1) or (grad_output.dim() == 1 and grad_output.shape[0] != B):
-        raise ValueError(f"alr_grad_scale: grad_output must be a scalar or [{B}], got {_describe(grad_output)}")
+        raise ValueError(f"alr_grad_scale: grad_output must be a scalar or [{B}], got {describe(grad_output)}")
     if B == 0 or K == 0:
         return out
     per_row = grad_output.dim() == 1
