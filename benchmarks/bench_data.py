@@ -27,9 +27,7 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, cpu_model, relative, run_metadata  # noqa: E402  (benchmarks/ is on sys.path)
 GOAL_RATIO = 1.5
 GOAL = f"DALI CPU >= {GOAL_RATIO}x the torchvision DataLoader, same cores"
 
@@ -56,31 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------------------------- environment
-def _git(*args) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _relative(path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
 def environment() -> dict:
     import numpy
     import PIL
@@ -93,7 +66,7 @@ def environment() -> dict:
     except ImportError:
         dali_version = None
     return {
-        "machine": f"{platform.platform()}, {_cpu_model()}, {os.cpu_count()} logical CPUs",
+        "machine": f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} logical CPUs",
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -101,10 +74,7 @@ def environment() -> dict:
         "dali": dali_version,
         "pillow": PIL.__version__,
         "numpy": numpy.__version__,
-        "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "command": " ".join(shlex.quote(a) for a in ["python", _relative(sys.argv[0]), *sys.argv[1:]]),
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **run_metadata(),
     }
 
 
@@ -245,7 +215,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"bench_data_{tag}.md").write_text(markdown(report))
     print(markdown(report))
-    print(f"wrote {_relative(json_path)} and .md", file=sys.stderr)
+    print(f"wrote {relative(json_path)} and .md", file=sys.stderr)
     return 0
 
 

@@ -26,18 +26,16 @@ import json
 import os
 import platform
 import re
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from _common import REPO, cpu_model, relative, run_metadata  # noqa: E402  (benchmarks/ is on sys.path)
 from alr_fast.reference import alr_loss_reference
 
-REPO = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ("fused", "eager", "compile")
 ALPHA, LAM = 0.7, 0.4  # refinement with entropy: the most work per row
@@ -77,12 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --------------------------------------------------------------------------------------------- environment
 def environment(device: torch.device) -> dict:
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
     try:
         import triton
 
@@ -90,38 +82,15 @@ def environment(device: torch.device) -> dict:
     except ImportError:
         triton_version = None
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({_cpu_model()})",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({cpu_model()})",
         "device_type": device.type,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": triton_version,
         "python": platform.python_version(),
-        "git_sha": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "command": " ".join(shlex.quote(a) for a in ["python", _relative(sys.argv[0]), *sys.argv[1:]]),
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "load_avg_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # shared machine?
+        **run_metadata(),
     }
-
-
-def _relative(path: str | Path) -> str:
-    """``path`` relative to the repository when inside it (no machine paths in results)."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def device_slug(env: dict) -> str:
@@ -372,7 +341,7 @@ def main(argv=None) -> int:
 
     result = dict(
         environment=env,
-        settings=dict(vars(args), out=_relative(args.out), impls_run=impls, alpha=ALPHA, lam=LAM, refine=True),
+        settings=dict(vars(args), out=relative(args.out), impls_run=impls, alpha=ALPHA, lam=LAM, refine=True),
         copy_bandwidth_gbs=bw,
         notes=notes,
         goals=list(GOALS),

@@ -23,12 +23,13 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from _common import git  # benchmarks/ is on sys.path when run as a script
 import torch.nn.functional as F
 
 from alr_fast.bank import SoftLabelBank
@@ -37,20 +38,12 @@ from alr_fast.functional import alr_loss
 from alr_fast.models import build_model
 from alr_fast.recipes import RECIPES, get_recipe
 from alr_fast.runtime import resolve_runtime
-from alr_fast.trainer import _autocast, _ds_config, _optimizer, build_train_data
+from alr_fast.trainer import _ds_config, _optimizer, build_train_data
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main(argv=None) -> int:
@@ -166,7 +159,7 @@ def main(argv=None) -> int:
         "device": device_name,
         "torch": torch.__version__,
         "deepspeed": deepspeed.__version__,
-        "git_sha": git_sha(),
+        "git_sha": (git('rev-parse', 'HEAD') or 'unknown'),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "recipe": args.recipe,

@@ -24,13 +24,14 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from _common import git  # benchmarks/ is on sys.path when run as a script
 
 from alr_fast.config import Config
 from alr_fast.metrics import label_quality
@@ -119,14 +120,6 @@ def fmt(values: list[float]) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def settings_for(quick: bool) -> list[tuple[str, float]]:
     if quick:
         return [("sym-incl", 0.6)]
@@ -192,7 +185,7 @@ def main(argv=None) -> int:
 
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_sha": git_sha(),
+        "git_sha": (git('rev-parse', 'HEAD') or 'unknown'),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "device": str(rt.device),
         "torch": torch.__version__,

@@ -30,3 +30,11 @@ def test_bench_loss_smoke(tmp_path):
           "eager", "--reps", "2", "--warmup", "1", "--out", str(tmp_path)], tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert any(f.endswith(".json") for f in files) and any(f.endswith(".md") for f in files), files
+
+
+def test_bench_data_smoke(tmp_path):
+    _run([str(ROOT / "benchmarks" / "bench_data.py"), "--images", "24", "--repeats", "1", "--out", str(tmp_path),
+          "--tag", "smoke"], tmp_path)
+    report = json.loads((tmp_path / "bench_data_smoke.json").read_text())
+    assert report["environment"]["git_sha"] and report["environment"]["command"].startswith("python benchmarks/")
+    assert (tmp_path / "bench_data_smoke.md").exists()
