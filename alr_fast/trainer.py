@@ -105,9 +105,9 @@ def build_train_data(cfg: Config, device: torch.device | str = "cpu") -> TrainDa
     from alr_fast.noise import make_noisy_labels
 
     if cfg.data.dataset not in EMBEDDED_DATASETS:
-        from alr_fast.data.registry import build_reader_train_data
+        from alr_fast.data.train_data import reader_train_data
 
-        return build_reader_train_data(cfg, device)
+        return reader_train_data(cfg, device)
     s = load_embedded(cfg.data.dataset, cfg.data.test_fraction)
     noisy, manifest = make_noisy_labels(
         s.train_labels, kind=cfg.data.noise_kind, rate=cfg.data.noise_rate, num_classes=s.num_classes,
