@@ -35,6 +35,7 @@ from alr_fast.functional import alr_loss
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
 from alr_fast.runtime import Runtime, resolve_runtime
+from alr_fast.schedule import RefinementSchedule, prediction_counts
 
 __all__ = ["TrainData", "train", "build_train_data", "predict_probs", "BatchSource"]
 
@@ -333,6 +334,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
     check_index = rt.device.type == "cpu"  # host syncs; on CUDA the loaders' indices are in range by construction
 
     steps_per_epoch = len(train_loader)
+    sched = RefinementSchedule.from_config(cfg.method, cfg.train.epochs, steps_per_epoch, data.given_labels, k)
     rows: list[dict] = []
     best_acc, best_epoch, step, start_epoch, start_step = -1.0, -1, 0, 0, 0
     if cfg.train.resume:
@@ -347,6 +349,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
                                  "(only train.* fields may change on resume)")
             rows, best_acc, best_epoch = state["rows"], state["best_acc"], state["best_epoch"]
             step, start_epoch, start_step = state["step"], state["epoch"], state["step_in_epoch"]
+            sched.load_state_dict(state.get("schedule"))
             if rank_state is not None:
                 restore_rng(rank_state["rng"])
                 train_pred.copy_(rank_state["train_pred"].to(rt.device))
@@ -365,7 +368,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
     def checkpoint(epoch: int, step_in_epoch: int) -> None:
         trainer_state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "rows": rows,
                          "best_acc": best_acc, "best_epoch": best_epoch, "world_size": rt.world_size,
-                         "config": config_to_dict(cfg)}
+                         "config": config_to_dict(cfg), "schedule": sched.state_dict()}
         rank_state = {"rng": capture_rng(), "train_pred": train_pred.cpu(), "loss_sum": float(loss_sum.item()),
                       "seen": int(seen.item())}
         save_checkpoint(out, step, engine, bank, trainer_state, rank_state, rank=rt.rank,
@@ -386,11 +389,10 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
         for r in rows:  # rewrite what a resumed run already logged, so the file matches an uninterrupted run
             metrics_file.write(json.dumps(r) + "\n")
     t_run = time.perf_counter()
-    alpha, lam = cfg.method.alpha, cfg.method.effective_lam
     # Testing hook: ALR_FAST_FAULT_AT_STEP=N kills this process (SIGKILL) right after global step N.
     fault_at_step = int(os.environ.get("ALR_FAST_FAULT_AT_STEP", "-1"))
     for epoch in range(start_epoch, cfg.train.epochs):
-        refine = cfg.method.refine_at(epoch)
+        refine = sched.refine_at(epoch)
         if start_step == 0:
             train_pred[:n_local] = -1
             loss_sum.zero_()
@@ -406,6 +408,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
             if check_index and not bool(bank.owns(idx).all()):
                 raise RuntimeError(f"rank {rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
+            alpha, lam = sched.coefficients(step)  # warm-up end and lam/alpha ramp: Python floats, no sync
             logits = engine(x)
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
             # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
@@ -454,6 +457,10 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
             "data_time_s": data_time,
             "step_time_s": step_time,
         }
+        # Automatic end of warm-up and collapse guard: K + 2 numbers reduced once per epoch.
+        row.update(sched.end_epoch(epoch, row, all_reduce_sum(prediction_counts(train_pred[:n_local], bank.given, k))))
+        for msg in sched.messages if rt.is_main else ():
+            print(f"[alr_fast] {msg}", flush=True)
         if clean is not None:
             refined = _gather_global(bank.refined_labels(), bank, -1).cpu()
             preds = _gather_global(train_pred[:n_local], bank, -1).cpu()
@@ -504,6 +511,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
         "device": str(rt.device),
         "loss_backend": rt.backend,
         "sample_passes": int(cfg.train.epochs * n),
+        **sched.summary(),
         "weights_sha256_prefix": digest.hexdigest()[:16],
         "rank_weight_digests": rank_codes,
     }
@@ -515,7 +523,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
         summary["num_changed"] = exports.get("num_changed")
         torch.save(engine.module.state_dict(), out / "model.pt")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        warm = cfg.method.warmup_epochs if cfg.method.name != "ce" else None
+        warm = sched.switch_epoch if cfg.method.name != "ce" else None
         _plot_curves(rows, out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
     barrier()
     if return_model:
