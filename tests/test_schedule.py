@@ -203,7 +203,7 @@ def _rows(out):
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_auto_warmup_switches_logs_and_resumes(tmp_path):
+def test_auto_warmup_switches_logs_and_resumes(tmp_path, monkeypatch):
     from alr_fast.trainer import train
 
     method = MethodConfig(name="alr", lam=1.0, warmup="auto", warmup_min_epochs=3, warmup_max_epochs=4,
@@ -218,12 +218,23 @@ def test_auto_warmup_switches_logs_and_resumes(tmp_path):
     assert all(0 <= r["train_acc_given"] <= 1 and "pred_max_share" in r for r in rows)
     assert json.loads((tmp_path / "full" / "summary.json").read_text())["refine_from_epoch"] == switch
 
-    # The same run stopped after epoch 1 (the rule has seen 2 epochs and not decided), then resumed: the rule's
+    # The same run crashing in epoch 2 (the rule has seen 2 epochs and not decided), then resumed: the rule's
     # state comes back from the checkpoint and the run ends exactly like the uninterrupted one.
+    import alr_fast.trainer as trainer
+
+    real_evaluate, calls = trainer._evaluate, []
+
+    def crash_in_epoch_2(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected crash")
+        return real_evaluate(*args, **kw)
+
     part = tmp_path / "part"
-    stopped = _digits_cfg(part, 6, method)
-    stopped.train.epochs = 2  # set after validation on purpose: a run interrupted at an epoch boundary
-    train(stopped)
+    monkeypatch.setattr(trainer, "_evaluate", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        train(_digits_cfg(part, 6, method))
+    monkeypatch.setattr(trainer, "_evaluate", real_evaluate)
     saved = json.loads(sorted((part / "checkpoints").glob("step_*/trainer.json"))[-1].read_text())
     assert saved["schedule"]["warmup"]["switch_epoch"] is None and len(saved["schedule"]["warmup"]["history"]) == 2
     resumed = train(_digits_cfg(part, 6, method, resume=True))
