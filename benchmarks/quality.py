@@ -90,7 +90,7 @@ def run_cleanlab(cfg: Config, data: TrainData, rt, folds: int, seed: int, out: P
         fcfg.train.out = str(out / f"fold{f}")
         summary, model = train(fcfg, fold_data, runtime=rt, return_model=True)
         passes += summary["sample_passes"]
-        local_idx, probs = predict_probs(model, fold_data.test_source(512), held.size, rt)
+        local_idx, probs = predict_probs(model, fold_data.test_source(512), rt)
         pred[torch.from_numpy(held)[local_idx]] = probs
     issues = find_label_issues(data.given_labels, pred.numpy())
     given = torch.from_numpy(data.given_labels)
