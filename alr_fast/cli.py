@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     _add_common(p_train)
 
-    from alr_fast.data.cli import add_data_parser, run_data_command
+    from alr_fast.data.tools.cli import add_data_parser, run_data_command
 
     add_data_parser(sub)
 

@@ -21,7 +21,6 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ import torch
 from alr_fast.bank import SoftLabelBank
 from alr_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, save_config
-from alr_fast.data.arrays import ArrayLoader
+from alr_fast.data.train_data import BatchSource, TrainData, build_train_data
 from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
 from alr_fast.functional import alr_loss
 from alr_fast.loop_state import LoopState
@@ -37,88 +36,7 @@ from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
 from alr_fast.runtime import Runtime, resolve_runtime
 
-__all__ = ["TrainData", "train", "build_train_data", "predict_probs", "BatchSource"]
-
-
-class BatchSource(Protocol):
-    """What the loop needs from a loader: steps per epoch (equal on every rank) and the batches."""
-
-    def __len__(self) -> int: ...
-
-    def epoch(self, epoch: int, start_step: int = 0): ...
-
-
-@dataclass
-class TrainData:
-    """A dataset as the loop sees it: labels by global index and factories for this rank's loaders.
-
-    ``train_source(rank, world, batch_size, seed)`` must yield only indices the rank owns (i % world == rank)
-    or -1; ``predict_source(rank, world, batch_size)`` the same rows in a fixed order with the eval transform.
-    """
-
-    given_labels: np.ndarray
-    """int64 [N]: the (noisy) labels training sees."""
-    clean_labels: np.ndarray | None
-    """int64 [N] when known (synthetic noise), else None."""
-    num_classes: int
-    in_channels: int
-    image_size: int
-    train_source: Callable[[int, int, int, int], BatchSource]
-    test_source: Callable[[int], BatchSource]
-    test_labels: np.ndarray
-    predict_source: Callable[[int, int, int], BatchSource]
-    noise_manifest: dict | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def num_train(self) -> int:
-        return int(self.given_labels.shape[0])
-
-    @classmethod
-    def from_arrays(cls, train_images: torch.Tensor, given_labels, clean_labels, test_images: torch.Tensor,
-                    test_labels, *, num_classes: int, mean, std, augment: bool = False, noise_manifest=None,
-                    device: torch.device | str = "cpu") -> "TrainData":
-        """In-memory uint8 [N, C, H, W] images (the embedded datasets, quality study folds)."""
-
-        def train_source(rank, world, batch_size, seed):
-            return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=True, seed=seed,
-                               rank=rank, world_size=world, augment=augment, device=device)
-
-        def predict_source(rank, world, batch_size):
-            return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, rank=rank,
-                               world_size=world, device=device)
-
-        def test_source(batch_size):
-            return ArrayLoader(test_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, device=device)
-
-        return cls(
-            given_labels=np.asarray(given_labels, dtype=np.int64),
-            clean_labels=None if clean_labels is None else np.asarray(clean_labels, dtype=np.int64),
-            num_classes=num_classes, in_channels=train_images.shape[1], image_size=train_images.shape[-1],
-            train_source=train_source, test_source=test_source, test_labels=np.asarray(test_labels, dtype=np.int64),
-            predict_source=predict_source, noise_manifest=noise_manifest,
-        )
-
-
-def build_train_data(cfg: Config, device: torch.device | str = "cpu") -> TrainData:
-    """Load the configured dataset and apply the configured synthetic noise."""
-    from alr_fast.data.embedded import EMBEDDED_DATASETS, load_embedded
-    from alr_fast.noise import make_noisy_labels
-
-    if cfg.data.dataset not in EMBEDDED_DATASETS:
-        from alr_fast.data.train_data import reader_train_data
-
-        return reader_train_data(cfg, device)
-    s = load_embedded(cfg.data.dataset, cfg.data.test_fraction)
-    noisy, manifest = make_noisy_labels(
-        s.train_labels, kind=cfg.data.noise_kind, rate=cfg.data.noise_rate, num_classes=s.num_classes,
-        seed=cfg.data.noise_seed, images=s.train_images.numpy(),
-    )
-    return TrainData.from_arrays(
-        s.train_images, noisy, s.train_labels, s.test_images, s.test_labels, num_classes=s.num_classes,
-        mean=s.mean, std=s.std, augment=cfg.data.augment, noise_manifest=json.loads(manifest.to_json()),
-        device=device,
-    )
+__all__ = ["train", "predict_probs"]
 
 
 def _ds_config(cfg: Config, rt: Runtime) -> dict:

@@ -34,10 +34,11 @@ import torch
 from _common import git  # benchmarks/ is on sys.path when run as a script
 
 from alr_fast.config import Config
+from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.metrics import label_quality
 from alr_fast.recipes import demo
 from alr_fast.runtime import resolve_runtime
-from alr_fast.trainer import TrainData, build_train_data, predict_probs, train
+from alr_fast.trainer import predict_probs, train
 
 METHODS = ("ce", "selc", "alr")
 SYM_RATES = (0.2, 0.4, 0.6, 0.8)
@@ -69,7 +70,7 @@ def base_config(dataset: str, kind: str, rate: float, seed: int, out: Path) -> C
 def run_cleanlab(cfg: Config, data: TrainData, rt, folds: int, seed: int, out: Path) -> dict:
     from cleanlab.filter import find_label_issues
 
-    from alr_fast.data.embedded import load_embedded
+    from alr_fast.data.readers.embedded import load_embedded
 
     t0 = time.perf_counter()
     arrays = load_embedded(cfg.data.dataset, cfg.data.test_fraction)  # same split as build_train_data
