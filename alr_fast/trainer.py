@@ -11,18 +11,14 @@ label, prediction) for the metrics; exports and re-sharding assemble the global 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from alr_fast.bank import SoftLabelBank
@@ -30,6 +26,7 @@ from alr_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, save_config
 from alr_fast.data.train_data import BatchSource, TrainData, build_train_data
 from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
+from alr_fast.exports import predict_probs, write_exports
 from alr_fast.functional import alr_loss
 from alr_fast.loop_state import LoopState
 from alr_fast.metrics import label_quality, memorisation_split
@@ -86,23 +83,6 @@ def _evaluate(model: torch.nn.Module, source: BatchSource, labels: torch.Tensor,
     return correct.item() / labels.numel()  # .item() syncs: once per evaluation
 
 
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, source: BatchSource, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """(global indices [n], softmax probabilities [n, K] fp32 on the CPU) of ``model`` over ``source``."""
-    model.eval()
-    idxs, probs = [], []
-    for x, idx in source.epoch(0):
-        with _autocast(rt):
-            p = torch.softmax(model(x).float(), dim=1)
-        keep = idx >= 0
-        idxs.append(idx[keep].cpu())
-        probs.append(p[keep].cpu())
-    model.train()
-    if not idxs:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
-    return torch.cat(idxs), torch.cat(probs)
-
-
 def _gather_global(local_values: torch.Tensor, bank: SoftLabelBank, fill) -> torch.Tensor:
     """Assemble an [N, ...] tensor from every rank's rows (addressed by the bank's global_index)."""
     parts = all_gather_rows(local_values)
@@ -143,68 +123,6 @@ def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_exports(out: Path, engine, bank: SoftLabelBank, data: TrainData, rt: Runtime, batch_size: int) -> dict:
-    """refined_labels.csv, pred_probs.npy, soft_labels.npy, labels.npy and exports.json; a collective call.
-
-    Built to scale to full WebVision (2.4M x 1000): no N x K tensor goes through a collective or sits in
-    memory. Each rank writes its own rows to ``<out>/.export_parts/`` (``--out`` is on a shared filesystem
-    for multi-node runs anyway); rank 0 streams them into memory-mapped ``.npy`` files.
-    """
-    k, n = bank.num_classes, data.num_train
-    gidx, probs = predict_probs(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), rt)
-    parts = out / ".export_parts"
-    if rt.is_main:
-        parts.mkdir(parents=True, exist_ok=True)
-    barrier()
-    torch.save({"pred_index": gidx, "probs": probs, "bank_index": bank.global_index.cpu(),
-                "soft": bank.soft.float().cpu()}, parts / f"part{rt.rank}.pt")
-    barrier()
-    info = {}
-    if rt.is_main:
-        given = data.given_labels.astype(np.int64)
-        pred_mm = np.lib.format.open_memmap(out / "pred_probs.npy", mode="w+", dtype=np.float32, shape=(n, k))
-        soft_mm = np.lib.format.open_memmap(out / "soft_labels.npy", mode="w+", dtype=np.float32, shape=(n, k))
-        pred_mm[:] = 0.0  # rows never predicted (skipped unreadable images) stay 0
-        refined = np.zeros(n, dtype=np.int64)
-        confidence = np.zeros(n, dtype=np.float32)
-        given_mass = np.zeros(n, dtype=np.float32)
-        for r in range(rt.world_size):
-            part = torch.load(parts / f"part{r}.pt", map_location="cpu", weights_only=True, mmap=True)
-            pred_mm[part["pred_index"].numpy()] = part["probs"].numpy()
-            rows, soft = part["bank_index"].numpy(), part["soft"]
-            soft_mm[rows] = soft.numpy()
-            refined[rows] = soft.argmax(dim=1).numpy()
-            confidence[rows] = soft.max(dim=1).values.numpy()
-            given_mass[rows] = soft.gather(1, torch.from_numpy(given[rows])[:, None]).squeeze(1).numpy()
-        pred_mm.flush()
-        soft_mm.flush()
-        del pred_mm, soft_mm
-        # Suspicion: soft-label mass that moved away from the given label; rank 1 = most suspect (ties by index).
-        order = np.lexsort((np.arange(n), given_mass))
-        suspect_rank = np.empty(n, dtype=np.int64)
-        suspect_rank[order] = np.arange(1, n + 1)
-        with open(out / "refined_labels.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["global_index", "given_label", "refined_label", "confidence", "suspect_rank"])
-            w.writerows(zip(range(n), given.tolist(), refined.tolist(), (f"{c:.6f}" for c in confidence.tolist()),
-                            suspect_rank.tolist()))
-        np.save(out / "labels.npy", given)
-        shutil.rmtree(parts, ignore_errors=True)
-        info = {
-            "num_samples": n,
-            "num_classes": k,
-            "num_changed": int((refined != given).sum()),
-            "files": ["refined_labels.csv", "pred_probs.npy", "soft_labels.npy", "labels.npy"],
-            "cleanlab": "cleanlab.filter.find_label_issues(np.load('labels.npy'), np.load('pred_probs.npy'))",
-            "pred_probs_note": "in-sample probabilities of the final model (eval transform), not cross-validated; "
-                               "rows of images skipped as unreadable are 0",
-            "soft_labels_note": f"the bank's soft labels as float32 (stored as {str(bank.soft.dtype).replace('torch.', '')})",
-        }
-        (out / "exports.json").write_text(json.dumps(info, indent=2) + "\n")
-    barrier()
-    return info
 
 
 class _Loop:
