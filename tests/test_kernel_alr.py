@@ -324,13 +324,12 @@ def test_poisoned_output_buffers(K, launch, refine):
     grad = torch.full((B, K), float("nan"), dtype=logits.dtype, device=DEVICE)
     rows = torch.full((B,), float("nan"), device=DEVICE)
     bank_f = bank.clone()
-    loss, g, scale = alr_forward(
+    loss, g = alr_forward(
         logits, bank_f, index, alpha=ALPHA, lam=LAM, refine=refine, reduction="none", grad=grad, loss_rows=rows,
         **launch,
     )  # fmt: skip
     assert g is grad and loss is rows
     assert torch.isfinite(grad.float()).all() and torch.isfinite(rows).all()
-    assert torch.equal(scale.cpu(), torch.ones(1))
     padded = index < 0
     assert torch.equal(grad[padded].float().cpu(), torch.zeros(int(padded.sum()), K))
     assert torch.equal(rows[padded].cpu(), torch.zeros(int(padded.sum())))
@@ -447,17 +446,16 @@ def test_single_launch_reduction_many_programs(K, launch, refine, assume_unique,
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("refine,assume_unique", [(True, True), (True, False), (False, False)])
 def test_single_launch_reduction_all_padded(refine, assume_unique, reduction, small_red_block):
-    """No valid row in 16 programs: loss exactly 0, scale exactly 1 (mean divides by max(n_valid, 1))."""
+    """No valid row in 16 programs: loss exactly 0 (mean divides by max(n_valid, 1)), gradient exactly 0."""
     B, K = 16, 5
     logits, bank, _ = make_case(B, K, torch.float32, torch.float32, seed=73)
     index = torch.full((B,), -1, dtype=torch.long, device=DEVICE)
     bank_f = bank.clone()
-    loss, grad, scale = alr_forward(
+    loss, grad = alr_forward(
         logits, bank_f, index, alpha=ALPHA, lam=LAM, refine=refine, reduction=reduction,
         assume_unique=assume_unique, rows_per_program=1,
     )  # fmt: skip
     assert loss.shape == () and torch.equal(loss.cpu(), torch.tensor(0.0))
-    assert torch.equal(scale.cpu(), torch.ones(1))
     assert torch.equal(grad.cpu(), torch.zeros(B, K)) and torch.equal(bank_f, bank)
     assert _counter() == 0
 
@@ -465,8 +463,8 @@ def test_single_launch_reduction_all_padded(refine, assume_unique, reduction, sm
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("assume_unique", [True, False])
 def test_single_launch_reduction_non_finite(assume_unique, reduction, small_red_block):
-    """NaN / inf rows in the first and the last program: the reduced loss is NaN (as in the reference), the
-    scale stays 1/n_valid, every other row's gradient is finite and matches float64."""
+    """NaN / inf rows in the first and the last program: the reduced loss is NaN (as in the reference), every
+    other row's gradient is finite, matches float64 and is already divided by n_valid for "mean"."""
     B, K = 48, 6
     logits, bank, index = _unique_case(B, K, seed=79, n_pad=5)  # rows 0 and B-1 are valid
     logits[0, 2] = float("nan")
@@ -477,11 +475,13 @@ def test_single_launch_reduction_non_finite(assume_unique, reduction, small_red_
     )  # fmt: skip
     assert torch.isnan(loss)
     assert torch.isnan(grad[[0, B - 1]]).all() and torch.isfinite(grad[1 : B - 1]).all()
-    _, _, scale = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
-                              assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
+    _, g_fwd = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
+                           assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
+    _, g_sum = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction="sum",
+                           assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
     n_valid = int((index >= 0).sum())
-    want = torch.tensor(1.0 / n_valid if reduction == "mean" else 1.0, dtype=torch.float32)
-    assert torch.equal(scale.cpu(), want.reshape(1))
+    want = g_sum[1 : B - 1] / (n_valid if reduction == "mean" else 1)
+    torch.testing.assert_close(g_fwd[1 : B - 1], want, rtol=1e-6, atol=0)
     assert _counter() == 0
 
 
@@ -675,7 +675,7 @@ def test_training_run_matches_reference_step_by_step():
 
 def test_custom_ops_registered_and_opcheck():
     """The ops are registered (bank declared mutated) and pass torch.library.opcheck."""
-    for name in ("fused_alr_fwd", "fused_alr_fwd_inplace_grad", "fused_alr_grad_scale", "fused_alr_grad_scale_inplace"):
+    for name in ("fused_alr_fwd", "fused_alr_fwd_inplace_grad"):
         assert hasattr(torch.ops.alr_fast, name)
     schema = torch.ops.alr_fast.fused_alr_fwd.default._schema
     assert [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write] == ["bank"]
@@ -685,10 +685,10 @@ def test_custom_ops_registered_and_opcheck():
             torch.ops.alr_fast.fused_alr_fwd.default,
             (logits, bank.clone(), index, ALPHA, LAM, refine, reduction, False, 0, 0),
         )
-    grad = torch.randn(8, 6, device=DEVICE)
+    z = logits.clone()
     torch.library.opcheck(
-        torch.ops.alr_fast.fused_alr_grad_scale.default,
-        (grad, torch.rand(8, device=DEVICE), torch.ones(1, device=DEVICE)),
+        torch.ops.alr_fast.fused_alr_fwd_inplace_grad.default,
+        (z, bank.clone(), index, ALPHA, LAM, True, "sum", True, 0, 0),
     )
 
 
