@@ -469,8 +469,9 @@ def _alr_grad_scale_kernel(
             if HAS_PREV:
                 f = f / tl.load(prev_ptr).to(tl.float32)
         # Early exit: nothing to do where the factor is exactly 1 (a NaN factor is != 1 and is applied).
-        if tl.max(tl.where(rmask & (f != 1.0), 1, 0), axis=0) > 0:
-            mask = rmask[:, None] & (cols[None, :] < K)
+        todo = rmask & (f != 1.0)
+        if tl.max(tl.where(todo, 1, 0), axis=0) > 0:
+            mask = todo[:, None] & (cols[None, :] < K)  # rows whose factor is 1 are neither read nor written
             g_off = tl.multiple_of(rows * stride_gb, ROW_ALIGN)  # int64: rows * stride may exceed 2**31
             g = tl.load(grad_ptr + g_off[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             g = g * f[:, None]
