@@ -95,7 +95,8 @@ assert set(REDUCTIONS) == set(_REDUCTION_NAMES)
 # compiling for sm_90 with ptxas (no spills; about 64-140 registers per thread at 8 elements per thread per
 # [ROWS, BLOCK_K] tensor). Re-tune with benchmarks/bench_loss.py on the first H100/H200 run.
 MAX_ONE_SWEEP_BLOCK = 8192  # K up to this is processed from registers: one read of the logits and bank row
-MULTI_SWEEP_BLOCK = 4096  # block along K for the two-sweep path (K > MAX_ONE_SWEEP_BLOCK)
+MULTI_SWEEP_BLOCK = 2048  # block along K for the two-sweep path (K > MAX_ONE_SWEEP_BLOCK)
+MULTI_SWEEP_ELEMS_PER_THREAD = 4  # two-sweep path: 5 per-lane accumulators per element (ptxas: no spills)
 TILE_ELEMS = 2048  # target elements per program (ROWS * BLOCK_K) when K is small
 ELEMS_PER_THREAD = 8  # num_warps = ROWS * BLOCK_K / (32 * ELEMS_PER_THREAD), clamped to [2, 32]
 MAX_ROWS = 128  # most rows per program
@@ -612,7 +613,9 @@ def pick_config(
             rows //= 2
     if not num_warps:
         # At least 2 warps: with one, ptxas spilled the bf16 DEDUP variant at K=100 (sm_90, triton 3.7.1).
-        num_warps = max(2, min(32, (rows * blk) // (32 * ELEMS_PER_THREAD)))
+        # The two-sweep path keeps 5 accumulators per element: 4 elements per thread (8 spilled at K=262144).
+        per_thread = ELEMS_PER_THREAD if one_sweep else MULTI_SWEEP_ELEMS_PER_THREAD
+        num_warps = max(2, min(32, (rows * blk) // (32 * per_thread)))
     return KernelConfig(block_k=blk, rows=rows, num_warps=num_warps, one_sweep=one_sweep)
 
 

@@ -273,6 +273,7 @@ def test_torch_assume_unique_fast_path_edge_batches():
 
 
 # ---------------------------------------------------------------------------------------------- GPU only
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_gpu_tensors_on_a_non_current_device():
     """Tensors on cuda:1 while cuda:0 is current: the launches run on cuda:1 (device guard) and match."""
@@ -290,6 +291,7 @@ def test_gpu_tensors_on_a_non_current_device():
     torch.testing.assert_close(b.cpu(), ref_b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_gpu_forward_and_early_exit_backward_without_host_sync():
     """The trainer's call (assume_unique, check_index off): forward + backward with sync debug mode 'error'."""
