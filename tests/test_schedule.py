@@ -254,3 +254,31 @@ def test_config_fields_are_validated(override, match):
 
     with pytest.raises(ValueError, match=match):
         apply_overrides(get_recipe("demo"), ["method.warmup=auto", override])
+
+
+def test_two_ranks_through_the_launcher(tmp_path):
+    """The real path: torchrun, 2 CPU ranks (gloo); the decision logged matches the rule replayed on the logged
+    (all-reduced) signal, and every rank trained with the same schedule (equal final weights)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(root / "launchers" / "train.py"), "--recipe", "demo", "--method", "alr", "--set", "data.dataset=digits",
+           "--set", "model.name=mlp", "--batch-size", "64", "--epochs", "4", "--no-progress", "--out", str(out),
+           "--set", "method.warmup=auto", "--set", "method.warmup_max_epochs=3", "--set", "method.ramp_epochs=1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(set(summary["rank_weight_digests"])) == 1
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    replay = decide(AutoWarmupRule(max_epochs=3), [r["train_acc_given"] for r in rows])
+    assert summary["refine_from_epoch"] == replay.switch_epoch
+    assert [r["phase"] == "refine" for r in rows] == [e >= replay.switch_epoch for e in range(4)]
+    assert summary["ramp_steps"] == 12  # 1,438 digits over 2 ranks x 64: 12 steps per epoch
