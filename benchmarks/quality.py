@@ -310,7 +310,6 @@ def run_warmup_study(args) -> int:
 
 
 def warmup_report(records: list[dict], meta: dict) -> str:
-    n_seeds = len(meta["seeds"])
     lines = ["# Warm-up study: automatic end of warm-up + lam ramp vs fixed warm-ups", "",
              f"Command: `{meta['command']}`  ", f"git {meta['git_sha'][:10]}, {meta['date_utc']} UTC, "
              f"{meta['machine']}, device {meta['device']}, torch {meta['torch']}, "
@@ -341,7 +340,7 @@ def warmup_report(records: list[dict], meta: dict) -> str:
             goals.append(f"- {tag}: ALR-auto {100 * a_mean:.1f} vs SELC {100 * sm:.1f} (goal ≥ SELC + 5): "
                          f"**{'holds' if a_mean >= sm + 0.05 else 'does not hold'}**")
         goals.append(f"- {tag}: std over seeds {100 * a_std:.1f} (goal ≤ 3): " + (
-            f"**{'holds' if a_std <= 0.03 else 'does not hold'}**" if n_seeds > 1 else "not measured (1 seed)"))
+            f"**{'holds' if a_std <= 0.03 else 'does not hold'}**" if len(auto) > 1 else "not measured (1 seed)"))
         n_coll = sum(bool(r["collapse_epochs"]) for r in auto)
         goals.append(f"- {tag}: ALR-auto runs with a collapse flag: {n_coll} of {len(auto)} (goal 0): "
                      f"**{'holds' if n_coll == 0 else 'does not hold'}**")

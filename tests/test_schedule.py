@@ -282,3 +282,39 @@ def test_two_ranks_through_the_launcher(tmp_path):
     assert summary["refine_from_epoch"] == replay.switch_epoch
     assert [r["phase"] == "refine" for r in rows] == [e >= replay.switch_epoch for e in range(4)]
     assert summary["ramp_steps"] == 12  # 1,438 digits over 2 ranks x 64: 12 steps per epoch
+
+
+def test_warmup_study_report_checks_each_goal():
+    """benchmarks/quality.py --study warmup: the goal lines on hand-made records (no training)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    def rec(dataset, noise, arm, seed, acc, refined=0.9, switch=3, collapse=()):
+        return {"dataset": dataset, "noise": noise, "arm": arm, "seed": seed, "last_test_acc": acc,
+                "best_test_acc": acc, "refined_label_acc": refined, "refine_from_epoch": switch,
+                "collapse_epochs": list(collapse), "actual_rate": 0.5}
+
+    recs = []
+    for seed, (a, s, f1, f4) in enumerate([(0.90, 0.80, 0.91, 0.5), (0.86, 0.81, 0.905, 0.6), (0.88, 0.79, 0.9, 0.7)]):
+        recs += [rec("mnist5k", "sym-incl@0.6", "alr-auto", seed, a, refined=0.96),
+                 rec("mnist5k", "sym-incl@0.6", "selc", seed, s),
+                 rec("mnist5k", "sym-incl@0.6", "alr-fixed1", seed, f1),
+                 rec("mnist5k", "sym-incl@0.6", "alr-fixed4", seed, f4, collapse=(5,) if seed else ())]
+    recs += [rec("digits", "pair@0.45", "alr-auto", 0, 0.74, collapse=(7,)), rec("digits", "pair@0.45", "selc", 0, 0.6)]
+    meta = {"command": "python benchmarks/quality.py --study warmup", "git_sha": "0" * 40, "date_utc": "now",
+            "machine": "test", "device": "cpu", "torch": "x", "total_time_s": 60.0, "auto_recipe": {"warmup": "auto"},
+            "fixed_warmups": [1, 4], "fixed_ramp_epochs": 0.0, "seeds": [0, 1, 2]}
+    md = quality.warmup_report(recs, meta)
+    goals = [line for line in md.splitlines() if line.startswith("- ")]
+    assert "ALR-auto 88.0 vs SELC 80.0 (goal ≥ SELC + 5): **holds**" in goals[0]
+    assert "std over seeds 2.0 (goal ≤ 3): **holds**" in goals[1]
+    assert "collapse flag: 0 of 3 (goal 0): **holds**" in goals[2]
+    assert "88.0 vs best fixed warm-up (alr-fixed1) 90.5 (goal within 1 point): **does not hold**" in goals[3]
+    assert "refined-label acc 96.0 % (goal ≥ 95 %): **holds**" in goals[4]
+    assert "digits pair@0.45: ALR-auto 74.0 vs SELC 60.0 (goal ≥ SELC + 5): **holds**" in goals[5]
+    assert "not measured (1 seed)" in goals[6] and "1 of 1 (goal 0): **does not hold**" in goals[7]
+    assert "ALR-auto 74.0 (goal ≥ 75): **does not hold**" in goals[8]
+    assert "| mnist5k | sym-incl@0.6 | 50.0 % | alr-fixed4 | 60.0 ± 10.0 |" in md and "| 2 of 3 |" in md
