@@ -102,7 +102,7 @@ class AutoWarmupRule:
             return self.signal
         return next((k for k in NOISY_VAL_KEYS if k in metrics), TRAIN_SIGNAL)
 
-    def observe(self, state: "WarmupState", epoch: int, metrics: dict) -> "WarmupState":
+    def observe(self, state: WarmupState, epoch: int, metrics: dict) -> WarmupState:
         """Feed the metrics of warm-up epoch ``epoch`` (0-based, in order); sets ``state.switch_epoch`` when the
         warm-up is over. Calls after the decision, or for an epoch already seen (a resumed run), change nothing."""
         if state.switch_epoch is not None or epoch < len(state.history):
@@ -146,7 +146,7 @@ class WarmupState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WarmupState":
+    def from_dict(cls, d: dict) -> WarmupState:
         return cls(**d)
 
 
@@ -196,7 +196,7 @@ class RefinementSchedule:
         self.mode, self.alpha, self.lam = mode, float(alpha), float(lam)
         self.rule = rule or AutoWarmupRule()
         self.guard = guard or CollapseGuard()
-        self.ramp_steps = int(round(ramp_epochs * steps_per_epoch))
+        self.ramp_steps = round(ramp_epochs * steps_per_epoch)
         self.ramp_alpha = bool(ramp_alpha)
         self.steps_per_epoch = int(steps_per_epoch)
         self.label_prior_max = float(label_prior_max)
