@@ -189,6 +189,7 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
         noise_manifest=train.noise_manifest,
         extra={
             "dataset": d.dataset,
+            "class_names": list(train.class_names),
             "train": {k: v for k, v in train.summary().items() if k != "class_counts"},
             "test": {"split": test.split, "count": len(test)},
             "clean_labels_known": int(known.sum()),
