@@ -28,6 +28,7 @@ __all__ = [
     "METHODS",
     "override_keys",
     "load_config_file",
+    "provenance",
 ]
 
 METHODS = ("ce", "selc", "alr")
@@ -313,8 +314,12 @@ def config_from_dict(d: dict, *, source: str = "config") -> Config:
         hints = typing.get_type_hints(cls)
         extra = set(given) - set(hints)
         if extra:
-            raise ValueError(f"{source}: unknown field(s) {sorted(f'{name}.{x}' for x in extra)}; "
-                             f"{name} has {sorted(hints)}")
+            import difflib
+
+            guesses = {x: difflib.get_close_matches(x, hints, n=1) for x in sorted(extra)}
+            hint = "; ".join(f"{name}.{x}: did you mean {name}.{g[0]}?" for x, g in guesses.items() if g)
+            raise ValueError(f"{source}: unknown field(s) {sorted(f'{name}.{x}' for x in extra)}"
+                             f"{' (' + hint + ')' if hint else ''}; {name} has {sorted(hints)}")
         values = {k: _check_type(f"{name}.{k}", hints[k], v) for k, v in given.items()}
         sections[name] = cls(**values)
     recipe = d.get("recipe", "custom")
@@ -386,3 +391,37 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+
+
+def provenance() -> dict:
+    """Package versions, Python, and the git sha of the alr_fast checkout (None outside a git checkout), so a
+    run folder says what produced it."""
+    import importlib.metadata as md
+    import platform
+    import subprocess
+    import sys
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "triton", "deepspeed", "nvidia-dali-cuda130", "numpy", "timm"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            return None
+
+    sha = git("rev-parse", "HEAD")
+    return {
+        "git_sha": sha,
+        "git_dirty": None if sha is None else bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "command": sys.argv,
+    }

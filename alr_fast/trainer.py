@@ -28,9 +28,10 @@ import torch
 
 from alr_fast.bank import SoftLabelBank
 from alr_fast.checkpoint import capture_rng, find_latest, load_checkpoint, restore_rng, save_checkpoint
-from alr_fast.config import Config, config_from_dict, config_to_dict, save_config
+from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
 from alr_fast.data.arrays import ArrayLoader
 from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
+from alr_fast.evaluation import EvalPlan
 from alr_fast.functional import alr_loss
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
@@ -68,6 +69,11 @@ class TrainData:
     predict_source: Callable[[int, int, int], BatchSource]
     noise_manifest: dict | None = None
     extra: dict = field(default_factory=dict)
+    eval_sets: list = field(default_factory=list)
+    """Evaluation sets besides the test split (alr_fast.evaluation.EvalSet), e.g. Clothing1M's clean val."""
+    rows_source: Callable | None = None
+    """Optional ``rows_source(rows, batch_size)``: the given global rows in index order, eval transform (the
+    noisy validation slice); without it the slice is read by filtering ``predict_source``."""
 
     @property
     def num_train(self) -> int:
@@ -90,12 +96,18 @@ class TrainData:
         def test_source(batch_size):
             return ArrayLoader(test_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, device=device)
 
+        def rows_source(rows, batch_size):
+            from alr_fast.evaluation import RemapRows
+
+            return RemapRows(ArrayLoader(train_images[torch.as_tensor(rows)], batch_size=batch_size, mean=mean,
+                                         std=std, shuffle=False, device=device), rows)
+
         return cls(
             given_labels=np.asarray(given_labels, dtype=np.int64),
             clean_labels=None if clean_labels is None else np.asarray(clean_labels, dtype=np.int64),
             num_classes=num_classes, in_channels=train_images.shape[1], image_size=train_images.shape[-1],
             train_source=train_source, test_source=test_source, test_labels=np.asarray(test_labels, dtype=np.int64),
-            predict_source=predict_source, noise_manifest=noise_manifest,
+            predict_source=predict_source, noise_manifest=noise_manifest, rows_source=rows_source,
         )
 
 
@@ -113,6 +125,11 @@ def build_train_data(cfg: Config, device: torch.device | str = "cpu") -> TrainDa
         s.train_labels, kind=cfg.data.noise_kind, rate=cfg.data.noise_rate, num_classes=s.num_classes,
         seed=cfg.data.noise_seed, images=s.train_images.numpy(),
     )
+    if cfg.data.noise_file:  # labels made elsewhere (e.g. a run's noisy_labels.npy), by global index
+        from alr_fast.data import load_noise_file
+
+        noisy = load_noise_file(cfg.data.noise_file, num_samples=len(s.train_labels), num_classes=s.num_classes,
+                                key=cfg.data.noise_key)
     return TrainData.from_arrays(
         s.train_images, noisy, s.train_labels, s.test_images, s.test_labels, num_classes=s.num_classes,
         mean=s.mean, std=s.std, augment=cfg.data.augment, noise_manifest=json.loads(manifest.to_json()),
@@ -146,7 +163,7 @@ def _lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
     if o.schedule == "step":
         epoch = step // steps_per_epoch
-        return o.lr * 0.1 ** sum(epoch >= m for m in o.milestones)
+        return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
     return o.lr
 
 
@@ -304,27 +321,30 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
             f"= {implied}; change one of them"
         )
     data = data or build_train_data(cfg, rt.device)
+    plan = EvalPlan.build(cfg, data, rt.device)  # evaluation sets, noisy validation slice, model selection
     out = Path(cfg.train.out)
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
         if data.noise_manifest is not None:
             (out / "noise.json").write_text(json.dumps(data.noise_manifest, indent=2) + "\n")
+        # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
+        np.save(out / "noisy_labels.npy", np.asarray(data.given_labels, dtype=np.int64))
+        (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
     barrier()
 
     torch.manual_seed(cfg.train.seed)
     n, k = data.num_train, data.num_classes
     model = build_model(cfg.model.name, num_classes=k, in_channels=data.in_channels, image_size=data.image_size,
-                        width=cfg.model.width).to(rt.device)
+                        width=cfg.model.width, pretrained=cfg.model.pretrained).to(rt.device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model), config=_ds_config(cfg, rt))
 
     bank = SoftLabelBank(torch.from_numpy(data.given_labels), k, cfg.method.bank_dtype, rank=rt.rank,
                          world_size=rt.world_size).to(rt.device)
     given = torch.from_numpy(data.given_labels)
     clean = torch.from_numpy(data.clean_labels) if data.clean_labels is not None else None
-    train_loader = data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed)
-    test_loader = data.test_source(max(cfg.train.batch_size, 256))
-    test_labels = torch.from_numpy(data.test_labels).to(rt.device)
+    train_loader = plan.wrap_train(data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed),
+                                   rt.device)
     n_local = bank.num_samples
     # Per-sample argmax of the training forward pass (local rows); slot n_local catches padded rows.
     train_pred = torch.full((n_local + 1,), -1, dtype=torch.long, device=rt.device)
@@ -346,6 +366,8 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
                 raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
                                  "(only train.* fields may change on resume)")
             rows, best_acc, best_epoch = state["rows"], state["best_acc"], state["best_epoch"]
+            if "selection" in state:
+                plan.load_state_dict(state["selection"])
             step, start_epoch, start_step = state["step"], state["epoch"], state["step_in_epoch"]
             if rank_state is not None:
                 restore_rng(rank_state["rng"])
@@ -365,7 +387,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
     def checkpoint(epoch: int, step_in_epoch: int) -> None:
         trainer_state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "rows": rows,
                          "best_acc": best_acc, "best_epoch": best_epoch, "world_size": rt.world_size,
-                         "config": config_to_dict(cfg)}
+                         "config": config_to_dict(cfg), "selection": plan.state_dict()}
         rank_state = {"rng": capture_rng(), "train_pred": train_pred.cpu(), "loss_sum": float(loss_sum.item()),
                       "seen": int(seen.item())}
         save_checkpoint(out, step, engine, bank, trainer_state, rank_state, rank=rt.rank,
@@ -439,16 +461,16 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
                 f"epoch {epoch}: training loss is {train_loss} (non-finite logits; see alr_fast.reference for how "
                 "the loss treats them) - lower optim.lr or check the input data"
             )
-        test_acc = _evaluate(engine.module, test_loader, test_labels, rt)
-        if test_acc > best_acc:
-            best_acc, best_epoch = test_acc, epoch
+        evals = plan.evaluate(engine.module, rt.device, max(cfg.train.batch_size, 256), lambda: _autocast(rt))
+        test_acc = evals["test_acc"]
+        if plan.observe(epoch, evals) and rt.is_main:
+            torch.save(engine.module.state_dict(), out / "model_best.pt")  # selected on the validation split
         row = {
             "epoch": epoch,
             "phase": "refine" if refine else "warmup",
             "lr": lr,
             "train_loss": train_loss,
-            "test_acc": test_acc,
-            "best_test_acc": best_acc,
+            **evals,
             "images_per_s": n_seen / epoch_time,
             "epoch_time_s": epoch_time,
             "data_time_s": data_time,
@@ -495,8 +517,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
     summary = {
         "method": cfg.method.name,
         "last_test_acc": last["test_acc"],
-        "best_test_acc": best_acc,
-        "best_epoch": best_epoch,
+        **plan.summary(last),
         "epochs": cfg.train.epochs,
         "train_time_s": time.perf_counter() - t_run,
         "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),

@@ -45,6 +45,7 @@ def _unreadable(table: SampleTable, workers: int) -> np.ndarray:
 
 def reader_train_data(cfg, device: torch.device | str = "cpu"):
     """A :class:`alr_fast.trainer.TrainData` for ``cfg.data.dataset`` read from ``cfg.data.data_root``."""
+    from alr_fast.evaluation import on_disk_eval_sets
     from alr_fast.trainer import TrainData
 
     d = cfg.data
@@ -82,6 +83,12 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
     def test_source(batch_size: int):
         return build_loader(test, train=False, batch_size=batch_size, exclude=exclude_test, **common)
 
+    def rows_source(rows, batch_size: int):  # the noisy validation slice (alr_fast.evaluation)
+        from alr_fast.evaluation import RemapRows, subset_table
+
+        return RemapRows(build_loader(subset_table(train, rows), train=False, batch_size=batch_size,
+                                      skip_unreadable=d.skip_unreadable, **common), rows)
+
     clean = train.clean_labels
     known = train.clean_known()
     spec = recipe_transform(d.dataset, train=d.augment, crop=crop)
@@ -96,6 +103,8 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
         test_labels=test.labels,
         predict_source=predict_source,
         noise_manifest=train.noise_manifest,
+        eval_sets=on_disk_eval_sets(cfg, device, crop=crop),
+        rows_source=rows_source,
         extra={
             "dataset": d.dataset,
             "train": {k: v for k, v in train.summary().items() if k != "class_counts"},
