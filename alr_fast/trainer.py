@@ -130,6 +130,15 @@ def build_train_data(cfg: Config, device: torch.device | str = "cpu") -> TrainDa
 
         noisy = load_noise_file(cfg.data.noise_file, num_samples=len(s.train_labels), num_classes=s.num_classes,
                                 key=cfg.data.noise_key)
+        from alr_fast.noise import label_hash
+
+        k = s.num_classes
+        counts = np.zeros((k, k))
+        np.add.at(counts, (s.train_labels, noisy), 1)
+        manifest.kind, manifest.convention = "file", f"labels imported from {cfg.data.noise_file} by global index"
+        manifest.actual_rate = float((noisy != s.train_labels).mean())
+        manifest.noisy_hash = label_hash(noisy)
+        manifest.transition_matrix = (counts / np.maximum(counts.sum(1, keepdims=True), 1)).tolist()
     return TrainData.from_arrays(
         s.train_images, noisy, s.train_labels, s.test_images, s.test_labels, num_classes=s.num_classes,
         mean=s.mean, std=s.std, augment=cfg.data.augment, noise_manifest=json.loads(manifest.to_json()),
