@@ -19,7 +19,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of init and data order")
     p.add_argument("--noise-rate", type=float, help="synthetic noise rate in [0, 1]")
     p.add_argument("--data-root", help="folder of an on-disk dataset")
-    p.add_argument("--model", help="small_cnn, mlp or a torchvision model name (e.g. resnet50)")
+    p.add_argument("--model", help="small_cnn, mlp, preact_resnet18, cifar_resnet34, or a torchvision / timm model name")
     p.add_argument("--image-size", type=int, help="training crop size in pixels (on-disk datasets)")
     p.add_argument("--save-every", type=int, help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
