@@ -84,8 +84,11 @@ class ExcludeRows:
 
     def epoch(self, epoch: int, start_step: int = 0):
         for x, idx in self.source.epoch(epoch, start_step=start_step):
-            drop = self.mask[torch.where(idx >= 0, idx, self.num_rows)]
-            yield x * (~drop).view(-1, *([1] * (x.dim() - 1))).to(x.dtype), torch.where(drop, -1, idx)
+            if self.mask.device != idx.device:  # loaders may yield indices on the host or the GPU
+                self.mask = self.mask.to(idx.device)
+            drop = self.mask[torch.where(idx >= 0, idx, self.num_rows)]       # on idx's device
+            keep = (~drop).to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+            yield x * keep, torch.where(drop, -1, idx)
 
 
 class RemapRows:
