@@ -1,4 +1,4 @@
-"""Command line: ``python -m alr_fast {demo,train} ...``."""
+"""Command line: ``python -m alr_fast {demo,train,crossval,review,data,config} ...``."""
 
 from __future__ import annotations
 
@@ -67,7 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     _add_common(p_train)
 
-    from alr_fast.data.cli import add_data_parser, run_data_command
+    p_xval = sub.add_parser("crossval", help="K-fold cross-fit: out-of-sample probabilities for every sample")
+    p_xval.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
+    p_xval.add_argument("--method", choices=METHODS)
+    p_xval.add_argument("--folds", type=int, default=5, help="number of folds K (K models, each on (K-1)/K of the data)")
+    p_xval.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: --seed)")
+    p_xval.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    _add_common(p_xval)
+
+    p_review = sub.add_parser("review", help="review sheet of the most suspect labels of a run (PNG, CSV, HTML)")
+    p_review.add_argument("run_dir", help="a train or crossval run folder (holds refined_labels.csv)")
+    p_review.add_argument("--top", type=int, default=100, help="number of samples on the sheet")
+    p_review.add_argument("--html", action="store_true", help="also write review.html (images inlined)")
+    p_review.add_argument("--by", choices=("auto", "oos", "bank"), default="auto",
+                          help="ranking: out-of-sample probabilities (oos) or the bank (default: oos when present)")
+    p_review.add_argument("--data-root", help="dataset folder, when it moved since the run")
+
+    from alr_fast.data.tools.cli import add_data_parser, run_data_command
 
     add_data_parser(sub)
 
@@ -112,6 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"total {summary['total_time_s']:.1f} s")
             print(format_table(summary["methods"]))
             print(f"\nwritten: {cfg.train.out}/summary.json, {cfg.train.out}/comparison.png")
+            return 0
+        if args.command == "review":
+            from alr_fast.review import review_run
+
+            review_run(args.run_dir, top=args.top, html=args.html, by=args.by, data_root=args.data_root)
+            return 0
+        if args.command == "crossval":
+            from alr_fast.crossval import crossval
+
+            crossval(_config_from_args(args, args.recipe), args.folds, fold_seed=args.fold_seed)
+            shutdown_distributed()
             return 0
         from alr_fast.trainer import train
 

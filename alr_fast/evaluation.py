@@ -1,6 +1,7 @@
 """Evaluation protocol: top-1 / top-5 on every evaluation set, and model selection that never looks at a test set.
 
-Evaluation sets of a run (each has a *role*):
+Evaluation sets of a run (each has a *role*; the on-disk ones besides the test split come from
+``alr_fast.data.train_data.on_disk_eval_sets``; this module imports nothing from ``alr_fast.data``):
 
 =================  ==========================================================  ======
 dataset            sets (name: role)                                           select
@@ -37,8 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["topk_correct", "EvalSet", "EvalPlan", "noisy_val_rows", "ExcludeRows", "RemapRows", "subset_table",
-           "on_disk_eval_sets"]
+__all__ = ["topk_correct", "EvalSet", "EvalPlan", "noisy_val_rows", "ExcludeRows", "RemapRows", "subset_table"]
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
@@ -154,30 +154,6 @@ def noisy_val_rows(given_labels: np.ndarray, fraction: float, seed: int) -> np.n
     if rows.size == 0:
         raise ValueError(f"data.val_fraction={fraction}: the slice of {given.size} rows is empty; raise it")
     return rows
-
-
-def on_disk_eval_sets(cfg, device, *, crop: int | None) -> list[EvalSet]:
-    """The evaluation sets read from disk besides the trainer's test split: Clothing1M's clean val and
-    ILSVRC-2012 val (``data.ilsvrc_val_list``)."""
-    from alr_fast.data import build_loader, read_ilsvrc_val, read_split
-
-    d = cfg.data
-    common = dict(train=False, backend=d.loader, device=device, crop=crop, workers=d.workers,
-                  skip_unreadable=d.skip_unreadable)
-    sets = []
-    if d.dataset == "clothing1m":
-        table = read_split("clothing1m", d.data_root, "val")
-        sets.append(EvalSet("val", "val", lambda bs, t=table: build_loader(t, batch_size=bs, **common),
-                            table.labels, len(table)))
-    if d.ilsvrc_val_list:
-        if d.dataset not in ("webvision", "mini-webvision"):
-            raise ValueError(f"data.ilsvrc_val_list: ILSVRC-2012 val is an evaluation set of WebVision runs, not "
-                             f"of {d.dataset!r}")
-        classes = 50 if d.dataset == "mini-webvision" else 1000
-        table = read_ilsvrc_val(d.ilsvrc_val_list, d.ilsvrc_root, num_classes=classes)
-        sets.append(EvalSet("ilsvrc_val", "test", lambda bs, t=table: build_loader(t, batch_size=bs, **common),
-                            table.labels, len(table)))
-    return sets
 
 
 def _test_set_name(dataset: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alr_fast.config import apply_overrides
-from alr_fast.data.arrays import ArrayLoader
+from alr_fast.data.loaders.arrays import ArrayLoader
 from alr_fast.evaluation import EvalPlan, ExcludeRows, noisy_val_rows, topk_correct
 from alr_fast.recipes import get_recipe
 
@@ -88,7 +88,7 @@ def _digits_cfg(tmp_path, name, *extra):
 
 
 def _digits_data(cfg, test_shuffle_seed=None):
-    from alr_fast.trainer import build_train_data
+    from alr_fast.data.train_data import build_train_data
 
     data = build_train_data(cfg)
     if test_shuffle_seed is not None:  # another test set: same images, different labels
@@ -166,7 +166,7 @@ def test_mini_webvision_evaluates_webvision_val_and_ilsvrc_val(tmp_path):
     pytest.importorskip("nvidia.dali")
     from test_data_fixtures import fixture_root
 
-    from alr_fast.data.fixtures import ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
+    from alr_fast.data.tools.fixtures import ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
     from alr_fast.trainer import train
 
     root = fixture_root("mini-webvision")
