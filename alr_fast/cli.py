@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"total {summary['total_time_s']:.1f} s")
             print(format_table(summary["methods"]))
             print(f"\nwritten: {cfg.train.out}/summary.json, {cfg.train.out}/comparison.png")
+            if "review" in summary:
+                print(f"most suspect labels ({summary['review']['method']}'s bank): {summary['review']['png']} "
+                      f"(and .csv, .html); any run: python -m alr_fast review RUN_DIR")
             return 0
         if args.command == "review":
             from alr_fast.review import review_run
