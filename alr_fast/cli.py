@@ -48,6 +48,8 @@ def _config_from_args(args, recipe: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alr_fast", description=__doc__)
+    # `deepspeed --module alr_fast ...` puts --local_rank=N before the sub-command; the rank comes from the env.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_demo = sub.add_parser("demo", help="CE vs SELC vs ALR on embedded real MNIST digits (CPU, ~1-2 min)")
