@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                           help="ranking: out-of-sample probabilities (oos) or the bank (default: oos when present)")
     p_review.add_argument("--data-root", help="dataset folder, when it moved since the run")
 
-    from alr_fast.data.cli import add_data_parser, run_data_command
+    from alr_fast.data.tools.cli import add_data_parser, run_data_command
 
     add_data_parser(sub)
 

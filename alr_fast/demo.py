@@ -64,8 +64,9 @@ def _plot(out: Path, methods: list[str]) -> None:
 
 
 def run_demo(cfg: Config, methods: tuple[str, ...] = METHODS) -> dict:
+    from alr_fast.data.train_data import build_train_data
     from alr_fast.runtime import resolve_runtime
-    from alr_fast.trainer import build_train_data, train
+    from alr_fast.trainer import train
 
     t0 = time.perf_counter()
     out = Path(cfg.train.out)

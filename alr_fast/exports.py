@@ -29,7 +29,7 @@ from alr_fast.distributed import barrier
 from alr_fast.runtime import Runtime
 
 if TYPE_CHECKING:
-    from alr_fast.trainer import TrainData
+    from alr_fast.data.train_data import TrainData
 
 __all__ = ["predict_probs", "stream_predictions", "write_exports", "RowPart", "assemble_rows", "iter_rows",
            "npy_layout", "class_names_of", "CHUNK_BYTES", "CLEANLAB_IN_MEMORY", "CLEANLAB_BATCHED",
@@ -65,7 +65,7 @@ def _batches_of_probs(model: torch.nn.Module, source, rt: Runtime) -> Iterator[t
         model.train()
 
 
-def predict_probs(model: torch.nn.Module, source, num_samples: int, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_probs(model: torch.nn.Module, source, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """(global indices [n], softmax probabilities [n, K] fp32 on the CPU) of ``model`` over ``source``, in memory
     (small datasets; :func:`stream_predictions` writes them to disk batch by batch instead)."""
     idxs, probs = [], []

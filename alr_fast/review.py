@@ -63,7 +63,7 @@ class ReviewImages:
     """The training images of a run's dataset by global index, as uint8 [H, W, C] arrays (and file paths)."""
 
     def __init__(self, cfg, data_root: str | None = None):
-        from alr_fast.data.embedded import EMBEDDED_DATASETS, load_embedded
+        from alr_fast.data.readers.embedded import EMBEDDED_DATASETS, load_embedded
 
         d = cfg.data
         self.table = self.arrays = None

@@ -64,7 +64,7 @@ def main() -> None:
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     from alr_fast.bank import SoftLabelBank
     from alr_fast.runtime import Runtime
-    from alr_fast.trainer import TrainData
+    from alr_fast.data.train_data import TrainData
 
     if args.exports_module:
         spec = importlib.util.spec_from_file_location("exports_under_test", args.exports_module)

@@ -34,10 +34,12 @@ import torch
 from _common import git  # benchmarks/ is on sys.path when run as a script
 
 from alr_fast.config import Config
+from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.metrics import label_quality
 from alr_fast.recipes import demo
 from alr_fast.runtime import resolve_runtime
-from alr_fast.trainer import TrainData, build_train_data, predict_probs, train
+from alr_fast.exports import predict_probs
+from alr_fast.trainer import train
 
 METHODS = ("ce", "selc", "alr")
 SYM_RATES = (0.2, 0.4, 0.6, 0.8)
@@ -69,7 +71,7 @@ def base_config(dataset: str, kind: str, rate: float, seed: int, out: Path) -> C
 def run_cleanlab(cfg: Config, data: TrainData, rt, folds: int, seed: int, out: Path) -> dict:
     from cleanlab.filter import find_label_issues
 
-    from alr_fast.data.embedded import load_embedded
+    from alr_fast.data.readers.embedded import load_embedded
 
     t0 = time.perf_counter()
     arrays = load_embedded(cfg.data.dataset, cfg.data.test_fraction)  # same split as build_train_data
@@ -90,7 +92,7 @@ def run_cleanlab(cfg: Config, data: TrainData, rt, folds: int, seed: int, out: P
         fcfg.train.out = str(out / f"fold{f}")
         summary, model = train(fcfg, fold_data, runtime=rt, return_model=True)
         passes += summary["sample_passes"]
-        local_idx, probs = predict_probs(model, fold_data.test_source(512), held.size, rt)
+        local_idx, probs = predict_probs(model, fold_data.test_source(512), rt)
         pred[torch.from_numpy(held)[local_idx]] = probs
     issues = find_label_issues(data.given_labels, pred.numpy())
     given = torch.from_numpy(data.given_labels)

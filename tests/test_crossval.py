@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from alr_fast.crossval import FoldSource, assign_folds
-from alr_fast.data.arrays import ArrayLoader
+from alr_fast.data.loaders.arrays import ArrayLoader
 from alr_fast.exports import RowPart
 from conftest import free_port
 

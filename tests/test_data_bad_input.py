@@ -11,14 +11,14 @@ import pytest
 import torch
 from test_data_fixtures import collect, fresh_copy
 
-from alr_fast.data.animal10n import read_animal10n
-from alr_fast.data.check import check_dataset
-from alr_fast.data.cifar import read_cifar
-from alr_fast.data.clothing1m import read_clothing1m
-from alr_fast.data.factory import build_loader
-from alr_fast.data.imagecheck import UnreadableImagesWarning, image_problem
+from alr_fast.data.readers.animal10n import read_animal10n
+from alr_fast.data.tools.check import check_dataset
+from alr_fast.data.readers.cifar import read_cifar
+from alr_fast.data.readers.clothing1m import read_clothing1m
+from alr_fast.data.loaders import build_loader
+from alr_fast.data.loaders.imagecheck import UnreadableImagesWarning, image_problem
 from alr_fast.data.readers import DATASET_NAMES, read_split
-from alr_fast.data.webvision import read_webvision
+from alr_fast.data.readers.webvision import read_webvision
 
 
 def _edit_line(path, lineno, new_text):
@@ -214,7 +214,7 @@ def test_skip_unreadable_is_opt_in_and_reported(damaged_clothing, backend):
 
 
 def test_skip_unreadable_with_a_subset_keeps_epoch_length(damaged_clothing):
-    from alr_fast.data.sampling import ClassBalancedSubset
+    from alr_fast.data.loaders.plan import ClassBalancedSubset
 
     _, t = damaged_clothing
     sub = ClassBalancedSubset(t.labels, 28, num_classes=14)  # every row, every epoch

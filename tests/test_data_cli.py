@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from test_data_fixtures import fixture_root, fresh_copy
 
-from alr_fast.data.cli import main
+from alr_fast.data.tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alr_fast.data.cli", "data", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "alr_fast.data.tools.cli", "data", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
 
 

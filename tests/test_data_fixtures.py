@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alr_fast.data.fixtures import make_fixture
+from alr_fast.data.tools.fixtures import make_fixture
 
 _BASE = Path(tempfile.mkdtemp(prefix="alr_fast_data_fixtures_"))
 atexit.register(shutil.rmtree, _BASE, ignore_errors=True)

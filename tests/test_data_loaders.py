@@ -7,20 +7,20 @@ import pytest
 import torch
 from test_data_fixtures import collect, fixture_root, pil_rgb
 
-from alr_fast.data.cifar import read_cifar
-from alr_fast.data.dali import DaliLoader, dali_placement
-from alr_fast.data.factory import build_loader
+from alr_fast.data.readers.cifar import read_cifar
+from alr_fast.data.loaders.dali import DaliLoader, dali_placement
+from alr_fast.data.loaders import build_loader
 from alr_fast.data.readers import read_split
-from alr_fast.data.sampling import ClassBalancedSubset
-from alr_fast.data.torch_loader import TorchLoader
-from alr_fast.data.transforms import recipe_transform
-from alr_fast.data.webvision import read_ilsvrc_val
+from alr_fast.data.loaders.plan import ClassBalancedSubset
+from alr_fast.data.loaders.torch_loader import TorchLoader
+from alr_fast.data.loaders.transforms import recipe_transform
+from alr_fast.data.readers.webvision import read_ilsvrc_val
 
 pytest.importorskip("nvidia.dali")
 
 # Tolerance of DALI vs torchvision on the deterministic eval transform (resize shorter side + centre crop),
 # in grey levels of the 0..255 input. Both decode with libjpeg-turbo's default (ISLOW) IDCT - ANIMAL-10N,
-# which needs no resize, matches bit for bit - and both use the same geometry (alr_fast.data.dali computes
+# which needs no resize, matches bit for bit - and both use the same geometry (alr_fast.data.loaders.dali computes
 # torchvision's output sizes and centre offsets). What remains is the resampler's arithmetic: PIL rounds
 # fixed-point filter weights, DALI interpolates in float, so a pixel may land on the neighbouring grey level.
 # Measured on the fixtures: max 1 level, mean 0.13-0.16. Allowed: max 2 levels anywhere, mean 0.35.

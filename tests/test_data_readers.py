@@ -10,15 +10,15 @@ import pytest
 import torch
 from test_data_fixtures import fixture_root
 
-from alr_fast.data.animal10n import ANIMAL10N_CLASSES, read_animal10n
-from alr_fast.data.cifar import apply_cifar_n, read_cifar, read_cifar_n
-from alr_fast.data.clothing1m import read_clothing1m
-from alr_fast.data.fixtures import CIFAR10_NAMES, ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
-from alr_fast.data.noise_files import apply_noise_file, load_noise_file
+from alr_fast.data.readers.animal10n import ANIMAL10N_CLASSES, read_animal10n
+from alr_fast.data.readers.cifar import apply_cifar_n, read_cifar, read_cifar_n
+from alr_fast.data.readers.clothing1m import read_clothing1m
+from alr_fast.data.tools.fixtures import CIFAR10_NAMES, ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
+from alr_fast.data.readers.noise_files import apply_noise_file, load_noise_file
 from alr_fast.data.readers import read_split
-from alr_fast.data.safe_pickle import UnsafePickleError, safe_load_numpy_pickle
-from alr_fast.data.sampling import ClassBalancedSubset, EpochPlan, balanced_quotas, sample_uniforms
-from alr_fast.data.webvision import read_ilsvrc_val, read_mini_webvision, read_webvision
+from alr_fast.data.readers.safe_pickle import UnsafePickleError, safe_load_numpy_pickle
+from alr_fast.data.loaders.plan import ClassBalancedSubset, EpochPlan, balanced_quotas, sample_uniforms
+from alr_fast.data.readers.webvision import read_ilsvrc_val, read_mini_webvision, read_webvision
 from alr_fast.noise import make_noisy_labels
 
 

@@ -2,7 +2,6 @@
 
 import csv
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from alr_fast.bank import SoftLabelBank
 from alr_fast.exports import RowPart, assemble_rows, iter_rows, predict_probs, write_exports
 from alr_fast.runtime import Runtime
-from alr_fast.trainer import TrainData
+from alr_fast.data.train_data import TrainData
 
 RT = Runtime(device=torch.device("cpu"), precision="fp32", backend="torch", rank=0, world_size=1)
 
@@ -66,7 +65,7 @@ def test_write_exports_matches_in_memory_reference(tmp_path):
     data, model, bank = _tiny()
     n, k = data.num_train, data.num_classes
     info = write_exports(tmp_path, SimpleNamespace(module=model), bank, data, RT, 8, chunk_bytes=5 * k * 4)
-    gidx, probs = predict_probs(model, data.predict_source(0, 1, 8), n, RT)
+    gidx, probs = predict_probs(model, data.predict_source(0, 1, 8), RT)
     ref_pred = np.zeros((n, k), np.float32)
     ref_pred[gidx.numpy()] = probs.numpy()
     np.testing.assert_array_equal(np.load(tmp_path / "pred_probs.npy"), ref_pred)

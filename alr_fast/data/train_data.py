@@ -1,7 +1,10 @@
-"""The on-disk datasets as the trainer sees them: ``reader_train_data(cfg, device) -> TrainData``.
+"""A dataset as the training loop sees it: :class:`TrainData`, built by :func:`build_train_data` from the config.
+
+The embedded datasets (:mod:`alr_fast.data.readers.embedded`) become in-memory :class:`ArrayLoader` sources;
+the on-disk ones go through ``reader_train_data(cfg, device)``.
 
 Reads the configured dataset's train and test splits (:mod:`alr_fast.data.readers`) and returns loader
-factories built by :func:`alr_fast.data.factory.build_loader`: ``train_source`` (this rank's owned rows,
+factories built by :func:`alr_fast.data.loaders.build_loader`: ``train_source`` (this rank's owned rows,
 shuffled, the recipe's augmentation when ``data.augment``; Clothing1M draws a class-balanced subset of
 ``data.subset_size`` rows per epoch), ``predict_source`` (the same owned rows, index order, eval transform)
 and ``test_source`` (the clean test split; WebVision's val). With ``data.skip_unreadable`` every listed image
@@ -10,19 +13,103 @@ is checked once here and the unreadable ones are left out of every loader (and r
 
 from __future__ import annotations
 
+import json
 import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-from alr_fast.data.factory import build_loader
-from alr_fast.data.imagecheck import UnreadableImagesWarning, scan_images
+from alr_fast.data.loaders import build_loader
+from alr_fast.data.loaders.arrays import ArrayLoader
+from alr_fast.data.loaders.imagecheck import UnreadableImagesWarning, scan_images
+from alr_fast.data.loaders.plan import ClassBalancedSubset
+from alr_fast.data.loaders.transforms import recipe_transform
 from alr_fast.data.readers import DATASET_NAMES, read_split
-from alr_fast.data.records import SampleTable
-from alr_fast.data.sampling import ClassBalancedSubset
-from alr_fast.data.transforms import recipe_transform
+from alr_fast.data.readers.embedded import EMBEDDED_DATASETS, load_embedded
+from alr_fast.data.readers.records import SampleTable
+from alr_fast.noise import make_noisy_labels
 
-__all__ = ["reader_train_data", "TEST_SPLIT", "CLOTHING1M_DEFAULT_SUBSET"]
+__all__ = ["BatchSource", "TrainData", "build_train_data", "reader_train_data", "TEST_SPLIT",
+           "CLOTHING1M_DEFAULT_SUBSET"]
+
+
+class BatchSource(Protocol):
+    """What the loop needs from a loader: steps per epoch (equal on every rank) and the batches."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, start_step: int = 0): ...
+
+
+@dataclass
+class TrainData:
+    """A dataset as the loop sees it: labels by global index and factories for this rank's loaders.
+
+    ``train_source(rank, world, batch_size, seed)`` must yield only indices the rank owns (i % world == rank)
+    or -1; ``predict_source(rank, world, batch_size)`` the same rows in a fixed order with the eval transform.
+    """
+
+    given_labels: np.ndarray
+    """int64 [N]: the (noisy) labels training sees."""
+    clean_labels: np.ndarray | None
+    """int64 [N] when known (synthetic noise), else None."""
+    num_classes: int
+    in_channels: int
+    image_size: int
+    train_source: Callable[[int, int, int, int], BatchSource]
+    test_source: Callable[[int], BatchSource]
+    test_labels: np.ndarray
+    predict_source: Callable[[int, int, int], BatchSource]
+    noise_manifest: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.given_labels.shape[0])
+
+    @classmethod
+    def from_arrays(cls, train_images: torch.Tensor, given_labels, clean_labels, test_images: torch.Tensor,
+                    test_labels, *, num_classes: int, mean, std, augment: bool = False, noise_manifest=None,
+                    device: torch.device | str = "cpu") -> "TrainData":
+        """In-memory uint8 [N, C, H, W] images (the embedded datasets, quality study folds)."""
+
+        def train_source(rank, world, batch_size, seed):
+            return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=True, seed=seed,
+                               rank=rank, world_size=world, augment=augment, device=device)
+
+        def predict_source(rank, world, batch_size):
+            return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, rank=rank,
+                               world_size=world, device=device)
+
+        def test_source(batch_size):
+            return ArrayLoader(test_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, device=device)
+
+        return cls(
+            given_labels=np.asarray(given_labels, dtype=np.int64),
+            clean_labels=None if clean_labels is None else np.asarray(clean_labels, dtype=np.int64),
+            num_classes=num_classes, in_channels=train_images.shape[1], image_size=train_images.shape[-1],
+            train_source=train_source, test_source=test_source, test_labels=np.asarray(test_labels, dtype=np.int64),
+            predict_source=predict_source, noise_manifest=noise_manifest,
+        )
+
+
+def build_train_data(cfg, device: torch.device | str = "cpu") -> TrainData:
+    """Load the configured dataset and apply the configured synthetic noise."""
+    if cfg.data.dataset not in EMBEDDED_DATASETS:
+        return reader_train_data(cfg, device)
+    s = load_embedded(cfg.data.dataset, cfg.data.test_fraction)
+    noisy, manifest = make_noisy_labels(
+        s.train_labels, kind=cfg.data.noise_kind, rate=cfg.data.noise_rate, num_classes=s.num_classes,
+        seed=cfg.data.noise_seed, images=s.train_images.numpy(),
+    )
+    return TrainData.from_arrays(
+        s.train_images, noisy, s.train_labels, s.test_images, s.test_labels, num_classes=s.num_classes,
+        mean=s.mean, std=s.std, augment=cfg.data.augment, noise_manifest=json.loads(manifest.to_json()),
+        device=device,
+    )
+
 
 TEST_SPLIT = {"cifar10": "test", "cifar100": "test", "animal10n": "test", "clothing1m": "test", "webvision": "val",
               "mini-webvision": "val"}
@@ -44,8 +131,7 @@ def _unreadable(table: SampleTable, workers: int) -> np.ndarray:
 
 
 def reader_train_data(cfg, device: torch.device | str = "cpu"):
-    """A :class:`alr_fast.trainer.TrainData` for ``cfg.data.dataset`` read from ``cfg.data.data_root``."""
-    from alr_fast.trainer import TrainData
+    """A :class:`TrainData` for ``cfg.data.dataset`` read from ``cfg.data.data_root``."""
 
     d = cfg.data
     if d.dataset not in DATASET_NAMES:

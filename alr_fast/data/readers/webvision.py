@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alr_fast.data.listfile import read_key_labels, read_lines, require_dir, require_file
-from alr_fast.data.records import SampleTable
+from alr_fast.data.readers.listfile import read_key_labels, read_lines, require_dir, require_file
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["read_webvision", "read_mini_webvision", "read_ilsvrc_val", "WEBVISION_CLASSES", "MINI_CLASSES",
            "WEBVISION_SOURCES"]

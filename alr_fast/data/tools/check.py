@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from alr_fast.data.imagecheck import scan_images
+from alr_fast.data.loaders.imagecheck import scan_images
 from alr_fast.data.readers import DATASET_NAMES, DATASET_SPLITS, TRAIN_SPLIT, read_split
-from alr_fast.data.records import SampleTable
-from alr_fast.data.webvision import read_ilsvrc_val
+from alr_fast.data.readers.records import SampleTable
+from alr_fast.data.readers.webvision import read_ilsvrc_val
 
 __all__ = ["check_dataset", "OPTIONAL_SPLITS", "MAX_LISTED_UNREADABLE"]
 

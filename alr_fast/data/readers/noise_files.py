@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alr_fast.data.records import SampleTable
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["load_noise_file", "apply_noise_file", "NOISE_FILE_SUFFIXES"]
 

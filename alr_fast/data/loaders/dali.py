@@ -2,7 +2,7 @@
 
 One persistent pipeline per loader: ``fn.external_source`` feeds each batch's encoded files (or, for CIFAR,
 uint8 NHWC arrays) together with their int64 global indices, in the order of
-:class:`alr_fast.data.sampling.EpochPlan` (a seeded full permutation per epoch, strided shards by rank,
+:class:`alr_fast.data.loaders.plan.EpochPlan` (a seeded full permutation per epoch, strided shards by rank,
 ``stick_to_shard``, per-epoch subsets, excluded rows). The index output IS the global index: labels are looked
 up in the bank by index, never carried. Decoding runs on the GPU (``"mixed"``) when the loader's device is CUDA
 and on the CPU otherwise: :func:`dali_placement` is the one place that decides it.
@@ -15,7 +15,7 @@ epoch). An external source stops exactly at the end of the epoch and restarts on
 files is one ``np.fromfile`` per sample in the Python thread (~20 us), small next to a JPEG decode (~1 ms).
 
 EXIF orientation is ignored (``adjust_orientation=False``), as PIL / torchvision's loaders do and as the
-published numbers were obtained. Transforms follow :class:`alr_fast.data.transforms.TransformSpec` with
+published numbers were obtained. Transforms follow :class:`alr_fast.data.loaders.transforms.TransformSpec` with
 torchvision's geometry (output sizes, centre offsets, uniform integer crop offsets), so the eval transform
 matches the torchvision path within one grey level (tests/test_data_loaders.py). Random augmentations draw
 from the pipeline's seeded stream.
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alr_fast.data.loader_base import IndexedLoader
-from alr_fast.data.records import SampleTable
-from alr_fast.data.sampling import sample_uniforms
+from alr_fast.data.loaders.base import IndexedLoader
+from alr_fast.data.readers.records import SampleTable
+from alr_fast.data.loaders.plan import sample_uniforms
 
 __all__ = ["DaliLoader", "DaliPlacement", "dali_placement", "dali_available"]
 
@@ -209,7 +209,7 @@ class _EpochFeed:
 
     The loader sets ``shard`` (the rows still to read) and ``epoch`` before each pass; DALI calls ``iter()``
     again after every ``reset()``. ``aug`` holds each sample's random numbers, a function of (seed, epoch,
-    global index) only (:func:`alr_fast.data.sampling.sample_uniforms`).
+    global index) only (:func:`alr_fast.data.loaders.plan.sample_uniforms`).
     """
 
     def __init__(self, table: SampleTable, batch_size: int, seed: int, with_aug: bool):
@@ -252,7 +252,7 @@ class _EpochFeed:
 class DaliLoader(IndexedLoader):
     """Batches ``(images [b, C, H, W], global index int64 [b])`` from a DALI pipeline (see the module doc).
 
-    Arguments are those of :class:`alr_fast.data.loader_base.IndexedLoader`, plus ``num_threads`` (DALI CPU
+    Arguments are those of :class:`alr_fast.data.loaders.base.IndexedLoader`, plus ``num_threads`` (DALI CPU
     worker threads) and ``prefetch_queue_depth``.
     """
 
@@ -336,7 +336,7 @@ class DaliLoader(IndexedLoader):
         try:
             return step()
         except RuntimeError as e:
-            from alr_fast.data.imagecheck import image_problem
+            from alr_fast.data.loaders.imagecheck import image_problem
 
             self.close()  # a failed pipeline is not reusable
             text = str(e)

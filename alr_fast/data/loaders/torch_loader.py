@@ -1,11 +1,11 @@
-"""The torchvision / PIL path: the same batches as :class:`alr_fast.data.dali.DaliLoader`, without DALI.
+"""The torchvision / PIL path: the same batches as :class:`alr_fast.data.loaders.dali.DaliLoader`, without DALI.
 
 For users without DALI and as the benchmark baseline. A ``torch.utils.data.DataLoader`` with ``num_workers``
 processes decodes with PIL and applies the torchvision version of the recipe's transform
-(:func:`alr_fast.data.transforms.build_torchvision_transform`). Each sample's random transform is seeded by
+(:func:`alr_fast.data.loaders.transforms.build_torchvision_transform`). Each sample's random transform is seeded by
 (seed, epoch, global index), so a run is reproducible whatever the number of workers.
 
-Rows are read in :class:`alr_fast.data.sampling.EpochPlan` order, the same global indices and order as the
+Rows are read in :class:`alr_fast.data.loaders.plan.EpochPlan` order, the same global indices and order as the
 DALI loader; shard padding rows are zero images with index -1. ``epoch(e, start_step=s)`` resumes at batch s
 with the same images an uninterrupted epoch would have given.
 """
@@ -16,10 +16,10 @@ import math
 
 import torch
 
-from alr_fast.data.loader_base import IndexedLoader
-from alr_fast.data.records import SampleTable
-from alr_fast.data.sampling import EpochPlan
-from alr_fast.data.transforms import TransformSpec, build_torchvision_transform
+from alr_fast.data.loaders.base import IndexedLoader
+from alr_fast.data.readers.records import SampleTable
+from alr_fast.data.loaders.plan import EpochPlan
+from alr_fast.data.loaders.transforms import TransformSpec, build_torchvision_transform
 
 __all__ = ["TorchLoader", "IndexedImageDataset"]
 
@@ -106,7 +106,7 @@ def _worker_init(_worker_id: int) -> None:
 class TorchLoader(IndexedLoader):
     """Batches ``(images [b, C, H, W], global index int64 [b])`` from a torch DataLoader of PIL decodes.
 
-    Arguments are those of :class:`alr_fast.data.loader_base.IndexedLoader`, plus ``num_workers`` (0 = decode
+    Arguments are those of :class:`alr_fast.data.loaders.base.IndexedLoader`, plus ``num_workers`` (0 = decode
     in this process), ``persistent_workers`` and ``prefetch_factor``.
     """
 

@@ -146,7 +146,7 @@ def _animal10n(out: Path, rng: np.random.Generator, num_train: int, num_test: in
 
 # ----------------------------------------------------------------------------------------------- Clothing1M
 def _clothing1m(out: Path, rng: np.random.Generator, layout: str, num_train: int, num_test: int, size) -> Path:
-    from alr_fast.data.clothing1m import CLOTHING1M_CLASSES
+    from alr_fast.data.readers.clothing1m import CLOTHING1M_CLASSES
 
     if layout not in ("a", "b"):
         raise ValueError(f"make_fixture: clothing1m layout must be 'a' or 'b', got {layout!r}")

@@ -12,7 +12,7 @@ contain commas: lines are split on whitespace only. Sizes are counted at load ti
 Splits: ``train`` = the noisy training images in ``noisy_train_key_list.txt`` order (its global index), noisy
 labels, and clean labels where ``clean_label_kv.txt`` has the key (-1 elsewhere); ``clean-train``, ``val`` and
 ``test`` = the clean key lists with clean labels. Per-epoch class-balanced subsets of ``train`` are drawn by
-:class:`alr_fast.data.sampling.ClassBalancedSubset`, so one bank over all rows serves every epoch.
+:class:`alr_fast.data.loaders.plan.ClassBalancedSubset`, so one bank over all rows serves every epoch.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alr_fast.data.listfile import read_key_labels, read_keys, require_dir, require_file
-from alr_fast.data.records import UNKNOWN_LABEL, SampleTable
+from alr_fast.data.readers.listfile import read_key_labels, read_keys, require_dir, require_file
+from alr_fast.data.readers.records import UNKNOWN_LABEL, SampleTable
 
 __all__ = ["read_clothing1m", "CLOTHING1M_CLASSES", "CLOTHING1M_STATS", "CLOTHING1M_SPLITS", "clothing1m_layout"]
 

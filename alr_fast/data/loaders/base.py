@@ -1,10 +1,10 @@
 """What the DALI and torchvision loaders share: the epoch plan, skipped images, output dtype, ``__len__``.
 
-Both loaders expose the interface of :class:`alr_fast.data.arrays.ArrayLoader` (the trainer's
+Both loaders expose the interface of :class:`alr_fast.data.loaders.arrays.ArrayLoader` (the trainer's
 ``BatchSource``): ``len(loader)`` steps per epoch (the same on every rank) and ``epoch(epoch, start_step=0)``
 yielding ``(images float [b, C, H, W] normalised, index int64 [b])`` from batch ``start_step`` on (resuming
 mid-epoch); rows whose index is -1 are padding (never a duplicated sample for the loss). By default a rank
-reads only the samples it owns in the bank (``i % world_size == rank``, :mod:`alr_fast.data.sampling`).
+reads only the samples it owns in the bank (``i % world_size == rank``, :mod:`alr_fast.data.loaders.plan`).
 Given the same table, seed, rank and world size both loaders read the same global indices in the same order,
 and a sample's random crop/flip depends only on (seed, epoch, global index), so a resumed epoch repeats the
 uninterrupted one exactly (DALI's random-resized crop excepted: it draws from the pipeline's stream).
@@ -18,10 +18,10 @@ import warnings
 import numpy as np
 import torch
 
-from alr_fast.data.imagecheck import UnreadableImage, UnreadableImagesWarning, scan_images
-from alr_fast.data.records import SampleTable
-from alr_fast.data.sampling import EpochPlan, Subset
-from alr_fast.data.transforms import TransformSpec
+from alr_fast.data.loaders.imagecheck import UnreadableImage, UnreadableImagesWarning, scan_images
+from alr_fast.data.readers.records import SampleTable
+from alr_fast.data.loaders.plan import EpochPlan, Subset
+from alr_fast.data.loaders.transforms import TransformSpec
 
 __all__ = ["IndexedLoader", "OUTPUT_DTYPES"]
 
