@@ -34,7 +34,8 @@ from _common import cpu_model, git  # benchmarks/ is on sys.path when run as a s
 from alr_fast.crossval import crossval
 from alr_fast.recipes import demo
 from alr_fast.runtime import resolve_runtime
-from alr_fast.trainer import build_train_data, train
+from alr_fast.data.train_data import build_train_data
+from alr_fast.trainer import train
 
 
 def scores(truth: np.ndarray, flagged: np.ndarray, suspicion: np.ndarray) -> dict:
