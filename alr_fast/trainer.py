@@ -34,6 +34,7 @@ from alr_fast.loop_state import LoopState
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
 from alr_fast.runtime import Runtime, resolve_runtime
+from alr_fast.schedule import RefinementSchedule, prediction_counts
 
 __all__ = ["train", "predict_probs"]
 
@@ -163,7 +164,9 @@ class _Loop:
         self.steps_per_epoch = len(self.train_loader)
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
-        self.alpha, self.lam = cfg.method.alpha, cfg.method.effective_lam
+        # When refinement starts (fixed or automatic) and the lam/alpha ramp: alr_fast/schedule.py.
+        self.sched = RefinementSchedule.from_config(cfg.method, cfg.train.epochs, self.steps_per_epoch,
+                                                    data.given_labels, k)
         # Testing hook: ALR_FAST_FAULT_AT_STEP=N kills this process (SIGKILL) right after global step N.
         self.fault_at_step = int(os.environ.get("ALR_FAST_FAULT_AT_STEP", "-1"))
         self.state = LoopState.fresh(self.bank.num_samples, rt.device)
@@ -187,6 +190,7 @@ class _Loop:
         if only_train(config_to_dict(config_from_dict(saved["config"]))) != only_train(config_to_dict(cfg)):
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
                              "(only train.* fields may change on resume)")
+        self.sched.load_state_dict(self.state.schedule)
         if rt.is_main:
             s = self.state
             print(f"[alr_fast] resumed from {latest} (epoch {s.epoch}, step {s.step_in_epoch} of the epoch, "
@@ -194,6 +198,7 @@ class _Loop:
 
     def save(self) -> None:
         """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it)."""
+        self.state.schedule = self.sched.state_dict()
         save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
                         rank=self.rt.rank, world_size=self.rt.world_size, keep=self.cfg.train.keep_checkpoints)
 
@@ -218,7 +223,7 @@ class _Loop:
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
         cfg, engine, bank, s = self.cfg, self.engine, self.bank, self.state
-        refine = cfg.method.refine_at(epoch)
+        refine = self.sched.refine_at(epoch)
         n_local = bank.num_samples
         s.epoch = epoch
         s.start_epoch()
@@ -235,10 +240,11 @@ class _Loop:
             if self.check_index and not bool(bank.owns(idx).all()):
                 raise RuntimeError(f"rank {self.rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
+            alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
             logits = engine(x)
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
             # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
-            loss = alr_loss(logits, bank.soft, local, alpha=self.alpha, lam=self.lam, refine=refine,
+            loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
                             backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
             engine.backward(loss)
             engine.step()
@@ -277,7 +283,7 @@ class _Loop:
         s.selection = self.plan.state_dict()
         row = {
             "epoch": epoch,
-            "phase": "refine" if cfg.method.refine_at(epoch) else "warmup",
+            "phase": "refine" if self.sched.refine_at(epoch) else "warmup",
             "lr": timing["lr"],
             "train_loss": train_loss,
             **evals,
@@ -286,6 +292,11 @@ class _Loop:
             "data_time_s": timing["data_time"],
             "step_time_s": timing["step_time"],
         }
+        # Automatic end of warm-up and collapse guard: K + 2 numbers reduced once per epoch.
+        counts = all_reduce_sum(prediction_counts(s.train_pred[: bank.num_samples], bank.given, bank.num_classes))
+        row.update(self.sched.end_epoch(epoch, row, counts))
+        for msg in self.sched.messages if self.rt.is_main else ():
+            print(f"[alr_fast] {msg}", flush=True)
         if self.clean is not None:
             refined = _gather_global(bank.refined_labels(), bank, -1).cpu()
             preds = _gather_global(s.train_pred[: bank.num_samples], bank, -1).cpu()
@@ -343,6 +354,7 @@ class _Loop:
             "device": str(rt.device),
             "loss_backend": rt.backend,
             "sample_passes": int(cfg.train.epochs * self.data.num_train),
+            **self.sched.summary(),
             "weights_sha256_prefix": digest.hexdigest()[:16],
             "rank_weight_digests": rank_codes,
         }
@@ -354,7 +366,7 @@ class _Loop:
             summary["num_changed"] = exports.get("num_changed")
             torch.save(engine.module.state_dict(), self.out / "model.pt")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            warm = cfg.method.warmup_epochs if cfg.method.name != "ce" else None
+            warm = self.sched.switch_epoch if cfg.method.name != "ce" else None
             _plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
         barrier()
         return summary
