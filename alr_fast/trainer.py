@@ -25,7 +25,7 @@ import torch
 from alr_fast.bank import SoftLabelBank
 from alr_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
-from alr_fast.data.train_data import BatchSource, TrainData, build_train_data
+from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
 from alr_fast.evaluation import EvalPlan
 from alr_fast.exports import predict_probs, write_exports
