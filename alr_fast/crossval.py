@@ -128,7 +128,8 @@ def _held_out_source(data, folds: np.ndarray, fold: int, rank: int, world: int, 
 def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=None, runtime=None) -> dict:
     """Run the K-fold cross-fit of ``cfg`` into ``cfg.train.out``; a collective call. Returns crossval.json."""
     from alr_fast.runtime import resolve_runtime
-    from alr_fast.trainer import build_train_data, train
+    from alr_fast.data.train_data import build_train_data
+    from alr_fast.trainer import train
 
     rt = runtime or resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend)
     data = data or build_train_data(cfg, rt.device)

@@ -20,6 +20,7 @@ from alr_fast.contract import (  # noqa: F401  (re-exported: the public names of
     validate_inputs,
 )
 from alr_fast.reference import alr_loss_reference
+from alr_fast.torch_fast import alr_loss_unique
 
 __all__ = ["alr_loss", "ALRParams", "resolve_backend", "validate_inputs", "describe", "LOGIT_DTYPES", "BANK_DTYPES",
            "BACKENDS", "REDUCTIONS"]
@@ -67,5 +68,8 @@ def alr_loss(
 
         validate_fused_inputs(logits, bank, "alr_loss")
         return fused_alr_loss_checked(logits, bank, index, params)
+    if params.assume_unique:  # no sort, no host sync, closed-form gradient (what the trainer runs on CPU)
+        return alr_loss_unique(logits, bank, index, alpha=params.alpha, lam=params.lam, refine=params.refine,
+                               reduction=params.reduction)
     return alr_loss_reference(logits, bank, index, alpha=params.alpha, lam=params.lam, refine=params.refine,
-                              reduction=params.reduction, assume_unique=params.assume_unique)
+                              reduction=params.reduction)

@@ -19,13 +19,15 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from alr_fast.bank import SoftLabelBank
 from alr_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
-from alr_fast.config import Config, config_from_dict, config_to_dict, save_config
-from alr_fast.data.train_data import BatchSource, TrainData, build_train_data
+from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
+from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
+from alr_fast.evaluation import EvalPlan
 from alr_fast.exports import predict_probs, write_exports
 from alr_fast.functional import alr_loss
 from alr_fast.loop_state import LoopState
@@ -63,25 +65,13 @@ def _lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
     if o.schedule == "step":
         epoch = step // steps_per_epoch
-        return o.lr * 0.1 ** sum(epoch >= m for m in o.milestones)
+        return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
     return o.lr
 
 
 def _autocast(rt: Runtime):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
     return torch.autocast(rt.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-@torch.no_grad()
-def _evaluate(model: torch.nn.Module, source: BatchSource, labels: torch.Tensor, rt: Runtime) -> float:
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=rt.device)
-    for x, idx in source.epoch(0):
-        with _autocast(rt):
-            pred = model(x).argmax(dim=1)
-        correct += ((pred == labels[idx.clamp_min(0)]) & (idx >= 0)).sum()
-    model.train()
-    return correct.item() / labels.numel()  # .item() syncs: once per evaluation
 
 
 def _gather_global(local_values: torch.Tensor, bank: SoftLabelBank, fill) -> torch.Tensor:
@@ -147,27 +137,30 @@ class _Loop:
             )
         self.cfg, self.rt = cfg, rt
         self.data = data = data or build_train_data(cfg, rt.device)
+        self.plan = EvalPlan.build(cfg, data, rt.device)  # evaluation sets, noisy validation slice, selection
         self.out = out = Path(cfg.train.out)
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.json")
             if data.noise_manifest is not None:
                 (out / "noise.json").write_text(json.dumps(data.noise_manifest, indent=2) + "\n")
+            # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
+            np.save(out / "noisy_labels.npy", np.asarray(data.given_labels, dtype=np.int64))
+            (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
         barrier()
 
         torch.manual_seed(cfg.train.seed)
         k = data.num_classes
         model = build_model(cfg.model.name, num_classes=k, in_channels=data.in_channels, image_size=data.image_size,
-                            width=cfg.model.width).to(rt.device)
+                            width=cfg.model.width, pretrained=cfg.model.pretrained).to(rt.device)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model),
                                                     config=_ds_config(cfg, rt))
         self.bank = SoftLabelBank(torch.from_numpy(data.given_labels), k, cfg.method.bank_dtype, rank=rt.rank,
                                   world_size=rt.world_size).to(rt.device)
         self.given = torch.from_numpy(data.given_labels)
         self.clean = torch.from_numpy(data.clean_labels) if data.clean_labels is not None else None
-        self.train_loader = data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed)
-        self.test_loader = data.test_source(max(cfg.train.batch_size, 256))
-        self.test_labels = torch.from_numpy(data.test_labels).to(rt.device)
+        self.train_loader = self.plan.wrap_train(
+            data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed), rt.device)
         self.steps_per_epoch = len(self.train_loader)
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
@@ -191,6 +184,8 @@ class _Loop:
                       flush=True)
             return
         saved = load_checkpoint(latest, self.engine, self.bank, self.state, rank=rt.rank, world_size=rt.world_size)
+        if self.state.selection:
+            self.plan.load_state_dict(self.state.selection)
         only_train = lambda d: {k: v for k, v in d.items() if k != "train"}  # noqa: E731
         if only_train(config_to_dict(config_from_dict(saved["config"]))) != only_train(config_to_dict(cfg)):
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
@@ -281,16 +276,17 @@ class _Loop:
                 f"epoch {epoch}: training loss is {train_loss} (non-finite logits; see alr_fast.reference for how "
                 "the loss treats them) - lower optim.lr or check the input data"
             )
-        test_acc = _evaluate(self.engine.module, self.test_loader, self.test_labels, self.rt)
-        if test_acc > s.best_acc:
-            s.best_acc, s.best_epoch = test_acc, epoch
+        evals = self.plan.evaluate(self.engine.module, self.rt.device, max(cfg.train.batch_size, 256),
+                                   lambda: _autocast(self.rt))
+        if self.plan.observe(epoch, evals) and self.rt.is_main:
+            torch.save(self.engine.module.state_dict(), self.out / "model_best.pt")  # selected on validation
+        s.selection = self.plan.state_dict()
         row = {
             "epoch": epoch,
             "phase": "refine" if self.sched.refine_at(epoch) else "warmup",
             "lr": timing["lr"],
             "train_loss": train_loss,
-            "test_acc": test_acc,
-            "best_test_acc": s.best_acc,
+            **evals,
             "images_per_s": n_seen / timing["epoch_time"],
             "epoch_time_s": timing["epoch_time"],
             "data_time_s": timing["data_time"],
@@ -350,8 +346,7 @@ class _Loop:
         summary = {
             "method": cfg.method.name,
             "last_test_acc": last["test_acc"],
-            "best_test_acc": s.best_acc,
-            "best_epoch": s.best_epoch,
+            **self.plan.summary(last),
             "epochs": cfg.train.epochs,
             "train_time_s": time.perf_counter() - self.t_run,
             "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),

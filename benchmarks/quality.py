@@ -399,7 +399,7 @@ def report(records: list[dict], meta: dict) -> str:
              f"total {meta['total_time_s'] / 60:.1f} min.  ",
              f"Seeds {meta['seeds']} (mean ± sample std over seeds); cleanlab with {meta['folds']}-fold CE.", ""]
     main_runs = _group(records, study="main")
-    cols = ("last_test_acc", "best_test_acc", "refined_label_acc", "mislabel_precision", "mislabel_recall",
+    cols = ("last_test_acc", "peak_test_acc", "refined_label_acc", "mislabel_precision", "mislabel_recall",
             "mislabel_f1", "memo_true", "memo_given", "memo_other")
     for dataset in dict.fromkeys(r["dataset"] for r in main_runs):
         lines += [f"## {dataset}", "", "| noise | actual | method | " + " | ".join(cols) + " | sample passes |",
