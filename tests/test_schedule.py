@@ -220,21 +220,21 @@ def test_auto_warmup_switches_logs_and_resumes(tmp_path, monkeypatch):
 
     # The same run crashing in epoch 2 (the rule has seen 2 epochs and not decided), then resumed: the rule's
     # state comes back from the checkpoint and the run ends exactly like the uninterrupted one.
-    import alr_fast.trainer as trainer
+    from alr_fast.evaluation import EvalPlan
 
-    real_evaluate, calls = trainer._evaluate, []
+    real_evaluate, calls = EvalPlan.evaluate, []
 
-    def crash_in_epoch_2(*args, **kw):
+    def crash_in_epoch_2(self, *args, **kw):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("injected crash")
-        return real_evaluate(*args, **kw)
+        return real_evaluate(self, *args, **kw)
 
     part = tmp_path / "part"
-    monkeypatch.setattr(trainer, "_evaluate", crash_in_epoch_2)
+    monkeypatch.setattr(EvalPlan, "evaluate", crash_in_epoch_2)
     with pytest.raises(RuntimeError, match="injected crash"):
         train(_digits_cfg(part, 6, method))
-    monkeypatch.setattr(trainer, "_evaluate", real_evaluate)
+    monkeypatch.setattr(EvalPlan, "evaluate", real_evaluate)
     saved = json.loads(max((part / "checkpoints").glob("step_*/trainer.json")).read_text())
     assert saved["schedule"]["warmup"]["switch_epoch"] is None and len(saved["schedule"]["warmup"]["history"]) == 2
     resumed = train(_digits_cfg(part, 6, method, resume=True))
@@ -318,3 +318,17 @@ def test_warmup_study_report_checks_each_goal():
     assert "not measured (1 seed)" in goals[6] and "1 of 1 (goal 0): **does not hold**" in goals[7]
     assert "ALR-auto 74.0 (goal ≥ 75): **does not hold**" in goals[8]
     assert "| mnist5k | sym-incl@0.6 | 50.0 % | alr-fixed4 | 60.0 ± 10.0 |" in md and "| 2 of 3 |" in md
+
+
+def test_auto_warmup_watches_the_noisy_validation_slice_when_there_is_one(tmp_path):
+    from alr_fast.trainer import train
+
+    cfg = _digits_cfg(tmp_path / "val", 4, MethodConfig(name="alr", warmup="auto", warmup_max_epochs=3,
+                                                        warmup_window=2))
+    cfg.data.val_fraction = 0.2
+    summary = train(cfg)
+    assert summary["warmup_signal"] == "noisy_val_top1" and summary["refine_from_epoch"] in (1, 2, 3)
+    rows = _rows(tmp_path / "val")
+    replay = decide(AutoWarmupRule(max_epochs=3, window=2), [r["noisy_val_top1"] for r in rows],
+                    key="noisy_val_top1")
+    assert replay.switch_epoch == summary["refine_from_epoch"]
