@@ -316,7 +316,7 @@ def warmup_report(records: list[dict], meta: dict) -> str:
              f"total {meta['total_time_s'] / 60:.1f} min.  ",
              f"Seeds {meta['seeds']} (mean ± sample std). Auto recipe: {json.dumps(meta['auto_recipe'])}; fixed "
              f"warm-ups {meta['fixed_warmups']} with a {meta['fixed_ramp_epochs']:g}-epoch lam ramp.", "",
-             "| data | noise | actual | arm | last test acc | best test acc | refined-label acc | refinement from "
+             "| data | noise | actual | arm | last test acc | peak test acc (oracle) | refined-label acc | refinement from "
              "epoch | seeds with a collapse flag |", "|---|---|---|---|---|---|---|---|---|"]
     cases = list(dict.fromkeys((r["dataset"], r["noise"]) for r in records))
     goals = []
@@ -327,7 +327,7 @@ def warmup_report(records: list[dict], meta: dict) -> str:
         for arm, g in by_arm.items():
             switch = [r["refine_from_epoch"] for r in g]
             lines.append(f"| {dataset} | {noise} | {100 * np.mean([r['actual_rate'] for r in g]):.1f} % | {arm} | "
-                         f"{fmt([r['last_test_acc'] for r in g])} | {fmt([r['best_test_acc'] for r in g])} | "
+                         f"{fmt([r['last_test_acc'] for r in g])} | {fmt([r['peak_test_acc'] for r in g])} | "
                          f"{fmt([r['refined_label_acc'] for r in g])} | {switch} | "
                          f"{sum(bool(r['collapse_epochs']) for r in g)} of {len(g)} |")
         auto = by_arm.get("alr-auto")

@@ -294,7 +294,7 @@ def test_warmup_study_report_checks_each_goal():
 
     def rec(dataset, noise, arm, seed, acc, refined=0.9, switch=3, collapse=()):
         return {"dataset": dataset, "noise": noise, "arm": arm, "seed": seed, "last_test_acc": acc,
-                "best_test_acc": acc, "refined_label_acc": refined, "refine_from_epoch": switch,
+                "peak_test_acc": acc, "refined_label_acc": refined, "refine_from_epoch": switch,
                 "collapse_epochs": list(collapse), "actual_rate": 0.5}
 
     recs = []
