@@ -249,7 +249,7 @@ class RefinementSchedule:
         extra: dict = {}
         self.messages = []
         if counts is not None:
-            c = counts.double().cpu()  # already on the host after the epoch's reduction; K + 2 numbers
+            c = counts.double().cpu()  # one host sync per epoch, K + 2 numbers
             hist, agree, seen = c[:-2], float(c[-2]), float(c[-1])
             share = float(hist.max()) / seen if seen else 0.0
             p = hist / max(seen, 1.0)
@@ -262,8 +262,9 @@ class RefinementSchedule:
             refine = self.refine_at(epoch)
             if not refine:
                 self.collapse_ref = max(self.label_prior_max, share)
-            elif self.collapse_ref is not None:
-                limit = self.guard.threshold(self.collapse_ref)
+            else:  # no warm-up epoch seen (warmup_epochs=0): the label prior alone is the reference
+                ref = self.collapse_ref if self.collapse_ref is not None else self.label_prior_max
+                limit = self.guard.threshold(ref)
                 extra["collapse"] = share >= limit
                 if extra["collapse"] and epoch not in self.collapse_epochs:
                     if epoch - 1 not in self.collapse_epochs:

@@ -181,6 +181,10 @@ def test_collapse_guard_flags_a_jump_and_reports_it_once():
     assert sch.summary()["collapse_epochs"] == [2, 3]
     uniform = sch.end_epoch(4, {}, _counts([10] * 10, 10))
     assert uniform["collapse"] is False and uniform["pred_classes_eff"] == pytest.approx(10.0)
+    # No warm-up at all: the given labels' largest class share (0.1) is the reference, limit 0.2.
+    cold = RefinementSchedule("fixed", alpha=0.9, lam=1.0, warmup_epochs=0, label_prior_max=0.1)
+    assert cold.end_epoch(0, {}, _counts([19] + [9] * 9, 0))["collapse"] is False  # 19 %
+    assert cold.end_epoch(1, {}, _counts([21] + [9] * 9, 0))["collapse"] is True  # 21 %
 
 
 # --- a seconds-long run --------------------------------------------------------------------------------------
