@@ -39,11 +39,12 @@ import torch.nn.functional as F
 
 from alr_fast.bank import SoftLabelBank
 from alr_fast.config import apply_overrides
+from alr_fast.data.train_data import build_train_data
 from alr_fast.functional import alr_loss
 from alr_fast.models import build_model
 from alr_fast.recipes import RECIPES, get_recipe
 from alr_fast.runtime import resolve_runtime
-from alr_fast.trainer import _ds_config, _optimizer, build_train_data
+from alr_fast.trainer import _ds_config, _optimizer
 
 
 class SyntheticData:

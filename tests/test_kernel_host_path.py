@@ -19,7 +19,7 @@ kernels = pytest.importorskip("alr_fast.kernels")
 if not kernels.HAS_FUSED_ALR:
     pytest.skip("triton is not installed: no fused kernel", allow_module_level=True)
 
-from alr_fast.kernels import alr_forward, alr_grad_scale, fused_alr_loss, raise_on_bad_index  # noqa: E402
+from alr_fast.kernels import alr_grad_scale, fused_alr_loss, raise_on_bad_index  # noqa: E402
 from alr_fast.kernels import alr_loss as alr_loss_mod  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
