@@ -118,3 +118,16 @@ def test_oos_columns_streamed_match_in_memory_and_replace_old_ones(tmp_path):
         assert float(r["oos_confidence"]) == pytest.approx(float(oos[i].max()), abs=1e-6)
         assert float(r["oos_given_prob"]) == pytest.approx(p_given[i], abs=1e-6)
         assert int(r["oos_suspect_rank"]) == ref_rank[i]
+
+
+def test_write_exports_after_a_crossval_keeps_the_oos_columns(tmp_path):
+    data, model, bank = _tiny(n=19, k=4, seed=2)
+    oos = np.random.default_rng(0).dirichlet(np.ones(4), 19).astype(np.float32)
+    np.save(tmp_path / "oos_pred_probs.npy", oos)
+    (tmp_path / "crossval.json").write_text(json.dumps({"complete": True}))
+    info = write_exports(tmp_path, SimpleNamespace(module=model), bank, data, RT, 8)
+    with open(tmp_path / "refined_labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert "suspect_rank" in rows[0] and [int(r["oos_label"]) for r in rows] == oos.argmax(1).tolist()
+    assert info["files"]["oos_pred_probs.npy"]["kind"] == "out-of-sample"
+    assert "oos_pred_probs.npy" in info["cleanlab"] and "find_label_issues_batched" in info["cleanlab_batched"]
