@@ -30,10 +30,11 @@ from alr_fast.bank import SoftLabelBank
 from alr_fast.checkpoint import capture_rng, find_latest, load_checkpoint, restore_rng, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, save_config
 from alr_fast.data.arrays import ArrayLoader
-from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
+from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier, sync_buffers
 from alr_fast.functional import alr_loss
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
+from alr_fast.precision import ds_precision_config, model_input
 from alr_fast.runtime import Runtime, resolve_runtime
 
 __all__ = ["TrainData", "train", "build_train_data", "predict_probs", "BatchSource"]
@@ -128,8 +129,9 @@ def _ds_config(cfg: Config, rt: Runtime) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,  # DeepSpeed's per-step timers synchronise; off by default
         "zero_optimization": {"stage": cfg.train.zero_stage},
-        "bf16": {"enabled": rt.precision == "bf16"},
-        "fp16": {"enabled": rt.precision == "fp16"},
+        # ZeRO 1/2 partition torch.optim.SGD/AdamW state like any other optimizer's (tests/test_rehearsal.py).
+        "zero_allow_untested_optimizer": True,
+        **ds_precision_config(rt.precision),
     }
 
 
@@ -161,7 +163,7 @@ def _evaluate(model: torch.nn.Module, source: BatchSource, labels: torch.Tensor,
     correct = torch.zeros((), dtype=torch.long, device=rt.device)
     for x, idx in source.epoch(0):
         with _autocast(rt):
-            pred = model(x).argmax(dim=1)
+            pred = model(model_input(x, model)).argmax(dim=1)
         correct += ((pred == labels[idx.clamp_min(0)]) & (idx >= 0)).sum()
     model.train()
     return correct.item() / labels.numel()  # .item() syncs: once per evaluation
@@ -174,7 +176,7 @@ def predict_probs(model: torch.nn.Module, source: BatchSource, num_samples: int,
     idxs, probs = [], []
     for x, idx in source.epoch(0):
         with _autocast(rt):
-            p = torch.softmax(model(x).float(), dim=1)
+            p = torch.softmax(model(model_input(x, model)).float(), dim=1)
         keep = idx >= 0
         idxs.append(idx[keep].cpu())
         probs.append(p[keep].cpu())
@@ -363,6 +365,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
             print(f"[alr_fast] --resume: no complete checkpoint in {out}/checkpoints, starting fresh", flush=True)
 
     def checkpoint(epoch: int, step_in_epoch: int) -> None:
+        sync_buffers(engine.module)  # the engine saves rank 0's module: make it every rank's
         trainer_state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "rows": rows,
                          "best_acc": best_acc, "best_epoch": best_epoch, "world_size": rt.world_size,
                          "config": config_to_dict(cfg)}
@@ -406,7 +409,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
             if check_index and not bool(bank.owns(idx).all()):
                 raise RuntimeError(f"rank {rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
-            logits = engine(x)
+            logits = engine(model_input(x, engine.module))
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
             # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
             loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine, backend=rt.backend,
@@ -431,6 +434,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
         epoch_time = time.perf_counter() - t0
 
         # Once per epoch: host syncs, collectives and CPU-side metrics.
+        sync_buffers(engine.module)  # BatchNorm statistics: one set on every rank before eval and checkpoint
         totals = all_reduce_sum(torch.stack([loss_sum, seen.double()]))
         n_seen = int(totals[1].item())
         train_loss = totals[0].item() / max(n_seen, 1)
@@ -483,7 +487,7 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
         tb.close()
 
     exports = write_exports(out, engine, bank, data, rt, max(cfg.train.batch_size, 256))
-    # Data parallelism must leave every rank with the same weights: check it, cheaply, once.
+    # Data parallelism must leave every rank with the same weights and buffers: check it, cheaply, once.
     digest = hashlib.sha256()
     for p in engine.module.state_dict().values():
         digest.update(p.detach().float().cpu().numpy().tobytes())
