@@ -16,42 +16,29 @@ The newest ``keep`` complete checkpoints are kept.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from alr_fast.distributed import barrier
+from alr_fast.loop_state import LoopState
 
-__all__ = ["save_checkpoint", "find_latest", "load_checkpoint", "capture_rng", "restore_rng"]
+__all__ = ["save_checkpoint", "find_latest", "load_checkpoint"]
 
 COMPLETE = "COMPLETE"
-
-
-def capture_rng() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _root(out: Path) -> Path:
     return Path(out) / "checkpoints"
 
 
-def save_checkpoint(out: Path, step: int, engine, bank, trainer_state: dict, rank_state: dict, *, rank: int,
+def save_checkpoint(out: Path, engine, bank, state: LoopState, *, config: dict, rank: int, world_size: int,
                     keep: int) -> Path:
-    """Collective: every rank calls it with the same ``step``."""
+    """Collective: every rank calls it at the same ``state.step``."""
+    step = state.step
+    trainer_state = {**state.shared_dict(), "world_size": world_size, "config": config}
+    rank_state = state.rank_dict()
     root = _root(out)
     final = root / f"step_{step:09d}"
     tmp = root / f"step_{step:09d}.tmp"
@@ -85,9 +72,8 @@ def find_latest(out: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(path: Path, engine, bank, *, rank: int, world_size: int) -> tuple[dict, dict | None]:
-    """Restore engine and bank (re-sharding if the world size changed). Returns (trainer_state, rank_state);
-    rank_state is None when the checkpoint was written with another world size."""
+def load_checkpoint(path: Path, engine, bank, state: LoopState, *, rank: int, world_size: int) -> dict:
+    """Restore engine, bank (re-sharding if the world size changed) and ``state``; returns ``trainer.json``."""
     trainer_state = json.loads((path / "trainer.json").read_text())
     load_path, _ = engine.load_checkpoint(str(path), tag="engine", load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
@@ -106,4 +92,5 @@ def load_checkpoint(path: Path, engine, bank, *, rank: int, world_size: int) -> 
         shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in shard_files]
         bank.load_rows_from(shards)
         rank_state = None
-    return trainer_state, rank_state
+    state.load(trainer_state, rank_state)
+    return trainer_state

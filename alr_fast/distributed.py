@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_rows", "barrier", "broadcast_object", "all_reduce_sum", "sync_buffers"]
+__all__ = ["all_gather_rows", "barrier", "all_reduce_sum", "sync_buffers"]
 
 
 def _world() -> int:
@@ -15,14 +15,6 @@ def _world() -> int:
 def barrier() -> None:
     if _world() > 1:
         dist.barrier()
-
-
-def broadcast_object(obj, src: int = 0):
-    if _world() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,14 @@ timings) and a markdown table generated from it (``.md``). On a machine without 
     python benchmarks/bench_loss.py                          # full grid (GPU)
     python benchmarks/bench_loss.py --B 256 1024 --K 10 1000 --dtypes bf16 --reps 10
     python benchmarks/bench_loss.py --impls eager --B 256 --K 10 100 --dtypes fp32   # CPU smoke run
+    python benchmarks/bench_loss.py --host --tag after       # host time per call, every Triton launch stubbed
+
+``--host`` (CPU): the host-side cost of one loss forward + backward, i.e. everything Python and torch do
+around the kernel launches, which is what decides the loss's speed on a GPU at the trainer's small shapes.
+It runs with ``TRITON_INTERPRET=1`` and ``triton.runtime.interpreter.InterpretedFunction.run`` replaced by a
+no-op (so a launch costs nothing and computes nothing), ``torch.set_num_threads(1)``, and compares
+``alr_loss(..., backend="triton", check_index=False, assume_unique=True)`` (the trainer's call) with an
+eager ``F.cross_entropy`` forward + backward on the same logits (real arithmetic included).
 """
 
 from __future__ import annotations
@@ -68,6 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="CPU only, with TRITON_INTERPRET=1: run the fused path in the Triton interpreter to smoke-test this "
         "script (its timings are meaningless and are labelled so)",
     )
+    p.add_argument("--host", action="store_true", help="host time per call with every Triton launch stubbed (CPU)")
+    p.add_argument("--host-shapes", nargs="+", default=["256x10", "1024x1000"], help="--host: BxK shapes")
+    p.add_argument("--host-calls", type=int, default=200, help="--host: calls per timed round")
+    p.add_argument("--host-rounds", type=int, default=15, help="--host: timed rounds (median reported)")
+    p.add_argument("--tag", default="", help="suffix of the output file name (e.g. before / after)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -260,8 +273,90 @@ def write_markdown(path: Path, result: dict) -> None:
     path.write_text("\n".join(lines))
 
 
+# ------------------------------------------------------------------------------------------------ host time
+def stub_triton_launches() -> None:
+    """Make every interpreted Triton launch a no-op (needs TRITON_INTERPRET=1 before the kernels import)."""
+    from triton.runtime import interpreter
+
+    interpreter.InterpretedFunction.run = lambda self, *args, **kwargs: None
+
+
+def host_time(args) -> dict:
+    """Median host µs per call of fused ALR fwd+bwd (launches stubbed) vs eager F.cross_entropy fwd+bwd."""
+    import torch.nn.functional as F
+
+    from alr_fast import alr_loss
+
+    torch.set_num_threads(1)
+    stub_triton_launches()
+
+    def timed(fn, calls):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) / calls * 1e6
+
+    rows = []
+    for shape in args.host_shapes:
+        B, K = (int(v) for v in shape.lower().split("x"))
+        g = torch.Generator().manual_seed(args.seed)
+        logits = torch.randn(B, K, generator=g).requires_grad_(True)
+        target = torch.randint(0, K, (B,), generator=g)
+        bank = torch.nn.functional.one_hot(torch.randint(0, K, (2 * B,), generator=g), K).float()
+        index = torch.randperm(2 * B, generator=g)[:B]
+
+        def fused():
+            logits.grad = None
+            alr_loss(logits, bank, index, alpha=ALPHA, lam=LAM, refine=True, backend="triton", check_index=False,
+                     assume_unique=True).backward()
+
+        def fused_dedup():
+            logits.grad = None
+            alr_loss(logits, bank, index, alpha=ALPHA, lam=LAM, refine=True, backend="triton",
+                     check_index=False).backward()
+
+        def ce():
+            logits.grad = None
+            F.cross_entropy(logits, target).backward()
+
+        fns = {"fused_assume_unique": fused, "fused_default": fused_dedup, "eager_cross_entropy": ce}
+        for fn in fns.values():  # warm-up (first-call caches, allocator)
+            timed(fn, 50)
+        samples = {name: [] for name in fns}
+        for _ in range(args.host_rounds):  # interleaved rounds: a load spike hits every implementation alike
+            for name, fn in fns.items():
+                samples[name].append(timed(fn, args.host_calls))
+        for name, us in samples.items():
+            q = statistics.quantiles(us, n=10, method="inclusive")
+            rows.append(dict(B=B, K=K, impl=name, median_us=statistics.median(us), p10_us=q[0], p90_us=q[-1],
+                             rounds_us=us))
+            print(f"host B={B:5d} K={K:5d} {name:22s} {statistics.median(us):8.1f} us/call "
+                  f"[{q[0]:.1f}-{q[-1]:.1f}]", flush=True)
+    return dict(rows=rows)
+
+
+def main_host(args) -> int:
+    env = environment(torch.device("cpu"))
+    result = dict(
+        environment=env,
+        settings=dict(vars(args), out=relative(args.out), alpha=ALPHA, lam=LAM, torch_threads=1,
+                      method="TRITON_INTERPRET=1 with triton.runtime.interpreter.InterpretedFunction.run stubbed "
+                             "to a no-op; median over rounds of (wall time of host_calls calls / host_calls); "
+                             "fused = alr_loss(backend='triton', check_index=False[, assume_unique=True]) "
+                             "forward + backward, CE = eager F.cross_entropy forward + backward"),
+        **host_time(args),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench_loss_host{'_' + args.tag if args.tag else ''}.json"
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {relative(path)}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.host:
+        return main_host(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device)
     notes = []
@@ -356,6 +451,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if "--host" in sys.argv[1:]:
+        os.environ["TRITON_INTERPRET"] = "1"  # before alr_fast.kernels is imported: launches become stubbable
+    elif os.environ.get("TRITON_INTERPRET") == "1":
         print("NOTE: TRITON_INTERPRET=1 is set: the fused path would run in the interpreter (not a benchmark).")
     sys.exit(main())

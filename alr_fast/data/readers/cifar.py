@@ -6,7 +6,7 @@ split = data_batch_1..5 concatenated (torchvision's order, used by every public 
 in memory as uint8 [N, 32, 32, 3].
 
 CIFAR-N files (user-supplied; licence CC BY-NC, never shipped) are read with the numpy-only unpickler of
-:mod:`alr_fast.data.safe_pickle`; the label set is chosen by the authors' short name (:data:`CIFAR_N_SETS`).
+:mod:`alr_fast.data.readers.safe_pickle`; the label set is chosen by the authors' short name (:data:`CIFAR_N_SETS`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from alr_fast.data.listfile import require_dir, require_file
-from alr_fast.data.records import SampleTable
-from alr_fast.data.safe_pickle import safe_load_numpy_pickle
+from alr_fast.data.readers.listfile import require_dir, require_file
+from alr_fast.data.readers.records import SampleTable
+from alr_fast.data.readers.safe_pickle import safe_load_numpy_pickle
 from alr_fast.noise import make_noisy_labels
 
 __all__ = ["read_cifar", "read_cifar_n", "apply_cifar_n", "apply_synthetic_noise", "CIFAR_N_SETS", "CIFAR_STATS"]

@@ -2,7 +2,7 @@
 
 One persistent pipeline per loader: ``fn.external_source`` feeds each batch's encoded files (or, for CIFAR,
 uint8 NHWC arrays) together with their int64 global indices, in the order of
-:class:`alr_fast.data.sampling.EpochPlan` (a seeded full permutation per epoch, strided shards by rank,
+:class:`alr_fast.data.loaders.plan.EpochPlan` (a seeded full permutation per epoch, strided shards by rank,
 ``stick_to_shard``, per-epoch subsets, excluded rows). The index output IS the global index: labels are looked
 up in the bank by index, never carried. Decoding runs on the GPU (``"mixed"``) when the loader's device is CUDA
 and on the CPU otherwise: :func:`dali_placement` is the one place that decides it.
@@ -15,7 +15,7 @@ epoch). An external source stops exactly at the end of the epoch and restarts on
 files is one ``np.fromfile`` per sample in the Python thread (~20 us), small next to a JPEG decode (~1 ms).
 
 EXIF orientation is ignored (``adjust_orientation=False``), as PIL / torchvision's loaders do and as the
-published numbers were obtained. Transforms follow :class:`alr_fast.data.transforms.TransformSpec` with
+published numbers were obtained. Transforms follow :class:`alr_fast.data.loaders.transforms.TransformSpec` with
 torchvision's geometry (output sizes, centre offsets, uniform integer crop offsets), so the eval transform
 matches the torchvision path within one grey level (tests/test_data_loaders.py). Random augmentations draw
 from the pipeline's seeded stream.
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alr_fast.data.loader_base import IndexedLoader
-from alr_fast.data.records import SampleTable
-from alr_fast.data.sampling import sample_uniforms
+from alr_fast.data.loaders.base import IndexedLoader
+from alr_fast.data.loaders.plan import sample_uniforms
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["DaliLoader", "DaliPlacement", "dali_placement", "dali_available"]
 
@@ -207,18 +207,17 @@ def _array_pipeline(feed, image_hw, spec, placement, out_dtype):
 class _EpochFeed:
     """The external source: iterating it yields one epoch's batches ``([data], [int64 index], [float32 aug])``.
 
-    The loader sets ``shard`` (the rows still to read) and ``epoch`` before each pass; DALI calls ``iter()``
-    again after every ``reset()``. ``aug`` holds each sample's random numbers, a function of (seed, epoch,
-    global index) only (:func:`alr_fast.data.sampling.sample_uniforms`).
+    The loader sets ``batches`` (the epoch plan's batches still to read) and ``epoch`` before each pass; DALI
+    calls ``iter()`` again after every ``reset()``. ``aug`` holds each sample's random numbers, a function of
+    (seed, epoch, global index) only (:func:`alr_fast.data.loaders.plan.sample_uniforms`).
     """
 
-    def __init__(self, table: SampleTable, batch_size: int, seed: int, with_aug: bool):
+    def __init__(self, table: SampleTable, seed: int, with_aug: bool):
         self.table = table
-        self.batch_size = batch_size
         self.seed = seed
         self.with_aug = with_aug
         self.epoch = 0
-        self.shard = np.zeros(0, dtype=np.int64)
+        self.batches: list[np.ndarray] = []
 
     def _read(self, index: int) -> np.ndarray:
         path = self.table.path(index)
@@ -231,15 +230,14 @@ class _EpochFeed:
             ) from None
 
     def __iter__(self):
-        shard, bs, table = self.shard, self.batch_size, self.table
+        table = self.table
         if table.images is not None:
             filler = np.zeros_like(table.images[0])
             sample = lambda i: table.images[i]  # noqa: E731
         else:
-            filler = self._read(int(shard[0]))  # padding rows decode a real file, then are zeroed
+            filler = self._read(int(self.batches[0][0]))  # padding rows decode a real file, then are zeroed
             sample = self._read
-        for start in range(0, shard.size, bs):
-            rows = shard[start : start + bs]
+        for rows in self.batches:
             idx = rows.tolist()
             batch = ([sample(i) if i >= 0 else filler for i in idx], [np.array(i, dtype=np.int64) for i in idx])
             if self.with_aug:
@@ -252,7 +250,7 @@ class _EpochFeed:
 class DaliLoader(IndexedLoader):
     """Batches ``(images [b, C, H, W], global index int64 [b])`` from a DALI pipeline (see the module doc).
 
-    Arguments are those of :class:`alr_fast.data.loader_base.IndexedLoader`, plus ``num_threads`` (DALI CPU
+    Arguments are those of :class:`alr_fast.data.loaders.base.IndexedLoader`, plus ``num_threads`` (DALI CPU
     worker threads) and ``prefetch_queue_depth``.
     """
 
@@ -261,7 +259,7 @@ class DaliLoader(IndexedLoader):
         self.placement = dali_placement(self.device)
         self.num_threads = int(num_threads)
         self.prefetch_queue_depth = int(prefetch_queue_depth)
-        self._feed = _EpochFeed(table, self.batch_size, self.seed, _uses_aug(self.transform))
+        self._feed = _EpochFeed(table, self.seed, _uses_aug(self.transform))
         self._iterator = None
         self._pipe = None
         self._at_epoch_end = False
@@ -270,8 +268,8 @@ class DaliLoader(IndexedLoader):
         from nvidia.dali import pipeline_def
 
         seed = (self.seed * 1_000_003 + epoch * 7_919 + self.plan.rank) % (2**31 - 1)
-        common = dict(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.placement.device_id,
-                      seed=seed, prefetch_queue_depth=self.prefetch_queue_depth)
+        common = dict(batch_size=self.plan.max_batch, num_threads=self.num_threads,
+                      device_id=self.placement.device_id, seed=seed, prefetch_queue_depth=self.prefetch_queue_depth)
         out_dtype = _dali_dtype(self.dtype)
         if self.table.paths is not None:
             self._pipe = pipeline_def(_encoded_pipeline)(feed=self._feed, spec=self.transform,
@@ -294,11 +292,11 @@ class DaliLoader(IndexedLoader):
         shard = self.shard_from(epoch, start_step)
         valid = shard[shard >= 0]
         if valid.size == 0:
-            yield from self._empty_batches(shard.size)
+            yield from self._empty_batches(start_step)
             return
-        self._feed.shard = shard
+        self._feed.batches = self.plan.batches(epoch, start_step)
         self._feed.epoch = int(epoch)
-        ahead = self.batch_size * (self.prefetch_queue_depth + 2)
+        ahead = self.plan.max_batch * (self.prefetch_queue_depth + 2)
         if self._iterator is not None and self._at_epoch_end:
             self._at_epoch_end = False
             self._guarded(epoch, self._iterator.reset, valid[:ahead])
@@ -336,7 +334,7 @@ class DaliLoader(IndexedLoader):
         try:
             return step()
         except RuntimeError as e:
-            from alr_fast.data.imagecheck import image_problem
+            from alr_fast.data.loaders.imagecheck import image_problem
 
             self.close()  # a failed pipeline is not reusable
             text = str(e)

@@ -62,8 +62,8 @@ def recipe_transform(dataset: str, *, train: bool, crop: int | None = None, resi
                      mean: tuple | None = None, std: tuple | None = None) -> TransformSpec:
     """The recipe's transform for ``dataset`` ('cifar10', 'cifar100', 'animal10n', 'clothing1m', 'webvision',
     'mini-webvision', 'ilsvrc2012'); ``mean``/``std`` default to the table's (pass ``table.mean``)."""
-    from alr_fast.data.cifar import CIFAR_STATS
-    from alr_fast.data.clothing1m import CLOTHING1M_STATS
+    from alr_fast.data.readers.cifar import CIFAR_STATS
+    from alr_fast.data.readers.clothing1m import CLOTHING1M_STATS
 
     if dataset in ("cifar10", "cifar100"):
         m, s = CIFAR_STATS[dataset]

@@ -1,16 +1,19 @@
-"""One entry point over the dataset readers: ``read_split(name, root, split, ...)`` -> :class:`SampleTable`.
+"""Dataset readers, one module per dataset, each returning a :class:`records.SampleTable`; the formats they share
+live in ``records``, ``listfile``, ``noise_files`` and ``safe_pickle``.
 
-=================  ==============================================  ========================================
-name               splits                                          reader
-=================  ==============================================  ========================================
-cifar10, cifar100  train, test                                     :func:`alr_fast.data.cifar.read_cifar`
-animal10n          train, test                                     :func:`alr_fast.data.animal10n.read_animal10n`
-clothing1m         train (noisy), clean-train, val, test           :func:`alr_fast.data.clothing1m.read_clothing1m`
-webvision          train (source google / flickr / all), val       :func:`alr_fast.data.webvision.read_webvision`
-mini-webvision     train, val (labels < 50)                        :func:`alr_fast.data.webvision.read_mini_webvision`
-=================  ==============================================  ========================================
+``read_split(name, root, split, ...)`` here picks the reader:
 
-ILSVRC-2012 val (same classes, explicit list) is :func:`alr_fast.data.webvision.read_ilsvrc_val`. Label
+=================  ==============================================  ==============================
+name               splits                                          reader (in this package)
+=================  ==============================================  ==============================
+cifar10, cifar100  train, test                                     :func:`cifar.read_cifar`
+animal10n          train, test                                     :func:`animal10n.read_animal10n`
+clothing1m         train (noisy), clean-train, val, test           :func:`clothing1m.read_clothing1m`
+webvision          train (source google / flickr / all), val       :func:`webvision.read_webvision`
+mini-webvision     train, val (labels < 50)                        :func:`webvision.read_mini_webvision`
+=================  ==============================================  ==============================
+
+ILSVRC-2012 val (same classes, explicit list) is :func:`webvision.read_ilsvrc_val`. Label
 overrides for the train split, applied in this order: CIFAR-N (``cifar_n`` + ``label_set``), a noise file
 (``noise_file``), or synthetic noise (CIFAR only: ``noise_kind``/``noise_rate``/``noise_seed``).
 """
@@ -19,12 +22,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alr_fast.data.animal10n import read_animal10n
-from alr_fast.data.cifar import apply_cifar_n, read_cifar
-from alr_fast.data.clothing1m import CLOTHING1M_SPLITS, read_clothing1m
-from alr_fast.data.noise_files import apply_noise_file
-from alr_fast.data.records import SampleTable
-from alr_fast.data.webvision import read_mini_webvision, read_webvision
+from alr_fast.data.readers.animal10n import read_animal10n
+from alr_fast.data.readers.cifar import apply_cifar_n, read_cifar
+from alr_fast.data.readers.clothing1m import CLOTHING1M_SPLITS, read_clothing1m
+from alr_fast.data.readers.noise_files import apply_noise_file
+from alr_fast.data.readers.records import SampleTable
+from alr_fast.data.readers.webvision import read_mini_webvision, read_webvision
 
 __all__ = ["DATASET_NAMES", "DATASET_SPLITS", "TRAIN_SPLIT", "read_split"]
 

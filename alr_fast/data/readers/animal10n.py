@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alr_fast.data.listfile import require_dir
-from alr_fast.data.records import SampleTable
+from alr_fast.data.readers.listfile import require_dir
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["read_animal10n", "ANIMAL10N_CLASSES", "IMAGE_SUFFIXES"]
 

@@ -1,7 +1,7 @@
 """``python -m alr_fast data {check, make-fixture}``.
 
 Wire into the main CLI with ``add_data_parser(subparsers)`` and dispatch ``args.command == "data"`` to
-``run_data_command(args)`` (its return value is the exit code). Standalone: ``python -m alr_fast.data.cli``.
+``run_data_command(args)`` (its return value is the exit code). Standalone: ``python -m alr_fast.data.tools.cli``.
 
 * ``data check --dataset NAME --root DIR``: prints a JSON summary; exit 0 only if the dataset is usable,
   1 if not (errors listed in the summary), 2 for bad arguments.
@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from alr_fast.data.fixtures import FIXTURE_DATASETS, make_fixture
 from alr_fast.data.readers import DATASET_NAMES
-from alr_fast.data.webvision import WEBVISION_SOURCES
+from alr_fast.data.readers.webvision import WEBVISION_SOURCES
+from alr_fast.data.tools.fixtures import CLOTHING1M_LAYOUTS, FIXTURE_DATASETS, make_fixture
 
 __all__ = ["add_data_parser", "run_data_command", "main"]
 
@@ -68,7 +68,9 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     fixture = sub.add_parser("make-fixture", help="write a small dataset in NAME's exact layout (real JPEGs)")
     fixture.add_argument("--dataset", required=True, choices=FIXTURE_DATASETS)
     fixture.add_argument("--out", required=True, type=Path)
-    fixture.add_argument("--layout", choices=("a", "b"), default="a", help="Clothing1M layout (default a)")
+    fixture.add_argument("--layout", choices=CLOTHING1M_LAYOUTS, default="a",
+                         help="Clothing1M layout: a = .txt and 0..9/ in the root, b = annotations/ + images/, "
+                              "c = .txt and images/ in the root (default a)")
     fixture.add_argument("--seed", type=int, default=0)
     fixture.add_argument("--num-train", type=_positive, default=None)
     fixture.add_argument("--num-test", type=_positive, default=None)
@@ -79,7 +81,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
 def run_data_command(args: argparse.Namespace) -> int:
     """Run ``data check`` / ``data make-fixture``; returns the exit code."""
     if args.data_command == "check":
-        from alr_fast.data.check import check_dataset
+        from alr_fast.data.tools.check import check_dataset
 
         summary, unreadable = check_dataset(
             args.dataset, args.root, splits=args.splits, source=args.source, ilsvrc_list=args.ilsvrc_list,
@@ -110,7 +112,7 @@ def run_data_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alr_fast.data.cli")
+    parser = argparse.ArgumentParser(prog="python -m alr_fast.data.tools.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     add_data_parser(sub)
     args = parser.parse_args(argv)

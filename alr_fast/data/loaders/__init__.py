@@ -1,4 +1,10 @@
-"""``build_loader``: a table + the recipe's transform + a backend (DALI or torchvision) -> a loader.
+"""Loaders: batches of ``(images, global index)`` for one rank, the trainer's ``BatchSource``.
+
+``plan`` (which rows an epoch reads on each rank, in which order), ``base`` (what the table loaders share),
+``dali`` and ``torch_loader`` (a :class:`SampleTable` decoded by DALI or torchvision), ``arrays`` (in-memory
+uint8 arrays), ``transforms`` (the recipes' augmentation), ``imagecheck`` (which listed images decode).
+
+``build_loader`` here: a table + the recipe's transform + a backend (DALI or torchvision) -> a loader.
 
 The backend is decided here, once: ``"dali"``, ``"torch"``, or ``"auto"`` (DALI when it is installed).
 """
@@ -7,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from alr_fast.data.records import SampleTable
-from alr_fast.data.sampling import Subset
-from alr_fast.data.transforms import recipe_transform
+from alr_fast.data.loaders.plan import Subset
+from alr_fast.data.loaders.transforms import recipe_transform
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["build_loader", "LOADER_BACKENDS"]
 
@@ -42,8 +48,8 @@ def build_loader(
     ``workers`` is DALI's ``num_threads`` or the DataLoader's ``num_workers``: the same CPU budget either way
     (DALI needs at least one thread). By default a rank reads the rows it owns (``stick_to_shard``).
     """
-    from alr_fast.data.dali import DaliLoader, dali_available
-    from alr_fast.data.torch_loader import TorchLoader
+    from alr_fast.data.loaders.dali import DaliLoader, dali_available
+    from alr_fast.data.loaders.torch_loader import TorchLoader
 
     if backend not in LOADER_BACKENDS:
         raise ValueError(f"build_loader: backend must be one of {LOADER_BACKENDS}, got {backend!r}")

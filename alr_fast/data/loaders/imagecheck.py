@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from alr_fast.data.records import SampleTable
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["UnreadableImage", "image_problem", "scan_images", "UnreadableImagesWarning"]
 
