@@ -33,6 +33,7 @@ from alr_fast.config import Config, config_to_dict, save_config
 from alr_fast.distributed import barrier
 from alr_fast.exports import (CLEANLAB_BATCHED, CLEANLAB_IN_MEMORY, RowPart, add_oos_columns, assemble_rows,
                               class_names_of, stream_predictions)
+from alr_fast.sharding import Sharding
 
 __all__ = ["assign_folds", "FoldSource", "fold_view", "crossval"]
 
@@ -100,7 +101,7 @@ class FoldSource:
 
 
 def _owned_counts(mask: np.ndarray, world: int) -> list[int]:
-    return [int(mask[r::world].sum()) for r in range(world)]
+    return [int(mask[Sharding(r, world).owned(mask.size)].sum()) for r in range(world)]
 
 
 def fold_view(data, folds: np.ndarray, fold: int):

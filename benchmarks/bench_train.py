@@ -42,6 +42,7 @@ from alr_fast.config import apply_overrides
 from alr_fast.data.train_data import build_train_data
 from alr_fast.functional import alr_loss
 from alr_fast.models import build_model
+from alr_fast.precision import model_input
 from alr_fast.recipes import RECIPES, get_recipe
 from alr_fast.runtime import resolve_runtime
 from alr_fast.trainer import _ds_config, _optimizer
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--synthetic", help="N,K,D: random in-memory data and an MLP instead of the recipe's")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments and the config, then exit")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
@@ -102,6 +104,10 @@ def main(argv=None) -> int:
     if args.batch_size:
         sets.append(f"train.batch_size={args.batch_size}")
     cfg = apply_overrides(get_recipe(args.recipe), sets + ["train.progress=false"])
+    if args.dry_run:  # benchmarks/gpu_evidence.sh --dry-run: arguments and overrides are valid
+        print(json.dumps({"recipe": args.recipe, "model": cfg.model.name, "batch_size": cfg.train.batch_size,
+                          "precision": cfg.train.precision, "synthetic": args.synthetic, "dry_run": True}))
+        return 0
     rt = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend)
     data = SyntheticData(*map(int, args.synthetic.split(",")), rt.device) if args.synthetic else \
         build_train_data(cfg, rt.device)
@@ -115,6 +121,9 @@ def main(argv=None) -> int:
     else:
         model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
                             image_size=data.image_size, width=cfg.model.width).to(rt.device)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
+    if low is not None:  # DeepSpeed casts the parameters only: cast BatchNorm's running statistics along
+        model = model.to(low)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model), config=_ds_config(cfg, rt))
     bank = SoftLabelBank(torch.from_numpy(data.given_labels), data.num_classes, cfg.method.bank_dtype,
                          rank=rt.rank, world_size=rt.world_size).to(rt.device)
@@ -130,6 +139,7 @@ def main(argv=None) -> int:
 
     stream = batches()
 
+
     def run_block(mode: str, steps: int) -> list[dict]:
         times = []
         for _ in range(steps):
@@ -138,7 +148,7 @@ def main(argv=None) -> int:
             x, idx = next(stream)
             _sync(rt.device)
             t1 = time.perf_counter()
-            logits = engine(x)
+            logits = engine(model_input(x, engine.module))
             if mode == "ce":
                 valid = idx >= 0
                 loss = F.cross_entropy(logits.float()[valid], given[idx[valid]])
