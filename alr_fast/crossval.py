@@ -176,7 +176,7 @@ def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=
         if rt.is_main:
             (fdir / "pred_probs.npy").unlink(missing_ok=True)  # empty by construction; oos rows are in the parts
             info = {"fold": f, "train_samples": int((folds != f).sum()), "held_out": int((folds == f).sum()),
-                    "epochs": fcfg.train.epochs, "world_size": rt.world_size, "best_test_acc": summary["best_test_acc"],
+                    "epochs": fcfg.train.epochs, "world_size": rt.world_size, "peak_test_acc": summary["peak_test_acc"],
                     "last_test_acc": summary["last_test_acc"], "train_time_s": summary["train_time_s"]}
             done.write_text(json.dumps(info, indent=2) + "\n")
             fold_info.append(info)
