@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from alr_fast.config import METHODS, apply_overrides
-from alr_fast.recipes import RECIPES, get_recipe
+from alr_fast.config import METHODS, apply_overrides, load_config_file
+from alr_fast.recipes import RECIPES, resolve_recipe
 from alr_fast.runtime import shutdown_distributed
 
 
@@ -19,7 +19,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of init and data order")
     p.add_argument("--noise-rate", type=float, help="synthetic noise rate in [0, 1]")
     p.add_argument("--data-root", help="folder of an on-disk dataset")
-    p.add_argument("--model", help="small_cnn, mlp or a torchvision model name (e.g. resnet50)")
+    p.add_argument("--model", help="small_cnn, mlp, preact_resnet18, cifar_resnet34, or a torchvision / timm model name")
     p.add_argument("--image-size", type=int, help="training crop size in pixels (on-disk datasets)")
     p.add_argument("--save-every", type=int, help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
@@ -29,7 +29,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args, recipe: str):
-    cfg = get_recipe(recipe)
+    """The recipe (or ``--config FILE``) with the flags and ``--set`` overrides applied; a recipe's per-setting
+    values (e.g. CIFAR's warm-up per noise rate) are resolved after the overrides."""
     sets = list(args.overrides)
     for flag, key in (("out", "train.out"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
                       ("seed", "train.seed"), ("noise_rate", "data.noise_rate"), ("data_root", "data.data_root"),
@@ -43,7 +44,10 @@ def _config_from_args(args, recipe: str):
         sets.append("train.progress=false")
     if args.resume:
         sets.append("train.resume=true")
-    return apply_overrides(cfg, sets)
+    if getattr(args, "config", None):
+        # A saved run's config.json (or a hand-written one) is complete: no recipe resolution, only overrides.
+        return apply_overrides(load_config_file(args.config), sets)
+    return resolve_recipe(recipe, sets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="one run of one method from a recipe")
     p_train.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
     p_train.add_argument("--method", choices=METHODS)
+    p_train.add_argument("--config", metavar="RUN/config.json",
+                         help="re-run a saved (or hand-written) config instead of a recipe; flags and --set apply on top")
     # The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead.
     p_train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     _add_common(p_train)
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p_show = sub.add_parser("config", help="print a recipe's resolved config as JSON")
     p_show.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
+    p_show.add_argument("--config", metavar="RUN/config.json", help="show a saved config (with --set applied)")
     p_show.add_argument("--set", dest="overrides", action="append", default=[])
 
     args = parser.parse_args(argv)
@@ -93,8 +100,19 @@ def main(argv: list[str] | None = None) -> int:
             return run_data_command(args)
         if args.command == "config":
             from alr_fast.config import config_to_dict
+            from alr_fast.recipes import RECIPE_SOURCES, warmup_source
 
-            print(json.dumps(config_to_dict(apply_overrides(get_recipe(args.recipe), args.overrides)), indent=2))
+            if args.config:
+                cfg = apply_overrides(load_config_file(args.config), args.overrides)
+            else:
+                cfg = resolve_recipe(args.recipe, args.overrides)
+            shown = config_to_dict(cfg)
+            if not args.config:
+                shown["_sources"] = {"recipe": RECIPE_SOURCES[args.recipe], "method.warmup_epochs":
+                                     "--set" if any(o.startswith("method.warmup_epochs=") for o in args.overrides)
+                                     else warmup_source(cfg),
+                                     "method.lam": "unpublished for ALR; see alr_fast/recipes.py"}
+            print(json.dumps(shown, indent=2))
             return 0
         if args.command == "demo":
             from alr_fast.demo import format_table, run_demo

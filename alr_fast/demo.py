@@ -19,7 +19,7 @@ __all__ = ["run_demo", "format_table"]
 
 COLUMNS = (
     ("last_test_acc", "last test acc"),
-    ("best_test_acc", "best test acc"),
+    ("peak_test_acc", "peak test acc (oracle)"),
     ("refined_label_acc", "refined-label acc"),
     ("mislabel_f1", "mislabel F1"),
     ("memo_given", "memorised"),

@@ -22,9 +22,10 @@ def test_short_demo_writes_everything(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"ce", "selc", "alr"}
     for name, s in summary["methods"].items():
-        for key in ("last_test_acc", "best_test_acc", "refined_label_acc", "mislabel_f1"):
+        for key in ("last_test_acc", "peak_test_acc", "last_test_top5", "refined_label_acc", "mislabel_f1"):
             assert 0.0 <= s[key] <= 1.0, (name, key, s[key])
-        assert s["best_test_acc"] >= s["last_test_acc"]
+        assert s["peak_test_acc"] >= s["last_test_acc"]
+        assert s["selected_by"] is None and "best_test_acc" not in s  # the demo has no validation split
         run = out / name
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in rows] == [0, 1, 2]
