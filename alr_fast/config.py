@@ -277,6 +277,9 @@ class TrainConfig:
         _check(self.global_batch_size >= 0, "train", "global_batch_size", "must be >= 0", self.global_batch_size)
         _check(self.zero_stage in (0, 1, 2), "train", "zero_stage", "must be 0, 1 or 2", self.zero_stage)
         _check(self.save_every >= 0, "train", "save_every", "must be >= 0", self.save_every)
+        # A checkpoint inside an accumulation window would lose the window's partial gradient on resume.
+        _check(self.save_every % self.grad_accum == 0, "train", "save_every",
+               f"must be a multiple of train.grad_accum ({self.grad_accum})", self.save_every)
         _check(self.keep_checkpoints >= 1, "train", "keep_checkpoints", "must be >= 1", self.keep_checkpoints)
 
 

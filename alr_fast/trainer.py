@@ -26,13 +26,14 @@ from alr_fast.bank import SoftLabelBank
 from alr_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
 from alr_fast.data.train_data import TrainData, build_train_data
-from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
+from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier, sync_buffers
 from alr_fast.evaluation import EvalPlan
 from alr_fast.exports import predict_probs, write_exports
 from alr_fast.functional import alr_loss, raise_on_bad_index
 from alr_fast.loop_state import LoopState
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
+from alr_fast.precision import ds_precision_config, model_input
 from alr_fast.runtime import Runtime, resolve_runtime
 from alr_fast.schedule import RefinementSchedule, prediction_counts
 
@@ -47,8 +48,9 @@ def _ds_config(cfg: Config, rt: Runtime) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,  # DeepSpeed's per-step timers synchronise; off by default
         "zero_optimization": {"stage": cfg.train.zero_stage},
-        "bf16": {"enabled": rt.precision == "bf16"},
-        "fp16": {"enabled": rt.precision == "fp16"},
+        # ZeRO 1/2 partition torch.optim.SGD/AdamW state like any other optimizer's (tests/test_rehearsal.py).
+        "zero_allow_untested_optimizer": True,
+        **ds_precision_config(rt.precision),
     }
 
 
@@ -198,6 +200,7 @@ class _Loop:
 
     def save(self) -> None:
         """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it)."""
+        sync_buffers(self.engine.module)  # the engine saves rank 0's module: make it every rank's
         self.state.schedule = self.sched.state_dict()
         save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
                         rank=self.rt.rank, world_size=self.rt.world_size, keep=self.cfg.train.keep_checkpoints)
@@ -241,7 +244,7 @@ class _Loop:
                 raise RuntimeError(f"rank {self.rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
             alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
-            logits = engine(x)
+            logits = engine(model_input(x, engine.module))
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
             # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
             loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
@@ -267,6 +270,7 @@ class _Loop:
 
     def end_epoch(self, epoch: int, timing: dict) -> None:
         """Once per epoch: host syncs, collectives, CPU-side metrics, logging, exports, checkpoint."""
+        sync_buffers(self.engine.module)  # BatchNorm statistics: one set on every rank before eval and checkpoint
         cfg, s, bank = self.cfg, self.state, self.bank
         totals = all_reduce_sum(torch.stack([s.loss_sum, s.seen.double()]))
         raise_on_bad_index(self.rt.backend, self.rt.device, bank.num_samples)  # names a masked index >= N
@@ -335,7 +339,7 @@ class _Loop:
         cfg, rt, engine, s = self.cfg, self.rt, self.engine, self.state
         self.close_sinks()
         exports = write_exports(self.out, engine, self.bank, self.data, rt, max(cfg.train.batch_size, 256))
-        # Data parallelism must leave every rank with the same weights: check it, cheaply, once.
+        # Data parallelism must leave every rank with the same weights and buffers: check it, cheaply, once.
         digest = hashlib.sha256()
         for p in engine.module.state_dict().values():
             digest.update(p.detach().float().cpu().numpy().tobytes())

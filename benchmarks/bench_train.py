@@ -42,6 +42,7 @@ from alr_fast.config import apply_overrides
 from alr_fast.data.train_data import build_train_data
 from alr_fast.functional import alr_loss
 from alr_fast.models import build_model
+from alr_fast.precision import model_input
 from alr_fast.recipes import RECIPES, get_recipe
 from alr_fast.runtime import resolve_runtime
 from alr_fast.trainer import _ds_config, _optimizer
@@ -138,7 +139,6 @@ def main(argv=None) -> int:
 
     stream = batches()
 
-    param_dtype = next(engine.module.parameters()).dtype
 
     def run_block(mode: str, steps: int) -> list[dict]:
         times = []
@@ -148,10 +148,7 @@ def main(argv=None) -> int:
             x, idx = next(stream)
             _sync(rt.device)
             t1 = time.perf_counter()
-            # DeepSpeed's bf16/fp16 casts the parameters, not the inputs or BatchNorm's running statistics:
-            # autocast runs each op in the dtype it supports (as the trainer's evaluation does).
-            with torch.autocast(rt.device.type, dtype=param_dtype, enabled=param_dtype != torch.float32):
-                logits = engine(x)
+            logits = engine(model_input(x, engine.module))
             if mode == "ce":
                 valid = idx >= 0
                 loss = F.cross_entropy(logits.float()[valid], given[idx[valid]])
