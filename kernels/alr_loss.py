@@ -899,55 +899,49 @@ class _EagerFusedALR(torch.autograd.Function):
 # bad-index flag are internal scratch, not arguments: the partials are fresh per call, the counter holds 0
 # before and after every call, and the flag only ever records an error; so nothing observable by the caller
 # or by functionalization changes (concurrency: _TicketCounters).
-@torch.library.custom_op("alr_fast::fused_alr_fwd", mutates_args=("bank",))
-def _fused_alr_fwd_op(
-    logits: torch.Tensor,
-    bank: torch.Tensor,
-    index: torch.Tensor,
-    alpha: float,
-    lam: float,
-    refine: bool,
-    reduction: str,
-    assume_unique: bool,
-    block_k: int,
-    rows_per_program: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    p = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
-    with _device_guard(logits.device):
-        loss, grad = _launch_forward(logits, bank, index, p, None, None, block_k, rows_per_program)
-    return loss, grad
+def _define_forward_op(name: str, inplace_grad: bool) -> torch.library.CustomOpDef:
+    """The forward launch as a torch custom op (real and fake implementation). Custom ops take primitive
+    arguments only, so :class:`ALRParams` travels as its fields and is rebuilt (cached) inside.
+
+    ``inplace_grad`` False: returns ``(loss, grad)``, mutates ``bank``. True: writes the gradient into the
+    logits buffer and returns ``loss`` only (an op output may not alias an input), mutates ``logits`` and
+    ``bank``. Two ops rather than one with a flag: the mutated arguments are part of the schema, and declaring
+    ``logits`` mutated on the out-of-place path would make functionalization copy it.
+    """
+
+    def forward(
+        logits: torch.Tensor,
+        bank: torch.Tensor,
+        index: torch.Tensor,
+        alpha: float,
+        lam: float,
+        refine: bool,
+        reduction: str,
+        assume_unique: bool,
+        block_k: int,
+        rows_per_program: int,
+    ):
+        p = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
+        with _device_guard(logits.device):
+            loss, grad = _launch_forward(
+                logits, bank, index, p, logits if inplace_grad else None, None, block_k, rows_per_program
+            )
+        return loss if inplace_grad else (loss, grad)
+
+    def fake(logits, bank, index, alpha, lam, refine, reduction, *_sizes):
+        B, K = logits.shape
+        loss = logits.new_empty((B,) if reduction == "none" else (), dtype=torch.float32)
+        return loss if inplace_grad else (loss, logits.new_empty((B, K)))
+
+    forward.__annotations__["return"] = torch.Tensor if inplace_grad else tuple[torch.Tensor, torch.Tensor]
+    mutated = ("logits", "bank") if inplace_grad else ("bank",)
+    op = torch.library.custom_op(name, forward, mutates_args=mutated)
+    op.register_fake(fake)
+    return op
 
 
-@_fused_alr_fwd_op.register_fake
-def _(logits, bank, index, alpha, lam, refine, reduction, assume_unique, block_k, rows_per_program):
-    B, K = logits.shape
-    loss = logits.new_empty((B,) if reduction == "none" else (), dtype=torch.float32)
-    return loss, logits.new_empty((B, K))
-
-
-@torch.library.custom_op("alr_fast::fused_alr_fwd_inplace_grad", mutates_args=("logits", "bank"))
-def _fused_alr_fwd_inplace_op(
-    logits: torch.Tensor,
-    bank: torch.Tensor,
-    index: torch.Tensor,
-    alpha: float,
-    lam: float,
-    refine: bool,
-    reduction: str,
-    assume_unique: bool,
-    block_k: int,
-    rows_per_program: int,
-) -> torch.Tensor:
-    p = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
-    with _device_guard(logits.device):
-        loss, _ = _launch_forward(logits, bank, index, p, logits, None, block_k, rows_per_program)
-    return loss
-
-
-@_fused_alr_fwd_inplace_op.register_fake
-def _(logits, bank, index, alpha, lam, refine, reduction, assume_unique, block_k, rows_per_program):
-    B = logits.shape[0]
-    return logits.new_empty((B,) if reduction == "none" else (), dtype=torch.float32)
+_fused_alr_fwd_op = _define_forward_op("alr_fast::fused_alr_fwd", inplace_grad=False)
+_fused_alr_fwd_inplace_op = _define_forward_op("alr_fast::fused_alr_fwd_inplace_grad", inplace_grad=True)
 
 
 class FusedALRFunction(torch.autograd.Function):
