@@ -64,15 +64,13 @@ def alr_loss(
     if backend != "torch" and backend != "triton":  # the trainer passes its Runtime's resolved backend
         backend = resolve_backend(backend, logits.device, logits.dtype)
     if backend == "triton":
-        from alr_fast.kernels.alr_loss import fused_alr_loss_checked
+        from alr_fast.kernels.alr_loss import fused_alr_loss
 
         validate_fused_inputs(logits, bank, "alr_loss")
-        return fused_alr_loss_checked(logits, bank, index, params)
+        return fused_alr_loss(logits, bank, index, params, validated=True)
     if params.assume_unique:  # no sort, no host sync, closed-form gradient (what the trainer runs on CPU)
-        return alr_loss_unique(logits, bank, index, alpha=params.alpha, lam=params.lam, refine=params.refine,
-                               reduction=params.reduction)
-    return alr_loss_reference(logits, bank, index, alpha=params.alpha, lam=params.lam, refine=params.refine,
-                              reduction=params.reduction)
+        return alr_loss_unique(logits, bank, index, params)
+    return alr_loss_reference(logits, bank, index, params)
 
 
 def raise_on_bad_index(backend: str, device: torch.device, n_rows: int) -> None:

@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alr_fast.contract import ALRParams
+
 __all__ = ["alr_loss_reference", "sequential_rank"]
 
 
@@ -53,20 +55,13 @@ def sequential_rank(index: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def alr_loss_reference(
-    logits: torch.Tensor,
-    bank: torch.Tensor,
-    index: torch.Tensor,
-    *,
-    alpha: float,
-    lam: float,
-    refine: bool = True,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Reference ALR loss; updates ``bank`` in place when ``refine``. Inputs are assumed validated.
+def alr_loss_reference(logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, params: ALRParams) -> torch.Tensor:
+    """Reference ALR loss; updates ``bank`` in place when ``params.refine``. Inputs are assumed validated
+    (``params.assume_unique`` is ignored: duplicates always get the sequential semantics above).
 
     Host synchronisations happen here (duplicate handling); this path is for correctness, not speed.
     """
+    alpha, lam, refine, reduction = params.alpha, params.lam, params.refine, params.reduction
     z = logits if logits.dtype == torch.float64 else logits.float()  # fp32 math (fp64 kept for tests)
     valid = index >= 0
     finite = torch.isfinite(z).all(dim=1)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alr_fast.contract import ALRParams
+
 __all__ = ["alr_loss_unique"]
 
 
@@ -109,7 +111,6 @@ def _write_rows(bank: torch.Tensor, index: torch.Tensor, good: torch.Tensor, row
     bank.index_copy_(0, target_index, values.to(bank.dtype))
 
 
-def alr_loss_unique(logits, bank, index, *, alpha: float, lam: float, refine: bool = True,
-                    reduction: str = "mean") -> torch.Tensor:
+def alr_loss_unique(logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, params: ALRParams) -> torch.Tensor:
     """ALR loss for a batch without repeated valid indices (inputs assumed validated); updates ``bank``."""
-    return _UniqueALR.apply(logits, bank, index, float(alpha), float(lam), bool(refine), reduction)
+    return _UniqueALR.apply(logits, bank, index, params.alpha, params.lam, params.refine, params.reduction)

@@ -47,11 +47,13 @@ from pathlib import Path
 import torch
 
 from _common import REPO, cpu_model, relative, run_metadata  # noqa: E402  (benchmarks/ is on sys.path)
+from alr_fast.contract import ALRParams
 from alr_fast.reference import alr_loss_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ("fused", "fused_unique", "eager", "compile")
 ALPHA, LAM = 0.7, 0.4  # refinement with entropy: the most work per row
+REFINE = ALRParams(ALPHA, LAM, refine=True)
 GRIDS = {
     "trainer": [(B, K) for B in (256, 1024, 4096) for K in (10, 14, 50, 100, 1000)],
     "large": [(8192, 1000), (256, 32000), (32, 262144)],  # B*K >= 8M
@@ -210,11 +212,11 @@ def make_loss_fn(impl: str, compiled_ref):
     elif impl == "eager":
 
         def loss_fn(z, bank, index):
-            return alr_loss_reference(z, bank, index, alpha=ALPHA, lam=LAM, refine=True)
+            return alr_loss_reference(z, bank, index, REFINE)
     else:
 
         def loss_fn(z, bank, index):
-            return compiled_ref(z, bank, index, alpha=ALPHA, lam=LAM, refine=True)
+            return compiled_ref(z, bank, index, REFINE)
 
     return loss_fn
 

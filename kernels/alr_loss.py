@@ -82,7 +82,6 @@ __all__ = [
     "alr_forward",
     "alr_grad_scale",
     "fused_alr_loss",
-    "fused_alr_loss_checked",
     "pick_config",
     "raise_on_bad_index",
     "INTERPRETED",
@@ -686,74 +685,6 @@ def raise_on_bad_index(device: torch.device | str, n_rows: int | None = None) ->
 
 
 # ------------------------------------------------------------------------------------------------ launches
-def _launch_forward(
-    logits: torch.Tensor,
-    bank: torch.Tensor,
-    index: torch.Tensor,
-    p: ALRParams,
-    grad: torch.Tensor | None = None,
-    loss_rows: torch.Tensor | None = None,
-    block_k: int = 0,
-    rows_per_program: int = 0,
-    num_warps: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward launch on validated inputs: returns ``(loss, grad)``; updates ``bank`` when refining."""
-    B, K = logits.shape
-    device = logits.device
-    if K > 1 and logits.stride(1) != 1:
-        if grad is not None and grad.data_ptr() == logits.data_ptr():
-            raise ValueError("alr_forward: writing the gradient into logits needs logits with unit column stride")
-        logits = logits.contiguous()  # one copy; any row stride is fine, a column stride is not
-    if grad is None:
-        grad = torch.empty((B, K), dtype=logits.dtype, device=device)
-    red = REDUCTIONS[p.reduction]
-    if red == 0:
-        loss = torch.empty((B,), dtype=torch.float32, device=device) if loss_rows is None else loss_rows
-    else:
-        loss = torch.empty((), dtype=torch.float32, device=device)
-    if B == 0:  # static shape: nothing to launch
-        return loss.zero_(), grad
-    cfg = _config_for(B, K, device, block_k, rows_per_program, num_warps)
-    dedup = p.refine and not p.assume_unique
-    if dedup:
-        # Stable sort on the device (no host sync): equal indices become adjacent, in batch order.
-        key, order = torch.sort(index, stable=True)
-    else:
-        key = order = index  # order is unused without DEDUP
-    n_prog = _cdiv(B, cfg.rows)
-    align = _row_align(K, logits.stride(0), grad.stride(0), bank.stride(0))
-    if red:
-        # Per-program partials: torch.empty launches nothing (caching allocator; stream-ordered, and taken
-        # from the graph's private pool under CUDA graph capture). The ticket counter must be 0 on entry:
-        # a cached per-stream (per-capture) slot that the kernel leaves at 0; see _TicketCounters.
-        partials = torch.empty((2 * n_prog,), dtype=torch.float32, device=device)
-        counter = _TICKETS.get(device)
-    else:
-        partials = counter = loss  # unused by the kernel ("none")
-    try:
-        _alr_fwd_kernel[(n_prog,)](
-            logits, logits.stride(0),
-            bank, bank.stride(0),
-            key, order,
-            grad, grad.stride(0),
-            loss,
-            partials, counter, _bad_index_flag(device),
-            B, bank.shape[0], K // align, p.alpha, 1.0 - p.alpha, p.lam,
-            REFINE=p.refine, HAS_ENTROPY=p.has_entropy, DEDUP=dedup, REDUCTION=red,
-            ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
-            ROW_ALIGN=align, RED_BLOCK=_red_block(cfg.num_warps),
-            num_warps=cfg.num_warps,
-        )  # fmt: skip
-    except BaseException:
-        # The interpreter runs the programs inside this call: an exception (or Ctrl-C) part-way through the
-        # grid would leave the counter non-zero for the next call. On a GPU nothing has run when the launch
-        # raises (a device fault mid-kernel is fatal to the CUDA context anyway).
-        if red and INTERPRETED:
-            counter.zero_()
-        raise
-    return loss, grad
-
-
 @functools.lru_cache(maxsize=256)
 def _scale_geometry(B: int, K: int, stride: int, device: torch.device) -> tuple[int, ...]:
     """Tiles of the backward: ~4096 elements (16 per thread), a grid of at most a few programs per SM."""
@@ -788,17 +719,14 @@ def alr_forward(
     logits: torch.Tensor,
     bank: torch.Tensor,
     index: torch.Tensor,
+    params: ALRParams,
     *,
-    alpha: float,
-    lam: float,
-    refine: bool = True,
-    reduction: str = "mean",
-    assume_unique: bool = False,
     grad: torch.Tensor | None = None,
     loss_rows: torch.Tensor | None = None,
     block_k: int = 0,
     rows_per_program: int = 0,
     num_warps: int = 0,
+    validated: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Host function of the forward kernel (no autograd): returns ``(loss, grad)``; updates ``bank``.
 
@@ -806,9 +734,70 @@ def alr_forward(
     the number of valid rows), in the logits dtype. Pass ``grad`` (``[B, K]``, logits dtype, unit column
     stride; may be ``logits`` itself) and ``loss_rows`` (``[B]`` fp32, ``"none"`` only) to choose the output
     buffers. No host synchronisation; one kernel launch for every reduction (plus the index sort when
-    ``refine`` and not ``assume_unique``).
+    ``params.refine`` and not ``params.assume_unique``). ``validated``: the caller has checked the inputs and
+    the output buffers already (the autograd paths and the custom ops: the checks run once per call).
     """
-    p = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
+    if not validated:
+        _check_forward_call(logits, bank, index, params, grad, loss_rows)
+    with _device_guard(logits.device):  # Triton launches on the current CUDA device
+        B, K = logits.shape
+        device = logits.device
+        if K > 1 and logits.stride(1) != 1:
+            if grad is not None and grad.data_ptr() == logits.data_ptr():
+                raise ValueError("alr_forward: writing the gradient into logits needs logits with unit column stride")
+            logits = logits.contiguous()  # one copy; any row stride is fine, a column stride is not
+        if grad is None:
+            grad = torch.empty((B, K), dtype=logits.dtype, device=device)
+        red = REDUCTIONS[params.reduction]
+        if red == 0:
+            loss = torch.empty((B,), dtype=torch.float32, device=device) if loss_rows is None else loss_rows
+        else:
+            loss = torch.empty((), dtype=torch.float32, device=device)
+        if B == 0:  # static shape: nothing to launch
+            return loss.zero_(), grad
+        cfg = _config_for(B, K, device, block_k, rows_per_program, num_warps)
+        dedup = params.refine and not params.assume_unique
+        if dedup:
+            # Stable sort on the device (no host sync): equal indices become adjacent, in batch order.
+            key, order = torch.sort(index, stable=True)
+        else:
+            key = order = index  # order is unused without DEDUP
+        n_prog = _cdiv(B, cfg.rows)
+        align = _row_align(K, logits.stride(0), grad.stride(0), bank.stride(0))
+        if red:
+            # Per-program partials: torch.empty launches nothing (caching allocator; stream-ordered, and taken
+            # from the graph's private pool under CUDA graph capture). The ticket counter must be 0 on entry:
+            # a cached per-stream (per-capture) slot that the kernel leaves at 0; see _TicketCounters.
+            partials = torch.empty((2 * n_prog,), dtype=torch.float32, device=device)
+            counter = _TICKETS.get(device)
+        else:
+            partials = counter = loss  # unused by the kernel ("none")
+        try:
+            _alr_fwd_kernel[(n_prog,)](
+                logits, logits.stride(0),
+                bank, bank.stride(0),
+                key, order,
+                grad, grad.stride(0),
+                loss,
+                partials, counter, _bad_index_flag(device),
+                B, bank.shape[0], K // align, params.alpha, 1.0 - params.alpha, params.lam,
+                REFINE=params.refine, HAS_ENTROPY=params.has_entropy, DEDUP=dedup, REDUCTION=red,
+                ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
+                ROW_ALIGN=align, RED_BLOCK=_red_block(cfg.num_warps),
+                num_warps=cfg.num_warps,
+            )  # fmt: skip
+        except BaseException:
+            # The interpreter runs the programs inside this call: an exception (or Ctrl-C) part-way through the
+            # grid would leave the counter non-zero for the next call. On a GPU nothing has run when the launch
+            # raises (a device fault mid-kernel is fatal to the CUDA context anyway).
+            if red and INTERPRETED:
+                counter.zero_()
+            raise
+        return loss, grad
+
+
+def _check_forward_call(logits, bank, index, params: ALRParams, grad, loss_rows) -> None:
+    """What :func:`alr_forward` checks unless ``validated``: the inputs and the caller's output buffers."""
     validate_inputs(logits, bank, index, where="alr_forward")
     validate_fused_inputs(logits, bank, "alr_forward")
     _check_device(logits, "alr_forward")
@@ -819,12 +808,10 @@ def alr_forward(
             f"{describe(grad)} with strides {grad.stride()}"
         )
     if loss_rows is not None and (
-        reduction != "none" or loss_rows.shape != (B,) or loss_rows.dtype != torch.float32
+        params.reduction != "none" or loss_rows.shape != (B,) or loss_rows.dtype != torch.float32
         or not loss_rows.is_contiguous()
     ):
         raise ValueError(f"alr_forward: loss_rows must be a contiguous [{B}] float32 tensor (reduction='none')")
-    with _device_guard(logits.device):
-        return _launch_forward(logits, bank, index, p, grad, loss_rows, block_k, rows_per_program, num_warps)
 
 
 def alr_grad_scale(grad: torch.Tensor, grad_output: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -870,13 +857,14 @@ class _EagerFusedALR(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, bank, index, params, inplace_grad, block_k, rows):
+        out = logits if inplace_grad else None
+        loss, grad = alr_forward(
+            logits, bank, index, params, grad=out, block_k=block_k, rows_per_program=rows, validated=True
+        )
         if inplace_grad:
-            loss, grad = _launch_forward(logits, bank, index, params, logits, None, block_k, rows)
             # The logits now hold the gradient: bump their version so autograd refuses a backward through
             # anything that saved them.
             torch.autograd.graph.increment_version(logits)
-        else:
-            loss, grad = _launch_forward(logits, bank, index, params, None, None, block_k, rows)
         ctx.save_for_backward(grad)
         ctx.prev_grad_output = None
         return loss
@@ -922,10 +910,10 @@ def _define_forward_op(name: str, inplace_grad: bool) -> torch.library.CustomOpD
         rows_per_program: int,
     ):
         p = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
-        with _device_guard(logits.device):
-            loss, grad = _launch_forward(
-                logits, bank, index, p, logits if inplace_grad else None, None, block_k, rows_per_program
-            )
+        out = logits if inplace_grad else None
+        loss, grad = alr_forward(
+            logits, bank, index, p, grad=out, block_k=block_k, rows_per_program=rows_per_program, validated=True
+        )
         return loss if inplace_grad else (loss, grad)
 
     def fake(logits, bank, index, alpha, lam, refine, reduction, *_sizes):
@@ -972,7 +960,7 @@ class FusedALRFunction(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------------ public API
-def fused_alr_loss_checked(
+def fused_alr_loss(
     logits: torch.Tensor,
     bank: torch.Tensor,
     index: torch.Tensor,
@@ -981,9 +969,30 @@ def fused_alr_loss_checked(
     inplace_grad: bool = False,
     block_k: int = 0,
     rows_per_program: int = 0,
+    validated: bool = False,
 ) -> torch.Tensor:
-    """:func:`fused_alr_loss` on inputs already checked by :func:`alr_fast.contract.validate_inputs` and
-    :func:`~alr_fast.contract.validate_fused_inputs` (``alr_loss`` calls this: validation runs once)."""
+    """Fused ALR loss (differentiable w.r.t. ``logits``); updates ``bank`` in place when ``params.refine``.
+
+    Same semantics as :func:`alr_fast.reference.alr_loss_reference`. The index range is not checked on the
+    host (that would sync): an index ``>= N`` never touches the bank, gets a NaN loss and gradient row and is
+    recorded for :func:`raise_on_bad_index` (``alr_fast.alr_loss(check_index=True)`` checks before the launch).
+
+    Args:
+        params: the hyper-parameters (validated when built). With ``params.assume_unique`` the device sort
+            that serialises duplicate indices is skipped: the forward is then a single kernel launch for every
+            reduction, and with duplicate indices the results are undefined.
+        inplace_grad: write the gradient into the logits buffer instead of a new ``[B, K]`` buffer (saves
+            memory). The logits values are destroyed by the forward, so nothing else may use them afterwards
+            (autograd raises if something saved them), and backward can run once. Refused for a leaf tensor
+            that requires grad and for logits whose rows alias (row stride 0).
+        block_k, rows_per_program: override the block along K / rows per program (powers of two; 0 = auto).
+        validated: the caller has already run :func:`alr_fast.contract.validate_inputs` and
+            :func:`~alr_fast.contract.validate_fused_inputs` (``alr_loss`` and :class:`ALRLoss` do, so the
+            inputs are checked once per call).
+    """
+    if not validated:
+        validate_inputs(logits, bank, index, where="fused_alr_loss")
+        validate_fused_inputs(logits, bank, "fused_alr_loss")
     _check_device(logits, "fused_alr_loss")
     if inplace_grad:
         _check_inplace(logits, "fused_alr_loss")
@@ -994,43 +1003,6 @@ def fused_alr_loss_checked(
         )  # fmt: skip
     with _device_guard(logits.device):
         return _EagerFusedALR.apply(logits, bank, index, params, bool(inplace_grad), block_k, rows_per_program)
-
-
-def fused_alr_loss(
-    logits: torch.Tensor,
-    bank: torch.Tensor,
-    index: torch.Tensor,
-    *,
-    alpha: float,
-    lam: float,
-    refine: bool = True,
-    reduction: str = "mean",
-    assume_unique: bool = False,
-    inplace_grad: bool = False,
-    block_k: int = 0,
-    rows_per_program: int = 0,
-) -> torch.Tensor:
-    """Fused ALR loss (differentiable w.r.t. ``logits``); updates ``bank`` in place when ``refine``.
-
-    Same semantics as :func:`alr_fast.reference.alr_loss_reference`. The index range is not checked on the
-    host (that would sync): an index ``>= N`` never touches the bank, gets a NaN loss and gradient row and is
-    recorded for :func:`raise_on_bad_index` (``alr_fast.alr_loss(check_index=True)`` checks before the launch).
-
-    Args:
-        assume_unique: skip the device sort that serialises duplicate indices: the forward is then a single
-            kernel launch for every reduction. With duplicate indices the results are then undefined.
-        inplace_grad: write the gradient into the logits buffer instead of a new ``[B, K]`` buffer (saves
-            memory). The logits values are destroyed by the forward, so nothing else may use them afterwards
-            (autograd raises if something saved them), and backward can run once. Refused for a leaf tensor
-            that requires grad and for logits whose rows alias (row stride 0).
-        block_k, rows_per_program: override the block along K / rows per program (powers of two; 0 = auto).
-    """
-    params = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
-    validate_inputs(logits, bank, index, where="fused_alr_loss")
-    validate_fused_inputs(logits, bank, "fused_alr_loss")
-    return fused_alr_loss_checked(
-        logits, bank, index, params, inplace_grad=inplace_grad, block_k=block_k, rows_per_program=rows_per_program
-    )
 
 
 class ALRLoss(nn.Module):
@@ -1055,9 +1027,8 @@ class ALRLoss(nn.Module):
     ) -> torch.Tensor:
         validate_inputs(logits, bank, index, where="ALRLoss")
         validate_fused_inputs(logits, bank, "ALRLoss")
-        return fused_alr_loss_checked(
-            logits, bank, index, self.params if refine else self.warmup_params, inplace_grad=self.inplace_grad
-        )
+        params = self.params if refine else self.warmup_params
+        return fused_alr_loss(logits, bank, index, params, inplace_grad=self.inplace_grad, validated=True)
 
     def extra_repr(self) -> str:
         p = self.params

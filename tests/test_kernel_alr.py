@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from alr_fast.contract import ALRParams
 from alr_fast.functional import alr_loss
 from alr_fast.reference import alr_loss_reference
 
@@ -133,21 +134,20 @@ def make_case(B, K, logits_dtype, bank_dtype, *, seed, scale=3.0, n_bank=None):
     return logits.to(DEVICE), bank.to(DEVICE), index.to(DEVICE)
 
 
-def run_fused(logits, bank, index, *, grad_output=None, **kw):
+def run_fused(logits, bank, index, params, *, grad_output=None, **launch):
     """Fused loss and gradient (through autograd) on copies; returns (loss, grad, bank after)."""
     z = logits.clone().requires_grad_(True)
     bank = bank.clone()
-    loss = fused_alr_loss(z, bank, index, **kw)
+    loss = fused_alr_loss(z, bank, index, params, **launch)
     go = torch.ones_like(loss) if grad_output is None else grad_output
     loss.backward(go)
     return loss.detach(), z.grad, bank
 
 
-def check_against_float64(logits, bank, index, *, alpha, lam, refine, reduction, grad_output=None, **kw):
-    fused_loss, fused_grad, fused_bank = run_fused(
-        logits, bank, index, grad_output=grad_output, alpha=alpha, lam=lam, refine=refine, reduction=reduction,
-        **kw,
-    )  # fmt: skip
+def check_against_float64(logits, bank, index, *, alpha, lam, refine, reduction, grad_output=None,
+                          assume_unique=False, **launch):
+    params = ALRParams(alpha, lam, refine, reduction, assume_unique)
+    fused_loss, fused_grad, fused_bank = run_fused(logits, bank, index, params, grad_output=grad_output, **launch)
     ref_loss, ref_grad, ref_bank = alr_float64(
         logits.cpu(), bank.cpu(), index.cpu(), alpha=alpha, lam=lam, refine=refine, reduction=reduction
     )
@@ -257,7 +257,7 @@ def test_duplicates_sequential_in_batch_order(rows_per_program):
     assert torch.equal(loss[[3, 9]].cpu(), torch.zeros(2)) and torch.equal(grad[[3, 9]].cpu(), torch.zeros(2, K))
     # And the package reference agrees.
     ref_bank = bank.clone()
-    ref = alr_loss_reference(logits, ref_bank, index, alpha=0.5, lam=LAM, refine=True, reduction="none")
+    ref = alr_loss_reference(logits, ref_bank, index, ALRParams(0.5, LAM, refine=True, reduction="none"))
     torch.testing.assert_close(loss, ref, equal_nan=True, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(new_bank.float(), ref_bank.float(), rtol=8e-3, atol=1e-6)
 
@@ -331,10 +331,8 @@ def test_poisoned_output_buffers(K, launch, refine):
     grad = torch.full((B, K), float("nan"), dtype=logits.dtype, device=DEVICE)
     rows = torch.full((B,), float("nan"), device=DEVICE)
     bank_f = bank.clone()
-    loss, g = alr_forward(
-        logits, bank_f, index, alpha=ALPHA, lam=LAM, refine=refine, reduction="none", grad=grad, loss_rows=rows,
-        **launch,
-    )  # fmt: skip
+    params = ALRParams(ALPHA, LAM, refine=refine, reduction="none")
+    loss, g = alr_forward(logits, bank_f, index, params, grad=grad, loss_rows=rows, **launch)
     assert g is grad and loss is rows
     assert torch.isfinite(grad.float()).all() and torch.isfinite(rows).all()
     padded = index < 0
@@ -352,12 +350,12 @@ def test_inplace_grad(reduction):
     """inplace_grad=True writes dL/dz into the logits buffer; the gradient is the same as the default path."""
     B, K = 16, 21
     logits, bank, index = make_case(B, K, torch.float32, torch.float32, seed=23)
-    ref_loss, ref_grad, ref_bank = run_fused(logits, bank, index, alpha=ALPHA, lam=LAM, reduction=reduction)
+    ref_loss, ref_grad, ref_bank = run_fused(logits, bank, index, ALRParams(ALPHA, LAM, reduction=reduction))
     leaf = logits.clone().requires_grad_(True)
     z = leaf * 1.0  # a non-leaf, like a network output
     buf_ptr = z.data_ptr()
     bank2 = bank.clone()
-    loss = fused_alr_loss(z, bank2, index, alpha=ALPHA, lam=LAM, reduction=reduction, inplace_grad=True)
+    loss = fused_alr_loss(z, bank2, index, ALRParams(ALPHA, LAM, reduction=reduction), inplace_grad=True)
     assert not torch.equal(z.detach(), logits)  # the logits buffer was overwritten by the forward
     loss.backward(torch.ones_like(loss))
     torch.testing.assert_close(loss.detach(), ref_loss, rtol=0, atol=0)
@@ -371,8 +369,8 @@ def test_assume_unique_matches_default_on_unique_index():
     logits, bank, index = make_case(B, K, torch.float32, torch.bfloat16, seed=29)
     index = torch.randperm(bank.shape[0], generator=torch.Generator().manual_seed(1))[:B].to(DEVICE)
     index[4] = -1
-    a = run_fused(logits, bank, index, alpha=ALPHA, lam=LAM, assume_unique=False)
-    b = run_fused(logits, bank, index, alpha=ALPHA, lam=LAM, assume_unique=True)
+    a = run_fused(logits, bank, index, ALRParams(ALPHA, LAM, assume_unique=False))
+    b = run_fused(logits, bank, index, ALRParams(ALPHA, LAM, assume_unique=True))
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
 
@@ -383,7 +381,7 @@ def test_all_rows_padded(reduction):
     B, K = 6, 5
     logits, bank, _ = make_case(B, K, torch.float32, torch.float32, seed=31)
     index = torch.full((B,), -1, dtype=torch.long, device=DEVICE)
-    loss, grad, new_bank = run_fused(logits, bank, index, alpha=ALPHA, lam=LAM, reduction=reduction)
+    loss, grad, new_bank = run_fused(logits, bank, index, ALRParams(ALPHA, LAM, reduction=reduction))
     assert torch.equal(loss.cpu(), torch.zeros(B) if reduction == "none" else torch.tensor(0.0))
     assert torch.equal(grad.cpu(), torch.zeros(B, K)) and torch.equal(new_bank, bank)
 
@@ -392,8 +390,8 @@ def test_all_rows_padded(reduction):
 def test_empty_batch(reduction):
     bank = torch.rand(4, 3, device=DEVICE)
     z = torch.zeros(0, 3, device=DEVICE, requires_grad=True)
-    loss = fused_alr_loss(z, bank, torch.zeros(0, dtype=torch.long, device=DEVICE), alpha=0.5, lam=0.1,
-                          reduction=reduction)  # fmt: skip
+    empty_index = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    loss = fused_alr_loss(z, bank, empty_index, ALRParams(0.5, 0.1, reduction=reduction))
     assert loss.shape == ((0,) if reduction == "none" else ())
     loss.sum().backward()
     assert z.grad.shape == (0, 3)
@@ -458,10 +456,8 @@ def test_single_launch_reduction_all_padded(refine, assume_unique, reduction, sm
     logits, bank, _ = make_case(B, K, torch.float32, torch.float32, seed=73)
     index = torch.full((B,), -1, dtype=torch.long, device=DEVICE)
     bank_f = bank.clone()
-    loss, grad = alr_forward(
-        logits, bank_f, index, alpha=ALPHA, lam=LAM, refine=refine, reduction=reduction,
-        assume_unique=assume_unique, rows_per_program=1,
-    )  # fmt: skip
+    params = ALRParams(ALPHA, LAM, refine=refine, reduction=reduction, assume_unique=assume_unique)
+    loss, grad = alr_forward(logits, bank_f, index, params, rows_per_program=1)
     assert loss.shape == () and torch.equal(loss.cpu(), torch.tensor(0.0))
     assert torch.equal(grad.cpu(), torch.zeros(B, K)) and torch.equal(bank_f, bank)
     assert _counter() == 0
@@ -482,10 +478,10 @@ def test_single_launch_reduction_non_finite(assume_unique, reduction, small_red_
     )  # fmt: skip
     assert torch.isnan(loss)
     assert torch.isnan(grad[[0, B - 1]]).all() and torch.isfinite(grad[1 : B - 1]).all()
-    _, g_fwd = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
-                           assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
-    _, g_sum = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction="sum",
-                           assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
+    params = ALRParams(ALPHA, LAM, reduction=reduction, assume_unique=assume_unique)
+    _, g_fwd = alr_forward(logits, bank.clone(), index, params, rows_per_program=1)
+    _, g_sum = alr_forward(logits, bank.clone(), index, ALRParams.of(ALPHA, LAM, True, "sum", assume_unique),
+                           rows_per_program=1)  # fmt: skip
     n_valid = int((index >= 0).sum())
     want = g_sum[1 : B - 1] / (n_valid if reduction == "mean" else 1)
     torch.testing.assert_close(g_fwd[1 : B - 1], want, rtol=1e-6, atol=0)
@@ -532,7 +528,7 @@ def test_interpreter_failure_mid_grid_resets_the_counter(monkeypatch):
 
     monkeypatch.setattr(alr_loss_mod, "_alr_rows", failing)
     with pytest.raises(Exception, match="injected failure"):
-        alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, assume_unique=True, rows_per_program=1)
+        alr_forward(logits, bank.clone(), index, ALRParams(ALPHA, LAM, assume_unique=True), rows_per_program=1)
     monkeypatch.setattr(alr_loss_mod, "_alr_rows", original)
     assert _counter() == 0
     check_against_float64(logits, bank, index, alpha=ALPHA, lam=LAM, refine=True, reduction="mean",
@@ -548,7 +544,7 @@ def test_only_the_last_ticket_reduces_and_resets():
     counter = alr_loss_mod._TICKETS.get(DEVICE)
     try:
         counter.fill_(5)
-        alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, assume_unique=True, rows_per_program=1)
+        alr_forward(logits, bank.clone(), index, ALRParams(ALPHA, LAM, assume_unique=True), rows_per_program=1)
         assert int(counter) == 5  # the loss itself is garbage here: programs 11..15 had not stored partials yet
     finally:
         counter.zero_()
@@ -580,38 +576,38 @@ def test_module_wrapper():
     assert "lam=0.6" in repr(mod)
     b1, b2 = bank.clone(), bank.clone()
     torch.testing.assert_close(
-        mod(logits, b1, index, refine=False), fused_alr_loss(logits, b2, index, alpha=ALPHA, lam=LAM,
-                                                            refine=False, reduction="sum")
-    )  # fmt: skip
+        mod(logits, b1, index, refine=False),
+        fused_alr_loss(logits, b2, index, ALRParams(ALPHA, LAM, refine=False, reduction="sum")),
+    )
     with pytest.raises(ValueError, match="reduction"):
         ALRLoss(alpha=0.5, lam=0.1, reduction="avg")
 
 
 def test_input_errors_name_the_argument():
     logits, bank, index = make_case(8, 5, torch.float32, torch.float32, seed=43)
-    kw = dict(alpha=ALPHA, lam=LAM)
+    p = ALRParams(ALPHA, LAM)
     with pytest.raises(TypeError, match="float64"):
-        fused_alr_loss(logits.double(), bank, index, **kw)
+        fused_alr_loss(logits.double(), bank, index, p)
     with pytest.raises(TypeError, match="index"):
-        fused_alr_loss(logits, bank, index.int(), **kw)
+        fused_alr_loss(logits, bank, index.int(), p)
     with pytest.raises(ValueError, match="bank must have unit column stride"):
-        fused_alr_loss(logits, bank.t().contiguous().t(), index, **kw)
+        fused_alr_loss(logits, bank.t().contiguous().t(), index, p)
     with pytest.raises(ValueError, match="distinct rows"):
-        fused_alr_loss(logits, bank[:1].expand(bank.shape[0], -1), index, **kw)
+        fused_alr_loss(logits, bank[:1].expand(bank.shape[0], -1), index, p)
     with pytest.raises(ValueError, match="K >= 1"):
-        fused_alr_loss(logits[:, :0], bank[:, :0], index, **kw)
+        fused_alr_loss(logits[:, :0], bank[:, :0], index, p)
     with pytest.raises(ValueError, match="K=5 classes but bank has K=4"):
-        fused_alr_loss(logits, bank[:, :4], index, **kw)
+        fused_alr_loss(logits, bank[:, :4], index, p)
     with pytest.raises(ValueError, match="lam"):
-        fused_alr_loss(logits, bank, index, alpha=0.5, lam=-1.0)
+        fused_alr_loss(logits, bank, index, ALRParams(0.5, -1.0))
     with pytest.raises(ValueError, match="alpha"):
-        fused_alr_loss(logits, bank, index, alpha=1.5, lam=0.0)
+        fused_alr_loss(logits, bank, index, ALRParams(1.5, 0.0))
     with pytest.raises(ValueError, match="block_k"):
-        fused_alr_loss(logits, bank, index, block_k=48, **kw)
+        fused_alr_loss(logits, bank, index, p, block_k=48)
     with pytest.raises(ValueError, match="inplace_grad"):
-        fused_alr_loss(logits.t().contiguous().t(), bank, index, inplace_grad=True, **kw)
+        fused_alr_loss(logits.t().contiguous().t(), bank, index, p, inplace_grad=True)
     with pytest.raises(ValueError, match="must not require grad"):
-        fused_alr_loss(logits, bank.clone().requires_grad_(True), index, **kw)
+        fused_alr_loss(logits, bank.clone().requires_grad_(True), index, p)
 
 
 @triton.jit
@@ -704,8 +700,10 @@ def test_torch_compile_traces_through_the_custom_op():
     same loss, gradient and bank as eager."""
     logits, bank, index = make_case(16, 11, torch.float32, torch.float32, seed=53)
 
+    params = ALRParams(ALPHA, LAM, reduction="mean")
+
     def step(z, b, i):
-        return fused_alr_loss(z, b, i, alpha=ALPHA, lam=LAM, reduction="mean")
+        return fused_alr_loss(z, b, i, params)
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     results = []
@@ -732,8 +730,8 @@ def test_gpu_duplicates_at_large_batch_match_reference():
     assert int(torch.bincount(index).max()) >= 8
     b1, b2 = bank.clone(), bank.clone()
     z1, z2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
-    l1 = fused_alr_loss(z1, b1, index, alpha=ALPHA, lam=LAM, reduction="none")
-    l2 = alr_loss_reference(z2, b2, index, alpha=ALPHA, lam=LAM, reduction="none")
+    l1 = fused_alr_loss(z1, b1, index, ALRParams(ALPHA, LAM, reduction="none"))
+    l2 = alr_loss_reference(z2, b2, index, ALRParams(ALPHA, LAM, reduction="none"))
     go = torch.rand(B, device="cuda", generator=g)
     l1.backward(go)
     l2.backward(go)
@@ -750,7 +748,7 @@ def test_gpu_bitwise_reproducible(K):
     logits = torch.randn(B, K, device="cuda", generator=g, dtype=torch.bfloat16)
     bank = torch.softmax(torch.randn(N, K, device="cuda", generator=g), 1)
     index = torch.randint(0, N, (B,), device="cuda", generator=g)
-    outs = [run_fused(logits, bank, index, alpha=ALPHA, lam=LAM) for _ in range(3)]
+    outs = [run_fused(logits, bank, index, ALRParams(ALPHA, LAM)) for _ in range(3)]
     for o in outs[1:]:
         for a, b in zip(outs[0], o):
             assert torch.equal(a, b)
@@ -763,8 +761,8 @@ def test_gpu_large_batch_and_vocabulary():
         logits, bank, index = make_case(B, K, torch.bfloat16, torch.float32, seed=59)
         b1, b2 = bank.clone(), bank.clone()
         z1, z2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
-        l1 = fused_alr_loss(z1, b1, index, alpha=ALPHA, lam=LAM)
-        l2 = alr_loss_reference(z2, b2, index, alpha=ALPHA, lam=LAM)
+        l1 = fused_alr_loss(z1, b1, index, ALRParams(ALPHA, LAM))
+        l2 = alr_loss_reference(z2, b2, index, ALRParams(ALPHA, LAM))
         l1.backward()
         l2.backward()
         torch.testing.assert_close(l1, l2, rtol=1e-4, atol=1e-5)
@@ -789,8 +787,8 @@ def test_gpu_int64_offsets():
     before = bank[rows].clone()
     small = bank[rows].clone()
     small_index = torch.tensor([0, 1, 2, -1], device="cuda")
-    ref = alr_loss_reference(logits.contiguous(), small, small_index, alpha=ALPHA, lam=LAM, reduction="none")
-    out = fused_alr_loss(logits, bank, index, alpha=ALPHA, lam=LAM, reduction="none")
+    ref = alr_loss_reference(logits.contiguous(), small, small_index, ALRParams(ALPHA, LAM, reduction="none"))
+    out = fused_alr_loss(logits, bank, index, ALRParams(ALPHA, LAM, reduction="none"))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bank[rows].float(), small.float(), rtol=8e-3, atol=1e-6)
     assert not torch.equal(bank[rows], before)
@@ -814,22 +812,22 @@ def test_gpu_launches_and_no_host_sync(refine, assume_unique, reduction):
     """No host sync on the kernel path (CUDA sync debug mode raises on one); kernel launches per call: exactly
     one GPU activity (no reduction kernel, no memset) for warm-up and assume_unique, every reduction."""
     logits, bank, index = make_case(1024, 1000, torch.bfloat16, torch.float32, seed=61)
-    kw = dict(alpha=ALPHA, lam=LAM, refine=refine, assume_unique=assume_unique, reduction=reduction)
-    fused_alr_loss(logits, bank, index, **kw)  # compile and take this stream's ticket counter outside the checks
+    p = ALRParams(ALPHA, LAM, refine=refine, assume_unique=assume_unique, reduction=reduction)
+    fused_alr_loss(logits, bank, index, p)  # compile and take this stream's ticket counter outside the checks
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        fused_alr_loss(logits, bank, index, **kw)
+        fused_alr_loss(logits, bank, index, p)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    names = _gpu_activities(lambda: fused_alr_loss(logits, bank, index, **kw))
+    names = _gpu_activities(lambda: fused_alr_loss(logits, bank, index, p))
     assert sum("_alr_fwd_kernel" in n for n in names) == 1, names
     if not refine or assume_unique:
         assert len(names) == 1, names  # exactly one launch per call
     # The step: this module launches the forward kernel and the backward scaling kernel, nothing else.
     z = logits.clone().requires_grad_(True)
     go = torch.ones(1024 if reduction == "none" else (), device="cuda")
-    names = _gpu_activities(lambda: fused_alr_loss(z, bank, index, **kw).backward(go))
+    names = _gpu_activities(lambda: fused_alr_loss(z, bank, index, p).backward(go))
     ours = [n for n in names if "_alr_" in n]
     assert len(ours) == 2 and sum("_alr_fwd_kernel" in n for n in ours) == 1, names
     assert sum("_alr_grad_scale_kernel" in n for n in ours) == 1, names
@@ -852,16 +850,16 @@ def test_gpu_single_launch_reduction_bitwise_and_complete(B, K, rows, reduction)
         bank = torch.softmax(torch.randn(2 * B, K, device="cuda", generator=g), 1)
         index = torch.randperm(2 * B, device="cuda", generator=g)[:B]
         index[torch.randperm(B, device="cuda", generator=g)[: B // 10]] = -1
-        rows_loss = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction="none",
-                                assume_unique=True, rows_per_program=rows)[0]  # fmt: skip
+        per_row = ALRParams(ALPHA, LAM, reduction="none", assume_unique=True)
+        rows_loss = alr_forward(logits, bank.clone(), index, per_row, rows_per_program=rows)[0]
         total = rows_loss.double().sum()
         want = total / max(int((index >= 0).sum()), 1) if reduction == "mean" else total
         cases.append((logits, bank, index, want))
     first = [None, None]
     for rep in range(6):
         logits, bank, index, want = cases[rep % 2]
-        loss, _ = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
-                                 assume_unique=True, rows_per_program=rows)  # fmt: skip
+        params = ALRParams(ALPHA, LAM, reduction=reduction, assume_unique=True)
+        loss, _ = alr_forward(logits, bank.clone(), index, params, rows_per_program=rows)
         if first[rep % 2] is None:
             first[rep % 2] = loss.clone()
             torch.testing.assert_close(loss.double(), want, rtol=2e-6, atol=0)
@@ -877,8 +875,8 @@ def test_gpu_concurrent_streams_use_separate_counters():
     events: each stream's work starts before the other's ends)."""
     B, K = 16384, 100
     inputs = [_unique_case(B, K, seed=s, n_pad=100) for s in (107, 109)]
-    kw = dict(alpha=ALPHA, lam=LAM, refine=False, reduction="mean", assume_unique=True)
-    alone = [fused_alr_loss(lg, bk, ix, **kw) for lg, bk, ix in inputs]
+    p = ALRParams(ALPHA, LAM, refine=False, reduction="mean", assume_unique=True)
+    alone = [fused_alr_loss(lg, bk, ix, p) for lg, bk, ix in inputs]
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
     counters = []
     for st in streams:
@@ -896,7 +894,7 @@ def test_gpu_concurrent_streams_use_separate_counters():
     for _ in range(20):
         for j, st in enumerate(streams):
             with torch.cuda.stream(st):
-                results[j].append(fused_alr_loss(*inputs[j], **kw))
+                results[j].append(fused_alr_loss(*inputs[j], p))
     for j, st in enumerate(streams):
         ends[j].record(st)
         torch.cuda.current_stream().wait_stream(st)
@@ -915,26 +913,27 @@ def test_gpu_cuda_graph_single_launch_reduction():
     the same counter: bitwise equal to eager, and each replay runs two kernels and no memset."""
     B, K = 4096, 100
     logits, bank, index = _unique_case(B, K, seed=113, n_pad=50)
-    kw = dict(alpha=ALPHA, lam=LAM, assume_unique=True)
+    mean_warmup = ALRParams(ALPHA, LAM, refine=False, reduction="mean", assume_unique=True)
+    sum_refine = ALRParams(ALPHA, LAM, reduction="sum", assume_unique=True)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # warm-up of both captured variants: compile, zeroed counter slab
-        fused_alr_loss(logits, bank.clone(), index, reduction="mean", refine=False, **kw)
-        fused_alr_loss(logits, bank.clone(), index, reduction="sum", **kw)
+        fused_alr_loss(logits, bank.clone(), index, mean_warmup)
+        fused_alr_loss(logits, bank.clone(), index, sum_refine)
     torch.cuda.current_stream().wait_stream(s)
     static_logits, static_bank = logits.clone(), bank.clone()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        mean = fused_alr_loss(static_logits, static_bank, index, reduction="mean", refine=False, **kw)
-        total = fused_alr_loss(static_logits, static_bank, index, reduction="sum", **kw)
+        mean = fused_alr_loss(static_logits, static_bank, index, mean_warmup)
+        total = fused_alr_loss(static_logits, static_bank, index, sum_refine)
     for seed in range(3):
         new = torch.randn(B, K, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
         static_logits.copy_(new)
         static_bank.copy_(bank)
         names = _gpu_activities(graph.replay)
         eager_bank = bank.clone()
-        eager_mean = fused_alr_loss(new, eager_bank, index, reduction="mean", refine=False, **kw)
-        eager_sum = fused_alr_loss(new, eager_bank, index, reduction="sum", **kw)
+        eager_mean = fused_alr_loss(new, eager_bank, index, mean_warmup)
+        eager_sum = fused_alr_loss(new, eager_bank, index, sum_refine)
         torch.cuda.synchronize()
         assert torch.equal(mean, eager_mean) and torch.equal(total, eager_sum)
         assert torch.equal(static_bank, eager_bank)
@@ -945,24 +944,25 @@ def test_gpu_cuda_graph_single_launch_reduction():
 def test_gpu_cuda_graph_and_inductor():
     logits, bank, index = make_case(256, 100, torch.float32, torch.float32, seed=67)
     eager_bank = bank.clone()
-    eager = fused_alr_loss(logits, eager_bank, index, alpha=ALPHA, lam=LAM)
+    eager = fused_alr_loss(logits, eager_bank, index, ALRParams(ALPHA, LAM))
     # CUDA graph capture and replay of the forward (bank updated in the graph).
     static_bank = bank.clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        fused_alr_loss(logits, static_bank.clone(), index, alpha=ALPHA, lam=LAM)  # warm-up / compile
+        fused_alr_loss(logits, static_bank.clone(), index, ALRParams(ALPHA, LAM))  # warm-up / compile
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_loss = fused_alr_loss(logits, static_bank, index, alpha=ALPHA, lam=LAM)
+        static_loss = fused_alr_loss(logits, static_bank, index, ALRParams(ALPHA, LAM))
     static_bank.copy_(bank)
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(static_loss, eager, rtol=0, atol=0)
     torch.testing.assert_close(static_bank, eager_bank, rtol=0, atol=0)
     # torch.compile with inductor, fullgraph.
-    compiled = torch.compile(lambda z, b, i: fused_alr_loss(z, b, i, alpha=ALPHA, lam=LAM), fullgraph=True)
+    params = ALRParams(ALPHA, LAM)
+    compiled = torch.compile(lambda z, b, i: fused_alr_loss(z, b, i, params), fullgraph=True)
     b3 = bank.clone()
     torch.testing.assert_close(compiled(logits, b3, index), eager, rtol=0, atol=0)
     torch.testing.assert_close(b3, eager_bank, rtol=0, atol=0)

@@ -102,11 +102,11 @@ def test_eager_path_skips_the_custom_ops(monkeypatch):
     z = logits.clone().requires_grad_(True)
     with monkeypatch.context() as m:
         m.setattr(torch.ops.alr_fast.fused_alr_fwd, "default", forbidden, raising=False)
-        loss = fused_alr_loss(z, bank.clone(), index, alpha=ALPHA, lam=LAM)
+        loss = fused_alr_loss(z, bank.clone(), index, ALRParams(ALPHA, LAM))
     assert type(loss.grad_fn).__name__ == "_EagerFusedALRBackward"
     loss.backward()
     ref = logits.clone().requires_grad_(True)
-    alr_loss_reference(ref, bank.clone(), index, alpha=ALPHA, lam=LAM).backward()
+    alr_loss_reference(ref, bank.clone(), index, ALRParams(ALPHA, LAM)).backward()
     torch.testing.assert_close(z.grad, ref.grad, rtol=1e-5, atol=1e-7)
 
 
@@ -137,14 +137,14 @@ def test_forward_gradient_is_final_and_backward_returns_it(reduction):
     backward with grad_output 1 returns that very buffer, unchanged, as logits.grad (no copy, no pass)."""
     logits, bank, index = _case(seed=3)
     z = logits.clone().requires_grad_(True)
-    loss = fused_alr_loss(z, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction)
+    loss = fused_alr_loss(z, bank.clone(), index, ALRParams(ALPHA, LAM, reduction=reduction))
     (saved,) = loss.grad_fn.saved_tensors
     before, ptr = saved.clone(), saved.data_ptr()
     del saved  # holding it would make autograd copy the gradient into .grad
     loss.backward(torch.ones_like(loss))
     assert z.grad.data_ptr() == ptr and torch.equal(z.grad, before)
     ref = logits.clone().requires_grad_(True)
-    out = alr_loss_reference(ref, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction)
+    out = alr_loss_reference(ref, bank.clone(), index, ALRParams(ALPHA, LAM, reduction=reduction))
     out.backward(torch.ones_like(out))
     torch.testing.assert_close(z.grad, ref.grad, rtol=1e-5, atol=1e-7)
 
@@ -153,9 +153,9 @@ def test_forward_gradient_is_final_and_backward_returns_it(reduction):
 def test_retained_graph_second_backward_with_another_grad_output(reduction):
     logits, bank, index = _case(seed=5)
     z = logits.clone().requires_grad_(True)
-    loss = fused_alr_loss(z, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction)
+    loss = fused_alr_loss(z, bank.clone(), index, ALRParams(ALPHA, LAM, reduction=reduction))
     ref_z = logits.clone().requires_grad_(True)
-    ref = alr_loss_reference(ref_z, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction)
+    ref = alr_loss_reference(ref_z, bank.clone(), index, ALRParams(ALPHA, LAM, reduction=reduction))
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         go = (torch.rand(loss.shape, generator=g) + 0.5).to(DEVICE)
@@ -176,14 +176,14 @@ def test_out_of_range_index_is_masked_and_reported(K, launch, assume_unique):
     index = torch.tensor([3, 25, -1, 7, 20, 11, 0, 19], device=DEVICE)
     bank_before = bank.clone()
     z = logits.clone().requires_grad_(True)
-    rows = fused_alr_loss(z, bank, index, alpha=ALPHA, lam=LAM, reduction="none", assume_unique=assume_unique,
-                          **launch)  # fmt: skip
+    params = ALRParams(ALPHA, LAM, reduction="none", assume_unique=assume_unique)
+    rows = fused_alr_loss(z, bank, index, params, **launch)
     rows.sum().backward()
     bad = torch.tensor([1, 4])
     good = torch.tensor([0, 3, 5, 6, 7])
     assert torch.isnan(rows[bad]).all() and torch.isnan(z.grad[bad]).all()
     ref_bank = bank_before.clone()
-    ref = alr_loss_reference(logits[good], ref_bank, index[good], alpha=ALPHA, lam=LAM, reduction="none")
+    ref = alr_loss_reference(logits[good], ref_bank, index[good], ALRParams(ALPHA, LAM, reduction="none"))
     torch.testing.assert_close(rows[good], ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(bank, ref_bank, rtol=1e-6, atol=1e-7)  # rows 3, 7, 11, 0, 19 updated, rest equal
     with pytest.raises(IndexError, match="index 25 is out of range for a bank of 20 rows"):
@@ -193,7 +193,7 @@ def test_out_of_range_index_is_masked_and_reported(K, launch, assume_unique):
 
 def test_in_range_calls_leave_the_flag_clear():
     logits, bank, index = _case(seed=9)
-    fused_alr_loss(logits, bank, index, alpha=ALPHA, lam=LAM, assume_unique=True)
+    fused_alr_loss(logits, bank, index, ALRParams(ALPHA, LAM, assume_unique=True))
     raise_on_bad_index(DEVICE)
 
 
@@ -216,14 +216,14 @@ def test_inplace_grad_refuses_leaves_and_aliased_rows():
     logits, bank, index = _case(seed=13)
     leaf = logits.clone().requires_grad_(True)
     with pytest.raises(ValueError, match="leaf tensor that requires grad"):
-        fused_alr_loss(leaf, bank, index, alpha=ALPHA, lam=LAM, inplace_grad=True)
+        fused_alr_loss(leaf, bank, index, ALRParams(ALPHA, LAM), inplace_grad=True)
     aliased = (leaf * 1.0)[:1].expand(logits.shape[0], -1)
     with pytest.raises(ValueError, match="row stride 0"):
-        fused_alr_loss(aliased, bank, index, alpha=ALPHA, lam=LAM, inplace_grad=True)
+        fused_alr_loss(aliased, bank, index, ALRParams(ALPHA, LAM), inplace_grad=True)
     z = leaf * 1.0
     saved_by_exp = z.exp()  # exp saves its output, not z; sigmoid-like ops that save z must fail:
     y = z * z  # mul saves z: overwriting z must make that backward fail loudly
-    loss = fused_alr_loss(z, bank.clone(), index, alpha=ALPHA, lam=LAM, inplace_grad=True)
+    loss = fused_alr_loss(z, bank.clone(), index, ALRParams(ALPHA, LAM), inplace_grad=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (loss + y.sum() + saved_by_exp.sum()).backward()
 
@@ -290,11 +290,11 @@ def test_gpu_tensors_on_a_non_current_device():
     torch.cuda.set_device(0)
     z = logits.to(dev).requires_grad_(True)
     b = bank.to(dev)
-    loss = fused_alr_loss(z, b, index.to(dev), alpha=ALPHA, lam=LAM)
+    loss = fused_alr_loss(z, b, index.to(dev), ALRParams(ALPHA, LAM))
     loss.backward()
     ref_z = logits.cpu().requires_grad_(True)
     ref_b = bank.cpu()
-    alr_loss_reference(ref_z, ref_b, index.cpu(), alpha=ALPHA, lam=LAM).backward()
+    alr_loss_reference(ref_z, ref_b, index.cpu(), ALRParams(ALPHA, LAM)).backward()
     torch.testing.assert_close(z.grad.cpu(), ref_z.grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(b.cpu(), ref_b, rtol=1e-6, atol=1e-7)
 
