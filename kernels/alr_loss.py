@@ -123,6 +123,23 @@ def _round_to(x, dtype: tl.constexpr):
 
 
 @triton.jit
+def _store_grad(grad_ptr, g_off, c, kmask, p, t, logp, t_sum, ent, lam, gscale, act, valid, bad,
+                HAS_ENTROPY: tl.constexpr):
+    """Store ``dL/dz`` for the columns ``c`` of the lanes' rows (both sweeps of :func:`_alr_rows`): scaled by
+    ``gscale``, NaN on ``bad`` rows, 0 on padded ones, written for every active lane."""
+    if HAS_ENTROPY:
+        # dL/dz = (sum_k t_k) p - t - lam * p * (log p + H(p))
+        g = t_sum[:, None] * p - t - lam * p * (logp + ent[:, None])
+    else:
+        # dL/dz = (sum_k t_k) p - t
+        g = t_sum[:, None] * p - t
+    # The mean's 1/n_valid is folded in here, so the backward has nothing to do when grad_output is 1.
+    g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g * gscale, 0.0))
+    gmask = act[:, None] & kmask
+    tl.store(grad_ptr + g_off[:, None] + c[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=gmask)
+
+
+@triton.jit
 def _alr_rows(
     logits_ptr,
     stride_lb,
@@ -195,15 +212,9 @@ def _alr_rows(
             # H(p) = -sum_k p_k log p_k
             ent = -tl.sum(tl.where(kmask, p * logp, 0.0), axis=1)
             loss = loss + lam * ent
-            # dL/dz = (sum_k t_k) p - t - lam * p * (log p + H(p))
-            g = t_sum[:, None] * p - t - lam * p * (logp + ent[:, None])
         else:
-            # dL/dz = (sum_k t_k) p - t
-            g = t_sum[:, None] * p - t
-        # The mean's 1/n_valid is folded in here, so the backward has nothing to do when grad_output is 1.
-        g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g * gscale, 0.0))
-        gmask = act[:, None] & kmask
-        tl.store(grad_ptr + g_off[:, None] + cols[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=gmask)
+            ent = tl.zeros([ROWS], tl.float32)  # not read without the entropy term
+        _store_grad(grad_ptr, g_off, cols, kmask, p, t, logp, t_sum, ent, lam, gscale, act, valid, bad, HAS_ENTROPY)
     else:
         # Sweep 1, per lane (no cross-thread reduction inside the loop): lane j keeps, over the columns
         # j, j + BLOCK_K, ..., a running max m_j, s_j = sum exp(z - m_j), a_j = sum exp(z - m_j) (z - m_j),
@@ -267,15 +278,7 @@ def _alr_rows(
                 tl.store(bank_ptr + b_off[:, None] + c[None, :], _round_to(t, bank_ptr.dtype.element_ty), mask=lmask)
             # -sum_k t_k log p_k
             loss -= tl.sum(tl.where(lmask, t * logp, 0.0), axis=1)
-            if HAS_ENTROPY:
-                # dL/dz = (sum_k t_k) p - t - lam * p * (log p + H(p))
-                g = t_sum[:, None] * p - t - lam * p * (logp + ent[:, None])
-            else:
-                # dL/dz = (sum_k t_k) p - t
-                g = t_sum[:, None] * p - t
-            g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g * gscale, 0.0))
-            gmask = act[:, None] & kmask
-            tl.store(grad_ptr + g_off[:, None] + c[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=gmask)
+            _store_grad(grad_ptr, g_off, c, kmask, p, t, logp, t_sum, ent, lam, gscale, act, valid, bad, HAS_ENTROPY)
         if HAS_ENTROPY:
             loss = loss + lam * ent
 
