@@ -157,6 +157,9 @@ def _alr_rows(
     one_minus_alpha,
     lam,
     gscale,
+    loss_acc,
+    n_valid,
+    worst,
     REFINE: tl.constexpr,
     HAS_ENTROPY: tl.constexpr,
     STORE_ROWS: tl.constexpr,
@@ -169,8 +172,10 @@ def _alr_rows(
 
     ``gscale`` multiplies the stored gradient (``1 / n_valid`` for "mean", else 1): the gradient is final when
     the loss's ``grad_output`` is 1. An index ``>= N`` never touches the bank: its row gets a NaN loss and a
-    NaN gradient (like a non-finite row). Returns the per-lane loss (0 for padded or inactive lanes, NaN for
-    non-finite or out-of-range rows), the valid mask (index >= 0) and the out-of-range mask.
+    NaN gradient (like a non-finite row). The per-lane loss (0 for padded or inactive lanes, NaN for
+    non-finite or out-of-range rows) is stored with ``STORE_ROWS``; returns the program's running totals
+    ``loss_acc + loss``, ``n_valid`` + the lanes with an index >= 0, and ``worst`` raised to the largest
+    index >= N seen.
     """
     valid = act & (idx >= 0)
     oob = valid & (idx >= N)
@@ -285,7 +290,10 @@ def _alr_rows(
     loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
     if STORE_ROWS:
         tl.store(loss_ptr + row, loss, mask=act)
-    return loss, valid, oob
+    loss_acc = loss_acc + tl.where(act, loss, 0.0)
+    n_valid = n_valid + valid.to(tl.float32)
+    worst = tl.maximum(worst, tl.where(oob, idx, -1))
+    return loss_acc, n_valid, worst
 
 
 @triton.jit
@@ -349,14 +357,11 @@ def _alr_fwd_kernel(
         act = in_batch & ((key < 0) | (pos == 0) | (prev != key))
         while tl.max(act.to(tl.int32), axis=0) > 0:
             row = tl.load(order_ptr + pos, mask=act, other=0)
-            loss, valid, oob = _alr_rows(
+            loss_acc, n_valid, worst = _alr_rows(
                 logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
-                row, key, act, N, K_DIV, alpha, one_minus_alpha, lam, gscale,
+                row, key, act, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc, n_valid, worst,
                 REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
             )  # fmt: skip
-            loss_acc += tl.where(act, loss, 0.0)
-            n_valid += valid.to(tl.float32)
-            worst = tl.maximum(worst, tl.where(oob, key, -1))
             # The next occurrence of this bank row must read this occurrence's write: make the write visible
             # to every thread of the program (bar.sync orders global memory within the CTA).
             tl.debug_barrier()
@@ -365,14 +370,11 @@ def _alr_fwd_kernel(
             act = act & (key >= 0) & (nkey == key)
             pos = nxt
     else:
-        loss, valid, oob = _alr_rows(
+        loss_acc, n_valid, worst = _alr_rows(
             logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
-            pos, key, in_batch, N, K_DIV, alpha, one_minus_alpha, lam, gscale,
+            pos, key, in_batch, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc, n_valid, worst,
             REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
         )  # fmt: skip
-        loss_acc += tl.where(in_batch, loss, 0.0)
-        n_valid += valid.to(tl.float32)
-        worst = tl.where(oob, key, -1)
     worst_idx = tl.max(worst, axis=0)
     if worst_idx >= 0:
         tl.atomic_max(err_ptr, worst_idx + 1)  # only when a bad index is present: no cost otherwise
