@@ -50,9 +50,7 @@ class SoftLabelBank(nn.Module):
             )
         if num_classes < 2:
             raise ValueError(f"SoftLabelBank: num_classes must be >= 2, got {num_classes}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"SoftLabelBank: rank {rank} outside [0, world_size={world_size})")
-        self.sharding = Sharding(rank, world_size)
+        self.sharding = Sharding(rank, world_size)  # checks 0 <= rank < world_size
         given_labels = given_labels.long()
         if given_labels.numel() and (int(given_labels.min()) < 0 or int(given_labels.max()) >= num_classes):
             bad = int(torch.nonzero((given_labels < 0) | (given_labels >= num_classes))[0])
