@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alr_fast.noise import NOISE_KINDS
+from alr_fast.schedule import auto_warmup_errors
 
 __all__ = [
     "Config",
@@ -205,15 +206,13 @@ class MethodConfig:
         _check(self.lam >= 0.0, "method", "lam", "must be >= 0", self.lam)
         _check(self.warmup_epochs >= 0, "method", "warmup_epochs", "must be >= 0", self.warmup_epochs)
         _check_choice("method", "warmup", self.warmup, ("fixed", "auto"))
-        _check(self.warmup_min_epochs >= 0, "method", "warmup_min_epochs", "must be >= 0", self.warmup_min_epochs)
-        _check(self.warmup_max_epochs >= 0, "method", "warmup_max_epochs", "must be >= 0", self.warmup_max_epochs)
-        _check(not self.warmup_max_epochs or self.warmup_max_epochs >= self.warmup_min_epochs, "method",
-               "warmup_max_epochs", f"must be >= warmup_min_epochs ({self.warmup_min_epochs}) or 0",
-               self.warmup_max_epochs)
-        _check(0.0 <= self.warmup_stall_ratio < 1.0, "method", "warmup_stall_ratio", "must be in [0, 1)",
-               self.warmup_stall_ratio)
-        _check(self.warmup_window >= 1, "method", "warmup_window", "must be >= 1", self.warmup_window)
-        _check(self.warmup_patience >= 1, "method", "warmup_patience", "must be >= 1", self.warmup_patience)
+        # The rule's own constraints (alr_fast.schedule); warmup_max_epochs = 0 means half the epochs, resolved later.
+        for name, requirement, value in auto_warmup_errors(
+            self.warmup_min_epochs, self.warmup_max_epochs or None, self.warmup_stall_ratio, self.warmup_window,
+            self.warmup_patience,
+        ):
+            or_zero = " (or 0)" if name == "max_epochs" else ""
+            raise ValueError(f"config method.warmup_{name}: {requirement}{or_zero}, got {value!r}")
         _check(self.ramp_epochs >= 0.0, "method", "ramp_epochs", "must be >= 0", self.ramp_epochs)
         _check_choice("method", "bank_dtype", self.bank_dtype, ("float32", "bfloat16"))
         _check_choice("method", "backend", self.backend, ("auto", "torch", "triton"))

@@ -51,6 +51,7 @@ import torch
 
 __all__ = [
     "AutoWarmupRule",
+    "auto_warmup_errors",
     "WarmupState",
     "CollapseGuard",
     "RefinementSchedule",
@@ -63,6 +64,25 @@ NOISY_VAL_KEYS = ("noisy_val_acc", "val_noisy_acc", "noisy_val_top1")
 """Metric names under which a held-out noisy-validation accuracy is looked for by ``signal="auto"`` (it must be
 in the epoch's metrics row before :meth:`RefinementSchedule.end_epoch` is called)."""
 TRAIN_SIGNAL = "train_acc_given"
+
+
+def auto_warmup_errors(min_epochs: int, max_epochs: int | None, stall_ratio: float, window: int,
+                       patience: int) -> list[tuple[str, str, object]]:
+    """The constraints on the automatic warm-up's parameters, written once for :class:`AutoWarmupRule` and for
+    :class:`alr_fast.config.MethodConfig` (its ``warmup_*`` fields), which word the errors each their own way:
+    ``(field, requirement, value)`` per broken one. ``max_epochs`` None: not resolved yet, not checked."""
+    errors = []
+    if min_epochs < 0:
+        errors.append(("min_epochs", "must be >= 0", min_epochs))
+    if max_epochs is not None and max_epochs < max(min_epochs, 1):
+        errors.append(("max_epochs", f"must be >= the fewest warm-up epochs ({min_epochs}) and >= 1", max_epochs))
+    if not 0.0 <= stall_ratio < 1.0:
+        errors.append(("stall_ratio", "must be in [0, 1)", stall_ratio))
+    if window < 1:
+        errors.append(("window", "must be >= 1", window))
+    if patience < 1:
+        errors.append(("patience", "must be >= 1", patience))
+    return errors
 
 
 @dataclass
@@ -86,13 +106,9 @@ class AutoWarmupRule:
     """Consecutive stalled epochs needed."""
 
     def __post_init__(self):
-        if self.min_epochs < 0 or self.max_epochs < max(self.min_epochs, 1):
-            raise ValueError(f"AutoWarmupRule: need 0 <= min_epochs <= max_epochs and max_epochs >= 1, got "
-                             f"min_epochs={self.min_epochs}, max_epochs={self.max_epochs}")
-        if self.window < 1 or self.patience < 1:
-            raise ValueError(f"AutoWarmupRule: window and patience must be >= 1, got {self.window}, {self.patience}")
-        if not 0.0 <= self.stall_ratio < 1.0:
-            raise ValueError(f"AutoWarmupRule: stall_ratio must be in [0, 1), got {self.stall_ratio}")
+        for name, requirement, value in auto_warmup_errors(self.min_epochs, self.max_epochs, self.stall_ratio,
+                                                           self.window, self.patience):
+            raise ValueError(f"AutoWarmupRule: {name} {requirement}, got {value}")
 
     def pick_signal(self, metrics: dict) -> str:
         if self.signal != "auto":

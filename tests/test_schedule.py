@@ -100,7 +100,7 @@ def test_resume_in_the_middle_gives_the_same_decision():
 def test_rule_errors_name_the_problem():
     with pytest.raises(KeyError, match="method.warmup_signal='noisy_val_loss': not in the epoch metrics"):
         AutoWarmupRule(signal="noisy_val_loss").observe(WarmupState(), 0, {"train_loss": 1.0})
-    with pytest.raises(ValueError, match="min_epochs <= max_epochs"):
+    with pytest.raises(ValueError, match=r"max_epochs must be >= the fewest warm-up epochs \(5\)"):
         AutoWarmupRule(min_epochs=5, max_epochs=3)
     with pytest.raises(ValueError, match="is nan at epoch 0"):
         AutoWarmupRule().observe(WarmupState(), 0, {"train_acc_given": float("nan")})
