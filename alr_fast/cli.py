@@ -52,6 +52,8 @@ def _config_from_args(args, recipe: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alr_fast", description=__doc__)
+    # `deepspeed --module alr_fast ...` puts --local_rank=N before the sub-command; the rank comes from the env.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_demo = sub.add_parser("demo", help="CE vs SELC vs ALR on embedded real MNIST digits (CPU, ~1-2 min)")
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"total {summary['total_time_s']:.1f} s")
             print(format_table(summary["methods"]))
             print(f"\nwritten: {cfg.train.out}/summary.json, {cfg.train.out}/comparison.png")
+            if "review" in summary:
+                print(f"most suspect labels ({summary['review']['method']}'s bank): {summary['review']['png']} "
+                      f"(and .csv, .html); any run: python -m alr_fast review RUN_DIR")
             return 0
         if args.command == "review":
             from alr_fast.review import review_run

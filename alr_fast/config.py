@@ -172,6 +172,28 @@ class MethodConfig:
     gives 0.1-1; recipes set their own (the demo's 1.0 was measured, see recipes.py)."""
     warmup_epochs: int = 4
     """Epochs of plain cross-entropy before refinement starts (ignored by 'ce')."""
+    warmup: str = "fixed"
+    """When refinement starts: 'fixed' (after warmup_epochs) or 'auto' (when the training signal stalls, decided
+    once per epoch without clean labels; alr_fast/schedule.py documents the rule)."""
+    warmup_signal: str = "auto"
+    """warmup='auto': the per-epoch metric watched - 'auto' (a noisy-validation accuracy when the metrics have
+    one, else train_acc_given) or a metric name such as 'train_acc_given' or 'train_loss'."""
+    warmup_min_epochs: int = 1
+    """warmup='auto': fewest warm-up epochs."""
+    warmup_max_epochs: int = 0
+    """warmup='auto': refinement starts at this epoch at the latest (0 = half of train.epochs)."""
+    warmup_min_rise: float = 0.05
+    """warmup='auto': the signal must first rise this much above its epoch-0 value (learning has started)."""
+    warmup_stall_ratio: float = 0.3
+    """warmup='auto': stalled when the signal's smoothed per-epoch gain is <= this x its largest gain so far."""
+    warmup_window: int = 1
+    """warmup='auto': epochs over which the gain is averaged (smooths a noisy plateau)."""
+    warmup_patience: int = 1
+    """warmup='auto': consecutive stalled epochs before refinement starts."""
+    ramp_epochs: float = 0.0
+    """Refinement epochs over which lam rises linearly (per step) from lam/steps to lam (0 = full lam at once)."""
+    ramp_alpha: bool = False
+    """Also ramp the EMA step: alpha goes from 1 (soft labels frozen) to alpha over the same ramp."""
     bank_dtype: str = "float32"
     """Storage dtype of the soft-label bank: 'float32' or 'bfloat16'."""
     backend: str = "auto"
@@ -182,6 +204,17 @@ class MethodConfig:
         _check(0.0 <= self.alpha <= 1.0, "method", "alpha", "must be in [0, 1]", self.alpha)
         _check(self.lam >= 0.0, "method", "lam", "must be >= 0", self.lam)
         _check(self.warmup_epochs >= 0, "method", "warmup_epochs", "must be >= 0", self.warmup_epochs)
+        _check_choice("method", "warmup", self.warmup, ("fixed", "auto"))
+        _check(self.warmup_min_epochs >= 0, "method", "warmup_min_epochs", "must be >= 0", self.warmup_min_epochs)
+        _check(self.warmup_max_epochs >= 0, "method", "warmup_max_epochs", "must be >= 0", self.warmup_max_epochs)
+        _check(not self.warmup_max_epochs or self.warmup_max_epochs >= self.warmup_min_epochs, "method",
+               "warmup_max_epochs", f"must be >= warmup_min_epochs ({self.warmup_min_epochs}) or 0",
+               self.warmup_max_epochs)
+        _check(0.0 <= self.warmup_stall_ratio < 1.0, "method", "warmup_stall_ratio", "must be in [0, 1)",
+               self.warmup_stall_ratio)
+        _check(self.warmup_window >= 1, "method", "warmup_window", "must be >= 1", self.warmup_window)
+        _check(self.warmup_patience >= 1, "method", "warmup_patience", "must be >= 1", self.warmup_patience)
+        _check(self.ramp_epochs >= 0.0, "method", "ramp_epochs", "must be >= 0", self.ramp_epochs)
         _check_choice("method", "bank_dtype", self.bank_dtype, ("float32", "bfloat16"))
         _check_choice("method", "backend", self.backend, ("auto", "torch", "triton"))
 
@@ -191,7 +224,8 @@ class MethodConfig:
         return self.lam if self.name == "alr" else 0.0
 
     def refine_at(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) uses refinement."""
+        """Whether epoch ``epoch`` (0-based) uses refinement with warmup='fixed' (with 'auto' the trainer's
+        alr_fast.schedule.RefinementSchedule decides during the run)."""
         return self.name != "ce" and epoch >= self.warmup_epochs
 
 
@@ -243,6 +277,9 @@ class TrainConfig:
         _check(self.global_batch_size >= 0, "train", "global_batch_size", "must be >= 0", self.global_batch_size)
         _check(self.zero_stage in (0, 1, 2), "train", "zero_stage", "must be 0, 1 or 2", self.zero_stage)
         _check(self.save_every >= 0, "train", "save_every", "must be >= 0", self.save_every)
+        # A checkpoint inside an accumulation window would lose the window's partial gradient on resume.
+        _check(self.save_every % self.grad_accum == 0, "train", "save_every",
+               f"must be a multiple of train.grad_accum ({self.grad_accum})", self.save_every)
         _check(self.keep_checkpoints >= 1, "train", "keep_checkpoints", "must be >= 1", self.keep_checkpoints)
 
 
@@ -257,7 +294,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        if self.method.name != "ce" and self.method.warmup_epochs >= self.train.epochs:
+        if self.method.name != "ce" and self.method.warmup == "auto":
+            if self.method.warmup_max_epochs >= self.train.epochs or self.train.epochs < 2:
+                raise ValueError(
+                    f"config method.warmup_max_epochs: {self.method.warmup_max_epochs} leaves no refinement epoch "
+                    f"out of train.epochs={self.train.epochs}"
+                )
+        elif self.method.name != "ce" and self.method.warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"config method.warmup_epochs: {self.method.warmup_epochs} leaves no refinement epoch out of "
                 f"train.epochs={self.train.epochs}"

@@ -33,6 +33,7 @@ from alr_fast.config import Config, config_to_dict, save_config
 from alr_fast.distributed import barrier
 from alr_fast.exports import (CLEANLAB_BATCHED, CLEANLAB_IN_MEMORY, RowPart, add_oos_columns, assemble_rows,
                               class_names_of, stream_predictions)
+from alr_fast.sharding import Sharding
 
 __all__ = ["assign_folds", "FoldSource", "fold_view", "crossval"]
 
@@ -100,7 +101,7 @@ class FoldSource:
 
 
 def _owned_counts(mask: np.ndarray, world: int) -> list[int]:
-    return [int(mask[r::world].sum()) for r in range(world)]
+    return [int(mask[Sharding(r, world).owned(mask.size)].sum()) for r in range(world)]
 
 
 def fold_view(data, folds: np.ndarray, fold: int):
@@ -128,7 +129,8 @@ def _held_out_source(data, folds: np.ndarray, fold: int, rank: int, world: int, 
 def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=None, runtime=None) -> dict:
     """Run the K-fold cross-fit of ``cfg`` into ``cfg.train.out``; a collective call. Returns crossval.json."""
     from alr_fast.runtime import resolve_runtime
-    from alr_fast.trainer import build_train_data, train
+    from alr_fast.data.train_data import build_train_data
+    from alr_fast.trainer import train
 
     rt = runtime or resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend)
     data = data or build_train_data(cfg, rt.device)

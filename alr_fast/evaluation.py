@@ -38,6 +38,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from alr_fast.precision import model_input
+
 __all__ = ["topk_correct", "EvalSet", "EvalPlan", "noisy_val_rows", "ExcludeRows", "RemapRows", "subset_table"]
 
 
@@ -220,7 +222,7 @@ class EvalPlan:
             for x, idx in s.source(batch_size).epoch(0):
                 idx = idx.to(device)
                 with autocast():
-                    logits = model(x).float()
+                    logits = model(model_input(x, model)).float()
                 y = torch.where(idx >= 0, labels[idx.clamp_min(0)], -1)
                 hits += topk_correct(logits, y, self.ks)
                 seen += (idx >= 0).sum()

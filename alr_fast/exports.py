@@ -26,6 +26,7 @@ import torch
 
 from alr_fast.bank import SoftLabelBank
 from alr_fast.distributed import barrier
+from alr_fast.precision import model_input
 from alr_fast.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def _batches_of_probs(model: torch.nn.Module, source, rt: Runtime) -> Iterator[t
     try:
         for x, idx in source.epoch(0):
             with _autocast(rt):
-                p = torch.softmax(model(x).float(), dim=1)
+                p = torch.softmax(model(model_input(x, model)).float(), dim=1)
             keep = idx >= 0
             yield idx[keep].cpu().numpy().astype(np.int64), p[keep].cpu().numpy().astype(np.float32, copy=False)
     finally:

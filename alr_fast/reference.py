@@ -53,23 +53,6 @@ def sequential_rank(index: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def _scatter_unique_rows(bank: torch.Tensor, index: torch.Tensor, good: torch.Tensor, rows: torch.Tensor) -> None:
-    """``bank[index[i]] = rows[i]`` for every ``good`` row, without a boolean mask (which would sync the host).
-
-    Rows that are not good (padded, non-finite) are redirected to the first good row and write that row's
-    value: every bank row then receives one distinct value however often it is written, so the scatter is
-    deterministic. Without any good row they rewrite the value ``bank`` already holds at index ``max(i, 0)``.
-    """
-    if index.numel() == 0:
-        return
-    first = torch.argmax(good.to(torch.uint8))  # first good row (0 if none): a device op, no sync
-    fallback_index = index[first].clamp_min(0)
-    fallback_row = torch.where(good[first], rows[first], bank[fallback_index].to(rows.dtype))
-    target_index = torch.where(good, index, fallback_index)
-    values = torch.where(good[:, None], rows, fallback_row[None, :])
-    bank.index_copy_(0, target_index, values.to(bank.dtype))
-
-
 def alr_loss_reference(
     logits: torch.Tensor,
     bank: torch.Tensor,
@@ -79,14 +62,10 @@ def alr_loss_reference(
     lam: float,
     refine: bool = True,
     reduction: str = "mean",
-    assume_unique: bool = False,
 ) -> torch.Tensor:
     """Reference ALR loss; updates ``bank`` in place when ``refine``. Inputs are assumed validated.
 
-    Default: duplicates handled sequentially (a sort and a host synchronisation per call). With
-    ``assume_unique=True`` (the caller promises no valid index repeats, as an epoch permutation does) the
-    update is one gather and one scatter: no sort, no host sync, the same results; with a repeated index the
-    bank rows and losses are then undefined (``alr_loss(check_index=True)`` detects it).
+    Host synchronisations happen here (duplicate handling); this path is for correctness, not speed.
     """
     z = logits if logits.dtype == torch.float64 else logits.float()  # fp32 math (fp64 kept for tests)
     valid = index >= 0
@@ -98,10 +77,7 @@ def alr_loss_reference(
     logp = F.log_softmax(torch.where(good[:, None], z, torch.zeros_like(z)), dim=1)
     p = logp.exp()
 
-    if refine and assume_unique:
-        target = alpha * bank[safe].to(z.dtype) + (1.0 - alpha) * p.detach()
-        _scatter_unique_rows(bank, index, good, target)
-    elif refine:
+    if refine:
         target = torch.zeros_like(z)
         rank = sequential_rank(torch.where(good, index, torch.full_like(index, -1)))
         rank = torch.where(good, rank, torch.full_like(rank, -1))

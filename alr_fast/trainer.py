@@ -25,15 +25,17 @@ import torch
 from alr_fast.bank import SoftLabelBank
 from alr_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
-from alr_fast.data.train_data import BatchSource, TrainData, build_train_data
-from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
+from alr_fast.data.train_data import TrainData, build_train_data
+from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier, sync_buffers
 from alr_fast.evaluation import EvalPlan
 from alr_fast.exports import predict_probs, write_exports
-from alr_fast.functional import alr_loss
+from alr_fast.functional import alr_loss, raise_on_bad_index
 from alr_fast.loop_state import LoopState
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
+from alr_fast.precision import ds_precision_config, model_input
 from alr_fast.runtime import Runtime, resolve_runtime
+from alr_fast.schedule import RefinementSchedule, prediction_counts
 
 __all__ = ["train", "predict_probs"]
 
@@ -46,8 +48,9 @@ def _ds_config(cfg: Config, rt: Runtime) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,  # DeepSpeed's per-step timers synchronise; off by default
         "zero_optimization": {"stage": cfg.train.zero_stage},
-        "bf16": {"enabled": rt.precision == "bf16"},
-        "fp16": {"enabled": rt.precision == "fp16"},
+        # ZeRO 1/2 partition torch.optim.SGD/AdamW state like any other optimizer's (tests/test_rehearsal.py).
+        "zero_allow_untested_optimizer": True,
+        **ds_precision_config(rt.precision),
     }
 
 
@@ -163,7 +166,9 @@ class _Loop:
         self.steps_per_epoch = len(self.train_loader)
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
-        self.alpha, self.lam = cfg.method.alpha, cfg.method.effective_lam
+        # When refinement starts (fixed or automatic) and the lam/alpha ramp: alr_fast/schedule.py.
+        self.sched = RefinementSchedule.from_config(cfg.method, cfg.train.epochs, self.steps_per_epoch,
+                                                    data.given_labels, k)
         # Testing hook: ALR_FAST_FAULT_AT_STEP=N kills this process (SIGKILL) right after global step N.
         self.fault_at_step = int(os.environ.get("ALR_FAST_FAULT_AT_STEP", "-1"))
         self.state = LoopState.fresh(self.bank.num_samples, rt.device)
@@ -187,6 +192,7 @@ class _Loop:
         if only_train(config_to_dict(config_from_dict(saved["config"]))) != only_train(config_to_dict(cfg)):
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
                              "(only train.* fields may change on resume)")
+        self.sched.load_state_dict(self.state.schedule)
         if rt.is_main:
             s = self.state
             print(f"[alr_fast] resumed from {latest} (epoch {s.epoch}, step {s.step_in_epoch} of the epoch, "
@@ -194,6 +200,8 @@ class _Loop:
 
     def save(self) -> None:
         """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it)."""
+        sync_buffers(self.engine.module)  # the engine saves rank 0's module: make it every rank's
+        self.state.schedule = self.sched.state_dict()
         save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
                         rank=self.rt.rank, world_size=self.rt.world_size, keep=self.cfg.train.keep_checkpoints)
 
@@ -218,7 +226,7 @@ class _Loop:
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
         cfg, engine, bank, s = self.cfg, self.engine, self.bank, self.state
-        refine = cfg.method.refine_at(epoch)
+        refine = self.sched.refine_at(epoch)
         n_local = bank.num_samples
         s.epoch = epoch
         s.start_epoch()
@@ -235,10 +243,11 @@ class _Loop:
             if self.check_index and not bool(bank.owns(idx).all()):
                 raise RuntimeError(f"rank {self.rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
-            logits = engine(x)
+            alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
+            logits = engine(model_input(x, engine.module))
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
             # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
-            loss = alr_loss(logits, bank.soft, local, alpha=self.alpha, lam=self.lam, refine=refine,
+            loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
                             backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
             engine.backward(loss)
             engine.step()
@@ -261,8 +270,10 @@ class _Loop:
 
     def end_epoch(self, epoch: int, timing: dict) -> None:
         """Once per epoch: host syncs, collectives, CPU-side metrics, logging, exports, checkpoint."""
+        sync_buffers(self.engine.module)  # BatchNorm statistics: one set on every rank before eval and checkpoint
         cfg, s, bank = self.cfg, self.state, self.bank
         totals = all_reduce_sum(torch.stack([s.loss_sum, s.seen.double()]))
+        raise_on_bad_index(self.rt.backend, self.rt.device, bank.num_samples)  # names a masked index >= N
         n_seen = int(totals[1].item())
         train_loss = totals[0].item() / max(n_seen, 1)
         if not math.isfinite(train_loss):
@@ -277,7 +288,7 @@ class _Loop:
         s.selection = self.plan.state_dict()
         row = {
             "epoch": epoch,
-            "phase": "refine" if cfg.method.refine_at(epoch) else "warmup",
+            "phase": "refine" if self.sched.refine_at(epoch) else "warmup",
             "lr": timing["lr"],
             "train_loss": train_loss,
             **evals,
@@ -286,6 +297,11 @@ class _Loop:
             "data_time_s": timing["data_time"],
             "step_time_s": timing["step_time"],
         }
+        # Automatic end of warm-up and collapse guard: K + 2 numbers reduced once per epoch.
+        counts = all_reduce_sum(prediction_counts(s.train_pred[: bank.num_samples], bank.given, bank.num_classes))
+        row.update(self.sched.end_epoch(epoch, row, counts))
+        for msg in self.sched.messages if self.rt.is_main else ():
+            print(f"[alr_fast] {msg}", flush=True)
         if self.clean is not None:
             refined = _gather_global(bank.refined_labels(), bank, -1).cpu()
             preds = _gather_global(s.train_pred[: bank.num_samples], bank, -1).cpu()
@@ -323,7 +339,7 @@ class _Loop:
         cfg, rt, engine, s = self.cfg, self.rt, self.engine, self.state
         self.close_sinks()
         exports = write_exports(self.out, engine, self.bank, self.data, rt, max(cfg.train.batch_size, 256))
-        # Data parallelism must leave every rank with the same weights: check it, cheaply, once.
+        # Data parallelism must leave every rank with the same weights and buffers: check it, cheaply, once.
         digest = hashlib.sha256()
         for p in engine.module.state_dict().values():
             digest.update(p.detach().float().cpu().numpy().tobytes())
@@ -343,6 +359,7 @@ class _Loop:
             "device": str(rt.device),
             "loss_backend": rt.backend,
             "sample_passes": int(cfg.train.epochs * self.data.num_train),
+            **self.sched.summary(),
             "weights_sha256_prefix": digest.hexdigest()[:16],
             "rank_weight_digests": rank_codes,
         }
@@ -354,7 +371,7 @@ class _Loop:
             summary["num_changed"] = exports.get("num_changed")
             torch.save(engine.module.state_dict(), self.out / "model.pt")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            warm = cfg.method.warmup_epochs if cfg.method.name != "ce" else None
+            warm = self.sched.switch_epoch if cfg.method.name != "ce" else None
             _plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
         barrier()
         return summary

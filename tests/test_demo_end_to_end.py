@@ -40,6 +40,10 @@ def test_short_demo_writes_everything(tmp_path):
     assert summary["methods"]["alr"]["mislabel_f1"] > 0.0
     assert (out / "comparison.png").stat().st_size > 1000
     assert "| alr |" in proc.stdout
+    # the review sheet of the most suspect labels, from ALR's bank, 40 rows in rank order
+    assert (out / "alr" / "review.png").stat().st_size > 10_000 and "review.png" in proc.stdout
+    review = (out / "alr" / "review.csv").read_text().splitlines()
+    assert len(review) == 41 and [int(r.split(",")[0]) for r in review[1:]] == list(range(1, 41))
 
 
 def test_train_command_and_bad_override(tmp_path):

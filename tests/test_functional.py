@@ -92,10 +92,13 @@ def test_dtypes(dtype, bank_dtype):
 
 @pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_assume_unique_fast_path_matches_oracle(bank_dtype, reduction):
-    """The torch backend's assume_unique path (no sort, no host sync) on unique indices with padded rows."""
-    logits, bank, index = make_case(23, 10, 50, bank_dtype=bank_dtype, seed=21, pad=4)
-    check_against_oracle(logits, bank, index, alpha=0.8, lam=0.4, refine=True, reduction=reduction,
+@pytest.mark.parametrize("refine", [True, False])
+@pytest.mark.parametrize("pad", [0, 4], ids=["all-valid", "padded"])
+def test_assume_unique_fast_path_matches_oracle(bank_dtype, reduction, refine, pad):
+    """The torch backend's assume_unique path (no sort, no host sync) on unique indices, with padded rows and
+    without (then the CPU skips the masking passes)."""
+    logits, bank, index = make_case(23, 10, 50, bank_dtype=bank_dtype, seed=21, pad=pad)
+    check_against_oracle(logits, bank, index, alpha=0.8, lam=0.4, refine=refine, reduction=reduction,
                          tol=TOL[torch.float32], assume_unique=True)
 
 

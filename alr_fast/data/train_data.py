@@ -39,7 +39,12 @@ __all__ = ["BatchSource", "TrainData", "build_train_data", "reader_train_data", 
 
 
 class BatchSource(Protocol):
-    """What the loop needs from a loader: steps per epoch (equal on every rank) and the batches."""
+    """What the loop needs from a loader: steps per epoch (equal on every rank) and the batches.
+
+    Every loader here cuts its epoch by :func:`alr_fast.data.loaders.plan.batch_bounds`: steps depend only on
+    the common padded shard length and the batch size (so they are equal on every rank), no batch holds a
+    single row (batch size >= 2), and every owned sample is read once per epoch (index -1 = padding).
+    """
 
     def __len__(self) -> int: ...
 

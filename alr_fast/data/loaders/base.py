@@ -4,7 +4,8 @@ Both loaders expose the interface of :class:`alr_fast.data.loaders.arrays.ArrayL
 ``BatchSource``): ``len(loader)`` steps per epoch (the same on every rank) and ``epoch(epoch, start_step=0)``
 yielding ``(images float [b, C, H, W] normalised, index int64 [b])`` from batch ``start_step`` on (resuming
 mid-epoch); rows whose index is -1 are padding (never a duplicated sample for the loss). By default a rank
-reads only the samples it owns in the bank (``i % world_size == rank``, :mod:`alr_fast.data.loaders.plan`).
+reads only the samples it owns in the bank (:class:`alr_fast.sharding.Sharding`), cut into batches by the
+one rule of :func:`alr_fast.data.loaders.plan.batch_bounds` (no training batch of one row).
 Given the same table, seed, rank and world size both loaders read the same global indices in the same order,
 and a sample's random crop/flip depends only on (seed, epoch, global index), so a resumed epoch repeats the
 uninterrupted one exactly (DALI's random-resized crop excepted: it draws from the pipeline's stream).
@@ -12,16 +13,15 @@ uninterrupted one exactly (DALI's random-resized crop excepted: it draws from th
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import torch
 
 from alr_fast.data.loaders.imagecheck import UnreadableImage, UnreadableImagesWarning, scan_images
-from alr_fast.data.readers.records import SampleTable
 from alr_fast.data.loaders.plan import EpochPlan, Subset
 from alr_fast.data.loaders.transforms import TransformSpec
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["IndexedLoader", "OUTPUT_DTYPES"]
 
@@ -82,10 +82,11 @@ class IndexedLoader:
                 excluded.append(np.array([u.index for u in self.skipped], dtype=np.int64))
         self.excluded = np.unique(np.concatenate(excluded)) if excluded else np.zeros(0, dtype=np.int64)
         self.plan = EpochPlan(len(table), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                              stick_to_shard=stick_to_shard, subset=subset, exclude=self.excluded)
+                              stick_to_shard=stick_to_shard, subset=subset, exclude=self.excluded,
+                              batch_size=self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.plan.shard_len / self.batch_size)
+        return self.plan.steps
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -102,11 +103,10 @@ class IndexedLoader:
         """The part of ``shard(epoch)`` read when the epoch starts at batch ``start_step``."""
         if not 0 <= start_step <= len(self):
             raise ValueError(f"{type(self).__name__}: start_step {start_step} outside [0, {len(self)}]")
-        return self.shard(epoch)[start_step * self.batch_size :]
+        return self.shard(epoch)[self.plan.batch_start(start_step) :]
 
-    def _empty_batches(self, n: int):
+    def _empty_batches(self, start_step: int):
         """All-padding batches (a rank with no samples this epoch): zeros and index -1."""
-        for start in range(0, n, self.batch_size):
-            b = min(self.batch_size, n - start)
+        for b in np.diff(self.plan.bounds[start_step:]).tolist():
             yield (torch.zeros((b, *self.sample_shape), dtype=self.dtype, device=self.device),
                    torch.full((b,), -1, dtype=torch.long, device=self.device))

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from alr_fast.data.loaders.base import IndexedLoader
-from alr_fast.data.readers.records import SampleTable
 from alr_fast.data.loaders.plan import sample_uniforms
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["DaliLoader", "DaliPlacement", "dali_placement", "dali_available"]
 
@@ -207,18 +207,17 @@ def _array_pipeline(feed, image_hw, spec, placement, out_dtype):
 class _EpochFeed:
     """The external source: iterating it yields one epoch's batches ``([data], [int64 index], [float32 aug])``.
 
-    The loader sets ``shard`` (the rows still to read) and ``epoch`` before each pass; DALI calls ``iter()``
-    again after every ``reset()``. ``aug`` holds each sample's random numbers, a function of (seed, epoch,
-    global index) only (:func:`alr_fast.data.loaders.plan.sample_uniforms`).
+    The loader sets ``batches`` (the epoch plan's batches still to read) and ``epoch`` before each pass; DALI
+    calls ``iter()`` again after every ``reset()``. ``aug`` holds each sample's random numbers, a function of
+    (seed, epoch, global index) only (:func:`alr_fast.data.loaders.plan.sample_uniforms`).
     """
 
-    def __init__(self, table: SampleTable, batch_size: int, seed: int, with_aug: bool):
+    def __init__(self, table: SampleTable, seed: int, with_aug: bool):
         self.table = table
-        self.batch_size = batch_size
         self.seed = seed
         self.with_aug = with_aug
         self.epoch = 0
-        self.shard = np.zeros(0, dtype=np.int64)
+        self.batches: list[np.ndarray] = []
 
     def _read(self, index: int) -> np.ndarray:
         path = self.table.path(index)
@@ -231,15 +230,14 @@ class _EpochFeed:
             ) from None
 
     def __iter__(self):
-        shard, bs, table = self.shard, self.batch_size, self.table
+        table = self.table
         if table.images is not None:
             filler = np.zeros_like(table.images[0])
             sample = lambda i: table.images[i]  # noqa: E731
         else:
-            filler = self._read(int(shard[0]))  # padding rows decode a real file, then are zeroed
+            filler = self._read(int(self.batches[0][0]))  # padding rows decode a real file, then are zeroed
             sample = self._read
-        for start in range(0, shard.size, bs):
-            rows = shard[start : start + bs]
+        for rows in self.batches:
             idx = rows.tolist()
             batch = ([sample(i) if i >= 0 else filler for i in idx], [np.array(i, dtype=np.int64) for i in idx])
             if self.with_aug:
@@ -261,7 +259,7 @@ class DaliLoader(IndexedLoader):
         self.placement = dali_placement(self.device)
         self.num_threads = int(num_threads)
         self.prefetch_queue_depth = int(prefetch_queue_depth)
-        self._feed = _EpochFeed(table, self.batch_size, self.seed, _uses_aug(self.transform))
+        self._feed = _EpochFeed(table, self.seed, _uses_aug(self.transform))
         self._iterator = None
         self._pipe = None
         self._at_epoch_end = False
@@ -270,8 +268,8 @@ class DaliLoader(IndexedLoader):
         from nvidia.dali import pipeline_def
 
         seed = (self.seed * 1_000_003 + epoch * 7_919 + self.plan.rank) % (2**31 - 1)
-        common = dict(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.placement.device_id,
-                      seed=seed, prefetch_queue_depth=self.prefetch_queue_depth)
+        common = dict(batch_size=self.plan.max_batch, num_threads=self.num_threads,
+                      device_id=self.placement.device_id, seed=seed, prefetch_queue_depth=self.prefetch_queue_depth)
         out_dtype = _dali_dtype(self.dtype)
         if self.table.paths is not None:
             self._pipe = pipeline_def(_encoded_pipeline)(feed=self._feed, spec=self.transform,
@@ -294,11 +292,11 @@ class DaliLoader(IndexedLoader):
         shard = self.shard_from(epoch, start_step)
         valid = shard[shard >= 0]
         if valid.size == 0:
-            yield from self._empty_batches(shard.size)
+            yield from self._empty_batches(start_step)
             return
-        self._feed.shard = shard
+        self._feed.batches = self.plan.batches(epoch, start_step)
         self._feed.epoch = int(epoch)
-        ahead = self.batch_size * (self.prefetch_queue_depth + 2)
+        ahead = self.plan.max_batch * (self.prefetch_queue_depth + 2)
         if self._iterator is not None and self._at_epoch_end:
             self._at_epoch_end = False
             self._guarded(epoch, self._iterator.reset, valid[:ahead])

@@ -1,18 +1,29 @@
-"""Which global indices an epoch reads on each rank, in which order, and each sample's random numbers.
+"""The epoch plan of every loader: which global indices an epoch reads on each rank, in which order, cut into
+which batches; and each sample's random numbers.
 
-Sharding (``world_size`` W ranks), two modes:
+Sharding (``world_size`` W ranks, ownership by :class:`alr_fast.sharding.Sharding`), two modes:
 
-* ``stick_to_shard=True`` (the default, what the trainer uses): rank r owns the samples whose global index i
-  has ``i % W == r`` - the rows its soft-label bank shard holds (:mod:`alr_fast.bank`) - in every epoch, in a
-  new order each epoch, seeded by (seed, epoch, rank);
-* ``stick_to_shard=False``: a seeded permutation of all samples per epoch (seed, epoch), split strided into W
-  disjoint shards, so a rank's rows move between epochs.
+* ``stick_to_shard=True`` (the default, what the trainer uses): rank r reads the samples it owns - the rows
+  its soft-label bank shard holds (:mod:`alr_fast.bank`) - in every epoch, in a new order each epoch, seeded
+  by (seed, epoch, rank);
+* ``stick_to_shard=False``: a seeded permutation of all samples per epoch (seed, epoch), dealt out to the W
+  ranks by the same owner rule applied to positions in the permutation, so a rank's rows move between epochs.
 
 Every shard is padded at the end with -1 to a length common to all ranks, so every rank takes the same number
-of steps; padded rows never reach the loss. Excluded rows (unreadable images) are left out (-1 padding takes
-their place) without changing any other index. A per-epoch subset (Clothing1M's class-balanced draw) limits
-the candidates; with owned shards each rank draws its share from its own rows, so no rank ever reads a
-sample whose bank row it does not hold.
+of steps; padded rows never reach the loss or the bank. Excluded rows (unreadable images) are left out (-1
+padding takes their place) without changing any other index. A per-epoch subset (Clothing1M's class-balanced
+draw) limits the candidates; with owned shards each rank draws its share from its own rows, so no rank ever
+reads a sample whose bank row it does not hold.
+
+Batches (:func:`batch_bounds`, the one batching rule): a shard of L rows is cut into batches of
+``batch_size`` B; a last batch that would hold a single row is never made. Instead, for B >= 3 the last two
+batches share their B + 1 rows (``ceil((B+1)/2)`` and ``floor((B+1)/2)``, both in [2, B]); for B = 2 the single
+row joins the previous batch (3 rows). So every batch a model sees in training holds at least two rows (a
+BatchNorm layer cannot train on one: "Expected more than 1 value per channel") and no sample is dropped: every
+owned, readable row is read exactly once per epoch. A shuffled (training) shard is at least 2 rows long (a
+rank with a single row gets one padding row). Steps per epoch depend only on (L, B), so they are equal on
+every rank, as the trainer's ``BatchSource`` contract requires. B = 1 keeps batches of one (no BatchNorm
+model can train with it).
 
 :func:`sample_uniforms` gives each (seed, epoch, global index) its own random numbers (for crops and flips),
 independent of batch composition, rank layout and the step an epoch is resumed at.
@@ -24,8 +35,24 @@ import math
 from typing import Protocol
 
 import numpy as np
+import torch
 
-__all__ = ["ClassBalancedSubset", "EpochPlan", "balanced_quotas", "sample_uniforms", "Subset"]
+from alr_fast.sharding import Sharding
+
+__all__ = ["ClassBalancedSubset", "EpochPlan", "balanced_quotas", "batch_bounds", "sample_uniforms", "Subset"]
+
+
+def batch_bounds(length: int, batch_size: int) -> np.ndarray:
+    """int64 [steps + 1]: row offsets cutting a shard of ``length`` rows into batches (module docstring)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_bounds: batch_size must be >= 1, got {batch_size}")
+    bounds = list(range(0, length, batch_size)) + [length]
+    if length > batch_size and batch_size >= 2 and length % batch_size == 1:
+        if batch_size == 2:
+            del bounds[-2]  # the lone row joins the previous batch: 3 rows
+        else:
+            bounds[-2] = length - (batch_size + 1) // 2  # the last two batches share B + 1 rows
+    return np.asarray(bounds, dtype=np.int64)
 
 
 class Subset(Protocol):
@@ -105,7 +132,7 @@ class ClassBalancedSubset:
     def _classes(self, rank: int, world_size: int) -> list[np.ndarray]:
         key = (rank, world_size)
         if key not in self._by_class:
-            rows = np.arange(rank, self.labels.shape[0], world_size)
+            rows = Sharding(rank, world_size).owned(self.labels.shape[0])
             rows = rows[self.keep[rows]]
             self._by_class[key] = [rows[self.labels[rows] == c] for c in range(self.num_classes)]
         return self._by_class[key]
@@ -120,17 +147,22 @@ class ClassBalancedSubset:
 
 
 class EpochPlan:
-    """The global indices one rank reads in one epoch (see the module docstring)."""
+    """The global indices one rank reads in one epoch, and its batches (see the module docstring).
+
+    ``batch_size`` is needed only for :meth:`batches`, :attr:`steps` and :meth:`batch_start`.
+    """
 
     def __init__(self, num_samples: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 stick_to_shard: bool = True, subset: Subset | None = None, exclude: np.ndarray | None = None):
+                 stick_to_shard: bool = True, subset: Subset | None = None, exclude: np.ndarray | None = None,
+                 batch_size: int | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"EpochPlan: rank {rank} outside [0, world_size={world_size})")
         self.num_samples = int(num_samples)
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
+        self.sharding = Sharding(rank, world_size)
+        self.rank = self.sharding.rank
+        self.world_size = self.sharding.world
         self.stick_to_shard = stick_to_shard
         self.subset = subset
         keep = np.ones(self.num_samples, dtype=bool)
@@ -147,15 +179,45 @@ class EpochPlan:
             n = int(keep.sum())
         self.epoch_size = n
         """Rows per epoch over all ranks, before padding."""
-        self.shard_len = math.ceil(n / self.world_size)
-        """Rows per rank per epoch, padding included (the same on every rank)."""
+        self.shard_len = max(self.sharding.shard_len(n), 2 if shuffle and n else 0)
+        """Rows per rank per epoch, padding included (the same on every rank; >= 2 when shuffled)."""
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.bounds = None if batch_size is None else batch_bounds(self.shard_len, self.batch_size)
+        """int64 [steps + 1]: where each batch starts in the shard (:func:`batch_bounds`); None without batch_size."""
+
+    @property
+    def steps(self) -> int:
+        """Batches per epoch (the same on every rank)."""
+        return len(self._require_bounds()) - 1
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch of an epoch (``batch_size``, or 3 for ``batch_size`` 2 with a merged last row)."""
+        return int(np.diff(self._require_bounds()).max(initial=0))
+
+    def _require_bounds(self) -> np.ndarray:
+        if self.bounds is None:
+            raise ValueError("EpochPlan: batches need the plan's batch_size")
+        return self.bounds
+
+    def batch_start(self, step: int) -> int:
+        """The shard row at which batch ``step`` starts (``shard_len`` for ``step == steps``)."""
+        if not 0 <= step <= self.steps:
+            raise ValueError(f"EpochPlan: start_step {step} outside [0, {self.steps}]")
+        return int(self.bounds[step])
+
+    def batches(self, epoch: int, start_step: int = 0) -> list[np.ndarray]:
+        """This rank's batches of ``epoch`` from batch ``start_step`` on: int64 global indices (-1 = padding)."""
+        self.batch_start(start_step)
+        shard, bounds = self.shard(epoch), self.bounds
+        return [shard[bounds[i] : bounds[i + 1]] for i in range(start_step, self.steps)]
 
     def _candidates(self, epoch: int) -> np.ndarray:
         """The rows this epoch may read: owned rows (``stick_to_shard``) or all rows, subset, not excluded."""
         if self.subset is not None:
             if self.stick_to_shard:
                 idx = np.asarray(self.subset(epoch, self.rank, self.world_size), dtype=np.int64)
-                if (idx % self.world_size != self.rank).any():
+                if not self.sharding.owns(idx).all():
                     raise ValueError(f"EpochPlan: the subset of epoch {epoch} gave rank {self.rank} rows it does not "
                                      f"own (i % {self.world_size} != {self.rank})")
                 limit = self.shard_len
@@ -166,7 +228,7 @@ class EpochPlan:
                 raise ValueError(f"EpochPlan: the subset of epoch {epoch} has {idx.size} rows, more than the {limit} "
                                  "an epoch holds (every epoch must have the same size)")
         elif self.stick_to_shard:
-            idx = np.arange(self.rank, self.num_samples, self.world_size, dtype=np.int64)
+            idx = self.sharding.owned(self.num_samples)
         else:
             idx = np.arange(self.num_samples, dtype=np.int64)
         return idx[self._keep[idx]]
@@ -176,7 +238,10 @@ class EpochPlan:
         cand = self._candidates(epoch)
         if self.stick_to_shard:
             if self.shuffle:
-                cand = cand[np.random.default_rng([self.seed, int(epoch), self.rank, 0x5EED]).permutation(cand.size)]
+                # torch's generator, seeded as the in-memory loader always was: the embedded datasets (demo,
+                # quality study) keep the exact sample order, hence the published figures, on one plan.
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch) + self.rank * 7_777_777)
+                cand = cand[torch.randperm(cand.size, generator=g).numpy()]
             out = np.full(self.shard_len, -1, dtype=np.int64)
             out[: cand.size] = cand
             return out
@@ -185,4 +250,4 @@ class EpochPlan:
             order = cand[np.random.default_rng([self.seed, int(epoch), 0x5EED]).permutation(cand.size)]
         padded = np.full(self.shard_len * self.world_size, -1, dtype=np.int64)
         padded[: order.size] = order
-        return padded.reshape(self.shard_len, self.world_size)[:, self.rank].copy()
+        return padded[self.sharding.owned(padded.size)]

@@ -12,14 +12,12 @@ with the same images an uninterrupted epoch would have given.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from alr_fast.data.loaders.base import IndexedLoader
-from alr_fast.data.readers.records import SampleTable
 from alr_fast.data.loaders.plan import EpochPlan
 from alr_fast.data.loaders.transforms import TransformSpec, build_torchvision_transform
+from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["TorchLoader", "IndexedImageDataset"]
 
@@ -82,20 +80,17 @@ class _EpochBatches(torch.utils.data.Sampler):
     persistent workers) to the cyclic garbage collector, which may run in a forked worker of another loader.
     """
 
-    def __init__(self, plan: EpochPlan, batch_size: int):
+    def __init__(self, plan: EpochPlan):
         self.plan = plan
-        self.batch_size = batch_size
         self.epoch = 0
         self.start_step = 0
 
     def __len__(self) -> int:
-        return math.ceil(self.plan.shard_len / self.batch_size) - self.start_step
+        return self.plan.steps - self.start_step
 
     def __iter__(self):
-        bs = self.batch_size
-        shard = self.plan.shard(self.epoch)[self.start_step * bs :].tolist()
-        for start in range(0, len(shard), bs):
-            yield [(i, self.epoch) for i in shard[start : start + bs]]
+        for rows in self.plan.batches(self.epoch, self.start_step):
+            yield [(i, self.epoch) for i in rows.tolist()]
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -114,7 +109,7 @@ class TorchLoader(IndexedLoader):
                  prefetch_factor: int = 2, **kwargs):
         super().__init__(table, transform, **kwargs)
         self.dataset = IndexedImageDataset(table, transform, self.sample_shape, self.seed)
-        self.batches = _EpochBatches(self.plan, self.batch_size)
+        self.batches = _EpochBatches(self.plan)
         self.num_workers = int(num_workers)
         self.dataloader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.batches, num_workers=self.num_workers,

@@ -3,17 +3,17 @@ live in ``records``, ``listfile``, ``noise_files`` and ``safe_pickle``.
 
 ``read_split(name, root, split, ...)`` here picks the reader:
 
-=================  ==============================================  ========================================
-name               splits                                          reader
-=================  ==============================================  ========================================
-cifar10, cifar100  train, test                                     :func:`alr_fast.data.readers.cifar.read_cifar`
-animal10n          train, test                                     :func:`alr_fast.data.readers.animal10n.read_animal10n`
-clothing1m         train (noisy), clean-train, val, test           :func:`alr_fast.data.readers.clothing1m.read_clothing1m`
-webvision          train (source google / flickr / all), val       :func:`alr_fast.data.readers.webvision.read_webvision`
-mini-webvision     train, val (labels < 50)                        :func:`alr_fast.data.readers.webvision.read_mini_webvision`
-=================  ==============================================  ========================================
+=================  ==============================================  ==============================
+name               splits                                          reader (in this package)
+=================  ==============================================  ==============================
+cifar10, cifar100  train, test                                     :func:`cifar.read_cifar`
+animal10n          train, test                                     :func:`animal10n.read_animal10n`
+clothing1m         train (noisy), clean-train, val, test           :func:`clothing1m.read_clothing1m`
+webvision          train (source google / flickr / all), val       :func:`webvision.read_webvision`
+mini-webvision     train, val (labels < 50)                        :func:`webvision.read_mini_webvision`
+=================  ==============================================  ==============================
 
-ILSVRC-2012 val (same classes, explicit list) is :func:`alr_fast.data.readers.webvision.read_ilsvrc_val`. Label
+ILSVRC-2012 val (same classes, explicit list) is :func:`webvision.read_ilsvrc_val`. Label
 overrides for the train split, applied in this order: CIFAR-N (``cifar_n`` + ``label_set``), a noise file
 (``noise_file``), or synthetic noise (CIFAR only: ``noise_kind``/``noise_rate``/``noise_seed``).
 """

@@ -1,8 +1,15 @@
-"""Clothing1M: 14 classes, 1M noisy training images, clean val/test; two on-disk layouts.
+"""Clothing1M: 14 classes, 1M noisy training images, clean val/test; every on-disk layout found in the wild.
 
 * layout ``a``: one folder with the annotation ``.txt`` files and the image folders ``0..9`` (the keys'
-  ``images/`` prefix stripped);
-* layout ``b``: ``annotations/*.txt`` and ``images/...`` under the root.
+  ``images/`` prefix stripped, as some loaders expect);
+* layout ``b``: ``annotations/*.txt`` and ``images/...`` under the root;
+* layout ``c``: the release archives extracted into one folder: the ``.txt`` files and ``images/0..9/...`` in
+  the root (keys resolve exactly as written).
+
+The annotations are looked for in ``annotations/``, then in the root; the images by trying each key as written
+(relative to the root), then without its ``images/`` prefix (then under ``images/`` for a key list that has no
+prefix). The first of these under which the listed files exist is used; which one is reported in the table's
+``extra`` (``layout``, ``image_keys``), hence by ``data check``.
 
 Annotation files: ``category_names_eng.txt``, ``noisy_label_kv.txt`` and ``clean_label_kv.txt``
 ("<key> <label>" lines), ``noisy_train_key_list.txt``, ``clean_train_key_list.txt``,
@@ -21,10 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from alr_fast.data.readers.listfile import read_key_labels, read_keys, require_dir, require_file
+from alr_fast.data.readers.listfile import (
+    read_key_labels,
+    read_keys,
+    read_lines,
+    require_dir,
+    require_file,
+    resolve_keys,
+)
 from alr_fast.data.readers.records import UNKNOWN_LABEL, SampleTable
 
-__all__ = ["read_clothing1m", "CLOTHING1M_CLASSES", "CLOTHING1M_STATS", "CLOTHING1M_SPLITS", "clothing1m_layout"]
+__all__ = ["read_clothing1m", "CLOTHING1M_CLASSES", "CLOTHING1M_STATS", "CLOTHING1M_SPLITS", "clothing1m_annotations",
+           "clothing1m_images"]
 
 CLOTHING1M_CLASSES = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker", "Jacket",
                       "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear"]
@@ -39,46 +54,49 @@ CLOTHING1M_SPLITS = {
 _IMAGE_PREFIX = "images/"
 
 
-def clothing1m_layout(root: str | Path) -> tuple[str, Path, Path]:
-    """``(layout 'a' or 'b', annotation folder, image folder)`` of a Clothing1M root."""
+def clothing1m_annotations(root: str | Path) -> Path:
+    """The folder holding a Clothing1M root's annotation ``.txt`` files: ``annotations/`` or the root."""
     root = require_dir(Path(root), "clothing1m root")
     if (root / "annotations").is_dir():
-        return "b", root / "annotations", root / "images"
+        return root / "annotations"
     if any((root / f).is_file() for f in ("noisy_label_kv.txt", "clean_label_kv.txt", *CLOTHING1M_SPLITS.values())):
-        return "a", root, root
+        return root
     raise FileNotFoundError(
         f"{root}: no Clothing1M annotations found: expected {root / 'annotations'}/ (layout b) or "
-        f"{root / 'noisy_label_kv.txt'} and the key lists directly in the root (layout a)"
+        f"{root / 'noisy_label_kv.txt'} and the key lists directly in the root (layouts a, c)"
     )
+
+
+def clothing1m_images(root: Path, keys: list[str]) -> tuple[Path, list[str], str]:
+    """``(image folder, paths relative to it, how the keys resolved)``: each key as written, then without the
+    ``images/`` prefix, then under ``images/`` (a key list without the prefix)."""
+    return resolve_keys(keys, [
+        (root, "", f"as written ({root}/images/...)"),
+        (root, _IMAGE_PREFIX, f"'{_IMAGE_PREFIX}' prefix stripped ({root}/0..9/...)"),
+        (root / "images", "", f"under images/ ({root}/images/<key>)"),
+    ])
 
 
 def _class_names(ann: Path) -> tuple[list[str], str]:
     path = ann / "category_names_eng.txt"
     if not path.is_file():
         return list(CLOTHING1M_CLASSES), "built-in (category_names_eng.txt absent)"
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [text for _, text in read_lines(path)]
     if len(names) != len(CLOTHING1M_CLASSES):
         raise ValueError(f"{path}: {len(names)} class names, expected {len(CLOTHING1M_CLASSES)}")
     return names, str(path)
 
 
 def _label_map(path: Path, k: int) -> dict[str, int]:
-    keys, labels, lines = read_key_labels(path, k)
-    out: dict[str, int] = {}
-    first_line: dict[str, int] = {}
-    for key, label, line in zip(keys, labels.tolist(), lines.tolist()):
-        if key in out and out[key] != label:
-            raise ValueError(f"{path}:{line}: key {key!r} has label {label} here and {out[key]} "
-                             f"at line {first_line[key]}")
-        out[key] = label
-        first_line.setdefault(key, line)
-    return out
+    keys, labels, _ = read_key_labels(path, k)  # a key listed twice with different labels is an error there
+    return dict(zip(keys, labels.tolist()))
 
 
 def read_clothing1m(root: str | Path, split: str = "train") -> SampleTable:
     if split not in CLOTHING1M_SPLITS:
         raise ValueError(f"read_clothing1m: split must be one of {sorted(CLOTHING1M_SPLITS)}, got {split!r}")
-    layout, ann, image_root = clothing1m_layout(root)
+    root = Path(root)
+    ann = clothing1m_annotations(root)
     class_names, names_source = _class_names(ann)
     k = len(class_names)
     list_path = require_file(ann / CLOTHING1M_SPLITS[split], f"clothing1m {split} key list")
@@ -104,11 +122,13 @@ def read_clothing1m(root: str | Path, split: str = "train") -> SampleTable:
             [clean_map.get(key, UNKNOWN_LABEL) for key in keys], dtype=np.int64)
     else:
         clean = labels.copy()
-    paths = [key[len(_IMAGE_PREFIX):] if key.startswith(_IMAGE_PREFIX) else key for key in keys]
+    image_root, paths, how = clothing1m_images(root, keys)
+    layout = "b" if ann != root else ("a" if "stripped" in how else "c")
     mean, std = CLOTHING1M_STATS
     return SampleTable(
-        name="clothing1m", split=split, root=Path(root), labels=labels, class_names=class_names, paths=paths,
+        name="clothing1m", split=split, root=root, labels=labels, class_names=class_names, paths=paths,
         image_root=image_root, clean_labels=clean, list_file=list_path, list_lines=lines, mean=mean, std=std,
         label_source=str(kv_path),
-        extra={"layout": layout, "lines_in_list": len(keys), "class_names_from": names_source},
+        extra={"layout": layout, "annotations": str(ann), "image_keys": how, "lines_in_list": len(keys),
+               "class_names_from": names_source},
     )

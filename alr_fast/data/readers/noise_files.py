@@ -8,7 +8,8 @@ Accepted formats (chosen by suffix):
 * ``.csv`` / ``.txt``: a header ``global_index,label`` then one row per sample in any order (each index exactly
   once); or, without a header, rows ``<global_index>,<label>``, or one ``<label>`` per row in index order.
 
-Every format is checked: exactly N labels, integers in [0, K). Errors name the file (and line for CSV).
+Every format is checked: exactly N labels, integers in [0, K), UTF-8 text. Errors name the file and the line
+(CSV/text, JSON syntax) or the global index (JSON list, arrays).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alr_fast.data.readers.listfile import read_text_lines
 from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["load_noise_file", "apply_noise_file", "NOISE_FILE_SUFFIXES"]
@@ -50,9 +52,16 @@ def _int(text: str, path: Path, lineno: int, what: str) -> int:
         raise ValueError(f"{path}:{lineno}: {what} {text!r} is not an integer") from None
 
 
-def _read_csv(path: Path, num_samples: int) -> np.ndarray:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if row and any(c.strip() for c in row)]
+def _label(text: str, path: Path, lineno: int, num_classes: int) -> int:
+    label = _int(text, path, lineno, "label")
+    if not 0 <= label < num_classes:
+        raise ValueError(f"{path}:{lineno}: label {label} outside [0, {num_classes})")
+    return label
+
+
+def _read_csv(path: Path, num_samples: int, num_classes: int) -> np.ndarray:
+    rows = [(n, row) for n, row in enumerate(csv.reader(read_text_lines(path)), start=1)
+            if row and any(c.strip() for c in row)]
     if not rows:
         raise ValueError(f"{path}: no rows")
     header = [c.strip().lower() for c in rows[0][1]]
@@ -64,7 +73,7 @@ def _read_csv(path: Path, num_samples: int) -> np.ndarray:
     else:
         ncol = len(rows[0][1])
         if ncol == 1:
-            return np.array([_int(row[0], path, n, "label") for n, row in rows], dtype=np.int64)
+            return np.array([_label(row[0], path, n, num_classes) for n, row in rows], dtype=np.int64)
         if ncol != 2:
             raise ValueError(f"{path}:{rows[0][0]}: expected '<global_index>,<label>' or '<label>', got {rows[0][1]!r}")
         ci, cl = 0, 1
@@ -79,7 +88,7 @@ def _read_csv(path: Path, num_samples: int) -> np.ndarray:
         if seen_at[i]:
             raise ValueError(f"{path}:{n}: global_index {i} listed twice (first at line {seen_at[i]})")
         seen_at[i] = n
-        labels[i] = _int(row[cl], path, n, "label")
+        labels[i] = _label(row[cl], path, n, num_classes)
     missing = np.nonzero(seen_at == 0)[0]
     if missing.size:
         raise ValueError(f"{path}: {missing.size} of {num_samples} global indices have no row (first: {missing[0]})")
@@ -94,7 +103,7 @@ def load_noise_file(path: str | Path, *, num_samples: int, num_classes: int, key
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads("\n".join(read_text_lines(path)))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
         if isinstance(data, dict):
@@ -117,7 +126,7 @@ def load_noise_file(path: str | Path, *, num_samples: int, num_classes: int, key
                 raise ValueError(f"{path}: no array {key!r} (has {names})")
             labels = z[key]
     elif suffix in (".csv", ".txt"):
-        labels = _read_csv(path, num_samples)
+        labels = _read_csv(path, num_samples, num_classes)
     else:
         raise ValueError(f"{path}: unknown noise-file type {suffix!r}; use one of {NOISE_FILE_SUFFIXES}")
     return _check(np.asarray(labels), path, num_samples, num_classes)

@@ -68,6 +68,8 @@ class SampleTable:
             raise ValueError(f"{self.name}/{self.split}: exactly one of paths / images must be given")
         if self.paths is not None and len(self.paths) != n:
             raise ValueError(f"{self.name}/{self.split}: {len(self.paths)} paths but {n} labels")
+        if self.paths is not None:
+            self._check_paths_stay_under_root()
         if self.images is not None and (self.images.dtype != np.uint8 or self.images.ndim != 4
                                         or self.images.shape[0] != n):
             raise ValueError(
@@ -82,6 +84,24 @@ class SampleTable:
         if n and (self.labels.min() < 0 or self.labels.max() >= k):
             bad = int(np.nonzero((self.labels < 0) | (self.labels >= k))[0][0])
             raise ValueError(f"{self.where(bad)}: label {self.labels[bad]} outside [0, {k})")
+
+    def _check_paths_stay_under_root(self) -> None:
+        """A listed path must name a file under ``image_root``: relative, without ``..`` (a hostile or broken
+        list file must not make the loaders read, or ``data check`` probe, files elsewhere). Lexical, so a
+        symlinked image folder inside the root keeps working."""
+        for i, p in enumerate(self.paths):
+            # Fast path: nearly every path has no '..', no leading separator and no drive letter.
+            if ".." not in p and not p.startswith(("/", "\\", "~")) and ":" not in p[:2]:
+                continue
+            parts = p.replace("\\", "/").split("/")
+            if p.startswith(("/", "\\", "~")) or ":" in p[:2]:
+                why = "is absolute"
+            elif ".." in parts:
+                why = "contains '..'"
+            else:
+                continue
+            raise ValueError(f"{self.where(i)}: path {p!r} {why}; listed paths must stay under the dataset root "
+                             f"{self.image_root}")
 
     # ----------------------------------------------------------------------------------------------- views
     def __len__(self) -> int:

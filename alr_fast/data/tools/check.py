@@ -2,6 +2,7 @@
 
 The summary is JSON-able: per split the count, number of classes, class counts, noise rate where clean labels
 are known, how many images were checked and which were unreadable; a few ``index -> path -> label`` samples;
+the layout found per split (``layout``: which folder held the annotations, how keys resolved to files);
 and ``usable`` (true only when every required split reads and every checked image decodes) plus ``errors``.
 """
 
@@ -21,6 +22,8 @@ __all__ = ["check_dataset", "OPTIONAL_SPLITS", "MAX_LISTED_UNREADABLE"]
 OPTIONAL_SPLITS = {("clothing1m", "clean-train")}
 """Splits whose absence does not make a dataset unusable (reported as absent)."""
 MAX_LISTED_UNREADABLE = 20
+LAYOUT_FACTS = ("layout", "annotations", "image_keys", "image_paths")
+"""What a reader reports about the on-disk layout it found (e.g. Clothing1M's, with or without ``images/``)."""
 
 
 def _samples(table: SampleTable, count: int) -> list[dict]:
@@ -119,6 +122,9 @@ def check_dataset(
             info["noise_manifest"] = {k: v for k, v in table.noise_manifest.items() if k != "transition_matrix"}
         summary["splits"][table.split] = info
         summary["samples"] += _samples(table, samples)
+    layouts = {t.split: {k: t.extra[k] for k in LAYOUT_FACTS if k in t.extra} for t in tables}
+    if any(layouts.values()):
+        summary["layout"] = {split: facts for split, facts in layouts.items() if facts}
     if tables:
         summary["num_classes"] = tables[0].num_classes
         summary["class_names"] = tables[0].class_names[:20] + (["..."] if tables[0].num_classes > 20 else [])

@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from alr_fast.data.tools.fixtures import FIXTURE_DATASETS, make_fixture
 from alr_fast.data.readers import DATASET_NAMES
 from alr_fast.data.readers.webvision import WEBVISION_SOURCES
+from alr_fast.data.tools.fixtures import CLOTHING1M_LAYOUTS, FIXTURE_DATASETS, make_fixture
 
 __all__ = ["add_data_parser", "run_data_command", "main"]
 
@@ -68,7 +68,9 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     fixture = sub.add_parser("make-fixture", help="write a small dataset in NAME's exact layout (real JPEGs)")
     fixture.add_argument("--dataset", required=True, choices=FIXTURE_DATASETS)
     fixture.add_argument("--out", required=True, type=Path)
-    fixture.add_argument("--layout", choices=("a", "b"), default="a", help="Clothing1M layout (default a)")
+    fixture.add_argument("--layout", choices=CLOTHING1M_LAYOUTS, default="a",
+                         help="Clothing1M layout: a = .txt and 0..9/ in the root, b = annotations/ + images/, "
+                              "c = .txt and images/ in the root (default a)")
     fixture.add_argument("--seed", type=int, default=0)
     fixture.add_argument("--num-train", type=_positive, default=None)
     fixture.add_argument("--num-test", type=_positive, default=None)

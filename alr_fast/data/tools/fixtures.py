@@ -16,9 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_fixture", "FIXTURE_DATASETS", "photo_patch", "ILSVRC_LIST_NAME", "ILSVRC_DIR_NAME"]
+__all__ = ["make_fixture", "FIXTURE_DATASETS", "CLOTHING1M_LAYOUTS", "photo_patch", "ILSVRC_LIST_NAME",
+           "ILSVRC_DIR_NAME"]
 
 FIXTURE_DATASETS = ("cifar10", "cifar100", "animal10n", "clothing1m", "webvision", "mini-webvision")
+CLOTHING1M_LAYOUTS = ("a", "b", "c")
+"""Clothing1M layouts (:mod:`alr_fast.data.readers.clothing1m`): a = .txt files and 0..9/ in the root (keys'
+images/ prefix stripped); b = annotations/ + images/; c = .txt files and images/ in the root (the release
+archives extracted into one folder)."""
 ILSVRC_LIST_NAME = "ilsvrc2012_val_list.txt"
 ILSVRC_DIR_NAME = "ilsvrc2012_val"
 
@@ -148,11 +153,11 @@ def _animal10n(out: Path, rng: np.random.Generator, num_train: int, num_test: in
 def _clothing1m(out: Path, rng: np.random.Generator, layout: str, num_train: int, num_test: int, size) -> Path:
     from alr_fast.data.readers.clothing1m import CLOTHING1M_CLASSES
 
-    if layout not in ("a", "b"):
-        raise ValueError(f"make_fixture: clothing1m layout must be 'a' or 'b', got {layout!r}")
+    if layout not in CLOTHING1M_LAYOUTS:
+        raise ValueError(f"make_fixture: clothing1m layout must be one of {CLOTHING1M_LAYOUTS}, got {layout!r}")
     k = len(CLOTHING1M_CLASSES)
     ann = out / "annotations" if layout == "b" else out
-    image_root = out / "images" if layout == "b" else out
+    image_root = out if layout == "a" else out / "images"  # a: the keys' images/ prefix stripped
     ann.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
 
@@ -254,7 +259,7 @@ def make_fixture(
 ) -> Path:
     """Write a small ``name`` dataset under ``out_dir`` and return its root.
 
-    ``layout`` picks Clothing1M's layout ('a' or 'b'); ``num_train`` / ``num_test`` size the splits (small
+    ``layout`` picks Clothing1M's layout (:data:`CLOTHING1M_LAYOUTS`); ``num_train`` / ``num_test`` size the splits (small
     defaults: tens of images); ``image_size`` = (width, height) fixes every file image's size (default:
     varied sizes in the dataset's usual range, 64 x 64 for ANIMAL-10N). webvision and mini-webvision write the
     same root (mini-WebVision is a view of WebVision), plus ILSVRC-2012 val images and their list
