@@ -181,3 +181,29 @@ def test_mini_webvision_evaluates_webvision_val_and_ilsvrc_val(tmp_path):
     assert set(sets) == {"webvision_val", "ilsvrc_val", "noisy_val"} and s["selected_by"] == "noisy_val"
     assert sets["ilsvrc_val"]["role"] == "test" and sets["ilsvrc_val"]["count"] > 0
     assert all(0.0 <= sets[n]["last_top5"] <= 1.0 for n in sets)
+
+
+def test_selection_survives_a_crash_and_resume(tmp_path, monkeypatch):
+    """The selection state (best epoch, its rows) is checkpointed: a run killed in its last epoch and resumed
+    reports the same best_* as an uninterrupted one."""
+    from alr_fast.trainer import train
+
+    keep = ["train.save_every_epoch=true"]
+    full = train(_digits_cfg(tmp_path, "full", *keep))
+    # Only epoch 3 is redone after the resume: had the selection not been restored, it would be selected.
+    assert full["best_epoch"] < 3
+    real, calls = EvalPlan.evaluate, []
+
+    def crash_in_last_epoch(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("injected crash")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(EvalPlan, "evaluate", crash_in_last_epoch)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        train(_digits_cfg(tmp_path, "part", *keep))
+    monkeypatch.setattr(EvalPlan, "evaluate", real)
+    resumed = train(_digits_cfg(tmp_path, "part", *keep, "train.resume=true"))
+    for key in ("best_epoch", "best_val_acc", "best_test_acc", "peak_test_acc", "peak_test_epoch", "evaluation"):
+        assert resumed[key] == full[key], key
