@@ -207,3 +207,35 @@ def test_selection_survives_a_crash_and_resume(tmp_path, monkeypatch):
     resumed = train(_digits_cfg(tmp_path, "part", *keep, "train.resume=true"))
     for key in ("best_epoch", "best_val_acc", "best_test_acc", "peak_test_acc", "peak_test_epoch", "evaluation"):
         assert resumed[key] == full[key], key
+
+
+def test_noisy_val_slice_on_two_ranks_through_torchrun(tmp_path):
+    """2 ranks (torchrun, gloo): both ranks skip the slice, evaluate the same sets, agree on the selection."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    from alr_fast.data.train_data import build_train_data
+
+    out = tmp_path / "two"
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), str(root / "launchers" / "train.py"), "--recipe", "demo", "--set", "data.dataset=digits",
+           "--epochs", "3", "--set", "method.warmup_epochs=1", "--batch-size", "32", "--set", "model.width=8",
+           "--set", "data.val_fraction=0.2", "--no-progress", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["selected_by"] == "noisy_val" and (out / "model_best.pt").is_file()
+    cfg = apply_overrides(get_recipe("demo"), ["data.dataset=digits"])
+    given = build_train_data(cfg).given_labels
+    val = noisy_val_rows(given, 0.2, seed=0)
+    assert s["noisy_val_rows"] == val.size
+    soft = np.load(out / "soft_labels.npy")
+    assert np.array_equal(soft[val], np.eye(10, dtype=np.float32)[given[val]])  # never updated on either rank
+    others = np.setdiff1d(np.arange(len(given)), val)
+    assert (soft[others].max(1) < 1).mean() > 0.9
