@@ -127,7 +127,7 @@ class _KeepRows:
 
 
 def subset_table(table, rows: np.ndarray):
-    """A :class:`~alr_fast.data.records.SampleTable` of ``table``'s rows ``rows`` (indices renumbered 0..n-1)."""
+    """A :class:`~alr_fast.data.readers.records.SampleTable` of ``table``'s rows ``rows`` (indices renumbered 0..n-1)."""
     rows = np.asarray(rows, dtype=np.int64)
     pick = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
     return dataclasses.replace(
