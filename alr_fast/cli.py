@@ -9,7 +9,8 @@ import sys
 
 from alr_fast.config import METHODS, apply_overrides
 from alr_fast.recipes import RECIPES, get_recipe
-from alr_fast.runtime import shutdown_distributed
+from alr_fast.checkpoint import CheckpointError
+from alr_fast.runtime import PeerLost, Preempted, shutdown_distributed
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="small_cnn, mlp or a torchvision model name (e.g. resnet50)")
     p.add_argument("--image-size", type=int, help="training crop size in pixels (on-disk datasets)")
     p.add_argument("--save-every", type=int, help="also checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "strict"),
+                   help="continue from the newest complete checkpoint in --out that verifies (an older one, with a "
+                        "warning, if it does not); --resume=strict stops instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set method.alpha=0.8 (repeatable)")
@@ -43,6 +46,7 @@ def _config_from_args(args, recipe: str):
         sets.append("train.progress=false")
     if args.resume:
         sets.append("train.resume=true")
+        sets.append(f"train.resume_strict={args.resume == 'strict'}")
     return apply_overrides(cfg, sets)
 
 
@@ -103,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(summary, indent=2))
         shutdown_distributed()  # on success only: after a one-sided error a barrier could wait forever
         return 0
+    except Preempted as e:  # every rank stopped after the same step and the checkpoint is written
+        print(f"stopped: {e}", file=sys.stderr)
+        shutdown_distributed()
+        return e.exit_code
     except (ValueError, TypeError, NotImplementedError, FileNotFoundError, NotADirectoryError,
-            FloatingPointError) as e:
+            FloatingPointError, CheckpointError, PeerLost) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ label, prediction) for the metrics; exports and re-sharding assemble the global 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -27,15 +28,16 @@ import numpy as np
 import torch
 
 from alr_fast.bank import SoftLabelBank
-from alr_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from alr_fast.atomic import atomic_path, write_text_atomic
+from alr_fast.checkpoint import complete_checkpoints, load_latest, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, save_config
 from alr_fast.data.arrays import ArrayLoader
-from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier
+from alr_fast.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier
 from alr_fast.functional import alr_loss
 from alr_fast.loop_state import LoopState
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
-from alr_fast.runtime import Runtime, resolve_runtime
+from alr_fast.runtime import PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout, resolve_runtime
 
 __all__ = ["TrainData", "train", "build_train_data", "predict_probs", "BatchSource"]
 
@@ -141,12 +143,14 @@ def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
 
 
-def _lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    o, total = cfg.optim, cfg.train.epochs * steps_per_epoch
+def _lr_at(cfg: Config, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> float:
+    """The schedule at ``epoch + step_in_epoch / steps_per_epoch`` epochs of progress: a position that means the
+    same with any world size (a run resumed on another number of ranks continues the curve where it was)."""
+    o = cfg.optim
     if o.schedule == "cosine":
+        step, total = epoch * steps_per_epoch + step_in_epoch, cfg.train.epochs * steps_per_epoch
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
     if o.schedule == "step":
-        epoch = step // steps_per_epoch
         return o.lr * 0.1 ** sum(epoch >= m for m in o.milestones)
     return o.lr
 
@@ -246,33 +250,36 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: TrainData, rt: R
     info = {}
     if rt.is_main:
         given = data.given_labels.astype(np.int64)
-        pred_mm = np.lib.format.open_memmap(out / "pred_probs.npy", mode="w+", dtype=np.float32, shape=(n, k))
-        soft_mm = np.lib.format.open_memmap(out / "soft_labels.npy", mode="w+", dtype=np.float32, shape=(n, k))
-        pred_mm[:] = 0.0  # rows never predicted (skipped unreadable images) stay 0
-        refined = np.zeros(n, dtype=np.int64)
-        confidence = np.zeros(n, dtype=np.float32)
-        given_mass = np.zeros(n, dtype=np.float32)
-        for r in range(rt.world_size):
-            part = torch.load(parts / f"part{r}.pt", map_location="cpu", weights_only=True, mmap=True)
-            pred_mm[part["pred_index"].numpy()] = part["probs"].numpy()
-            rows, soft = part["bank_index"].numpy(), part["soft"]
-            soft_mm[rows] = soft.numpy()
-            refined[rows] = soft.argmax(dim=1).numpy()
-            confidence[rows] = soft.max(dim=1).values.numpy()
-            given_mass[rows] = soft.gather(1, torch.from_numpy(given[rows])[:, None]).squeeze(1).numpy()
-        pred_mm.flush()
-        soft_mm.flush()
-        del pred_mm, soft_mm
+        # Each export file appears complete or not at all (written aside, fsynced, renamed: alr_fast.atomic).
+        with atomic_path(out / "pred_probs.npy") as pred_tmp, atomic_path(out / "soft_labels.npy") as soft_tmp:
+            pred_mm = np.lib.format.open_memmap(pred_tmp, mode="w+", dtype=np.float32, shape=(n, k))
+            soft_mm = np.lib.format.open_memmap(soft_tmp, mode="w+", dtype=np.float32, shape=(n, k))
+            pred_mm[:] = 0.0  # rows never predicted (skipped unreadable images) stay 0
+            refined = np.zeros(n, dtype=np.int64)
+            confidence = np.zeros(n, dtype=np.float32)
+            given_mass = np.zeros(n, dtype=np.float32)
+            for r in range(rt.world_size):
+                part = torch.load(parts / f"part{r}.pt", map_location="cpu", weights_only=True, mmap=True)
+                pred_mm[part["pred_index"].numpy()] = part["probs"].numpy()
+                rows, soft = part["bank_index"].numpy(), part["soft"]
+                soft_mm[rows] = soft.numpy()
+                refined[rows] = soft.argmax(dim=1).numpy()
+                confidence[rows] = soft.max(dim=1).values.numpy()
+                given_mass[rows] = soft.gather(1, torch.from_numpy(given[rows])[:, None]).squeeze(1).numpy()
+            pred_mm.flush()
+            soft_mm.flush()
+            del pred_mm, soft_mm
         # Suspicion: soft-label mass that moved away from the given label; rank 1 = most suspect (ties by index).
         order = np.lexsort((np.arange(n), given_mass))
         suspect_rank = np.empty(n, dtype=np.int64)
         suspect_rank[order] = np.arange(1, n + 1)
-        with open(out / "refined_labels.csv", "w", newline="") as f:
+        with atomic_path(out / "refined_labels.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["global_index", "given_label", "refined_label", "confidence", "suspect_rank"])
             w.writerows(zip(range(n), given.tolist(), refined.tolist(), (f"{c:.6f}" for c in confidence.tolist()),
                             suspect_rank.tolist()))
-        np.save(out / "labels.npy", given)
+        with atomic_path(out / "labels.npy") as tmp:
+            np.save(tmp, given)
         shutil.rmtree(parts, ignore_errors=True)
         info = {
             "num_samples": n,
@@ -284,9 +291,54 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: TrainData, rt: R
                                "rows of images skipped as unreadable are 0",
             "soft_labels_note": f"the bank's soft labels as float32 (stored as {str(bank.soft.dtype).replace('torch.', '')})",
         }
-        (out / "exports.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_text_atomic(out / "exports.json", json.dumps(info, indent=2) + "\n")
     barrier()
     return info
+
+
+_NO_BAD_STEP = 2**62
+
+
+def _is_collective_failure(e: RuntimeError) -> bool:
+    """gloo/NCCL errors after a peer died or a collective timed out (they surface as RuntimeError subclasses)."""
+    if isinstance(e, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(e)
+    return any(m in text for m in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
+                                   "timed out", "Broken pipe"))
+
+
+@dataclass
+class _Faults:
+    """Fault injection for the reliability tests, read once from the environment (never set in real runs).
+
+    ``ALR_FAST_FAULT_AT_STEP=N`` acts right after global step N on every rank, or only on rank
+    ``ALR_FAST_FAULT_RANK``; ``ALR_FAST_FAULT_SIGNAL`` says how: KILL (default: SIGKILL after that step's
+    checkpoint, if any), STOP (SIGSTOP there: a hung rank), TERM or INT (the signal, before the stop check), TERM2 (SIGTERM twice).
+    ``ALR_FAST_NAN_AT_STEP=k`` feeds NaN images to global step k (counting from 1), so its loss is NaN.
+    """
+
+    at_step: int = -1
+    how: str = "KILL"
+    nan_at_step: int = -1
+
+    @classmethod
+    def from_env(cls, rank: int) -> "_Faults":
+        env = os.environ
+        mine = env.get("ALR_FAST_FAULT_RANK", str(rank)) == str(rank)
+        return cls(at_step=int(env.get("ALR_FAST_FAULT_AT_STEP", "-1")) if mine else -1,
+                   how=env.get("ALR_FAST_FAULT_SIGNAL", "KILL").upper(),
+                   nan_at_step=int(env.get("ALR_FAST_NAN_AT_STEP", "-1")))
+
+    def after_step(self, step: int, phase: str) -> None:
+        if step != self.at_step or (phase == "kill") != (self.how in ("KILL", "STOP")):
+            return
+        if self.how in ("KILL", "STOP"):  # STOP: a rank that hangs (its peers hit the collective timeout)
+            os.kill(os.getpid(), signal.SIGKILL if self.how == "KILL" else signal.SIGSTOP)
+            return
+        signum = signal.SIGINT if self.how == "INT" else signal.SIGTERM
+        for _ in range(2 if self.how == "TERM2" else 1):
+            os.kill(os.getpid(), signum)
 
 
 class _Loop:
@@ -300,7 +352,8 @@ class _Loop:
 
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        rt = runtime or resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend)
+        rt = runtime or resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend,
+                                        cfg.train.collective_timeout_s)
         implied = cfg.train.batch_size * cfg.train.grad_accum * rt.world_size
         if cfg.train.global_batch_size and cfg.train.global_batch_size != implied:
             raise ValueError(
@@ -324,6 +377,7 @@ class _Loop:
                             width=cfg.model.width).to(rt.device)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model),
                                                     config=_ds_config(cfg, rt))
+        apply_collective_timeout(rt.device, cfg.train.collective_timeout_s)  # DeepSpeed's own groups too
         self.bank = SoftLabelBank(torch.from_numpy(data.given_labels), k, cfg.method.bank_dtype, rank=rt.rank,
                                   world_size=rt.world_size).to(rt.device)
         self.given = torch.from_numpy(data.given_labels)
@@ -335,8 +389,11 @@ class _Loop:
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
         self.alpha, self.lam = cfg.method.alpha, cfg.method.effective_lam
-        # Testing hook: ALR_FAST_FAULT_AT_STEP=N kills this process (SIGKILL) right after global step N.
-        self.fault_at_step = int(os.environ.get("ALR_FAST_FAULT_AT_STEP", "-1"))
+        self.faults = _Faults.from_env(rt.rank)
+        self.signals = StopSignals()
+        self.stopping = False
+        # Smallest global step whose loss was non-finite (_NO_BAD_STEP: none); read every nan_check_every steps.
+        self.bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=rt.device)
         self.state = LoopState.fresh(self.bank.num_samples, rt.device)
         if cfg.train.resume:
             self.resume()
@@ -345,13 +402,16 @@ class _Loop:
 
     def resume(self) -> None:
         cfg, rt = self.cfg, self.rt
-        latest = find_latest(self.out)
-        if latest is None:
+        found = load_latest(self.out, self.engine, self.bank, self.state, rank=rt.rank, world_size=rt.world_size,
+                            strict=cfg.train.resume_strict)
+        if found is None:
             if rt.is_main:
                 print(f"[alr_fast] --resume: no complete checkpoint in {self.out}/checkpoints, starting fresh",
                       flush=True)
             return
-        saved = load_checkpoint(latest, self.engine, self.bank, self.state, rank=rt.rank, world_size=rt.world_size)
+        latest, saved = found
+        if saved["world_size"] != rt.world_size:  # count steps in this world size's steps per epoch from here on
+            self.state.step = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         only_train = lambda d: {k: v for k, v in d.items() if k != "train"}  # noqa: E731
         if only_train(config_to_dict(config_from_dict(saved["config"]))) != only_train(config_to_dict(cfg)):
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
@@ -362,7 +422,8 @@ class _Loop:
                   f"global step {s.step}, world size {saved['world_size']} -> {rt.world_size})", flush=True)
 
     def save(self) -> None:
-        """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it)."""
+        """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it). Callers have
+        just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss."""
         save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
                         rank=self.rt.rank, world_size=self.rt.world_size, keep=self.cfg.train.keep_checkpoints)
 
@@ -398,12 +459,14 @@ class _Loop:
                                      start=s.step_in_epoch):
             t_step = time.perf_counter()
             data_time += t_step - t_data
-            lr = _lr_at(cfg, s.step, self.steps_per_epoch)
+            lr = _lr_at(cfg, epoch, i, self.steps_per_epoch)
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
             if self.check_index and not bool(bank.owns(idx).all()):
                 raise RuntimeError(f"rank {self.rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
+            if s.step + 1 == self.faults.nan_at_step:
+                x = x * float("nan")  # fault injection for the non-finite-loss test
             logits = engine(x)
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
             # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
@@ -411,21 +474,29 @@ class _Loop:
                             backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
             engine.backward(loss)
             engine.step()
+            s.step += 1
+            s.step_in_epoch = i + 1
             with torch.no_grad():
                 n_valid = (idx >= 0).sum()
                 s.loss_sum += loss.detach().double() * n_valid
                 s.seen += n_valid
                 s.train_pred[torch.where(local >= 0, local, n_local)] = logits.detach().argmax(dim=1)
-            s.step += 1
-            s.step_in_epoch = i + 1
+                # No host sync: remember the first non-finite step on the device; agree_to_stop reads it.
+                self.bad_step = torch.minimum(self.bad_step,
+                                              torch.where(torch.isfinite(loss.detach()), _NO_BAD_STEP, s.step))
             t_data = time.perf_counter()
             step_time += t_data - t_step
             if self.progress is not None:
                 self.progress.update(1)
-            if cfg.train.save_every and s.step % cfg.train.save_every == 0 and i + 1 < self.steps_per_epoch:
+            self.faults.after_step(s.step, "signal")
+            last = i + 1 == self.steps_per_epoch
+            save_due = bool(cfg.train.save_every) and s.step % cfg.train.save_every == 0 and not last
+            self.stopping = self.agree_to_stop(force=save_due or last)
+            if (save_due or self.stopping) and not last:
                 self.save()
-            if self.fault_at_step == s.step:
-                os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests
+            self.faults.after_step(s.step, "kill")
+            if self.stopping and not last:
+                raise self.preempted()
         return {"lr": lr, "epoch_time": time.perf_counter() - t0, "data_time": data_time, "step_time": step_time}
 
     def end_epoch(self, epoch: int, timing: dict) -> None:
@@ -464,8 +535,55 @@ class _Loop:
         if cfg.train.export_every_epoch:
             write_exports(self.out, self.engine, bank, self.data, self.rt, max(cfg.train.batch_size, 256))
         s.epoch, s.step_in_epoch = epoch + 1, 0
-        if cfg.train.save_every_epoch or cfg.train.save_every:
+        if cfg.train.save_every_epoch or cfg.train.save_every or self.stopping:
             self.save()
+        if self.stopping:
+            raise self.preempted()
+
+    def agree_to_stop(self, force: bool = False) -> bool:
+        """Every ``train.nan_check_every`` steps (and when ``force``): one all-reduce of two numbers and one host
+        sync. Raises if any rank saw a non-finite loss since the last check; returns True when any rank got
+        SIGTERM/SIGINT, so that all ranks stop after the same step. One rank alone stops right after the step
+        in which the signal arrived (no peer to agree with; a Python flag, no sync)."""
+        s, rt = self.state, self.rt
+        local_stop = bool(self.signals.requested)
+        if not (force or s.step % self.cfg.train.nan_check_every == 0 or (local_stop and rt.world_size == 1)):
+            return False
+        flags = torch.stack([torch.tensor(-int(local_stop), device=rt.device), self.bad_step])
+        stop, bad = all_reduce_min(flags).tolist()  # host sync: once per check
+        if bad != _NO_BAD_STEP:
+            newest = complete_checkpoints(self.out)
+            raise FloatingPointError(
+                f"non-finite training loss at global step {bad} (epoch {s.epoch}; detected at step {s.step}, checks "
+                f"every train.nan_check_every={self.cfg.train.nan_check_every} steps); stopping without a "
+                f"checkpoint: the newest, {newest[0] if newest else 'none'}, is from before it. Lower optim.lr or "
+                "check the input data (alr_fast.reference: non-finite logits give a NaN loss)"
+            )
+        return stop < 0
+
+    def preempted(self) -> Preempted:
+        s = self.state
+        newest = complete_checkpoints(self.out)
+        return Preempted(f"rank {self.rt.rank}: stopped on a signal after global step {s.step} (epoch {s.epoch}, "
+                         f"step {s.step_in_epoch} of the epoch); checkpoint {newest[0] if newest else 'none'}; "
+                         "run again with --resume to continue")
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Around the loop: SIGTERM/SIGINT become a stop request; a failed collective names the step."""
+        with self.signals:
+            try:
+                yield
+            except RuntimeError as e:
+                if self.rt.world_size == 1 or not _is_collective_failure(e):
+                    raise
+                s = self.state
+                raise PeerLost(
+                    f"rank {self.rt.rank}: a collective failed during global step {s.step + 1} (epoch {s.epoch}, "
+                    f"step {s.step_in_epoch + 1} of the epoch): {str(e).splitlines()[0][:300]}. Another rank "
+                    f"probably died or hangs (train.collective_timeout_s={self.cfg.train.collective_timeout_s:g}); "
+                    "run again with --resume to continue from the newest checkpoint"
+                ) from e
 
     def _log(self, epoch: int, row: dict) -> None:
         if self.metrics_file is not None:
@@ -521,8 +639,9 @@ class _Loop:
                 summary[key] = last[key]
         if rt.is_main:
             summary["num_changed"] = exports.get("num_changed")
-            torch.save(engine.module.state_dict(), self.out / "model.pt")
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            with atomic_path(self.out / "model.pt") as tmp:
+                torch.save(engine.module.state_dict(), tmp)
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
             warm = cfg.method.warmup_epochs if cfg.method.name != "ce" else None
             _plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
         barrier()
@@ -533,8 +652,9 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
     """Run one configuration end to end; returns the summary (also written to ``<out>/summary.json``), and the
     trained model too (``(summary, model)``) when ``return_model``."""
     loop = _Loop(cfg, data, runtime)  # set-up, and the LoopState (restored from a checkpoint with --resume)
-    for epoch in range(loop.state.epoch, cfg.train.epochs):
-        timing = loop.run_epoch(epoch)
-        loop.end_epoch(epoch, timing)
-    summary = loop.finish()
+    with loop.guard():  # SIGTERM/SIGINT: checkpoint and raise Preempted; a dead peer: PeerLost naming the step
+        for epoch in range(loop.state.epoch, cfg.train.epochs):
+            timing = loop.run_epoch(epoch)
+            loop.end_epoch(epoch, timing)
+        summary = loop.finish()
     return (summary, loop.engine.module) if return_model else summary
