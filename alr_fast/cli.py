@@ -111,8 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e}", file=sys.stderr)
         shutdown_distributed()
         return e.exit_code
+    except PeerLost as e:
+        # A process group whose peer died cannot be torn down cleanly (gloo's destructor aborts the process):
+        # leave without running destructors, with the error's status.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
     except (ValueError, TypeError, NotImplementedError, FileNotFoundError, NotADirectoryError,
-            FloatingPointError, CheckpointError, PeerLost) as e:
+            FloatingPointError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
