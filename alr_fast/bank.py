@@ -1,9 +1,9 @@
 """The soft-label bank: one row of class probabilities per training sample, addressed by global index.
 
-Sharded across data-parallel ranks by a fixed rule: rank r of W owns the samples whose global index i has
-``i % W == r``, stored at local row ``i // W``. The data loaders give each rank only the samples it owns, so
-no bank row ever travels between ranks during training; the global bank is assembled only for checkpoints'
-re-sharding and for exports. With W = 1 the local row is the global index.
+Sharded across data-parallel ranks by the project's one rule (:class:`alr_fast.sharding.Sharding`: rank r of W
+owns the samples whose global index i has ``i % W == r``, stored at local row ``i // W``). The data loaders give
+each rank only the samples it owns, so no bank row ever travels between ranks during training; the global bank
+is assembled only for checkpoints' re-sharding and for exports. With W = 1 the local row is the global index.
 
 It is model state: an ``nn.Module`` whose buffers move with ``.to()`` and round-trip through
 ``state_dict``. It is deliberately *not* a submodule of the network that DeepSpeed wraps, so mixed-precision
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from alr_fast.sharding import Sharding
 
 __all__ = ["SoftLabelBank"]
 
@@ -54,6 +56,7 @@ class SoftLabelBank(nn.Module):
             raise ValueError(f"SoftLabelBank: num_classes must be >= 2, got {num_classes}")
         if not 0 <= rank < world_size:
             raise ValueError(f"SoftLabelBank: rank {rank} outside [0, world_size={world_size})")
+        self.sharding = Sharding(rank, world_size)
         given_labels = given_labels.long()
         if given_labels.numel() and (int(given_labels.min()) < 0 or int(given_labels.max()) >= num_classes):
             bad = int(torch.nonzero((given_labels < 0) | (given_labels >= num_classes))[0])
@@ -62,7 +65,7 @@ class SoftLabelBank(nn.Module):
             )
         self.rank, self.world_size = int(rank), int(world_size)
         self.total_samples = int(given_labels.numel())
-        owned = torch.arange(rank, given_labels.numel(), world_size, device=given_labels.device)
+        owned = torch.from_numpy(self.sharding.owned(given_labels.numel())).to(given_labels.device)
         given_labels = given_labels[owned]
         soft = torch.zeros(given_labels.numel(), num_classes, dtype=dtype, device=given_labels.device)
         soft.scatter_(1, given_labels[:, None], 1.0)
@@ -77,21 +80,19 @@ class SoftLabelBank(nn.Module):
 
     def local_index(self, index: torch.Tensor) -> torch.Tensor:
         """Global indices of owned samples -> local rows; padding (-1) stays -1. No host sync."""
-        if self.world_size == 1:
-            return index
-        return torch.where(index >= 0, torch.div(index, self.world_size, rounding_mode="floor"), index)
+        return self.sharding.local(index)
 
     def owns(self, index: torch.Tensor) -> torch.Tensor:
         """[B] bool: padding or owned by this rank."""
-        return (index < 0) | (index % self.world_size == self.rank)
+        return (index < 0) | self.sharding.owns(index)
 
     def load_rows_from(self, shards: list[dict]) -> None:
         """Fill the owned rows from the state dicts of a bank saved with *any* sharding (re-sharding)."""
         filled = torch.zeros(self.num_samples, dtype=torch.bool, device=self.soft.device)
         for sd in shards:
             gidx = sd["global_index"].to(self.soft.device)
-            mine = (gidx % self.world_size) == self.rank
-            local = torch.div(gidx[mine], self.world_size, rounding_mode="floor")
+            mine = self.sharding.owns(gidx)
+            local = self.sharding.local(gidx[mine])
             self.soft[local] = sd["soft"].to(self.soft.device, self.soft.dtype)[mine]
             if not torch.equal(self.given[local], sd["given"].to(self.given.device)[mine]):
                 raise ValueError("SoftLabelBank: the checkpoint's given labels differ from this run's labels")
@@ -108,19 +109,6 @@ class SoftLabelBank(nn.Module):
     def refined_labels(self) -> torch.Tensor:
         """Argmax of each soft label, ``[N]`` int64 (ties go to the lowest class id)."""
         return self.soft.float().argmax(dim=1)
-
-    def confidence(self) -> torch.Tensor:
-        """Soft-label mass of the refined class, ``[N]`` fp32."""
-        return self.soft.float().max(dim=1).values
-
-    def changed(self) -> torch.Tensor:
-        """``[N]`` bool: the refined label differs from the given (noisy) label."""
-        return self.refined_labels() != self.given
-
-    def reset(self) -> None:
-        """Back to the one-hot given labels."""
-        self.soft.zero_()
-        self.soft.scatter_(1, self.given[:, None], 1.0)
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples} of {self.total_samples}, num_classes={self.num_classes}, "

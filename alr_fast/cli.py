@@ -1,4 +1,4 @@
-"""Command line: ``python -m alr_fast {demo,train} ...``."""
+"""Command line: ``python -m alr_fast {demo,train,crossval,review,data,config} ...``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import os
 import sys
 
-from alr_fast.config import METHODS, apply_overrides
-from alr_fast.recipes import RECIPES, get_recipe
 from alr_fast.checkpoint import CheckpointError
+from alr_fast.config import METHODS, apply_overrides, load_config_file
+from alr_fast.recipes import RECIPES, resolve_recipe
 from alr_fast.runtime import PeerLost, Preempted, shutdown_distributed
 
 
@@ -20,7 +20,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of init and data order")
     p.add_argument("--noise-rate", type=float, help="synthetic noise rate in [0, 1]")
     p.add_argument("--data-root", help="folder of an on-disk dataset")
-    p.add_argument("--model", help="small_cnn, mlp or a torchvision model name (e.g. resnet50)")
+    p.add_argument("--model", help="small_cnn, mlp, preact_resnet18, cifar_resnet34, or a torchvision / timm model name")
     p.add_argument("--image-size", type=int, help="training crop size in pixels (on-disk datasets)")
     p.add_argument("--save-every", type=int, help="also checkpoint every N steps")
     p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "strict"),
@@ -32,7 +32,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args, recipe: str):
-    cfg = get_recipe(recipe)
+    """The recipe (or ``--config FILE``) with the flags and ``--set`` overrides applied; a recipe's per-setting
+    values (e.g. CIFAR's warm-up per noise rate) are resolved after the overrides."""
     sets = list(args.overrides)
     for flag, key in (("out", "train.out"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
                       ("seed", "train.seed"), ("noise_rate", "data.noise_rate"), ("data_root", "data.data_root"),
@@ -47,11 +48,16 @@ def _config_from_args(args, recipe: str):
     if args.resume:
         sets.append("train.resume=true")
         sets.append(f"train.resume_strict={args.resume == 'strict'}")
-    return apply_overrides(cfg, sets)
+    if getattr(args, "config", None):
+        # A saved run's config.json (or a hand-written one) is complete: no recipe resolution, only overrides.
+        return apply_overrides(load_config_file(args.config), sets)
+    return resolve_recipe(recipe, sets)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alr_fast", description=__doc__)
+    # `deepspeed --module alr_fast ...` puts --local_rank=N before the sub-command; the rank comes from the env.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_demo = sub.add_parser("demo", help="CE vs SELC vs ALR on embedded real MNIST digits (CPU, ~1-2 min)")
@@ -61,16 +67,35 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="one run of one method from a recipe")
     p_train.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
     p_train.add_argument("--method", choices=METHODS)
+    p_train.add_argument("--config", metavar="RUN/config.json",
+                         help="re-run a saved (or hand-written) config instead of a recipe; flags and --set apply on top")
     # The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead.
     p_train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     _add_common(p_train)
 
-    from alr_fast.data.cli import add_data_parser, run_data_command
+    p_xval = sub.add_parser("crossval", help="K-fold cross-fit: out-of-sample probabilities for every sample")
+    p_xval.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
+    p_xval.add_argument("--method", choices=METHODS)
+    p_xval.add_argument("--folds", type=int, default=5, help="number of folds K (K models, each on (K-1)/K of the data)")
+    p_xval.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: --seed)")
+    p_xval.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    _add_common(p_xval)
+
+    p_review = sub.add_parser("review", help="review sheet of the most suspect labels of a run (PNG, CSV, HTML)")
+    p_review.add_argument("run_dir", help="a train or crossval run folder (holds refined_labels.csv)")
+    p_review.add_argument("--top", type=int, default=100, help="number of samples on the sheet")
+    p_review.add_argument("--html", action="store_true", help="also write review.html (images inlined)")
+    p_review.add_argument("--by", choices=("auto", "oos", "bank"), default="auto",
+                          help="ranking: out-of-sample probabilities (oos) or the bank (default: oos when present)")
+    p_review.add_argument("--data-root", help="dataset folder, when it moved since the run")
+
+    from alr_fast.data.tools.cli import add_data_parser, run_data_command
 
     add_data_parser(sub)
 
     p_show = sub.add_parser("config", help="print a recipe's resolved config as JSON")
     p_show.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
+    p_show.add_argument("--config", metavar="RUN/config.json", help="show a saved config (with --set applied)")
     p_show.add_argument("--set", dest="overrides", action="append", default=[])
 
     args = parser.parse_args(argv)
@@ -79,8 +104,19 @@ def main(argv: list[str] | None = None) -> int:
             return run_data_command(args)
         if args.command == "config":
             from alr_fast.config import config_to_dict
+            from alr_fast.recipes import RECIPE_SOURCES, warmup_source
 
-            print(json.dumps(config_to_dict(apply_overrides(get_recipe(args.recipe), args.overrides)), indent=2))
+            if args.config:
+                cfg = apply_overrides(load_config_file(args.config), args.overrides)
+            else:
+                cfg = resolve_recipe(args.recipe, args.overrides)
+            shown = config_to_dict(cfg)
+            if not args.config:
+                shown["_sources"] = {"recipe": RECIPE_SOURCES[args.recipe], "method.warmup_epochs":
+                                     "--set" if any(o.startswith("method.warmup_epochs=") for o in args.overrides)
+                                     else warmup_source(cfg),
+                                     "method.lam": "unpublished for ALR; see alr_fast/recipes.py"}
+            print(json.dumps(shown, indent=2))
             return 0
         if args.command == "demo":
             from alr_fast.demo import format_table, run_demo
@@ -98,6 +134,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"total {summary['total_time_s']:.1f} s")
             print(format_table(summary["methods"]))
             print(f"\nwritten: {cfg.train.out}/summary.json, {cfg.train.out}/comparison.png")
+            if "review" in summary:
+                print(f"most suspect labels ({summary['review']['method']}'s bank): {summary['review']['png']} "
+                      f"(and .csv, .html); any run: python -m alr_fast review RUN_DIR")
+            return 0
+        if args.command == "review":
+            from alr_fast.review import review_run
+
+            review_run(args.run_dir, top=args.top, html=args.html, by=args.by, data_root=args.data_root)
+            return 0
+        if args.command == "crossval":
+            from alr_fast.crossval import crossval
+
+            crossval(_config_from_args(args, args.recipe), args.folds, fold_seed=args.fold_seed)
+            shutdown_distributed()
             return 0
         from alr_fast.trainer import train
 

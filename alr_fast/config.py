@@ -26,6 +26,9 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "METHODS",
+    "override_keys",
+    "load_config_file",
+    "provenance",
 ]
 
 METHODS = ("ce", "selc", "alr")
@@ -82,6 +85,17 @@ class DataConfig:
     """With noise_file: the array's key inside an .npz (default: its only array)."""
     webvision_source: str = "all"
     """Full WebVision: which training list, 'google', 'flickr' or 'all' (mini-WebVision is always Google)."""
+    val_fraction: float = 0.0
+    """Share of the (noisy) training set held out as a validation slice for model selection (stratified by
+    given label, seed `val_seed`): its rows are never trained on and their bank rows never updated. 0 = no
+    slice (then only datasets with a clean val split, Clothing1M, select a best model)."""
+    val_seed: int = 0
+    """Seed of the noisy validation slice."""
+    ilsvrc_val_list: str | None = None
+    """(mini-)WebVision: a "<file> <label>" list of ILSVRC-2012 val images, evaluated every epoch as a second
+    set (`ilsvrc_root` holds the images)."""
+    ilsvrc_root: str | None = None
+    """Folder of the ILSVRC-2012 val images named in `ilsvrc_val_list`."""
 
     def __post_init__(self):
         _check_choice("data", "noise_kind", self.noise_kind, NOISE_KINDS)
@@ -92,6 +106,10 @@ class DataConfig:
         _check(self.workers >= 0, "data", "workers", "must be >= 0", self.workers)
         _check(self.subset_size >= 0, "data", "subset_size", "must be >= 0", self.subset_size)
         _check_choice("data", "webvision_source", self.webvision_source, ("google", "flickr", "all"))
+        _check(0.0 <= self.val_fraction < 1.0, "data", "val_fraction", "must be in [0, 1)", self.val_fraction)
+        if bool(self.ilsvrc_val_list) != bool(self.ilsvrc_root):
+            raise ValueError("config data.ilsvrc_val_list / data.ilsvrc_root: give both or neither, got "
+                             f"{self.ilsvrc_val_list!r} / {self.ilsvrc_root!r}")
         if (self.cifar_n or self.noise_file) and self.noise_kind != "none":
             raise ValueError("config data.noise_kind: must be 'none' when data.cifar_n or data.noise_file gives "
                              f"the labels, got {self.noise_kind!r}")
@@ -100,9 +118,14 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "small_cnn"
-    """'small_cnn' or 'mlp' (for the embedded digits) or any torchvision classification model name."""
+    """'small_cnn' / 'mlp' (embedded digits), 'preact_resnet18' / 'cifar_resnet34' (CIFAR stem), any torchvision
+    classifier (e.g. 'resnet50'), or a timm model (e.g. 'inception_resnet_v2', extra [timm]); see models.py."""
     width: int = 16
     """Base width of small_cnn / hidden units / 8 of mlp."""
+    pretrained: str | None = None
+    """Path of a state dict to start from (e.g. torchvision's resnet50-11ad3fa6.pth), loaded with
+    torch.load(weights_only=True); the classifier is re-initialised for the run's classes. Nothing is
+    downloaded."""
 
     def __post_init__(self):
         _check(self.width >= 1, "model", "width", "must be >= 1", self.width)
@@ -121,7 +144,9 @@ class OptimConfig:
     schedule: str = "cosine"
     """'cosine' (to 0 at the last step), 'step' (x0.1 at each of `milestones`) or 'constant'."""
     milestones: tuple[int, ...] = ()
-    """Epochs at which the 'step' schedule divides the learning rate by 10."""
+    """Epochs at which the 'step' schedule multiplies the learning rate by `gamma`."""
+    gamma: float = 0.1
+    """Factor of the 'step' schedule at each milestone."""
 
     def __post_init__(self):
         _check_choice("optim", "optimizer", self.optimizer, ("sgd", "adamw"))
@@ -129,6 +154,7 @@ class OptimConfig:
         _check(self.lr > 0, "optim", "lr", "must be > 0", self.lr)
         _check(0 <= self.momentum < 1, "optim", "momentum", "must be in [0, 1)", self.momentum)
         _check(self.weight_decay >= 0, "optim", "weight_decay", "must be >= 0", self.weight_decay)
+        _check(0 < self.gamma <= 1, "optim", "gamma", "must be in (0, 1]", self.gamma)
         self.milestones = tuple(int(m) for m in self.milestones)
         _check(list(self.milestones) == sorted(self.milestones), "optim", "milestones", "must be sorted",
                self.milestones)
@@ -146,6 +172,28 @@ class MethodConfig:
     gives 0.1-1; recipes set their own (the demo's 1.0 was measured, see recipes.py)."""
     warmup_epochs: int = 4
     """Epochs of plain cross-entropy before refinement starts (ignored by 'ce')."""
+    warmup: str = "fixed"
+    """When refinement starts: 'fixed' (after warmup_epochs) or 'auto' (when the training signal stalls, decided
+    once per epoch without clean labels; alr_fast/schedule.py documents the rule)."""
+    warmup_signal: str = "auto"
+    """warmup='auto': the per-epoch metric watched - 'auto' (a noisy-validation accuracy when the metrics have
+    one, else train_acc_given) or a metric name such as 'train_acc_given' or 'train_loss'."""
+    warmup_min_epochs: int = 1
+    """warmup='auto': fewest warm-up epochs."""
+    warmup_max_epochs: int = 0
+    """warmup='auto': refinement starts at this epoch at the latest (0 = half of train.epochs)."""
+    warmup_min_rise: float = 0.05
+    """warmup='auto': the signal must first rise this much above its epoch-0 value (learning has started)."""
+    warmup_stall_ratio: float = 0.3
+    """warmup='auto': stalled when the signal's smoothed per-epoch gain is <= this x its largest gain so far."""
+    warmup_window: int = 1
+    """warmup='auto': epochs over which the gain is averaged (smooths a noisy plateau)."""
+    warmup_patience: int = 1
+    """warmup='auto': consecutive stalled epochs before refinement starts."""
+    ramp_epochs: float = 0.0
+    """Refinement epochs over which lam rises linearly (per step) from lam/steps to lam (0 = full lam at once)."""
+    ramp_alpha: bool = False
+    """Also ramp the EMA step: alpha goes from 1 (soft labels frozen) to alpha over the same ramp."""
     bank_dtype: str = "float32"
     """Storage dtype of the soft-label bank: 'float32' or 'bfloat16'."""
     backend: str = "auto"
@@ -156,6 +204,17 @@ class MethodConfig:
         _check(0.0 <= self.alpha <= 1.0, "method", "alpha", "must be in [0, 1]", self.alpha)
         _check(self.lam >= 0.0, "method", "lam", "must be >= 0", self.lam)
         _check(self.warmup_epochs >= 0, "method", "warmup_epochs", "must be >= 0", self.warmup_epochs)
+        _check_choice("method", "warmup", self.warmup, ("fixed", "auto"))
+        _check(self.warmup_min_epochs >= 0, "method", "warmup_min_epochs", "must be >= 0", self.warmup_min_epochs)
+        _check(self.warmup_max_epochs >= 0, "method", "warmup_max_epochs", "must be >= 0", self.warmup_max_epochs)
+        _check(not self.warmup_max_epochs or self.warmup_max_epochs >= self.warmup_min_epochs, "method",
+               "warmup_max_epochs", f"must be >= warmup_min_epochs ({self.warmup_min_epochs}) or 0",
+               self.warmup_max_epochs)
+        _check(0.0 <= self.warmup_stall_ratio < 1.0, "method", "warmup_stall_ratio", "must be in [0, 1)",
+               self.warmup_stall_ratio)
+        _check(self.warmup_window >= 1, "method", "warmup_window", "must be >= 1", self.warmup_window)
+        _check(self.warmup_patience >= 1, "method", "warmup_patience", "must be >= 1", self.warmup_patience)
+        _check(self.ramp_epochs >= 0.0, "method", "ramp_epochs", "must be >= 0", self.ramp_epochs)
         _check_choice("method", "bank_dtype", self.bank_dtype, ("float32", "bfloat16"))
         _check_choice("method", "backend", self.backend, ("auto", "torch", "triton"))
 
@@ -165,7 +224,8 @@ class MethodConfig:
         return self.lam if self.name == "alr" else 0.0
 
     def refine_at(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) uses refinement."""
+        """Whether epoch ``epoch`` (0-based) uses refinement with warmup='fixed' (with 'auto' the trainer's
+        alr_fast.schedule.RefinementSchedule decides during the run)."""
         return self.name != "ce" and epoch >= self.warmup_epochs
 
 
@@ -230,6 +290,9 @@ class TrainConfig:
         _check(self.collective_timeout_s > 0, "train", "collective_timeout_s", "must be > 0",
                self.collective_timeout_s)
         _check(self.nan_check_every >= 1, "train", "nan_check_every", "must be >= 1", self.nan_check_every)
+        # A checkpoint inside an accumulation window would lose the window's partial gradient on resume.
+        _check(self.save_every % self.grad_accum == 0, "train", "save_every",
+               f"must be a multiple of train.grad_accum ({self.grad_accum})", self.save_every)
         _check(self.keep_checkpoints >= 1, "train", "keep_checkpoints", "must be >= 1", self.keep_checkpoints)
 
 
@@ -244,7 +307,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        if self.method.name != "ce" and self.method.warmup_epochs >= self.train.epochs:
+        if self.method.name != "ce" and self.method.warmup == "auto":
+            if self.method.warmup_max_epochs >= self.train.epochs or self.train.epochs < 2:
+                raise ValueError(
+                    f"config method.warmup_max_epochs: {self.method.warmup_max_epochs} leaves no refinement epoch "
+                    f"out of train.epochs={self.train.epochs}"
+                )
+        elif self.method.name != "ce" and self.method.warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"config method.warmup_epochs: {self.method.warmup_epochs} leaves no refinement epoch out of "
                 f"train.epochs={self.train.epochs}"
@@ -258,16 +327,78 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_from_dict(d: dict) -> Config:
+def _check_type(where: str, tp, value):
+    """``value`` as field type ``tp`` (JSON gives lists for tuples, ints for floats); a clear error otherwise."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(tp)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        ok = False
+    if ok is False:
+        name = getattr(tp, "__name__", str(tp))
+        raise ValueError(f"config {where}: expected {name}, got {type(value).__name__} {value!r}")
+    return float(value) if tp is float else value
+
+
+def config_from_dict(d: dict, *, source: str = "config") -> Config:
+    """Build and validate a Config from a dict (e.g. a run's config.json). Unknown or mistyped fields are
+    refused with their name; missing fields take the dataclass defaults."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: expected a JSON object with sections {sorted(_SECTIONS)}")
+    # Top-level keys starting with '_' are comments (e.g. the `_sources` that `python -m alr_fast config` prints).
+    extra_top = {k for k in d if not str(k).startswith("_")} - set(_SECTIONS) - {"recipe"}
+    if extra_top:
+        raise ValueError(f"{source}: unknown section(s) {sorted(extra_top)}; sections: {sorted(_SECTIONS)} "
+                         "and 'recipe'")
     sections = {}
     for name, f in _SECTIONS.items():
         cls = f.default_factory
-        known = {x.name for x in dataclasses.fields(cls)}
-        extra = set(d.get(name, {})) - known
+        given = d.get(name, {})
+        if not isinstance(given, dict):
+            raise ValueError(f"{source}: section {name!r} must be an object, got {type(given).__name__}")
+        hints = typing.get_type_hints(cls)
+        extra = set(given) - set(hints)
         if extra:
-            raise ValueError(f"config {name}: unknown field(s) {sorted(extra)}")
-        sections[name] = cls(**d.get(name, {}))
-    return Config(recipe=d.get("recipe", "custom"), **sections)
+            import difflib
+
+            guesses = {x: difflib.get_close_matches(x, hints, n=1) for x in sorted(extra)}
+            hint = "; ".join(f"{name}.{x}: did you mean {name}.{g[0]}?" for x, g in guesses.items() if g)
+            raise ValueError(f"{source}: unknown field(s) {sorted(f'{name}.{x}' for x in extra)}"
+                             f"{' (' + hint + ')' if hint else ''}; {name} has {sorted(hints)}")
+        values = {k: _check_type(f"{name}.{k}", hints[k], v) for k, v in given.items()}
+        sections[name] = cls(**values)
+    recipe = d.get("recipe", "custom")
+    if not isinstance(recipe, str):
+        raise ValueError(f"{source}: recipe must be a string, got {recipe!r}")
+    return Config(recipe=recipe, **sections)
+
+
+def load_config_file(path: str | Path) -> Config:
+    """A config written by the trainer (``RUN/config.json``) or by hand in the same format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    return config_from_dict(d, source=str(path))
+
+
+def override_keys(overrides) -> set[str]:
+    """The ``section.field`` names a list of ``section.field=value`` overrides sets."""
+    return {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
 
 
 def _coerce(section: str, name: str, tp, raw: str):
@@ -316,3 +447,37 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+
+
+def provenance() -> dict:
+    """Package versions, Python, and the git sha of the alr_fast checkout (None outside a git checkout), so a
+    run folder says what produced it."""
+    import importlib.metadata as md
+    import platform
+    import subprocess
+    import sys
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "triton", "deepspeed", "nvidia-dali-cuda130", "numpy", "timm"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            return None
+
+    sha = git("rev-parse", "HEAD")
+    return {
+        "git_sha": sha,
+        "git_dirty": None if sha is None else bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "command": sys.argv,
+    }

@@ -1,7 +1,8 @@
 """The embedded demo: CE vs SELC vs ALR on real MNIST digits with 60 % label noise, on a CPU.
 
 Writes ``<out>/summary.json`` = ``{"methods": {"ce": {...}, "selc": {...}, "alr": {...}}, ...}``,
-``<out>/comparison.png`` and one run folder per method (config, noise manifest, metrics.jsonl, curves).
+``<out>/comparison.png``, one run folder per method (config, noise manifest, metrics.jsonl, curves, exports) and
+the review sheet of the most suspect labels (``<out>/alr/review.png``, ``.csv``, ``.html``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = ["run_demo", "format_table"]
 
 COLUMNS = (
     ("last_test_acc", "last test acc"),
-    ("best_test_acc", "best test acc"),
+    ("peak_test_acc", "peak test acc (oracle)"),
     ("refined_label_acc", "refined-label acc"),
     ("mislabel_f1", "mislabel F1"),
     ("memo_given", "memorised"),
@@ -63,8 +64,9 @@ def _plot(out: Path, methods: list[str]) -> None:
 
 
 def run_demo(cfg: Config, methods: tuple[str, ...] = METHODS) -> dict:
+    from alr_fast.data.train_data import build_train_data
     from alr_fast.runtime import resolve_runtime
-    from alr_fast.trainer import build_train_data, train
+    from alr_fast.trainer import train
 
     t0 = time.perf_counter()
     out = Path(cfg.train.out)
@@ -87,6 +89,13 @@ def run_demo(cfg: Config, methods: tuple[str, ...] = METHODS) -> dict:
         "recipe": cfg.recipe,
     }
     if rt.is_main:
+        # The labels a person should look at first, from the last method's bank (ALR when it ran).
+        from alr_fast.review import review_run
+
+        pick = "alr" if "alr" in methods else methods[-1]
+        sheet = review_run(out / pick, top=40, html=True, quiet=True)
+        summary["review"] = {"method": pick, "png": str(sheet["png"]), "csv": str(sheet["csv"]),
+                             "html": str(sheet["html"])}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _plot(out, list(methods))
     return summary

@@ -61,6 +61,10 @@ class LoopState:
     """One metrics row per finished epoch (what ``metrics.jsonl`` holds)."""
     best_acc: float = -1.0
     best_epoch: int = -1
+    selection: dict = field(default_factory=dict)
+    """Model selection so far (alr_fast.evaluation.EvalPlan.state_dict)."""
+    schedule: dict = field(default_factory=dict)
+    """alr_fast.schedule.RefinementSchedule.state_dict(): the automatic warm-up rule's memory, collapse flags."""
     # This rank's accumulators of the running epoch (device tensors, no host sync per step).
     loss_sum: torch.Tensor | None = None
     """float64 scalar: sum over valid rows of the batch-mean loss x valid rows."""
@@ -87,7 +91,8 @@ class LoopState:
     # --- what a checkpoint holds -------------------------------------------------------------------------------
     def shared_dict(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step, "rows": self.rows,
-                "best_acc": self.best_acc, "best_epoch": self.best_epoch}
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "selection": self.selection,
+                "schedule": self.schedule}
 
     def rank_dict(self) -> dict:
         """This rank's part, with the global RNG states (captured now). ``.item()`` syncs: checkpoints only."""
@@ -97,7 +102,9 @@ class LoopState:
     def load(self, shared: dict, rank_part: dict | None) -> None:
         """Restore from a checkpoint; ``rank_part`` is None when it was written with another world size."""
         self.rows, self.best_acc, self.best_epoch = shared["rows"], shared["best_acc"], shared["best_epoch"]
+        self.selection = shared.get("selection", {})
         self.step, self.epoch, self.step_in_epoch = shared["step"], shared["epoch"], shared["step_in_epoch"]
+        self.schedule = shared.get("schedule", {})
         if rank_part is not None:
             restore_rng(rank_part["rng"])
             self.train_pred.copy_(rank_part["train_pred"].to(self.train_pred.device))

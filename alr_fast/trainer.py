@@ -12,17 +12,14 @@ label, prediction) for the metrics; exports and re-sharding assemble the global 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -30,97 +27,20 @@ import torch
 from alr_fast.bank import SoftLabelBank
 from alr_fast.atomic import atomic_path, write_text_atomic
 from alr_fast.checkpoint import complete_checkpoints, load_latest, save_checkpoint
-from alr_fast.config import Config, config_from_dict, config_to_dict, save_config
-from alr_fast.data.arrays import ArrayLoader
-from alr_fast.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier
-from alr_fast.functional import alr_loss
+from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
+from alr_fast.data.train_data import TrainData, build_train_data
+from alr_fast.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
+from alr_fast.evaluation import EvalPlan
+from alr_fast.exports import predict_probs, write_exports
+from alr_fast.functional import alr_loss, raise_on_bad_index
 from alr_fast.loop_state import LoopState
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
+from alr_fast.precision import ds_precision_config, model_input
 from alr_fast.runtime import PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout, resolve_runtime
+from alr_fast.schedule import RefinementSchedule, prediction_counts
 
-__all__ = ["TrainData", "train", "build_train_data", "predict_probs", "BatchSource"]
-
-
-class BatchSource(Protocol):
-    """What the loop needs from a loader: steps per epoch (equal on every rank) and the batches."""
-
-    def __len__(self) -> int: ...
-
-    def epoch(self, epoch: int, start_step: int = 0): ...
-
-
-@dataclass
-class TrainData:
-    """A dataset as the loop sees it: labels by global index and factories for this rank's loaders.
-
-    ``train_source(rank, world, batch_size, seed)`` must yield only indices the rank owns (i % world == rank)
-    or -1; ``predict_source(rank, world, batch_size)`` the same rows in a fixed order with the eval transform.
-    """
-
-    given_labels: np.ndarray
-    """int64 [N]: the (noisy) labels training sees."""
-    clean_labels: np.ndarray | None
-    """int64 [N] when known (synthetic noise), else None."""
-    num_classes: int
-    in_channels: int
-    image_size: int
-    train_source: Callable[[int, int, int, int], BatchSource]
-    test_source: Callable[[int], BatchSource]
-    test_labels: np.ndarray
-    predict_source: Callable[[int, int, int], BatchSource]
-    noise_manifest: dict | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def num_train(self) -> int:
-        return int(self.given_labels.shape[0])
-
-    @classmethod
-    def from_arrays(cls, train_images: torch.Tensor, given_labels, clean_labels, test_images: torch.Tensor,
-                    test_labels, *, num_classes: int, mean, std, augment: bool = False, noise_manifest=None,
-                    device: torch.device | str = "cpu") -> "TrainData":
-        """In-memory uint8 [N, C, H, W] images (the embedded datasets, quality study folds)."""
-
-        def train_source(rank, world, batch_size, seed):
-            return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=True, seed=seed,
-                               rank=rank, world_size=world, augment=augment, device=device)
-
-        def predict_source(rank, world, batch_size):
-            return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, rank=rank,
-                               world_size=world, device=device)
-
-        def test_source(batch_size):
-            return ArrayLoader(test_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, device=device)
-
-        return cls(
-            given_labels=np.asarray(given_labels, dtype=np.int64),
-            clean_labels=None if clean_labels is None else np.asarray(clean_labels, dtype=np.int64),
-            num_classes=num_classes, in_channels=train_images.shape[1], image_size=train_images.shape[-1],
-            train_source=train_source, test_source=test_source, test_labels=np.asarray(test_labels, dtype=np.int64),
-            predict_source=predict_source, noise_manifest=noise_manifest,
-        )
-
-
-def build_train_data(cfg: Config, device: torch.device | str = "cpu") -> TrainData:
-    """Load the configured dataset and apply the configured synthetic noise."""
-    from alr_fast.data.embedded import EMBEDDED_DATASETS, load_embedded
-    from alr_fast.noise import make_noisy_labels
-
-    if cfg.data.dataset not in EMBEDDED_DATASETS:
-        from alr_fast.data.train_data import reader_train_data
-
-        return reader_train_data(cfg, device)
-    s = load_embedded(cfg.data.dataset, cfg.data.test_fraction)
-    noisy, manifest = make_noisy_labels(
-        s.train_labels, kind=cfg.data.noise_kind, rate=cfg.data.noise_rate, num_classes=s.num_classes,
-        seed=cfg.data.noise_seed, images=s.train_images.numpy(),
-    )
-    return TrainData.from_arrays(
-        s.train_images, noisy, s.train_labels, s.test_images, s.test_labels, num_classes=s.num_classes,
-        mean=s.mean, std=s.std, augment=cfg.data.augment, noise_manifest=json.loads(manifest.to_json()),
-        device=device,
-    )
+__all__ = ["train", "predict_probs"]
 
 
 def _ds_config(cfg: Config, rt: Runtime) -> dict:
@@ -131,8 +51,9 @@ def _ds_config(cfg: Config, rt: Runtime) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,  # DeepSpeed's per-step timers synchronise; off by default
         "zero_optimization": {"stage": cfg.train.zero_stage},
-        "bf16": {"enabled": rt.precision == "bf16"},
-        "fp16": {"enabled": rt.precision == "fp16"},
+        # ZeRO 1/2 partition torch.optim.SGD/AdamW state like any other optimizer's (tests/test_rehearsal.py).
+        "zero_allow_untested_optimizer": True,
+        **ds_precision_config(rt.precision),
     }
 
 
@@ -151,42 +72,13 @@ def _lr_at(cfg: Config, epoch: int, step_in_epoch: int, steps_per_epoch: int) ->
         step, total = epoch * steps_per_epoch + step_in_epoch, cfg.train.epochs * steps_per_epoch
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
     if o.schedule == "step":
-        return o.lr * 0.1 ** sum(epoch >= m for m in o.milestones)
+        return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
     return o.lr
 
 
 def _autocast(rt: Runtime):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
     return torch.autocast(rt.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-@torch.no_grad()
-def _evaluate(model: torch.nn.Module, source: BatchSource, labels: torch.Tensor, rt: Runtime) -> float:
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=rt.device)
-    for x, idx in source.epoch(0):
-        with _autocast(rt):
-            pred = model(x).argmax(dim=1)
-        correct += ((pred == labels[idx.clamp_min(0)]) & (idx >= 0)).sum()
-    model.train()
-    return correct.item() / labels.numel()  # .item() syncs: once per evaluation
-
-
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, source: BatchSource, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """(global indices [n], softmax probabilities [n, K] fp32 on the CPU) of ``model`` over ``source``."""
-    model.eval()
-    idxs, probs = [], []
-    for x, idx in source.epoch(0):
-        with _autocast(rt):
-            p = torch.softmax(model(x).float(), dim=1)
-        keep = idx >= 0
-        idxs.append(idx[keep].cpu())
-        probs.append(p[keep].cpu())
-    model.train()
-    if not idxs:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
-    return torch.cat(idxs), torch.cat(probs)
 
 
 def _gather_global(local_values: torch.Tensor, bank: SoftLabelBank, fill) -> torch.Tensor:
@@ -229,71 +121,6 @@ def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_exports(out: Path, engine, bank: SoftLabelBank, data: TrainData, rt: Runtime, batch_size: int) -> dict:
-    """refined_labels.csv, pred_probs.npy, soft_labels.npy, labels.npy and exports.json; a collective call.
-
-    Built to scale to full WebVision (2.4M x 1000): no N x K tensor goes through a collective or sits in
-    memory. Each rank writes its own rows to ``<out>/.export_parts/`` (``--out`` is on a shared filesystem
-    for multi-node runs anyway); rank 0 streams them into memory-mapped ``.npy`` files.
-    """
-    k, n = bank.num_classes, data.num_train
-    gidx, probs = predict_probs(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), rt)
-    parts = out / ".export_parts"
-    if rt.is_main:
-        parts.mkdir(parents=True, exist_ok=True)
-    barrier()
-    torch.save({"pred_index": gidx, "probs": probs, "bank_index": bank.global_index.cpu(),
-                "soft": bank.soft.float().cpu()}, parts / f"part{rt.rank}.pt")
-    barrier()
-    info = {}
-    if rt.is_main:
-        given = data.given_labels.astype(np.int64)
-        # Each export file appears complete or not at all (written aside, fsynced, renamed: alr_fast.atomic).
-        with atomic_path(out / "pred_probs.npy") as pred_tmp, atomic_path(out / "soft_labels.npy") as soft_tmp:
-            pred_mm = np.lib.format.open_memmap(pred_tmp, mode="w+", dtype=np.float32, shape=(n, k))
-            soft_mm = np.lib.format.open_memmap(soft_tmp, mode="w+", dtype=np.float32, shape=(n, k))
-            pred_mm[:] = 0.0  # rows never predicted (skipped unreadable images) stay 0
-            refined = np.zeros(n, dtype=np.int64)
-            confidence = np.zeros(n, dtype=np.float32)
-            given_mass = np.zeros(n, dtype=np.float32)
-            for r in range(rt.world_size):
-                part = torch.load(parts / f"part{r}.pt", map_location="cpu", weights_only=True, mmap=True)
-                pred_mm[part["pred_index"].numpy()] = part["probs"].numpy()
-                rows, soft = part["bank_index"].numpy(), part["soft"]
-                soft_mm[rows] = soft.numpy()
-                refined[rows] = soft.argmax(dim=1).numpy()
-                confidence[rows] = soft.max(dim=1).values.numpy()
-                given_mass[rows] = soft.gather(1, torch.from_numpy(given[rows])[:, None]).squeeze(1).numpy()
-            pred_mm.flush()
-            soft_mm.flush()
-            del pred_mm, soft_mm
-        # Suspicion: soft-label mass that moved away from the given label; rank 1 = most suspect (ties by index).
-        order = np.lexsort((np.arange(n), given_mass))
-        suspect_rank = np.empty(n, dtype=np.int64)
-        suspect_rank[order] = np.arange(1, n + 1)
-        with atomic_path(out / "refined_labels.csv") as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["global_index", "given_label", "refined_label", "confidence", "suspect_rank"])
-            w.writerows(zip(range(n), given.tolist(), refined.tolist(), (f"{c:.6f}" for c in confidence.tolist()),
-                            suspect_rank.tolist()))
-        with atomic_path(out / "labels.npy") as tmp:
-            np.save(tmp, given)
-        shutil.rmtree(parts, ignore_errors=True)
-        info = {
-            "num_samples": n,
-            "num_classes": k,
-            "num_changed": int((refined != given).sum()),
-            "files": ["refined_labels.csv", "pred_probs.npy", "soft_labels.npy", "labels.npy"],
-            "cleanlab": "cleanlab.filter.find_label_issues(np.load('labels.npy'), np.load('pred_probs.npy'))",
-            "pred_probs_note": "in-sample probabilities of the final model (eval transform), not cross-validated; "
-                               "rows of images skipped as unreadable are 0",
-            "soft_labels_note": f"the bank's soft labels as float32 (stored as {str(bank.soft.dtype).replace('torch.', '')})",
-        }
-        write_text_atomic(out / "exports.json", json.dumps(info, indent=2) + "\n")
-    barrier()
-    return info
 
 
 _NO_BAD_STEP = 2**62
@@ -363,18 +190,22 @@ class _Loop:
             )
         self.cfg, self.rt = cfg, rt
         self.data = data = data or build_train_data(cfg, rt.device)
+        self.plan = EvalPlan.build(cfg, data, rt.device)  # evaluation sets, noisy validation slice, selection
         self.out = out = Path(cfg.train.out)
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.json")
             if data.noise_manifest is not None:
                 (out / "noise.json").write_text(json.dumps(data.noise_manifest, indent=2) + "\n")
+            # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
+            np.save(out / "noisy_labels.npy", np.asarray(data.given_labels, dtype=np.int64))
+            (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
         barrier()
 
         torch.manual_seed(cfg.train.seed)
         k = data.num_classes
         model = build_model(cfg.model.name, num_classes=k, in_channels=data.in_channels, image_size=data.image_size,
-                            width=cfg.model.width).to(rt.device)
+                            width=cfg.model.width, pretrained=cfg.model.pretrained).to(rt.device)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model),
                                                     config=_ds_config(cfg, rt))
         apply_collective_timeout(rt.device, cfg.train.collective_timeout_s)  # DeepSpeed's own groups too
@@ -382,13 +213,14 @@ class _Loop:
                                   world_size=rt.world_size).to(rt.device)
         self.given = torch.from_numpy(data.given_labels)
         self.clean = torch.from_numpy(data.clean_labels) if data.clean_labels is not None else None
-        self.train_loader = data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed)
-        self.test_loader = data.test_source(max(cfg.train.batch_size, 256))
-        self.test_labels = torch.from_numpy(data.test_labels).to(rt.device)
+        self.train_loader = self.plan.wrap_train(
+            data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed), rt.device)
         self.steps_per_epoch = len(self.train_loader)
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
-        self.alpha, self.lam = cfg.method.alpha, cfg.method.effective_lam
+        # When refinement starts (fixed or automatic) and the lam/alpha ramp: alr_fast/schedule.py.
+        self.sched = RefinementSchedule.from_config(cfg.method, cfg.train.epochs, self.steps_per_epoch,
+                                                    data.given_labels, k)
         self.faults = _Faults.from_env(rt.rank)
         self.signals = StopSignals()
         self.stopping = False
@@ -412,10 +244,13 @@ class _Loop:
         latest, saved = found
         if saved["world_size"] != rt.world_size:  # count steps in this world size's steps per epoch from here on
             self.state.step = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
+        if self.state.selection:
+            self.plan.load_state_dict(self.state.selection)
         only_train = lambda d: {k: v for k, v in d.items() if k != "train"}  # noqa: E731
         if only_train(config_to_dict(config_from_dict(saved["config"]))) != only_train(config_to_dict(cfg)):
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
                              "(only train.* fields may change on resume)")
+        self.sched.load_state_dict(self.state.schedule)
         if rt.is_main:
             s = self.state
             print(f"[alr_fast] resumed from {latest} (epoch {s.epoch}, step {s.step_in_epoch} of the epoch, "
@@ -424,6 +259,8 @@ class _Loop:
     def save(self) -> None:
         """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it). Callers have
         just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss."""
+        sync_buffers(self.engine.module)  # the engine saves rank 0's module: make it every rank's
+        self.state.schedule = self.sched.state_dict()
         save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
                         rank=self.rt.rank, world_size=self.rt.world_size, keep=self.cfg.train.keep_checkpoints)
 
@@ -448,7 +285,7 @@ class _Loop:
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
         cfg, engine, bank, s = self.cfg, self.engine, self.bank, self.state
-        refine = cfg.method.refine_at(epoch)
+        refine = self.sched.refine_at(epoch)
         n_local = bank.num_samples
         s.epoch = epoch
         s.start_epoch()
@@ -467,10 +304,11 @@ class _Loop:
             local = bank.local_index(idx)
             if s.step + 1 == self.faults.nan_at_step:
                 x = x * float("nan")  # fault injection for the non-finite-loss test
-            logits = engine(x)
+            alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
+            logits = engine(model_input(x, engine.module))
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
             # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
-            loss = alr_loss(logits, bank.soft, local, alpha=self.alpha, lam=self.lam, refine=refine,
+            loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
                             backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
             engine.backward(loss)
             engine.step()
@@ -501,8 +339,10 @@ class _Loop:
 
     def end_epoch(self, epoch: int, timing: dict) -> None:
         """Once per epoch: host syncs, collectives, CPU-side metrics, logging, exports, checkpoint."""
+        sync_buffers(self.engine.module)  # BatchNorm statistics: one set on every rank before eval and checkpoint
         cfg, s, bank = self.cfg, self.state, self.bank
         totals = all_reduce_sum(torch.stack([s.loss_sum, s.seen.double()]))
+        raise_on_bad_index(self.rt.backend, self.rt.device, bank.num_samples)  # names a masked index >= N
         n_seen = int(totals[1].item())
         train_loss = totals[0].item() / max(n_seen, 1)
         if not math.isfinite(train_loss):
@@ -510,21 +350,28 @@ class _Loop:
                 f"epoch {epoch}: training loss is {train_loss} (non-finite logits; see alr_fast.reference for how "
                 "the loss treats them) - lower optim.lr or check the input data"
             )
-        test_acc = _evaluate(self.engine.module, self.test_loader, self.test_labels, self.rt)
-        if test_acc > s.best_acc:
-            s.best_acc, s.best_epoch = test_acc, epoch
+        evals = self.plan.evaluate(self.engine.module, self.rt.device, max(cfg.train.batch_size, 256),
+                                   lambda: _autocast(self.rt))
+        if self.plan.observe(epoch, evals) and self.rt.is_main:
+            with atomic_path(self.out / "model_best.pt") as tmp:  # selected on validation
+                torch.save(self.engine.module.state_dict(), tmp)
+        s.selection = self.plan.state_dict()
         row = {
             "epoch": epoch,
-            "phase": "refine" if cfg.method.refine_at(epoch) else "warmup",
+            "phase": "refine" if self.sched.refine_at(epoch) else "warmup",
             "lr": timing["lr"],
             "train_loss": train_loss,
-            "test_acc": test_acc,
-            "best_test_acc": s.best_acc,
+            **evals,
             "images_per_s": n_seen / timing["epoch_time"],
             "epoch_time_s": timing["epoch_time"],
             "data_time_s": timing["data_time"],
             "step_time_s": timing["step_time"],
         }
+        # Automatic end of warm-up and collapse guard: K + 2 numbers reduced once per epoch.
+        counts = all_reduce_sum(prediction_counts(s.train_pred[: bank.num_samples], bank.given, bank.num_classes))
+        row.update(self.sched.end_epoch(epoch, row, counts))
+        for msg in self.sched.messages if self.rt.is_main else ():
+            print(f"[alr_fast] {msg}", flush=True)
         if self.clean is not None:
             refined = _gather_global(bank.refined_labels(), bank, -1).cpu()
             preds = _gather_global(s.train_pred[: bank.num_samples], bank, -1).cpu()
@@ -609,7 +456,7 @@ class _Loop:
         cfg, rt, engine, s = self.cfg, self.rt, self.engine, self.state
         self.close_sinks()
         exports = write_exports(self.out, engine, self.bank, self.data, rt, max(cfg.train.batch_size, 256))
-        # Data parallelism must leave every rank with the same weights: check it, cheaply, once.
+        # Data parallelism must leave every rank with the same weights and buffers: check it, cheaply, once.
         digest = hashlib.sha256()
         for p in engine.module.state_dict().values():
             digest.update(p.detach().float().cpu().numpy().tobytes())
@@ -621,8 +468,7 @@ class _Loop:
         summary = {
             "method": cfg.method.name,
             "last_test_acc": last["test_acc"],
-            "best_test_acc": s.best_acc,
-            "best_epoch": s.best_epoch,
+            **self.plan.summary(last),
             "epochs": cfg.train.epochs,
             "train_time_s": time.perf_counter() - self.t_run,
             "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
@@ -630,6 +476,7 @@ class _Loop:
             "device": str(rt.device),
             "loss_backend": rt.backend,
             "sample_passes": int(cfg.train.epochs * self.data.num_train),
+            **self.sched.summary(),
             "weights_sha256_prefix": digest.hexdigest()[:16],
             "rank_weight_digests": rank_codes,
         }
@@ -642,7 +489,7 @@ class _Loop:
             with atomic_path(self.out / "model.pt") as tmp:
                 torch.save(engine.module.state_dict(), tmp)
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-            warm = cfg.method.warmup_epochs if cfg.method.name != "ce" else None
+            warm = self.sched.switch_epoch if cfg.method.name != "ce" else None
             _plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
         barrier()
         return summary

@@ -3,7 +3,7 @@
 The data: a Clothing1M-layout fixture of ``--images`` real-photo JPEGs (patches of scikit-learn's two sample
 photos, 500 x 375, quality 90), written once under ``--data-dir``. Both loaders run the Clothing1M train
 recipe (decode -> resize shorter side 256 -> random crop 224 -> flip -> normalise -> float32 NCHW) through the
-project's loaders (:class:`alr_fast.data.dali.DaliLoader`, :class:`alr_fast.data.torch_loader.TorchLoader`),
+project's loaders (:class:`alr_fast.data.loaders.dali.DaliLoader`, :class:`alr_fast.data.loaders.torch_loader.TorchLoader`),
 global indices included, with the same CPU budget: DALI ``num_threads = W`` vs ``num_workers = W`` DataLoader
 processes with one intra-op thread each (``--workers W``, default 2 = this CI machine's cores).
 
@@ -141,11 +141,11 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace, data_dir: Path) -> int:
-    from alr_fast.data.clothing1m import read_clothing1m
-    from alr_fast.data.dali import DaliLoader, dali_available
-    from alr_fast.data.fixtures import make_fixture
-    from alr_fast.data.torch_loader import TorchLoader
-    from alr_fast.data.transforms import recipe_transform
+    from alr_fast.data.readers.clothing1m import read_clothing1m
+    from alr_fast.data.loaders.dali import DaliLoader, dali_available
+    from alr_fast.data.tools.fixtures import make_fixture
+    from alr_fast.data.loaders.torch_loader import TorchLoader
+    from alr_fast.data.loaders.transforms import recipe_transform
 
     torch.set_num_threads(1)  # the main process only receives batches; the workers do the work
     w, h = (int(v) for v in args.image_size.split("x"))

@@ -13,6 +13,11 @@ backward of the loss alone on logits of the same shape), as a share of the ALR s
     python benchmarks/bench_train.py                                  # demo recipe (MNIST-5k, CPU)
     python benchmarks/bench_train.py --recipe mini-webvision --data-root DIR --model resnet50 \\
         --set data.image_size=224 --batch-size 256 --set train.precision=bf16    # on a GPU
+    python benchmarks/bench_train.py --synthetic 100000,1000,256 --batch-size 256 --tag k1000   # MLP, K=1000
+
+``--synthetic N,K,D`` replaces the recipe's data and model by N random D-dimensional samples with K classes
+(in memory, an epoch permutation per rank, padding as the loaders do) and a two-layer MLP (D -> 512 -> K):
+the shape at which the loss is a large share of a CPU step.
 
 Writes ``<out>/bench_train_<device>.json`` and ``.md`` (device, versions, git sha, command, raw timings).
 """
@@ -34,11 +39,40 @@ import torch.nn.functional as F
 
 from alr_fast.bank import SoftLabelBank
 from alr_fast.config import apply_overrides
+from alr_fast.data.train_data import build_train_data
 from alr_fast.functional import alr_loss
 from alr_fast.models import build_model
+from alr_fast.precision import model_input
 from alr_fast.recipes import RECIPES, get_recipe
 from alr_fast.runtime import resolve_runtime
-from alr_fast.trainer import _ds_config, _optimizer, build_train_data
+from alr_fast.trainer import _ds_config, _optimizer
+
+
+class SyntheticData:
+    """N random samples of dimension D with K classes, held in memory; each rank's epoch is a permutation of
+    the rows it owns (i % world == rank), the last batch padded with index -1, like the trainer's loaders."""
+
+    def __init__(self, n: int, k: int, dim: int, device: torch.device):
+        g = torch.Generator().manual_seed(0)
+        self.num_classes, self.dim, self.device = k, dim, device
+        self.features = torch.randn(n, dim, generator=g).to(device)
+        self.given_labels = torch.randint(0, k, (n,), generator=g).numpy()
+
+    def train_source(self, rank: int, world: int, batch: int, seed: int):
+        data = self
+
+        class Source:
+            def epoch(self, epoch: int):
+                owned = torch.arange(rank, data.features.shape[0], world)
+                order = owned[torch.randperm(owned.numel(), generator=torch.Generator().manual_seed(seed + epoch))]
+                for i in range(0, order.numel(), batch):
+                    idx = order[i : i + batch]
+                    if idx.numel() < batch:
+                        idx = torch.cat([idx, torch.full((batch - idx.numel(),), -1)])
+                    idx = idx.to(data.device)
+                    yield data.features[idx.clamp_min(0)], idx
+
+        return Source()
 
 
 def _sync(device: torch.device) -> None:
@@ -56,6 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=3, help="alternating ce/alr blocks of --steps each")
     ap.add_argument("--warmup-steps", type=int, default=5)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--synthetic", help="N,K,D: random in-memory data and an MLP instead of the recipe's")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments and the config, then exit")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
@@ -67,14 +104,26 @@ def main(argv=None) -> int:
     if args.batch_size:
         sets.append(f"train.batch_size={args.batch_size}")
     cfg = apply_overrides(get_recipe(args.recipe), sets + ["train.progress=false"])
+    if args.dry_run:  # benchmarks/gpu_evidence.sh --dry-run: arguments and overrides are valid
+        print(json.dumps({"recipe": args.recipe, "model": cfg.model.name, "batch_size": cfg.train.batch_size,
+                          "precision": cfg.train.precision, "synthetic": args.synthetic, "dry_run": True}))
+        return 0
     rt = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend)
-    data = build_train_data(cfg, rt.device)
+    data = SyntheticData(*map(int, args.synthetic.split(",")), rt.device) if args.synthetic else \
+        build_train_data(cfg, rt.device)
 
     import deepspeed
 
     torch.manual_seed(0)
-    model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, width=cfg.model.width).to(rt.device)
+    if args.synthetic:
+        model = torch.nn.Sequential(torch.nn.Linear(data.dim, 512), torch.nn.ReLU(),
+                                    torch.nn.Linear(512, data.num_classes)).to(rt.device)
+    else:
+        model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size, width=cfg.model.width).to(rt.device)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
+    if low is not None:  # DeepSpeed casts the parameters only: cast BatchNorm's running statistics along
+        model = model.to(low)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model), config=_ds_config(cfg, rt))
     bank = SoftLabelBank(torch.from_numpy(data.given_labels), data.num_classes, cfg.method.bank_dtype,
                          rank=rt.rank, world_size=rt.world_size).to(rt.device)
@@ -90,6 +139,7 @@ def main(argv=None) -> int:
 
     stream = batches()
 
+
     def run_block(mode: str, steps: int) -> list[dict]:
         times = []
         for _ in range(steps):
@@ -98,7 +148,7 @@ def main(argv=None) -> int:
             x, idx = next(stream)
             _sync(rt.device)
             t1 = time.perf_counter()
-            logits = engine(x)
+            logits = engine(model_input(x, engine.module))
             if mode == "ce":
                 valid = idx >= 0
                 loss = F.cross_entropy(logits.float()[valid], given[idx[valid]])
@@ -163,7 +213,8 @@ def main(argv=None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "recipe": args.recipe,
-        "model": cfg.model.name,
+        "model": f"mlp({args.synthetic})" if args.synthetic else cfg.model.name,
+        "num_classes": data.num_classes,
         "batch_size": cfg.train.batch_size,
         "precision": rt.precision,
         "loss_backend": rt.backend,
@@ -176,7 +227,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "gpu" if rt.device.type == "cuda" else "cpu"
+    tag = ("gpu" if rt.device.type == "cuda" else "cpu") + (f"_{args.tag}" if args.tag else "")
     (out / f"bench_train_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [f"# bench_train ({device_name})", "", f"`{result['command']}` — git {result['git_sha'][:10]}, "
           f"{result['date_utc']} UTC, torch {torch.__version__}, {cfg.model.name}, batch {cfg.train.batch_size}, "

@@ -14,6 +14,7 @@ recipe.
 
     python benchmarks/quality.py                 # full study (~30-40 min on 2 CPU cores)
     python benchmarks/quality.py --quick         # one seed, 60 % symmetric, MNIST-5k, with cleanlab (~1-2 min)
+    python benchmarks/quality.py --study warmup  # auto warm-up + lam ramp vs fixed warm-ups (see run_warmup_study)
 
 Writes ``<out>/quality.json`` (every run's summary), ``<out>/quality.md`` (tables + goal checks) and PNG plots.
 """
@@ -34,10 +35,12 @@ import torch
 from _common import git  # benchmarks/ is on sys.path when run as a script
 
 from alr_fast.config import Config
+from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.metrics import label_quality
 from alr_fast.recipes import demo
 from alr_fast.runtime import resolve_runtime
-from alr_fast.trainer import TrainData, build_train_data, predict_probs, train
+from alr_fast.exports import predict_probs
+from alr_fast.trainer import train
 
 METHODS = ("ce", "selc", "alr")
 SYM_RATES = (0.2, 0.4, 0.6, 0.8)
@@ -48,6 +51,13 @@ ABLATIONS = {
     "lam": [0.0, 0.1, 0.3, 1.0, 2.0],
     "warmup_epochs": [1, 2, 4, 6, 8, 12],
 }
+
+
+# --- warm-up study: one recipe (automatic end of warm-up + lam ramp) against fixed warm-ups -----------------------
+WARMUP_SETTINGS = [("sym-incl", r) for r in SYM_RATES] + [("asym-digits", ASYM_RATE), ("pair", 0.45)]
+AUTO_RECIPE = {"warmup": "auto", "ramp_epochs": 5.0}
+"""The recipe under test: the demo's (alpha 0.9, lam 1.0, 40 epochs) with warmup='auto' and a 5-epoch lam ramp."""
+FIXED_WARMUPS = (1, 2, 4, 10)
 
 
 def base_config(dataset: str, kind: str, rate: float, seed: int, out: Path) -> Config:
@@ -69,7 +79,7 @@ def base_config(dataset: str, kind: str, rate: float, seed: int, out: Path) -> C
 def run_cleanlab(cfg: Config, data: TrainData, rt, folds: int, seed: int, out: Path) -> dict:
     from cleanlab.filter import find_label_issues
 
-    from alr_fast.data.embedded import load_embedded
+    from alr_fast.data.readers.embedded import load_embedded
 
     t0 = time.perf_counter()
     arrays = load_embedded(cfg.data.dataset, cfg.data.test_fraction)  # same split as build_train_data
@@ -136,7 +146,20 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/quality")
     ap.add_argument("--runs", default="runs/quality", help="scratch folder for the individual runs")
+    ap.add_argument("--study", choices=("main", "warmup"), default="main",
+                    help="main: CE/SELC/ALR/cleanlab over noise rates (+ ablations); warmup: auto warm-up + lam "
+                         "ramp vs fixed warm-ups")
+    ap.add_argument("--cases", default="",
+                    help="warmup study: comma-separated dataset:kind@rate (e.g. digits:sym-incl@0.8) instead of "
+                         "the full grid (--datasets x sym 20/40/60/80, asym 40, pair 45)")
+    ap.add_argument("--fixed-warmups", default=",".join(map(str, FIXED_WARMUPS)),
+                    help="warmup study: the fixed warm-up lengths (epochs) to compare against")
+    ap.add_argument("--fixed-ramp-epochs", type=float, default=0.0,
+                    help="warmup study: lam ramp of the fixed-warm-up arms (0 = the demo recipe as it was)")
+    ap.add_argument("--stem", default="", help="output file stem (default: quality / quality_quick / warmup_study)")
     args = ap.parse_args(argv)
+    if args.study == "warmup":
+        return run_warmup_study(args)
 
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     datasets = ["mnist5k"] if args.quick else args.datasets.split(",")
@@ -195,13 +218,174 @@ def main(argv=None) -> int:
         "seeds": seeds,
         "folds": args.folds,
     }
-    stem = "quality_quick" if args.quick else "quality"
+    stem = args.stem or ("quality_quick" if args.quick else "quality")
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
     md = report(records, meta)
     (out / f"{stem}.md").write_text(md)
     plots(records, out, stem)
     print(md)
     return 0
+
+
+def warmup_cases(args) -> list[tuple[str, str, float]]:
+    if args.cases:
+        cases = []
+        for item in args.cases.split(","):
+            try:
+                dataset, setting = item.split(":")
+                kind, rate = setting.split("@")
+                cases.append((dataset, kind, float(rate)))
+            except ValueError:
+                raise SystemExit(f"--cases: expected dataset:kind@rate (e.g. digits:sym-incl@0.8), got {item!r}")
+        return cases
+    return [(d, k, r) for d in args.datasets.split(",") for k, r in WARMUP_SETTINGS]
+
+
+def warmup_arms(fixed_warmups: list[int], fixed_ramp: float) -> list[tuple[str, dict]]:
+    """(arm name, MethodConfig fields) of the warm-up study. SELC keeps the demo recipe (fixed warm-up 4)."""
+    arms = [("selc", {"name": "selc"}), ("alr-auto", {"name": "alr", **AUTO_RECIPE})]
+    arms += [(f"alr-fixed{w}", {"name": "alr", "warmup": "fixed", "warmup_epochs": w, "ramp_epochs": fixed_ramp})
+             for w in fixed_warmups]
+    return arms
+
+
+CURVE_KEYS = ("test_acc", "train_loss", "train_acc_given", "pred_max_share", "refined_label_acc", "memo_given")
+
+
+def run_warmup_study(args) -> int:
+    """Auto warm-up + lam ramp (AUTO_RECIPE) vs SELC and vs ALR with each fixed warm-up, per case and seed.
+
+    Goals checked (issue "one recipe that never collapses"): ALR-auto >= SELC + 5 points last-epoch accuracy in
+    every setting; std over seeds <= 3 points; no collapse flagged; refined-label accuracy >= 97 % (sym 40 %)
+    and >= 95 % (sym 60 %) on MNIST-5k; pair 45 % >= 75 %; auto within 1 point of the best fixed warm-up.
+    Every run's per-epoch curves are kept in the JSON so that each miss can be explained.
+    """
+    seeds = [int(s) for s in args.seeds.split(",")]
+    fixed = [int(w) for w in args.fixed_warmups.split(",") if w]
+    out, runs = Path(args.out), Path(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    rt = resolve_runtime("cpu" if not torch.cuda.is_available() else "auto", "auto", "auto")
+    t_start = time.perf_counter()
+    records: list[dict] = []
+    for dataset, kind, rate in warmup_cases(args):
+        noise = f"{kind}@{rate:g}"
+        for seed in seeds:
+            cfg = base_config(dataset, kind, rate, seed, runs)
+            data = build_train_data(cfg)
+            for arm, fields in warmup_arms(fixed, args.fixed_ramp_epochs):
+                c = copy.deepcopy(cfg)
+                for key, value in fields.items():
+                    setattr(c.method, key, value)
+                c.train.out = str(runs / "warmup" / dataset / noise / f"seed{seed}" / arm)
+                s = train(c, data, runtime=rt)
+                rows = [json.loads(line) for line in (Path(c.train.out) / "metrics.jsonl").read_text().splitlines()]
+                rec = dict(s, study="warmup", dataset=dataset, noise=noise, seed=seed, arm=arm,
+                           actual_rate=data.noise_manifest["actual_rate"], method_fields=fields,
+                           curves={k: [r.get(k) for r in rows] for k in CURVE_KEYS})
+                records.append(rec)
+                print(f"[{time.perf_counter() - t_start:7.1f}s] warmup {dataset} {noise} seed={seed} {arm:12s} "
+                      f"last={s['last_test_acc']:.3f} refined={s.get('refined_label_acc', 0):.3f} "
+                      f"refine_from={s['refine_from_epoch']} collapse={s['collapse_epochs']}", flush=True)
+    meta = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git_sha": (git("rev-parse", "HEAD") or "unknown"),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "device": str(rt.device),
+        "torch": torch.__version__,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "total_time_s": time.perf_counter() - t_start,
+        "recipe": "alr_fast.recipes.demo (model per dataset: " + json.dumps(DATASET_MODEL) + ")",
+        "auto_recipe": AUTO_RECIPE,
+        "fixed_warmups": fixed,
+        "fixed_ramp_epochs": args.fixed_ramp_epochs,
+        "seeds": seeds,
+    }
+    stem = args.stem or "warmup_study"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    md = warmup_report(records, meta)
+    (out / f"{stem}.md").write_text(md)
+    warmup_plot(records, out / f"{stem}_curves.png")
+    print(md)
+    return 0
+
+
+def warmup_report(records: list[dict], meta: dict) -> str:
+    lines = ["# Warm-up study: automatic end of warm-up + lam ramp vs fixed warm-ups", "",
+             f"Command: `{meta['command']}`  ", f"git {meta['git_sha'][:10]}, {meta['date_utc']} UTC, "
+             f"{meta['machine']}, device {meta['device']}, torch {meta['torch']}, "
+             f"total {meta['total_time_s'] / 60:.1f} min.  ",
+             f"Seeds {meta['seeds']} (mean ± sample std). Auto recipe: {json.dumps(meta['auto_recipe'])}; fixed "
+             f"warm-ups {meta['fixed_warmups']} with a {meta['fixed_ramp_epochs']:g}-epoch lam ramp.", "",
+             "| data | noise | actual | arm | last test acc | peak test acc (oracle) | refined-label acc | refinement from "
+             "epoch | seeds with a collapse flag |", "|---|---|---|---|---|---|---|---|---|"]
+    cases = list(dict.fromkeys((r["dataset"], r["noise"]) for r in records))
+    goals = []
+    for dataset, noise in cases:
+        by_arm = {}
+        for r in _group(records, dataset=dataset, noise=noise):
+            by_arm.setdefault(r["arm"], []).append(r)
+        for arm, g in by_arm.items():
+            switch = [r["refine_from_epoch"] for r in g]
+            lines.append(f"| {dataset} | {noise} | {100 * np.mean([r['actual_rate'] for r in g]):.1f} % | {arm} | "
+                         f"{fmt([r['last_test_acc'] for r in g])} | {fmt([r['peak_test_acc'] for r in g])} | "
+                         f"{fmt([r['refined_label_acc'] for r in g])} | {switch} | "
+                         f"{sum(bool(r['collapse_epochs']) for r in g)} of {len(g)} |")
+        auto = by_arm.get("alr-auto")
+        if not auto:
+            continue
+        a_mean, a_std = mean_std([r["last_test_acc"] for r in auto])
+        tag = f"{dataset} {noise}"
+        if "selc" in by_arm:
+            sm = mean_std([r["last_test_acc"] for r in by_arm["selc"]])[0]
+            goals.append(f"- {tag}: ALR-auto {100 * a_mean:.1f} vs SELC {100 * sm:.1f} (goal ≥ SELC + 5): "
+                         f"**{'holds' if a_mean >= sm + 0.05 else 'does not hold'}**")
+        goals.append(f"- {tag}: std over seeds {100 * a_std:.1f} (goal ≤ 3): " + (
+            f"**{'holds' if a_std <= 0.03 else 'does not hold'}**" if len(auto) > 1 else "not measured (1 seed)"))
+        n_coll = sum(bool(r["collapse_epochs"]) for r in auto)
+        goals.append(f"- {tag}: ALR-auto runs with a collapse flag: {n_coll} of {len(auto)} (goal 0): "
+                     f"**{'holds' if n_coll == 0 else 'does not hold'}**")
+        fixed_means = {arm: mean_std([r["last_test_acc"] for r in g])[0] for arm, g in by_arm.items()
+                       if arm.startswith("alr-fixed")}
+        if fixed_means:
+            best_arm = max(fixed_means, key=fixed_means.get)
+            b = fixed_means[best_arm]
+            goals.append(f"- {tag}: ALR-auto {100 * a_mean:.1f} vs best fixed warm-up ({best_arm}) {100 * b:.1f} "
+                         f"(goal within 1 point): **{'holds' if a_mean >= b - 0.01 else 'does not hold'}**")
+        target = {("mnist5k", "sym-incl@0.4"): 0.97, ("mnist5k", "sym-incl@0.6"): 0.95}.get((dataset, noise))
+        if target:
+            ra = mean_std([r["refined_label_acc"] for r in auto])[0]
+            goals.append(f"- {tag}: refined-label acc {100 * ra:.1f} % (goal ≥ {100 * target:.0f} %): "
+                         f"**{'holds' if ra >= target else 'does not hold'}**")
+        if noise == "pair@0.45":
+            goals.append(f"- {tag}: ALR-auto {100 * a_mean:.1f} (goal ≥ 75): "
+                         f"**{'holds' if a_mean >= 0.75 else 'does not hold'}**")
+    return "\n".join(lines + ["", "## Goals", ""] + goals + [""]) + "\n"
+
+
+def warmup_plot(records: list[dict], path: Path) -> None:
+    """Test accuracy per epoch of the first seed, every arm, per case; the dotted line is auto's switch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys((r["dataset"], r["noise"]) for r in records))
+    fig, axes = plt.subplots(1, len(cases), figsize=(5.2 * len(cases), 3.8), squeeze=False)
+    for ax, (dataset, noise) in zip(axes[0], cases):
+        g = _group(records, dataset=dataset, noise=noise)
+        seed = min(r["seed"] for r in g)
+        for r in _group(g, seed=seed):
+            ax.plot(r["curves"]["test_acc"], label=r["arm"], lw=2.0 if r["arm"] == "alr-auto" else 1.0)
+            if r["arm"] == "alr-auto" and r["refine_from_epoch"] is not None:
+                ax.axvline(r["refine_from_epoch"] - 0.5, color="k", ls=":", lw=1)
+        ax.set_title(f"{dataset} {noise}, seed {seed}: test acc")
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _group(records, **match):
@@ -215,7 +399,7 @@ def report(records: list[dict], meta: dict) -> str:
              f"total {meta['total_time_s'] / 60:.1f} min.  ",
              f"Seeds {meta['seeds']} (mean ± sample std over seeds); cleanlab with {meta['folds']}-fold CE.", ""]
     main_runs = _group(records, study="main")
-    cols = ("last_test_acc", "best_test_acc", "refined_label_acc", "mislabel_precision", "mislabel_recall",
+    cols = ("last_test_acc", "peak_test_acc", "refined_label_acc", "mislabel_precision", "mislabel_recall",
             "mislabel_f1", "memo_true", "memo_given", "memo_other")
     for dataset in dict.fromkeys(r["dataset"] for r in main_runs):
         lines += [f"## {dataset}", "", "| noise | actual | method | " + " | ".join(cols) + " | sample passes |",

@@ -16,7 +16,9 @@ else:
         alr_forward,
         alr_grad_scale,
         fused_alr_loss,
+        fused_alr_loss_checked,
         pick_config,
+        raise_on_bad_index,
     )
 
     HAS_FUSED_ALR = True
@@ -27,5 +29,7 @@ else:
         "alr_forward",
         "alr_grad_scale",
         "fused_alr_loss",
+        "fused_alr_loss_checked",
         "pick_config",
+        "raise_on_bad_index",
     ]

@@ -62,6 +62,8 @@ leaks into the statistics of other rows.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 from typing import NamedTuple
 
@@ -70,7 +72,8 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from alr_fast.functional import describe, validate_inputs
+from alr_fast.contract import REDUCTIONS as _REDUCTION_NAMES
+from alr_fast.contract import ALRParams, describe, validate_fused_inputs, validate_inputs
 
 __all__ = [
     "ALRLoss",
@@ -79,17 +82,21 @@ __all__ = [
     "alr_forward",
     "alr_grad_scale",
     "fused_alr_loss",
+    "fused_alr_loss_checked",
     "pick_config",
+    "raise_on_bad_index",
     "INTERPRETED",
 ]
 
-REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the kernel's codes for alr_fast.contract.REDUCTIONS
+assert set(REDUCTIONS) == set(_REDUCTION_NAMES)
 
 # Block-size heuristics. NOT yet timed on a GPU (no GPU in the session that wrote them). Checked only by
 # compiling for sm_90 with ptxas (no spills; about 64-140 registers per thread at 8 elements per thread per
 # [ROWS, BLOCK_K] tensor). Re-tune with benchmarks/bench_loss.py on the first H100/H200 run.
 MAX_ONE_SWEEP_BLOCK = 8192  # K up to this is processed from registers: one read of the logits and bank row
-MULTI_SWEEP_BLOCK = 4096  # block along K for the two-sweep path (K > MAX_ONE_SWEEP_BLOCK)
+MULTI_SWEEP_BLOCK = 2048  # block along K for the two-sweep path (K > MAX_ONE_SWEEP_BLOCK)
+MULTI_SWEEP_ELEMS_PER_THREAD = 4  # two-sweep path: 5 per-lane accumulators per element (ptxas: no spills)
 TILE_ELEMS = 2048  # target elements per program (ROWS * BLOCK_K) when K is small
 ELEMS_PER_THREAD = 8  # num_warps = ROWS * BLOCK_K / (32 * ELEMS_PER_THREAD), clamped to [2, 32]
 MAX_ROWS = 128  # most rows per program
@@ -128,10 +135,12 @@ def _alr_rows(
     row,
     idx,
     act,
+    N,
     K_DIV,
     alpha,
     one_minus_alpha,
     lam,
+    gscale,
     REFINE: tl.constexpr,
     HAS_ENTROPY: tl.constexpr,
     STORE_ROWS: tl.constexpr,
@@ -142,9 +151,14 @@ def _alr_rows(
 ):
     """One row per lane: lanes ``act`` process batch row ``row`` against bank row ``idx`` (< 0: padded).
 
-    Returns the per-lane loss (0 for padded or inactive lanes, NaN for non-finite rows) and the valid mask.
+    ``gscale`` multiplies the stored gradient (``1 / n_valid`` for "mean", else 1): the gradient is final when
+    the loss's ``grad_output`` is 1. An index ``>= N`` never touches the bank: its row gets a NaN loss and a
+    NaN gradient (like a non-finite row). Returns the per-lane loss (0 for padded or inactive lanes, NaN for
+    non-finite or out-of-range rows), the valid mask (index >= 0) and the out-of-range mask.
     """
     valid = act & (idx >= 0)
+    oob = valid & (idx >= N)
+    inb = valid & (idx < N)  # the only rows whose logits and bank row are read
     # int64 offsets: row * stride overflows int32 once B*K (or N*K for the bank) exceeds 2**31.
     # ROW_ALIGN (a power of two dividing K and every row stride) tells the compiler that rows start on aligned
     # elements (multiple_of) and, through K = K_DIV * ROW_ALIGN, that the column mask is constant in groups of
@@ -152,15 +166,15 @@ def _alr_rows(
     K = K_DIV * ROW_ALIGN
     l_off = tl.multiple_of(row.to(tl.int64) * stride_lb, ROW_ALIGN)
     g_off = tl.multiple_of(row.to(tl.int64) * stride_gb, ROW_ALIGN)
-    b_off = tl.multiple_of(tl.where(valid, idx, 0).to(tl.int64) * stride_nb, ROW_ALIGN)
+    b_off = tl.multiple_of(tl.where(inb, idx, 0).to(tl.int64) * stride_nb, ROW_ALIGN)
     cols = tl.arange(0, BLOCK_K)
 
     if ONE_SWEEP:
         kmask = cols[None, :] < K
-        lmask = valid[:, None] & kmask
+        lmask = inb[:, None] & kmask
         z = tl.load(logits_ptr + l_off[:, None] + cols[None, :], mask=lmask, other=0.0).to(tl.float32)
         finite = tl.abs(z) < float("inf")  # False for NaN and +-inf; masked elements are 0.0
-        bad = tl.max(tl.where(finite, 0, 1), axis=1) > 0
+        bad = (tl.max(tl.where(finite, 0, 1), axis=1) > 0) | oob
         zs = tl.where(finite, z, 0.0)
         zm = tl.where(kmask, zs, float("-inf"))
         m = tl.max(zm, axis=1)
@@ -173,7 +187,7 @@ def _alr_rows(
         if REFINE:
             # t_new = alpha t + (1 - alpha) p   (p detached); enters the loss in fp32, stored in the bank dtype
             t = alpha * t + one_minus_alpha * p
-            wmask = (valid & ~bad)[:, None] & kmask
+            wmask = (inb & ~bad)[:, None] & kmask
             tl.store(bank_ptr + b_off[:, None] + cols[None, :], _round_to(t, bank_ptr.dtype.element_ty), mask=wmask)
         t_sum = tl.sum(t, axis=1)
         # CE against the target: -sum_k t_k log p_k (t_k = 0 contributes exactly 0, masked columns too)
@@ -187,43 +201,53 @@ def _alr_rows(
         else:
             # dL/dz = (sum_k t_k) p - t
             g = t_sum[:, None] * p - t
-        g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g, 0.0))
+        # The mean's 1/n_valid is folded in here, so the backward has nothing to do when grad_output is 1.
+        g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g * gscale, 0.0))
         gmask = act[:, None] & kmask
         tl.store(grad_ptr + g_off[:, None] + cols[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=gmask)
     else:
-        # Sweep 1: online max m, s = sum_k exp(z_k - m), a = sum_k exp(z_k - m) (z_k - m), sum_k t_k.
-        m = tl.full([ROWS], float("-inf"), tl.float32)
-        s = tl.zeros([ROWS], tl.float32)
-        a = tl.zeros([ROWS], tl.float32)
-        t_sum = tl.zeros([ROWS], tl.float32)
-        n_bad = tl.zeros([ROWS], tl.int32)
+        # Sweep 1, per lane (no cross-thread reduction inside the loop): lane j keeps, over the columns
+        # j, j + BLOCK_K, ..., a running max m_j, s_j = sum exp(z - m_j), a_j = sum exp(z - m_j) (z - m_j),
+        # the sum of t and a count of non-finite logits. They are combined once after the loop.
+        m_l = tl.full([ROWS, BLOCK_K], float("-inf"), tl.float32)
+        s_l = tl.zeros([ROWS, BLOCK_K], tl.float32)
+        a_l = tl.zeros([ROWS, BLOCK_K], tl.float32)
+        t_l = tl.zeros([ROWS, BLOCK_K], tl.float32)
+        bad_l = tl.zeros([ROWS, BLOCK_K], tl.int32)
         for k0 in range(0, K, BLOCK_K):
             c = k0 + cols
             kmask = c[None, :] < K
-            lmask = valid[:, None] & kmask
+            lmask = inb[:, None] & kmask
             z = tl.load(logits_ptr + l_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
             finite = tl.abs(z) < float("inf")
-            n_bad += tl.sum(tl.where(finite, 0, 1), axis=1)
+            bad_l += tl.where(finite, 0, 1)
             zs = tl.where(finite, z, 0.0)
-            zm = tl.where(kmask, zs, float("-inf"))
-            m_new = tl.maximum(m, tl.max(zm, axis=1))  # finite: every row has column 0
-            r = tl.exp(m - m_new)  # rescales sums taken with max m to max m_new (0 on the first block)
-            e = tl.exp(zm - m_new[:, None])
+            m_new = tl.where(kmask, tl.maximum(m_l, zs), m_l)
+            seen = m_new > float("-inf")  # the lane has had a column (m_new is finite)
+            r = tl.where(seen, tl.exp(m_l - m_new), 0.0)  # rescales s_j, a_j from max m_l to m_new
+            e = tl.where(kmask, tl.exp(zs - m_new), 0.0)
             if HAS_ENTROPY:
-                # a(m_new) = r * (a(m) + (m - m_new) * s(m)); the guard avoids (-inf) * 0 on the first block
-                shift = tl.where(s > 0.0, m - m_new, 0.0)
-                a = r * (a + shift * s) + tl.sum(tl.where(kmask, e * (zs - m_new[:, None]), 0.0), axis=1)
-            s = r * s + tl.sum(e, axis=1)
-            m = m_new
-            t = tl.load(bank_ptr + b_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
-            t_sum += tl.sum(t, axis=1)
-        bad = n_bad > 0
+                # a(m_new) = r * (a(m) + (m - m_new) * s(m)); the guard avoids (-inf) * 0 on a lane's first column
+                shift = tl.where(s_l > 0.0, m_l - m_new, 0.0)
+                a_l = r * (a_l + shift * s_l) + e * tl.where(kmask, zs - m_new, 0.0)
+            s_l = r * s_l + e
+            m_l = m_new
+            t_l += tl.load(bank_ptr + b_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
+        # One reduction across lanes per statistic: m = max_j m_j, s = sum_j s_j exp(m_j - m), etc.
+        m = tl.max(m_l, axis=1)
+        w = tl.where(s_l > 0.0, tl.exp(m_l - m[:, None]), 0.0)
+        s = tl.sum(s_l * w, axis=1)
+        t_sum = tl.sum(t_l, axis=1)
+        bad = (tl.sum(bad_l, axis=1) > 0) | oob
+        m = tl.where(inb, m, 0.0)  # rows not read: any finite value (their outputs are masked below)
+        s = tl.where(inb, s, 1.0)
         log_s = tl.log(s)
         if REFINE:
             # sum_k t_new_k = alpha sum_k t_k + (1 - alpha) sum_k p_k, and sum_k p_k = 1
             t_sum = alpha * t_sum + one_minus_alpha
         if HAS_ENTROPY:
-            # H(p) = -sum_k p_k (z_k - m - log s) = log s - a / s
+            # a = sum_k exp(z_k - m) (z_k - m) = sum_j w_j (a_j + (m_j - m) s_j);  H(p) = log s - a / s
+            a = tl.sum(w * (a_l + tl.where(s_l > 0.0, m_l - m[:, None], 0.0) * s_l), axis=1)
             ent = log_s - a / s
         else:
             ent = tl.zeros([ROWS], tl.float32)
@@ -232,7 +256,7 @@ def _alr_rows(
         for k0 in range(0, K, BLOCK_K):
             c = k0 + cols
             kmask = c[None, :] < K
-            lmask = (valid & ~bad)[:, None] & kmask
+            lmask = (inb & ~bad)[:, None] & kmask
             z = tl.load(logits_ptr + l_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
             # log p = (z - m) - log s
             logp = (z - m[:, None]) - log_s[:, None]
@@ -243,14 +267,14 @@ def _alr_rows(
                 t = alpha * t + one_minus_alpha * p
                 tl.store(bank_ptr + b_off[:, None] + c[None, :], _round_to(t, bank_ptr.dtype.element_ty), mask=lmask)
             # -sum_k t_k log p_k
-            loss -= tl.sum(tl.where(kmask, t * logp, 0.0), axis=1)
+            loss -= tl.sum(tl.where(lmask, t * logp, 0.0), axis=1)
             if HAS_ENTROPY:
                 # dL/dz = (sum_k t_k) p - t - lam * p * (log p + H(p))
                 g = t_sum[:, None] * p - t - lam * p * (logp + ent[:, None])
             else:
                 # dL/dz = (sum_k t_k) p - t
                 g = t_sum[:, None] * p - t
-            g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g, 0.0))
+            g = tl.where(bad[:, None], float("nan"), tl.where(valid[:, None], g * gscale, 0.0))
             gmask = act[:, None] & kmask
             tl.store(grad_ptr + g_off[:, None] + c[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=gmask)
         if HAS_ENTROPY:
@@ -259,7 +283,7 @@ def _alr_rows(
     loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
     if STORE_ROWS:
         tl.store(loss_ptr + row, loss, mask=act)
-    return loss, valid
+    return loss, valid, oob
 
 
 @triton.jit
@@ -275,8 +299,9 @@ def _alr_fwd_kernel(
     loss_ptr,
     partial_ptr,
     counter_ptr,
-    scale_ptr,
+    err_ptr,
     B,
+    N,
     K_DIV,
     alpha,
     one_minus_alpha,
@@ -291,10 +316,13 @@ def _alr_fwd_kernel(
     ROW_ALIGN: tl.constexpr,
     RED_BLOCK: tl.constexpr,
 ):
-    """Forward: loss, bank update, gradient buffer. ``key`` is the sorted index (DEDUP) or the index itself.
+    """Forward: loss, bank update, final gradient. ``key`` is the sorted index (DEDUP) or the index itself.
 
-    REDUCTION: 0 "none" (per-row losses into ``loss_ptr[B]``, ``scale = 1``), 1 "sum", 2 "mean" (the scalar
-    loss into ``loss_ptr[0]`` and ``scale`` by the last program, see :func:`_last_program_reduces`).
+    REDUCTION: 0 "none" (per-row losses into ``loss_ptr[B]``), 1 "sum", 2 "mean" (the scalar loss into
+    ``loss_ptr[0]`` by the last program, see :func:`_last_program_reduces`). For "mean" every program first
+    counts the valid rows of the whole index (``B`` int64 reads, from L2 after the first program) so that it
+    can store the gradient already divided by ``n_valid``. An index ``>= N`` is recorded in ``err_ptr``
+    (``atomic_max`` of ``index + 1``; the host reads it where it synchronises anyway).
     """
     pid = tl.program_id(0)
     pos = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)  # sorted positions (DEDUP) or batch rows
@@ -302,19 +330,31 @@ def _alr_fwd_kernel(
     key = tl.load(key_ptr + pos, mask=in_batch, other=-1)
     loss_acc = tl.zeros([ROWS], tl.float32)
     n_valid = tl.zeros([ROWS], tl.float32)
+    worst = tl.full([ROWS], -1, tl.int64)  # largest out-of-range index seen (-1: none)
+    if REDUCTION == 2:
+        # n_valid of the whole batch, so that dL/dz is final here: (1 / n_valid) * dL_i/dz.
+        offs = tl.arange(0, RED_BLOCK)
+        cnt = tl.zeros([RED_BLOCK], tl.int32)
+        for b0 in range(0, B, RED_BLOCK):
+            o = b0 + offs
+            cnt += (tl.load(key_ptr + o, mask=o < B, other=-1) >= 0).to(tl.int32)
+        gscale = 1.0 / tl.maximum(tl.sum(cnt, axis=0), 1).to(tl.float32)
+    else:
+        gscale = 1.0
     if DEDUP:
         prev = tl.load(key_ptr + pos - 1, mask=in_batch & (pos > 0), other=-1)
         # A lane works if it heads a group of equal valid indices, or holds a padded row (zeroes its outputs).
         act = in_batch & ((key < 0) | (pos == 0) | (prev != key))
         while tl.max(act.to(tl.int32), axis=0) > 0:
             row = tl.load(order_ptr + pos, mask=act, other=0)
-            loss, valid = _alr_rows(
+            loss, valid, oob = _alr_rows(
                 logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
-                row, key, act, K_DIV, alpha, one_minus_alpha, lam,
+                row, key, act, N, K_DIV, alpha, one_minus_alpha, lam, gscale,
                 REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
             )  # fmt: skip
             loss_acc += tl.where(act, loss, 0.0)
             n_valid += valid.to(tl.float32)
+            worst = tl.maximum(worst, tl.where(oob, key, -1))
             # The next occurrence of this bank row must read this occurrence's write: make the write visible
             # to every thread of the program (bar.sync orders global memory within the CTA).
             tl.debug_barrier()
@@ -323,26 +363,27 @@ def _alr_fwd_kernel(
             act = act & (key >= 0) & (nkey == key)
             pos = nxt
     else:
-        loss, valid = _alr_rows(
+        loss, valid, oob = _alr_rows(
             logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
-            pos, key, in_batch, K_DIV, alpha, one_minus_alpha, lam,
+            pos, key, in_batch, N, K_DIV, alpha, one_minus_alpha, lam, gscale,
             REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
         )  # fmt: skip
         loss_acc += tl.where(in_batch, loss, 0.0)
         n_valid += valid.to(tl.float32)
-    if REDUCTION == 0:
-        if pid == 0:
-            tl.store(scale_ptr, 1.0)
-    else:
+        worst = tl.where(oob, key, -1)
+    worst_idx = tl.max(worst, axis=0)
+    if worst_idx >= 0:
+        tl.atomic_max(err_ptr, worst_idx + 1)  # only when a bad index is present: no cost otherwise
+    if REDUCTION != 0:
         _last_program_reduces(
-            partial_ptr, counter_ptr, loss_ptr, scale_ptr, tl.sum(loss_acc, axis=0), tl.sum(n_valid, axis=0),
+            partial_ptr, counter_ptr, loss_ptr, tl.sum(loss_acc, axis=0), tl.sum(n_valid, axis=0),
             REDUCTION == 2, RED_BLOCK,
         )  # fmt: skip
 
 
 @triton.jit
 def _last_program_reduces(
-    partial_ptr, counter_ptr, loss_ptr, scale_ptr, loss_part, count_part, MEAN: tl.constexpr, RED_BLOCK: tl.constexpr
+    partial_ptr, counter_ptr, loss_ptr, loss_part, count_part, MEAN: tl.constexpr, RED_BLOCK: tl.constexpr
 ):
     """Deterministic single-pass grid reduction ("last program reduces"); no second launch, no float atomics.
 
@@ -384,10 +425,8 @@ def _last_program_reduces(
         if MEAN:
             n = tl.maximum(tl.sum(count, axis=0), 1.0)  # a batch without a valid row has loss 0
             tl.store(loss_ptr, (loss_sum / n).to(tl.float32))
-            tl.store(scale_ptr, (1.0 / n).to(tl.float32))
         else:
             tl.store(loss_ptr, loss_sum.to(tl.float32))
-            tl.store(scale_ptr, 1.0)
         # Every other program has taken its ticket: nothing else touches the counter in this launch. The next
         # launch on this counter starts after this one ends (same stream), so it sees 0.
         tl.store(counter_ptr, 0)
@@ -397,34 +436,47 @@ def _last_program_reduces(
 def _alr_grad_scale_kernel(
     grad_ptr,
     stride_gb,
-    out_ptr,
-    stride_ob,
-    grad_out_ptr,
+    go_ptr,
     stride_go,
-    scale_ptr,
+    prev_ptr,
+    stride_prev,
     B,
     K_DIV,
+    n_tiles_k,
+    n_tiles,
     PER_ROW: tl.constexpr,
+    HAS_PREV: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
 ):
-    """Backward: dL/dz = grad_output (per row for "none") * scale (1/n_valid for "mean") * dL_i/dz."""
+    """Backward, in place: ``grad *= grad_output / prev`` (``prev`` = the grad_output a previous backward of
+    the same graph applied, else 1). The forward stored the final gradient for ``grad_output == 1``, so in the
+    usual case every program loads one scalar (per row for "none"), finds the factor is 1 and returns: no
+    traffic over the gradient, and no host synchronisation to decide it. A grid-stride loop over
+    ``[ROWS, BLOCK_K]`` tiles keeps the grid small (a few programs per SM) whatever the shape.
+    """
     K = K_DIV * ROW_ALIGN  # see _alr_rows: lets loads and stores vectorise
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    rmask = rows < B
-    mask = rmask[:, None] & (cols[None, :] < K)
-    if PER_ROW:
-        go = tl.load(grad_out_ptr + rows * stride_go, mask=rmask, other=0.0).to(tl.float32)
-    else:
-        go = tl.zeros([ROWS], tl.float32) + tl.load(grad_out_ptr).to(tl.float32)
-    f = go * tl.load(scale_ptr)
-    g_off = tl.multiple_of(rows * stride_gb, ROW_ALIGN)  # int64: rows * stride may exceed 2**31
-    o_off = tl.multiple_of(rows * stride_ob, ROW_ALIGN)
-    g = tl.load(grad_ptr + g_off[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    g = g * f[:, None]
-    tl.store(out_ptr + o_off[:, None] + cols[None, :], _round_to(g, out_ptr.dtype.element_ty), mask=mask)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        rows = (tile // n_tiles_k).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        cols = (tile % n_tiles_k) * BLOCK_K + tl.arange(0, BLOCK_K)
+        rmask = rows < B
+        if PER_ROW:
+            f = tl.load(go_ptr + rows * stride_go, mask=rmask, other=1.0).to(tl.float32)
+            if HAS_PREV:
+                f = f / tl.load(prev_ptr + rows * stride_prev, mask=rmask, other=1.0).to(tl.float32)
+        else:
+            f = tl.zeros([ROWS], tl.float32) + tl.load(go_ptr).to(tl.float32)
+            if HAS_PREV:
+                f = f / tl.load(prev_ptr).to(tl.float32)
+        # Early exit: nothing to do where the factor is exactly 1 (a NaN factor is != 1 and is applied).
+        todo = rmask & (f != 1.0)
+        if tl.max(tl.where(todo, 1, 0), axis=0) > 0:
+            mask = todo[:, None] & (cols[None, :] < K)  # rows whose factor is 1 are neither read nor written
+            g_off = tl.multiple_of(rows * stride_gb, ROW_ALIGN)  # int64: rows * stride may exceed 2**31
+            g = tl.load(grad_ptr + g_off[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            g = g * f[:, None]
+            tl.store(grad_ptr + g_off[:, None] + cols[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=mask)
 
 
 INTERPRETED = not isinstance(_alr_fwd_kernel, triton.runtime.JITFunction)
@@ -464,8 +516,10 @@ class _TicketCounters:
 
     def get(self, device: torch.device) -> torch.Tensor:
         """The counter for a launch on ``device`` from the current stream (a ``[1]`` int32 tensor, 0 now)."""
-        device = torch.device(device)
         if device.type != "cuda":
+            counter = self._by_stream.get((device, None))
+            if counter is not None:
+                return counter
             with self._lock:
                 key = (device, None)
                 if key not in self._by_stream:
@@ -500,6 +554,16 @@ class _TicketCounters:
 _TICKETS = _TicketCounters()
 
 
+def _cdiv(a: int, b: int) -> int:
+    """Host-side ceil(a / b) on Python ints (triton.cdiv is a constexpr function: slow to call from Python)."""
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1), on Python ints."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 class KernelConfig(NamedTuple):
     """Launch configuration of the forward kernel."""
 
@@ -509,6 +573,7 @@ class KernelConfig(NamedTuple):
     one_sweep: bool  # K <= block_k: each row is read once and processed from registers
 
 
+@functools.lru_cache(maxsize=None)
 def _num_programs_target(device: torch.device) -> int:
     """Programs wanted to fill the device: 4 per SM on a GPU; 1 under the interpreter (each costs ~5 ms)."""
     if device.type == "cuda":
@@ -530,7 +595,7 @@ def pick_config(
             raise ValueError(f"pick_config: {name} must be 0 (auto) or a power of two, got {value}")
     if num_warps < 0 or (num_warps and num_warps & (num_warps - 1)) or num_warps > 32:
         raise ValueError(f"pick_config: num_warps must be 0 (auto) or a power of two <= 32, got {num_warps}")
-    k_pow2 = triton.next_power_of_2(max(K, 1))
+    k_pow2 = _next_pow2(max(K, 1))
     if block_k:
         blk = min(block_k, k_pow2)
     else:
@@ -541,14 +606,16 @@ def pick_config(
     elif not one_sweep:
         rows = 1
     else:
-        rows = max(1, min(TILE_ELEMS // blk, MAX_ROWS, triton.next_power_of_2(max(B, 1))))
+        rows = max(1, min(TILE_ELEMS // blk, MAX_ROWS, _next_pow2(max(B, 1))))
         target = _num_programs_target(device)
         # Halve the rows per program while that leaves the device under-filled and tiles above 256 elements.
-        while rows > 1 and triton.cdiv(B, rows) < target and rows * blk > 256:
+        while rows > 1 and _cdiv(B, rows) < target and rows * blk > 256:
             rows //= 2
     if not num_warps:
         # At least 2 warps: with one, ptxas spilled the bf16 DEDUP variant at K=100 (sm_90, triton 3.7.1).
-        num_warps = max(2, min(32, (rows * blk) // (32 * ELEMS_PER_THREAD)))
+        # The two-sweep path keeps 5 accumulators per element: 4 elements per thread (8 spilled at K=262144).
+        per_thread = ELEMS_PER_THREAD if one_sweep else MULTI_SWEEP_ELEMS_PER_THREAD
+        num_warps = max(2, min(32, (rows * blk) // (32 * per_thread)))
     return KernelConfig(block_k=blk, rows=rows, num_warps=num_warps, one_sweep=one_sweep)
 
 
@@ -566,25 +633,155 @@ def _row_align(*sizes: int) -> int:
     return align
 
 
-def _check_inputs(logits, bank, index, alpha, lam, reduction, where: str) -> None:
-    """Raise a clear error naming the argument. Cheap (no device access): the checks every backend shares,
-    then what only the kernel needs."""
-    validate_inputs(logits, bank, index, alpha=alpha, lam=lam, reduction=reduction, where=where)
-    if logits.dtype == torch.float64:
-        raise TypeError(
-            f"{where}: logits dtype torch.float64 is not supported by the fused kernel (it computes in fp32); "
-            "use backend='torch' for float64"
-        )
-    if (bank.shape[1] > 1 and bank.stride(1) != 1) or (bank.shape[0] > 1 and bank.stride(0) == 0):
-        raise ValueError(
-            f"{where}: bank must have unit column stride and distinct rows (it is updated in place), got "
-            f"strides {bank.stride()}"
-        )
-    if logits.device.type != "cuda" and not INTERPRETED:
-        raise ValueError(
-            f"{where}: tensors on {logits.device} need a CUDA device, or TRITON_INTERPRET=1 set before "
-            "alr_fast.kernels is imported (the Triton interpreter, for tests)"
-        )
+def _config_for(B: int, K: int, device: torch.device, block_k: int, rows: int, num_warps: int) -> KernelConfig:
+    """:func:`pick_config`, cached: a training loop sees a handful of shapes."""
+    key = (B, K, device, block_k, rows, num_warps)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        cfg = _CONFIGS[key] = pick_config(B, K, device, block_k=block_k, rows_per_program=rows, num_warps=num_warps)
+    return cfg
+
+
+_CONFIGS: dict[tuple, KernelConfig] = {}
+_NULL_CONTEXT = contextlib.nullcontext()
+
+
+def _device_guard(device: torch.device):
+    """Launch on the tensors' device: Triton launches on the current CUDA device and its current stream."""
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return _NULL_CONTEXT
+
+
+# ---------------------------------------------------------------------------------------- out-of-range index
+_BAD_INDEX: dict[torch.device, torch.Tensor] = {}
+
+
+def _bad_index_flag(device: torch.device) -> torch.Tensor:
+    """Per-device int64 flag: 0, or 1 + the largest index >= N any launch on the device has seen."""
+    flag = _BAD_INDEX.get(device)
+    if flag is None:
+        flag = _BAD_INDEX[device] = torch.zeros((1,), dtype=torch.int64, device=device)
+    return flag
+
+
+def raise_on_bad_index(device: torch.device | str, n_rows: int | None = None) -> None:
+    """Raise ``IndexError`` if a fused call on ``device`` was given an index ``>= N`` since the last check.
+
+    Such a row never touches the bank (its loss and gradient are NaN, so the loss shows it too). Reading the
+    flag synchronises the host with the device: call it where the loop synchronises anyway (logging the loss,
+    the end of an epoch), not per step. The flag is reset.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    flag = _BAD_INDEX.get(device)
+    if flag is None:
+        return
+    worst = int(flag.item())  # host sync (the caller's chosen point)
+    if worst:
+        flag.zero_()
+        size = f" for a bank of {n_rows} rows" if n_rows is not None else ""
+        raise IndexError(f"alr_loss (fused): index {worst - 1} is out of range{size}; its rows got NaN loss")
+
+
+# ------------------------------------------------------------------------------------------------ launches
+def _launch_forward(
+    logits: torch.Tensor,
+    bank: torch.Tensor,
+    index: torch.Tensor,
+    p: ALRParams,
+    grad: torch.Tensor | None = None,
+    loss_rows: torch.Tensor | None = None,
+    block_k: int = 0,
+    rows_per_program: int = 0,
+    num_warps: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward launch on validated inputs: returns ``(loss, grad)``; updates ``bank`` when refining."""
+    B, K = logits.shape
+    device = logits.device
+    if K > 1 and logits.stride(1) != 1:
+        if grad is not None and grad.data_ptr() == logits.data_ptr():
+            raise ValueError("alr_forward: writing the gradient into logits needs logits with unit column stride")
+        logits = logits.contiguous()  # one copy; any row stride is fine, a column stride is not
+    if grad is None:
+        grad = torch.empty((B, K), dtype=logits.dtype, device=device)
+    red = REDUCTIONS[p.reduction]
+    if red == 0:
+        loss = torch.empty((B,), dtype=torch.float32, device=device) if loss_rows is None else loss_rows
+    else:
+        loss = torch.empty((), dtype=torch.float32, device=device)
+    if B == 0:  # static shape: nothing to launch
+        return loss.zero_(), grad
+    cfg = _config_for(B, K, device, block_k, rows_per_program, num_warps)
+    dedup = p.refine and not p.assume_unique
+    if dedup:
+        # Stable sort on the device (no host sync): equal indices become adjacent, in batch order.
+        key, order = torch.sort(index, stable=True)
+    else:
+        key = order = index  # order is unused without DEDUP
+    n_prog = _cdiv(B, cfg.rows)
+    align = _row_align(K, logits.stride(0), grad.stride(0), bank.stride(0))
+    if red:
+        # Per-program partials: torch.empty launches nothing (caching allocator; stream-ordered, and taken
+        # from the graph's private pool under CUDA graph capture). The ticket counter must be 0 on entry:
+        # a cached per-stream (per-capture) slot that the kernel leaves at 0; see _TicketCounters.
+        partials = torch.empty((2 * n_prog,), dtype=torch.float32, device=device)
+        counter = _TICKETS.get(device)
+    else:
+        partials = counter = loss  # unused by the kernel ("none")
+    try:
+        _alr_fwd_kernel[(n_prog,)](
+            logits, logits.stride(0),
+            bank, bank.stride(0),
+            key, order,
+            grad, grad.stride(0),
+            loss,
+            partials, counter, _bad_index_flag(device),
+            B, bank.shape[0], K // align, p.alpha, 1.0 - p.alpha, p.lam,
+            REFINE=p.refine, HAS_ENTROPY=p.has_entropy, DEDUP=dedup, REDUCTION=red,
+            ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
+            ROW_ALIGN=align, RED_BLOCK=_red_block(cfg.num_warps),
+            num_warps=cfg.num_warps,
+        )  # fmt: skip
+    except BaseException:
+        # The interpreter runs the programs inside this call: an exception (or Ctrl-C) part-way through the
+        # grid would leave the counter non-zero for the next call. On a GPU nothing has run when the launch
+        # raises (a device fault mid-kernel is fatal to the CUDA context anyway).
+        if red and INTERPRETED:
+            counter.zero_()
+        raise
+    return loss, grad
+
+
+@functools.lru_cache(maxsize=256)
+def _scale_geometry(B: int, K: int, stride: int, device: torch.device) -> tuple[int, ...]:
+    """Tiles of the backward: ~4096 elements (16 per thread), a grid of at most a few programs per SM."""
+    blk = min(_next_pow2(K), 4096)
+    rows = max(1, min(4096 // blk, _next_pow2(B)))
+    n_tk = _cdiv(K, blk)
+    n_tiles = _cdiv(B, rows) * n_tk
+    return blk, rows, n_tk, n_tiles, min(n_tiles, _num_programs_target(device)), _row_align(K, stride), \
+        max(1, min(8, rows * blk // 512))
+
+
+def _launch_grad_scale(grad: torch.Tensor, grad_output: torch.Tensor, prev: torch.Tensor | None) -> None:
+    """``grad *= grad_output / prev`` in place (``prev`` None: 1); a no-op in traffic when the factor is 1."""
+    B, K = grad.shape
+    if B == 0:
+        return
+    per_row = grad_output.dim() == 1
+    blk, rows, n_tk, n_tiles, n_prog, align, num_warps = _scale_geometry(B, K, grad.stride(0), grad.device)
+    has_prev = prev is not None
+    if not has_prev:
+        prev = grad_output  # unused
+    _alr_grad_scale_kernel[(n_prog,)](
+        grad, grad.stride(0),
+        grad_output, grad_output.stride(0) if per_row else 0,
+        prev, prev.stride(0) if per_row else 0,
+        B, K // align, n_tk, n_tiles,
+        PER_ROW=per_row, HAS_PREV=has_prev, ROWS=rows, BLOCK_K=blk, ROW_ALIGN=align, num_warps=num_warps,
+    )  # fmt: skip
 
 
 def alr_forward(
@@ -602,119 +799,106 @@ def alr_forward(
     block_k: int = 0,
     rows_per_program: int = 0,
     num_warps: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Host function of the forward kernel (no autograd): returns ``(loss, grad, scale)``; updates ``bank``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host function of the forward kernel (no autograd): returns ``(loss, grad)``; updates ``bank``.
 
-    ``grad`` is ``dL_i/dz`` per row (unscaled) in the logits dtype; the gradient of the returned loss is
-    ``grad * scale * grad_output`` (``scale`` = ``1 / n_valid`` for ``"mean"``, else 1; a ``[1]`` fp32
-    tensor). Pass ``grad`` (``[B, K]``, logits dtype, unit column stride; may be ``logits`` itself) and
-    ``loss_rows`` (``[B]`` fp32, ``"none"`` only) to choose the output buffers. No host synchronisation;
-    one kernel launch for every reduction (plus the index sort when ``refine`` and not ``assume_unique``).
+    ``grad`` is the gradient of the returned loss for ``grad_output = 1`` (for ``"mean"`` already divided by
+    the number of valid rows), in the logits dtype. Pass ``grad`` (``[B, K]``, logits dtype, unit column
+    stride; may be ``logits`` itself) and ``loss_rows`` (``[B]`` fp32, ``"none"`` only) to choose the output
+    buffers. No host synchronisation; one kernel launch for every reduction (plus the index sort when
+    ``refine`` and not ``assume_unique``).
     """
-    _check_inputs(logits, bank, index, alpha, lam, reduction, "alr_forward")
+    p = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
+    validate_inputs(logits, bank, index, where="alr_forward")
+    validate_fused_inputs(logits, bank, "alr_forward")
+    _check_device(logits, "alr_forward")
     B, K = logits.shape
-    if logits.stride(1) != 1 and K > 1:
-        if grad is not None and grad.data_ptr() == logits.data_ptr():
-            raise ValueError("alr_forward: writing the gradient into logits needs logits with unit column stride")
-        logits = logits.contiguous()  # one copy; any row stride is fine, a column stride is not
-    if grad is None:
-        grad = torch.empty((B, K), dtype=logits.dtype, device=logits.device)
-    elif grad.shape != (B, K) or grad.dtype != logits.dtype or (K > 1 and grad.stride(1) != 1):
+    if grad is not None and (grad.shape != (B, K) or grad.dtype != logits.dtype or (K > 1 and grad.stride(1) != 1)):
         raise ValueError(
             f"alr_forward: grad must be [{B}, {K}] of dtype {logits.dtype} with unit column stride, got "
             f"{describe(grad)} with strides {grad.stride()}"
         )
-    red = REDUCTIONS[reduction]
-    scale = torch.empty((1,), dtype=torch.float32, device=logits.device)
-    if red == 0:
-        if loss_rows is None:
-            loss_rows = torch.empty((B,), dtype=torch.float32, device=logits.device)
-        elif loss_rows.shape != (B,) or loss_rows.dtype != torch.float32 or not loss_rows.is_contiguous():
-            raise ValueError(f"alr_forward: loss_rows must be a contiguous [{B}] float32 tensor")
-        loss = loss_rows
-    else:
-        loss = torch.empty((), dtype=torch.float32, device=logits.device)
-    if B == 0:  # static shape: nothing to launch
-        loss.zero_()
-        scale.fill_(1.0)
-        return loss, grad, scale
-
-    cfg = pick_config(B, K, logits.device, block_k=block_k, rows_per_program=rows_per_program, num_warps=num_warps)
-    index = index.contiguous()
-    dedup = bool(refine) and not assume_unique
-    if dedup:
-        # Stable sort on the device (no host sync): equal indices become adjacent, in batch order.
-        key, order = torch.sort(index, stable=True)
-    else:
-        key, order = index, index  # order is unused without DEDUP
-    n_prog = triton.cdiv(B, cfg.rows)
-    align = _row_align(K, logits.stride(0), grad.stride(0), bank.stride(0))
-    if red:
-        # Per-program partials: torch.empty launches nothing (caching allocator; stream-ordered, and taken
-        # from the graph's private pool under CUDA graph capture). The ticket counter must be 0 on entry:
-        # a cached per-stream (per-capture) slot that the kernel leaves at 0; see _TicketCounters.
-        partials = torch.empty((2 * n_prog,), dtype=torch.float32, device=logits.device)
-        counter = _TICKETS.get(logits.device)
-    else:
-        partials = counter = scale  # unused by the kernel ("none")
-    try:
-        _alr_fwd_kernel[(n_prog,)](
-            logits, logits.stride(0),
-            bank, bank.stride(0),
-            key, order,
-            grad, grad.stride(0),
-            loss,
-            partials, counter, scale,
-            B, K // align, float(alpha), 1.0 - float(alpha), float(lam),
-            REFINE=bool(refine), HAS_ENTROPY=bool(refine) and float(lam) != 0.0, DEDUP=dedup, REDUCTION=red,
-            ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
-            ROW_ALIGN=align, RED_BLOCK=_red_block(cfg.num_warps),
-            num_warps=cfg.num_warps,
-        )  # fmt: skip
-    except BaseException:
-        # The interpreter runs the programs inside this call: an exception (or Ctrl-C) part-way through the
-        # grid would leave the counter non-zero for the next call. On a GPU nothing has run when the launch
-        # raises (a device fault mid-kernel is fatal to the CUDA context anyway).
-        if red and INTERPRETED:
-            counter.zero_()
-        raise
-    return loss, grad, scale
+    if loss_rows is not None and (
+        reduction != "none" or loss_rows.shape != (B,) or loss_rows.dtype != torch.float32
+        or not loss_rows.is_contiguous()
+    ):
+        raise ValueError(f"alr_forward: loss_rows must be a contiguous [{B}] float32 tensor (reduction='none')")
+    with _device_guard(logits.device):
+        return _launch_forward(logits, bank, index, p, grad, loss_rows, block_k, rows_per_program, num_warps)
 
 
-def alr_grad_scale(
-    grad: torch.Tensor, grad_output: torch.Tensor, scale: torch.Tensor, *, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``out = grad * grad_output * scale`` (``grad_output`` is a scalar or ``[B]`` for ``"none"``); one launch.
+def alr_grad_scale(grad: torch.Tensor, grad_output: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+    """``grad *= grad_output / prev`` in place (``prev``: the factor a previous backward applied, default 1);
+    returns ``grad``. ``grad_output`` is a scalar, or ``[B]`` for ``"none"``. One launch that returns at once
+    where the factor is 1."""
+    B = grad.shape[0]
+    for name, t in (("grad_output", grad_output), ("prev", prev)):
+        if t is not None and (t.dim() not in (0, 1) or (t.dim() == 1 and t.shape[0] != B)):
+            raise ValueError(f"alr_grad_scale: {name} must be a scalar or [{B}], got {describe(t)}")
+    with _device_guard(grad.device):
+        _launch_grad_scale(grad, grad_output, prev)
+    return grad
 
-    ``out`` may be ``grad`` itself (in place). Allocated contiguous in ``grad``'s dtype when not given.
-    """
-    B, K = grad.shape
-    if out is None:
-        out = torch.empty((B, K), dtype=grad.dtype, device=grad.device)
-    if grad_output.dim() not in (0, 1) or (grad_output.dim() == 1 and grad_output.shape[0] != B):
-        raise ValueError(f"alr_grad_scale: grad_output must be a scalar or [{B}], got {describe(grad_output)}")
-    if B == 0 or K == 0:
-        return out
-    per_row = grad_output.dim() == 1
-    blk = min(triton.next_power_of_2(K), 4096)
-    rows = max(1, min(4096 // blk, triton.next_power_of_2(B)))  # ~4096 elements per program, 16 per thread
-    grid = (triton.cdiv(B, rows), triton.cdiv(K, blk))
-    align = _row_align(K, grad.stride(0), out.stride(0))
-    _alr_grad_scale_kernel[grid](
-        grad, grad.stride(0), out, out.stride(0),
-        grad_output, grad_output.stride(0) if per_row else 0, scale,
-        B, K // align, PER_ROW=per_row, ROWS=rows, BLOCK_K=blk, ROW_ALIGN=align,
-        num_warps=max(1, min(8, rows * blk // 512)),
-    )  # fmt: skip
-    return out
+
+def _check_device(logits: torch.Tensor, where: str) -> None:
+    if logits.device.type != "cuda" and not INTERPRETED:
+        raise ValueError(
+            f"{where}: tensors on {logits.device} need a CUDA device, or TRITON_INTERPRET=1 set before "
+            "alr_fast.kernels is imported (the Triton interpreter, for tests)"
+        )
+
+
+def _check_inplace(logits: torch.Tensor, where: str) -> None:
+    """``inplace_grad`` overwrites the logits buffer with the gradient: refuse buffers where that is wrong."""
+    B, K = logits.shape
+    if K > 1 and logits.stride(1) != 1:
+        raise ValueError(f"{where}: inplace_grad=True needs logits with unit column stride, got {logits.stride()}")
+    if B > 1 and logits.stride(0) == 0:
+        raise ValueError(f"{where}: inplace_grad=True needs logits whose rows do not alias (row stride 0)")
+    if logits.is_leaf and logits.requires_grad:
+        raise ValueError(
+            f"{where}: inplace_grad=True would overwrite a leaf tensor that requires grad (its .grad is a "
+            "separate buffer); pass a network output, or use inplace_grad=False"
+        )
+
+
+# ------------------------------------------------------------------------------------ eager autograd (thin)
+class _EagerFusedALR(torch.autograd.Function):
+    """The eager path: the launches called directly (no custom-op dispatch). The forward writes the final
+    gradient; the backward is one launch that returns at once when ``grad_output`` is 1 (decided on the
+    device) and otherwise scales the gradient buffer in place."""
+
+    @staticmethod
+    def forward(ctx, logits, bank, index, params, inplace_grad, block_k, rows):
+        if inplace_grad:
+            loss, grad = _launch_forward(logits, bank, index, params, logits, None, block_k, rows)
+            # The logits now hold the gradient: bump their version so autograd refuses a backward through
+            # anything that saved them.
+            torch.autograd.graph.increment_version(logits)
+        else:
+            loss, grad = _launch_forward(logits, bank, index, params, None, None, block_k, rows)
+        ctx.save_for_backward(grad)
+        ctx.prev_grad_output = None
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        # In place: the buffer becomes the gradient. A second backward of a retained graph rescales by
+        # grad_output / the previous grad_output (autograd copied the first result, since the graph still held
+        # the buffer). A previous grad_output of 0 cannot be undone: the second result is then NaN.
+        with _device_guard(grad.device):
+            _launch_grad_scale(grad, grad_output, ctx.prev_grad_output)
+        ctx.prev_grad_output = grad_output
+        return grad, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------ torch custom ops
-# Registered so that torch.compile treats the kernels as opaque ops (with fake implementations for tracing)
-# and so CUDA graphs can capture them; the bank is declared mutated. The reduction's ticket counter and
-# partials are internal scratch, not arguments: partials are a fresh torch.empty per call, and the counter is
-# 0 before and after every call (the launch restores it), so no state observable by the caller or by
-# functionalization changes; concurrency is handled by _TicketCounters (per stream, per captured call).
+# Used only under torch.compile (torch.compiler.is_compiling()): opaque ops with fake implementations, the
+# bank (and the logits for the in-place variant) declared mutated. The ticket counter, the partials and the
+# bad-index flag are internal scratch, not arguments: the partials are fresh per call, the counter holds 0
+# before and after every call, and the flag only ever records an error; so nothing observable by the caller
+# or by functionalization changes (concurrency: _TicketCounters).
 @torch.library.custom_op("alr_fast::fused_alr_fwd", mutates_args=("bank",))
 def _fused_alr_fwd_op(
     logits: torch.Tensor,
@@ -727,20 +911,18 @@ def _fused_alr_fwd_op(
     assume_unique: bool,
     block_k: int,
     rows_per_program: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    loss, grad, scale = alr_forward(
-        logits, bank, index, alpha=alpha, lam=lam, refine=refine, reduction=reduction,
-        assume_unique=assume_unique, block_k=block_k, rows_per_program=rows_per_program,
-    )  # fmt: skip
-    return loss, grad, scale
+) -> tuple[torch.Tensor, torch.Tensor]:
+    p = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
+    with _device_guard(logits.device):
+        loss, grad = _launch_forward(logits, bank, index, p, None, None, block_k, rows_per_program)
+    return loss, grad
 
 
 @_fused_alr_fwd_op.register_fake
 def _(logits, bank, index, alpha, lam, refine, reduction, assume_unique, block_k, rows_per_program):
-    _check_inputs(logits, bank, index, alpha, lam, reduction, "fused_alr_fwd")
     B, K = logits.shape
     loss = logits.new_empty((B,) if reduction == "none" else (), dtype=torch.float32)
-    return loss, logits.new_empty((B, K)), logits.new_empty((1,), dtype=torch.float32)
+    return loss, logits.new_empty((B, K))
 
 
 @torch.library.custom_op("alr_fast::fused_alr_fwd_inplace_grad", mutates_args=("logits", "bank"))
@@ -755,72 +937,69 @@ def _fused_alr_fwd_inplace_op(
     assume_unique: bool,
     block_k: int,
     rows_per_program: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    loss, _, scale = alr_forward(
-        logits, bank, index, alpha=alpha, lam=lam, refine=refine, reduction=reduction,
-        assume_unique=assume_unique, grad=logits, block_k=block_k, rows_per_program=rows_per_program,
-    )  # fmt: skip
-    return loss, scale
+) -> torch.Tensor:
+    p = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
+    with _device_guard(logits.device):
+        loss, _ = _launch_forward(logits, bank, index, p, logits, None, block_k, rows_per_program)
+    return loss
 
 
 @_fused_alr_fwd_inplace_op.register_fake
 def _(logits, bank, index, alpha, lam, refine, reduction, assume_unique, block_k, rows_per_program):
-    _check_inputs(logits, bank, index, alpha, lam, reduction, "fused_alr_fwd_inplace_grad")
     B = logits.shape[0]
-    loss = logits.new_empty((B,) if reduction == "none" else (), dtype=torch.float32)
-    return loss, logits.new_empty((1,), dtype=torch.float32)
+    return logits.new_empty((B,) if reduction == "none" else (), dtype=torch.float32)
 
 
-@torch.library.custom_op("alr_fast::fused_alr_grad_scale", mutates_args=())
-def _fused_alr_grad_scale_op(grad: torch.Tensor, grad_output: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return alr_grad_scale(grad, grad_output, scale)
-
-
-@_fused_alr_grad_scale_op.register_fake
-def _(grad, grad_output, scale):
-    return grad.new_empty(grad.shape)
-
-
-@torch.library.custom_op("alr_fast::fused_alr_grad_scale_inplace", mutates_args=("grad",))
-def _fused_alr_grad_scale_inplace_op(grad: torch.Tensor, grad_output: torch.Tensor, scale: torch.Tensor) -> None:
-    alr_grad_scale(grad, grad_output, scale, out=grad)
-
-
-@_fused_alr_grad_scale_inplace_op.register_fake
-def _(grad, grad_output, scale):
-    return None
-
-
-# ------------------------------------------------------------------------------------- autograd and public API
 class FusedALRFunction(torch.autograd.Function):
-    """Forward runs the fused kernel (which already writes dL_i/dz); backward only scales that buffer."""
+    """The traced path (torch.compile): the forward is a custom op that writes the final gradient; the backward
+    multiplies it by ``grad_output`` with plain torch ops, which the compiler fuses with what follows."""
 
     @staticmethod
     def forward(ctx, logits, bank, index, alpha, lam, refine, reduction, assume_unique, inplace_grad, block_k, rows):
         if inplace_grad:
-            loss, scale = torch.ops.alr_fast.fused_alr_fwd_inplace_grad(
+            loss = torch.ops.alr_fast.fused_alr_fwd_inplace_grad(
                 logits, bank, index, alpha, lam, refine, reduction, assume_unique, block_k, rows
             )
-            grad = logits  # the logits buffer now holds dL_i/dz
+            grad = logits  # the logits buffer now holds dL/dz
         else:
-            loss, grad, scale = torch.ops.alr_fast.fused_alr_fwd(
+            loss, grad = torch.ops.alr_fast.fused_alr_fwd(
                 logits, bank, index, alpha, lam, refine, reduction, assume_unique, block_k, rows
             )
-        ctx.save_for_backward(grad, scale)
-        ctx.inplace_grad = inplace_grad
+        ctx.save_for_backward(grad)
+        ctx.per_row = reduction == "none"
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad, scale = ctx.saved_tensors
-        if ctx.inplace_grad:
-            # Scaled in place: the logits buffer becomes the gradient (backward can run only once).
-            torch.ops.alr_fast.fused_alr_grad_scale_inplace(grad, grad_output, scale)
-            dz = grad
-        else:
-            # Out of place, so a retained graph can be differentiated again.
-            dz = torch.ops.alr_fast.fused_alr_grad_scale(grad, grad_output, scale)
+        (grad,) = ctx.saved_tensors
+        factor = grad_output[:, None] if ctx.per_row else grad_output
+        dz = (grad.float() * factor).to(grad.dtype)
         return dz, None, None, None, None, None, None, None, None, None, None
+
+
+# ------------------------------------------------------------------------------------------------ public API
+def fused_alr_loss_checked(
+    logits: torch.Tensor,
+    bank: torch.Tensor,
+    index: torch.Tensor,
+    params: ALRParams,
+    *,
+    inplace_grad: bool = False,
+    block_k: int = 0,
+    rows_per_program: int = 0,
+) -> torch.Tensor:
+    """:func:`fused_alr_loss` on inputs already checked by :func:`alr_fast.contract.validate_inputs` and
+    :func:`~alr_fast.contract.validate_fused_inputs` (``alr_loss`` calls this: validation runs once)."""
+    _check_device(logits, "fused_alr_loss")
+    if inplace_grad:
+        _check_inplace(logits, "fused_alr_loss")
+    if torch.compiler.is_compiling():
+        return FusedALRFunction.apply(
+            logits, bank, index, params.alpha, params.lam, params.refine, params.reduction, params.assume_unique,
+            bool(inplace_grad), int(block_k), int(rows_per_program),
+        )  # fmt: skip
+    with _device_guard(logits.device):
+        return _EagerFusedALR.apply(logits, bank, index, params, bool(inplace_grad), block_k, rows_per_program)
 
 
 def fused_alr_loss(
@@ -839,28 +1018,29 @@ def fused_alr_loss(
 ) -> torch.Tensor:
     """Fused ALR loss (differentiable w.r.t. ``logits``); updates ``bank`` in place when ``refine``.
 
-    Same semantics as :func:`alr_fast.reference.alr_loss_reference`. The index range is not checked here
-    (that would sync): indices must be ``< bank.shape[0]`` (``alr_fast.alr_loss(check_index=True)`` checks).
+    Same semantics as :func:`alr_fast.reference.alr_loss_reference`. The index range is not checked on the
+    host (that would sync): an index ``>= N`` never touches the bank, gets a NaN loss and gradient row and is
+    recorded for :func:`raise_on_bad_index` (``alr_fast.alr_loss(check_index=True)`` checks before the launch).
 
     Args:
         assume_unique: skip the device sort that serialises duplicate indices: the forward is then a single
             kernel launch for every reduction. With duplicate indices the results are then undefined.
         inplace_grad: write the gradient into the logits buffer instead of a new ``[B, K]`` buffer (saves
             memory). The logits values are destroyed by the forward, so nothing else may use them afterwards
-            (autograd raises if something saved them), and backward can run once.
+            (autograd raises if something saved them), and backward can run once. Refused for a leaf tensor
+            that requires grad and for logits whose rows alias (row stride 0).
         block_k, rows_per_program: override the block along K / rows per program (powers of two; 0 = auto).
     """
-    _check_inputs(logits, bank, index, alpha, lam, reduction, "fused_alr_loss")
-    if inplace_grad and logits.shape[1] > 1 and logits.stride(1) != 1:
-        raise ValueError("fused_alr_loss: inplace_grad=True needs logits with unit column stride")
-    return FusedALRFunction.apply(
-        logits, bank, index, float(alpha), float(lam), bool(refine), reduction, bool(assume_unique),
-        bool(inplace_grad), int(block_k), int(rows_per_program),
-    )  # fmt: skip
+    params = ALRParams.of(alpha, lam, refine, reduction, assume_unique)
+    validate_inputs(logits, bank, index, where="fused_alr_loss")
+    validate_fused_inputs(logits, bank, "fused_alr_loss")
+    return fused_alr_loss_checked(
+        logits, bank, index, params, inplace_grad=inplace_grad, block_k=block_k, rows_per_program=rows_per_program
+    )
 
 
 class ALRLoss(nn.Module):
-    """Thin module around :func:`fused_alr_loss`; the bank is passed in (it is model state owned elsewhere)."""
+    """Thin module around the fused loss; the bank is passed in (it is model state owned elsewhere)."""
 
     def __init__(
         self,
@@ -872,25 +1052,19 @@ class ALRLoss(nn.Module):
         inplace_grad: bool = False,
     ):
         super().__init__()
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"ALRLoss: alpha must be in [0, 1], got {alpha}")
-        if not float(lam) >= 0.0 or float(lam) == float("inf"):
-            raise ValueError(f"ALRLoss: lam must be a finite number >= 0, got {lam}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"ALRLoss: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
-        self.alpha = float(alpha)
-        self.lam = float(lam)
-        self.reduction = reduction
-        self.assume_unique = assume_unique
+        self.params = ALRParams(alpha, lam, True, reduction, assume_unique)  # validated here, once
+        self.warmup_params = ALRParams(alpha, lam, False, reduction, assume_unique)
         self.inplace_grad = inplace_grad
 
     def forward(
         self, logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, refine: bool = True
     ) -> torch.Tensor:
-        return fused_alr_loss(
-            logits, bank, index, alpha=self.alpha, lam=self.lam, refine=refine, reduction=self.reduction,
-            assume_unique=self.assume_unique, inplace_grad=self.inplace_grad,
-        )  # fmt: skip
+        validate_inputs(logits, bank, index, where="ALRLoss")
+        validate_fused_inputs(logits, bank, "ALRLoss")
+        return fused_alr_loss_checked(
+            logits, bank, index, self.params if refine else self.warmup_params, inplace_grad=self.inplace_grad
+        )
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, lam={self.lam}, reduction={self.reduction!r}"
+        p = self.params
+        return f"alpha={p.alpha}, lam={p.lam}, reduction={p.reduction!r}"

@@ -67,5 +67,5 @@ def test_ce_may_have_any_warmup():
 def test_unknown_field_in_dict():
     d = config_to_dict(get_recipe("demo"))
     d["train"]["epoch"] = 3
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['epoch'\]"):
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['train.epoch'\].*did you mean train.epochs"):
         config_from_dict(d)

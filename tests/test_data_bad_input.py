@@ -9,16 +9,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_data_fixtures import collect, fresh_copy
+from test_data_fixtures import BACKENDS, collect, fresh_copy, needs_dali
 
-from alr_fast.data.animal10n import read_animal10n
-from alr_fast.data.check import check_dataset
-from alr_fast.data.cifar import read_cifar
-from alr_fast.data.clothing1m import read_clothing1m
-from alr_fast.data.factory import build_loader
-from alr_fast.data.imagecheck import UnreadableImagesWarning, image_problem
+from alr_fast.data.loaders import build_loader
+from alr_fast.data.loaders.imagecheck import UnreadableImagesWarning, image_problem
 from alr_fast.data.readers import DATASET_NAMES, read_split
-from alr_fast.data.webvision import read_webvision
+from alr_fast.data.readers.animal10n import read_animal10n
+from alr_fast.data.readers.cifar import read_cifar
+from alr_fast.data.readers.clothing1m import read_clothing1m
+from alr_fast.data.readers.webvision import read_webvision
+from alr_fast.data.tools.check import check_dataset
 
 
 def _edit_line(path, lineno, new_text):
@@ -185,6 +185,7 @@ def test_torch_loader_names_the_missing_and_the_corrupt_file(damaged_clothing):
         collect(only_truncated)
 
 
+@needs_dali
 def test_dali_loader_names_the_missing_and_the_truncated_file(damaged_clothing):
     root, t = damaged_clothing
     loader = build_loader(t, train=False, batch_size=4, backend="dali", workers=1)
@@ -201,7 +202,7 @@ def test_dali_loader_names_the_missing_and_the_truncated_file(damaged_clothing):
             collect(loader)
 
 
-@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_skip_unreadable_is_opt_in_and_reported(damaged_clothing, backend):
     _, t = damaged_clothing
     with pytest.warns(UnreadableImagesWarning, match=r"clothing1m/val: skipping 3 unreadable image\(s\) of 28"):
@@ -213,8 +214,9 @@ def test_skip_unreadable_is_opt_in_and_reported(damaged_clothing, backend):
     assert torch.isfinite(x).all()
 
 
+@needs_dali
 def test_skip_unreadable_with_a_subset_keeps_epoch_length(damaged_clothing):
-    from alr_fast.data.sampling import ClassBalancedSubset
+    from alr_fast.data.loaders.plan import ClassBalancedSubset
 
     _, t = damaged_clothing
     sub = ClassBalancedSubset(t.labels, 28, num_classes=14)  # every row, every epoch
@@ -223,3 +225,92 @@ def test_skip_unreadable_with_a_subset_keeps_epoch_length(damaged_clothing):
                               skip_unreadable=True)
     _, idx, sizes = collect(loader)
     assert sum(sizes) == 28 and (idx == -1).sum() == 3 and not np.isin([3, 5, 8], idx.numpy()).any()
+
+
+# ------------------------------------------------------------------------------- hostile or broken list files
+@pytest.mark.parametrize("key, why", [
+    ("../../etc/x.jpg", "contains '..'"),
+    ("images/0/../../../x.jpg", "contains '..'"),
+    ("/etc/x.jpg", "is absolute"),
+    ("~/x.jpg", "is absolute"),
+])
+def test_clothing1m_list_paths_must_stay_under_the_root(tmp_path, key, why):
+    root = fresh_copy("clothing1m", tmp_path)
+    kv = root / "clean_label_kv.txt"
+    kv.write_text(kv.read_text() + f"{key} 3\n")
+    _edit_line(root / "clean_test_key_list.txt", 6, key)
+    listed = root / "clean_test_key_list.txt"
+    with pytest.raises(ValueError, match=re.escape(f"{listed}:6: path ") + ".*" + re.escape(
+            f" {why}; listed paths must stay under the dataset root")):
+        read_clothing1m(root, "test")
+    summary, _ = check_dataset("clothing1m", root, splits=["test"])
+    assert not summary["usable"] and f"{listed}:6: path" in summary["errors"][0]
+
+
+def test_webvision_list_paths_must_stay_under_the_root(tmp_path):
+    root = fresh_copy("webvision", tmp_path)
+    lst = root / "info" / "train_filelist_google.txt"
+    _edit_line(lst, 2, "/etc/passwd 3")
+    with pytest.raises(ValueError, match=re.escape(f"{lst}:2: path '/etc/passwd' is absolute")):
+        read_webvision(root, "train", source="google")
+    _edit_line(lst, 2, "google/../../secret.jpg 3")
+    with pytest.raises(ValueError, match=re.escape(f"{lst}:2: path 'google/../../secret.jpg' contains '..'")):
+        read_split("mini-webvision", root, "train")
+
+
+def test_non_utf8_list_file_names_file_and_line(tmp_path):
+    root = fresh_copy("clothing1m", tmp_path)
+    listed = root / "clean_val_key_list.txt"
+    lines = listed.read_bytes().split(b"\n")
+    lines[4] = b"images/0/00/caf\xe9.jpg"  # Latin-1, not UTF-8
+    listed.write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError, match=re.escape(f"{listed}:5: not UTF-8 text (byte 0xe9 at column 16)")):
+        read_clothing1m(root, "val")
+    noise = tmp_path / "labels.csv"
+    noise.write_bytes(b"global_index,label\n0,1\n1,\xff\n")
+    with pytest.raises(ValueError, match=re.escape(f"{noise}:3: not UTF-8 text")):
+        read_split("animal10n", fresh_copy("animal10n", tmp_path), "train", noise_file=noise)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    root = fresh_copy("clothing1m", tmp_path)
+    listed = root / "clean_val_key_list.txt"
+    expect = read_clothing1m(root, "val")
+    listed.write_bytes(b"\xef\xbb\xbf" + listed.read_bytes())  # what Windows editors write
+    assert read_clothing1m(root, "val").paths == expect.paths
+
+
+def test_webvision_duplicate_path_with_conflicting_labels(tmp_path):
+    root = fresh_copy("webvision", tmp_path)
+    lst = root / "info" / "train_filelist_google.txt"
+    first_path, first_label = lst.read_text().split("\n")[0].split()
+    _edit_line(lst, 4, f"{first_path} {(int(first_label) + 1) % 50}")
+    with pytest.raises(ValueError, match=re.escape(f"{lst}:4: key {first_path!r} has label {(int(first_label) + 1) % 50} "
+                                                   f"here and {first_label} at line 1")):
+        read_webvision(root, "train", source="google")
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_noise_file_label_outside_the_classes(tmp_path, label):
+    root = fresh_copy("animal10n", tmp_path)
+    n = len(read_animal10n(root, "train"))
+    labels = np.zeros(n, dtype=np.int64)
+    labels[n - 2] = label
+    np.save(tmp_path / "l.npy", labels)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'l.npy'}: label {label} at global index {n - 2} "
+                                                   "outside [0, 10)")):
+        read_split("animal10n", root, "train", noise_file=tmp_path / "l.npy")
+    (tmp_path / "l.txt").write_text("".join(f"{v}\n" for v in labels.tolist()))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'l.txt'}:{n - 1}: label {label} outside [0, 10)")):
+        read_split("animal10n", root, "train", noise_file=tmp_path / "l.txt")
+
+
+def test_cifar_n_file_of_the_wrong_length(tmp_path):
+    root = fresh_copy("cifar10", tmp_path)
+    human = torch.load(root / "CIFAR-10_human.pt", weights_only=False)
+    n = len(human["clean_label"])
+    short = {k: v[:-1] if isinstance(v, np.ndarray) else v for k, v in human.items()}
+    torch.save(short, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'short.pt'}: {n - 1} labels for {n} cifar10 train "
+                                                   "images")):
+        read_split("cifar10", root, "train", cifar_n=tmp_path / "short.pt", label_set="aggre")

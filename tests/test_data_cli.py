@@ -11,21 +11,23 @@ import numpy as np
 import pytest
 from test_data_fixtures import fixture_root, fresh_copy
 
-from alr_fast.data.cli import main
+from alr_fast.data.tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alr_fast.data.cli", "data", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "alr_fast.data.tools.cli", "data", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_make_fixture_then_check_as_a_user(tmp_path):
-    made = _run("make-fixture", "--dataset", "clothing1m", "--out", str(tmp_path / "c1m"), "--layout", "b")
+    # Layout c: the release archives extracted into one folder (.txt files and images/0/00/... in the root), the
+    # layout `data check` used to call unusable (it looked for <root>/0/00/x.jpg).
+    made = _run("make-fixture", "--dataset", "clothing1m", "--out", str(tmp_path / "c1m"), "--layout", "c")
     assert made.returncode == 0, made.stderr
     root = json.loads(made.stdout)["root"]
-    assert (Path(root) / "annotations" / "noisy_train_key_list.txt").is_file()
+    assert (Path(root) / "noisy_train_key_list.txt").is_file() and (Path(root) / "images").is_dir()
     checked = _run("check", "--dataset", "clothing1m", "--root", root)
     assert checked.returncode == 0, checked.stderr
     summary = json.loads(checked.stdout)
@@ -34,7 +36,8 @@ def test_make_fixture_then_check_as_a_user(tmp_path):
                                                                      "test": 28}
     train = summary["splits"]["train"]
     assert train["images_checked"] == 70 and train["unreadable"] == 0 and 0 < train["noise_rate"] < 1
-    assert train["extra"]["layout"] == "b"
+    assert train["extra"]["layout"] == "c"
+    assert summary["layout"]["train"]["image_keys"] == f"as written ({root}/images/...)"
     s = summary["samples"][0]
     assert s["split"] == "train" and s["index"] == 0 and Path(s["path"]).is_file() and 0 <= s["label"] < 14
     assert "usable" in checked.stderr

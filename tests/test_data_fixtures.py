@@ -13,9 +13,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from alr_fast.data.fixtures import make_fixture
+from alr_fast.data.loaders.dali import dali_available
+from alr_fast.data.tools.fixtures import make_fixture
+
+needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
+"""Mark a test that runs a DALI pipeline (only those: the torchvision tests run without DALI)."""
+BACKENDS = [pytest.param("dali", marks=needs_dali), "torch"]
+"""The loader backends, for ``pytest.mark.parametrize("backend", BACKENDS)``."""
 
 _BASE = Path(tempfile.mkdtemp(prefix="alr_fast_data_fixtures_"))
 atexit.register(shutil.rmtree, _BASE, ignore_errors=True)

@@ -5,22 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_data_fixtures import collect, fixture_root, pil_rgb
+from test_data_fixtures import BACKENDS, collect, fixture_root, needs_dali, pil_rgb
 
-from alr_fast.data.cifar import read_cifar
-from alr_fast.data.dali import DaliLoader, dali_placement
-from alr_fast.data.factory import build_loader
+from alr_fast.data.loaders import build_loader
+from alr_fast.data.loaders.dali import DaliLoader, dali_placement
+from alr_fast.data.loaders.plan import ClassBalancedSubset
+from alr_fast.data.loaders.torch_loader import TorchLoader
+from alr_fast.data.loaders.transforms import recipe_transform
 from alr_fast.data.readers import read_split
-from alr_fast.data.sampling import ClassBalancedSubset
-from alr_fast.data.torch_loader import TorchLoader
-from alr_fast.data.transforms import recipe_transform
-from alr_fast.data.webvision import read_ilsvrc_val
-
-pytest.importorskip("nvidia.dali")
+from alr_fast.data.readers.cifar import read_cifar
+from alr_fast.data.readers.webvision import read_ilsvrc_val
 
 # Tolerance of DALI vs torchvision on the deterministic eval transform (resize shorter side + centre crop),
 # in grey levels of the 0..255 input. Both decode with libjpeg-turbo's default (ISLOW) IDCT - ANIMAL-10N,
-# which needs no resize, matches bit for bit - and both use the same geometry (alr_fast.data.dali computes
+# which needs no resize, matches bit for bit - and both use the same geometry (alr_fast.data.loaders.dali computes
 # torchvision's output sizes and centre offsets). What remains is the resampler's arithmetic: PIL rounds
 # fixed-point filter weights, DALI interpolates in float, so a pixel may land on the neighbouring grey level.
 # Measured on the fixtures: max 1 level, mean 0.13-0.16. Allowed: max 2 levels anywhere, mean 0.35.
@@ -54,6 +52,7 @@ def test_dali_placement_is_decided_in_one_place():
         dali_placement("meta")
 
 
+@needs_dali
 @pytest.mark.parametrize("name, fixture, split", FILE_DATASETS)
 def test_dali_matches_torchvision_on_eval_transform(name, fixture, split):
     t = _table(name, fixture, split)
@@ -68,8 +67,7 @@ def test_dali_matches_torchvision_on_eval_transform(name, fixture, split):
     assert diff.max().item() <= EVAL_MAX_LEVELS and diff.mean().item() <= EVAL_MEAN_LEVELS, (
         f"max {diff.max().item():.3f}, mean {diff.mean().item():.4f} grey levels")
     assert sizes == [8] * (len(t) // 8) + ([len(t) % 8] if len(t) % 8 else [])
-
-
+@needs_dali
 def test_dali_normalisation_against_numpy():
     # ANIMAL-10N eval is decode + normalise only (64 x 64 images): check every value against PIL + numpy.
     t = _table("animal10n", "animal10n", "test")
@@ -79,8 +77,7 @@ def test_dali_normalisation_against_numpy():
         pixels = pil_rgb(t.path(int(idx[row]))).astype(np.float64) / 255.0
         ref = ((pixels - np.array(t.mean)) / np.array(t.std)).transpose(2, 0, 1)
         np.testing.assert_allclose(x[row].double().numpy(), ref, atol=1e-5)
-
-
+@needs_dali
 def test_dali_cifar_eval_is_exact_and_train_is_a_padded_crop():
     t = read_cifar(fixture_root("cifar10"), "cifar10", "train")
     mean = np.array(t.mean).reshape(1, 1, 3) * 255.0
@@ -109,7 +106,7 @@ def test_dali_cifar_eval_is_exact_and_train_is_a_padded_crop():
     assert len(offsets) > 10 and 0 < flips < x.shape[0]  # crops and flips are random
 
 
-@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world, stick", [(1, True), (3, True), (3, False)])
 def test_shards_disjoint_complete_and_no_duplicate_reaches_the_loss(backend, world, stick):
     t = _table("clothing1m", "clothing1m", "train")  # 70 rows: 70 / 3 -> shards of 24, padded with -1
@@ -130,7 +127,7 @@ def test_shards_disjoint_complete_and_no_duplicate_reaches_the_loss(backend, wor
     assert sorted(torch.cat(valid_all).tolist()) == list(range(70))  # disjoint and complete
 
 
-@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_resumed_epoch_repeats_the_uninterrupted_one(backend):
     # Clothing1M train: random crop + flip, drawn per (seed, epoch, global index): a resume at step 2 gives
     # exactly the last batches of the full epoch, images included.
@@ -143,15 +140,13 @@ def test_resumed_epoch_repeats_the_uninterrupted_one(backend):
     assert not torch.equal(other, x_full)  # a new epoch draws new crops
     with pytest.raises(ValueError, match="start_step 9 outside"):
         next(iter(loader.epoch(0, start_step=9)))
-
-
+@needs_dali
 def test_last_partial_batch_has_no_repeats_dali():
     # 28 rows, batch 12: the reader pads the last batch with repeats; none of them may come out.
     t = _table("clothing1m", "clothing1m", "val")
     x, idx, sizes = collect(build_loader(t, train=True, batch_size=12, backend="dali", workers=1))
     assert sizes == [12, 12, 4] and sorted(idx.tolist()) == list(range(28))
-
-
+@needs_dali
 def test_train_order_is_the_same_for_both_backends_and_epochs_differ():
     t = _table("animal10n", "animal10n", "train")
     kw = dict(train=True, batch_size=16, workers=1, seed=9)
@@ -172,8 +167,7 @@ def test_torch_path_reproducible_across_worker_counts():
     x0 = collect(build_loader(t, workers=0, **kw), 2)[0]
     x2 = collect(build_loader(t, workers=2, **kw), 2)[0]
     assert torch.equal(x0, x2)
-
-
+@needs_dali
 def test_stick_to_shard_keeps_owned_rows_per_rank():
     t = _table("animal10n", "animal10n", "train")
     loader = build_loader(t, train=True, batch_size=8, backend="dali", workers=1, rank=1, world_size=2)
@@ -181,8 +175,7 @@ def test_stick_to_shard_keeps_owned_rows_per_rank():
     assert sorted(e0.tolist()) == sorted(e1.tolist()) == list(range(1, 60, 2)) and not torch.equal(e0, e1)
     predict = build_loader(t, train=False, batch_size=8, backend="dali", workers=1, rank=1, world_size=2)
     assert collect(predict, 0)[1].tolist() == list(range(1, 60, 2))  # eval: owned rows in index order
-
-
+@needs_dali
 def test_class_balanced_subset_through_the_loader():
     t = _table("clothing1m", "clothing1m", "train")
     sub = ClassBalancedSubset(t.labels, 28, num_classes=14, seed=0)
@@ -197,7 +190,7 @@ def test_class_balanced_subset_through_the_loader():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_half_precision_outputs(dtype, backend):
     t = _table("animal10n", "animal10n", "test")
     x32 = collect(build_loader(t, train=False, batch_size=20, backend=backend, workers=1), 0)[0]
@@ -205,8 +198,7 @@ def test_half_precision_outputs(dtype, backend):
     assert x16.dtype == dtype
     tol = 1e-2 if dtype == torch.float16 else 4e-2  # half: 11-bit mantissa; bf16: 8-bit, |x| < 3
     torch.testing.assert_close(x16.float(), x32, atol=tol, rtol=0)
-
-
+@needs_dali
 def test_random_resized_crop_and_ilsvrc_table():
     root = fixture_root("webvision")
     t = read_ilsvrc_val(root / "ilsvrc2012_val_list.txt", root / "ilsvrc2012_val")
@@ -225,8 +217,7 @@ def test_loader_argument_errors():
         TorchLoader(t, recipe_transform("cifar10", train=True), batch_size=4, shuffle=False)
     with pytest.raises(ValueError, match="backend must be one of"):
         build_loader(t, train=False, batch_size=4, backend="opencv")
-
-
+@needs_dali
 def test_dali_pipeline_survives_an_unfinished_epoch():
     # The pipeline persists across epochs (reset at each epoch's end); an epoch left early is rebuilt.
     t = _table("animal10n", "animal10n", "train")
@@ -238,12 +229,10 @@ def test_dali_pipeline_survives_an_unfinished_epoch():
     pipe = loader._pipe
     np.testing.assert_array_equal(collect(loader, 3)[1].numpy(), loader.shard(3))
     assert loader._pipe is pipe  # finished epochs reuse the pipeline
-
-
+@needs_dali
 def test_exif_orientation_is_ignored_by_both_backends(tmp_path):
     # A photo carrying EXIF orientation 6 ("rotate 90"): PIL/torchvision ignore it, so DALI must too.
     from PIL import Image
-
     from test_data_fixtures import fresh_copy
 
     root = fresh_copy("animal10n", tmp_path)

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from test_data_fixtures import fixture_root
 
-from alr_fast.data.animal10n import ANIMAL10N_CLASSES, read_animal10n
-from alr_fast.data.cifar import apply_cifar_n, read_cifar, read_cifar_n
-from alr_fast.data.clothing1m import read_clothing1m
-from alr_fast.data.fixtures import CIFAR10_NAMES, ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
-from alr_fast.data.noise_files import apply_noise_file, load_noise_file
+from alr_fast.data.loaders.plan import ClassBalancedSubset, EpochPlan, balanced_quotas, sample_uniforms
 from alr_fast.data.readers import read_split
-from alr_fast.data.safe_pickle import UnsafePickleError, safe_load_numpy_pickle
-from alr_fast.data.sampling import ClassBalancedSubset, EpochPlan, balanced_quotas, sample_uniforms
-from alr_fast.data.webvision import read_ilsvrc_val, read_mini_webvision, read_webvision
+from alr_fast.data.readers.animal10n import ANIMAL10N_CLASSES, read_animal10n
+from alr_fast.data.readers.cifar import apply_cifar_n, read_cifar, read_cifar_n
+from alr_fast.data.readers.clothing1m import read_clothing1m
+from alr_fast.data.readers.noise_files import apply_noise_file, load_noise_file
+from alr_fast.data.readers.safe_pickle import UnsafePickleError, safe_load_numpy_pickle
+from alr_fast.data.readers.webvision import read_ilsvrc_val, read_mini_webvision, read_webvision
+from alr_fast.data.tools.fixtures import CIFAR10_NAMES, ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
 from alr_fast.noise import make_noisy_labels
 
 
@@ -132,7 +133,7 @@ def test_animal10n_sorted_order_and_prefix_labels():
 
 
 # ------------------------------------------------------------------------------------------------- Clothing1M
-@pytest.mark.parametrize("layout", ["a", "b"])
+@pytest.mark.parametrize("layout", ["a", "b", "c"])
 def test_clothing1m_train_order_noisy_and_clean_labels(layout):
     root = fixture_root("clothing1m", layout=layout)
     ann = root / "annotations" if layout == "b" else root
@@ -153,14 +154,58 @@ def test_clothing1m_train_order_noisy_and_clean_labels(layout):
 
 
 def test_clothing1m_layouts_agree_and_clean_splits():
-    a, b = fixture_root("clothing1m", layout="a"), fixture_root("clothing1m", layout="b")
+    roots = {layout: fixture_root("clothing1m", layout=layout) for layout in ("a", "b", "c")}
     for split, n in (("train", 70), ("clean-train", 28), ("val", 28), ("test", 28)):
-        ta, tb = read_clothing1m(a, split), read_clothing1m(b, split)
-        assert len(ta) == len(tb) == n and ta.paths == tb.paths
-        np.testing.assert_array_equal(ta.labels, tb.labels)
+        tables = {layout: read_clothing1m(root, split) for layout, root in roots.items()}
+        ta = tables["a"]
+        assert len(ta) == n and ta.extra["image_keys"].startswith("'images/' prefix stripped")
+        for layout, t in tables.items():
+            assert t.extra["layout"] == layout and len(t) == n
+            np.testing.assert_array_equal(t.labels, ta.labels)
+            # The same images, found where each layout keeps them.
+            assert [str(t.path(i).relative_to(roots[layout])).removeprefix("images/") for i in (0, n - 1)] == [
+                str(ta.path(i).relative_to(roots["a"])) for i in (0, n - 1)]
+            assert all(t.path(i).is_file() for i in range(n))
+        for layout in ("b", "c"):  # keys resolve exactly as written: <root>/images/0/00/x.jpg
+            assert tables[layout].extra["image_keys"].startswith("as written")
+            assert tables[layout].path(0).relative_to(roots[layout]).parts[0] == "images"
         if split != "train":
             np.testing.assert_array_equal(ta.clean_labels, ta.labels)
-        assert tb.path(0).is_file() and tb.path(0).parts[-4] == "images"
+
+
+def test_clothing1m_stripped_images_beside_an_annotations_folder_and_keys_without_prefix(tmp_path):
+    # Two more layouts users have: annotations/ with the image folders 0..9 in the root (prefix stripped), and
+    # key lists that were rewritten without the prefix while the images stay under images/.
+    root = tmp_path / "c1m"
+    shutil.copytree(fixture_root("clothing1m", layout="a"), root)
+    (root / "annotations").mkdir()
+    for f in root.glob("*.txt"):
+        f.rename(root / "annotations" / f.name)
+    t = read_clothing1m(root, "val")
+    assert t.extra["image_keys"].startswith("'images/' prefix stripped") and all(t.path(i).is_file()
+                                                                                 for i in range(len(t)))
+    root2 = tmp_path / "c1m-noprefix"
+    shutil.copytree(fixture_root("clothing1m", layout="c"), root2)
+    for f in root2.glob("*.txt"):
+        f.write_text(f.read_text().replace("images/", ""))
+    t2 = read_clothing1m(root2, "val")
+    assert t2.extra["image_keys"].startswith("under images/") and all(t2.path(i).is_file() for i in range(len(t2)))
+
+
+def test_webvision_val_images_in_any_folder_users_have(tmp_path):
+    root = tmp_path / "wv"
+    shutil.copytree(fixture_root("webvision"), root)
+    expect = read_webvision(root, "val")
+    assert expect.extra["image_paths"] == "under val_images_256/"
+    (root / "val_images_256").rename(root / "val_images")  # the full-size release's folder name
+    t = read_webvision(root, "val")
+    assert t.extra["image_paths"] == "under val_images/" and all(t.path(i).is_file() for i in range(len(t)))
+    (root / "val_images").rename(root / "val_images_256")
+    lst = root / "info" / "val_filelist.txt"  # a list that names the folder itself
+    lst.write_text("".join(f"val_images_256/{line}\n" for line in lst.read_text().splitlines() if line))
+    t = read_webvision(root, "val")
+    assert t.extra["image_paths"].startswith("relative to the root") and t.paths[0].startswith("val_images_256/")
+    assert [t.path(i) for i in range(len(t))] == [expect.path(i) for i in range(len(expect))]
 
 
 def test_class_balanced_subset_per_epoch():
@@ -260,6 +305,10 @@ def test_noise_file_formats(tmp_path, animal_train):
     ("gap.csv", "global_index,label\n" + "".join(f"{i},1\n" for i in range(59)),
      r"gap.csv: 1 of 60 global indices have no row \(first: 59\)"),
     ("word.csv", "global_index,label\n0,cat\n", r"word.csv:2: label 'cat' is not an integer"),
+    ("big.csv", "global_index,label\n" + "".join(f"{i},{10 if i == 7 else 1}\n" for i in range(60)),
+     r"big.csv:9: label 10 outside \[0, 10\)"),
+    ("neg.txt", "".join(f"{-1 if i == 3 else 2}\n" for i in range(60)), r"neg.txt:4: label -1 outside \[0, 10\)"),
+    ("neg.json", json.dumps([0] * 5 + [-2] + [0] * 54), r"neg.json: label -2 at global index 5 outside \[0, 10\)"),
     ("oob.csv", "global_index,label\n60,1\n", r"oob.csv:2: global_index 60 outside \[0, 60\)"),
     ("hdr.csv", "idx,lab\n0,1\n", r"hdr.csv:1: header must name 'global_index' and 'label'"),
 ])
@@ -284,7 +333,8 @@ def test_epoch_plan_shards_disjoint_complete_padded_at_end(n, world, stick):
     plans = [EpochPlan(n, shuffle=True, seed=2, rank=r, world_size=world, stick_to_shard=stick) for r in range(world)]
     for epoch in (0, 1):
         shards = [p.shard(epoch) for p in plans]
-        assert len({s.size for s in shards}) == 1 and shards[0].size == -(-n // world)  # equal step counts
+        # equal step counts; a shuffled shard holds at least 2 rows (never a training batch of one)
+        assert len({s.size for s in shards}) == 1 and shards[0].size == max(2, -(-n // world))
         valid = np.concatenate([s[s >= 0] for s in shards])
         assert np.array_equal(np.sort(valid), np.arange(n))  # disjoint and complete
         for rank, s in enumerate(shards):

@@ -6,13 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from test_data_fixtures import fixture_root
+from test_data_fixtures import fixture_root, needs_dali
 
 from alr_fast.config import apply_overrides
 from alr_fast.data.train_data import reader_train_data
 from alr_fast.recipes import get_recipe
-
-pytest.importorskip("nvidia.dali")
 
 
 def _cfg(name, tmp_path, *extra, layout="a"):
@@ -24,9 +22,9 @@ def _cfg(name, tmp_path, *extra, layout="a"):
 
 
 @pytest.mark.parametrize("name, loader, extra", [
-    ("cifar10", "dali", ["data.noise_kind=sym-incl", "data.noise_rate=0.4"]),
+    pytest.param("cifar10", "dali", ["data.noise_kind=sym-incl", "data.noise_rate=0.4"], marks=needs_dali),
     ("clothing1m", "torch", ["data.subset_size=28", "data.image_size=64"]),
-    ("animal10n", "dali", []),
+    pytest.param("animal10n", "dali", [], marks=needs_dali),
 ])
 def test_two_epochs_of_training_on_a_fixture(tmp_path, name, loader, extra):
     from alr_fast.trainer import train

@@ -22,9 +22,10 @@ def test_short_demo_writes_everything(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"ce", "selc", "alr"}
     for name, s in summary["methods"].items():
-        for key in ("last_test_acc", "best_test_acc", "refined_label_acc", "mislabel_f1"):
+        for key in ("last_test_acc", "peak_test_acc", "last_test_top5", "refined_label_acc", "mislabel_f1"):
             assert 0.0 <= s[key] <= 1.0, (name, key, s[key])
-        assert s["best_test_acc"] >= s["last_test_acc"]
+        assert s["peak_test_acc"] >= s["last_test_acc"]
+        assert s["selected_by"] is None and "best_test_acc" not in s  # the demo has no validation split
         run = out / name
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in rows] == [0, 1, 2]
@@ -39,6 +40,10 @@ def test_short_demo_writes_everything(tmp_path):
     assert summary["methods"]["alr"]["mislabel_f1"] > 0.0
     assert (out / "comparison.png").stat().st_size > 1000
     assert "| alr |" in proc.stdout
+    # the review sheet of the most suspect labels, from ALR's bank, 40 rows in rank order
+    assert (out / "alr" / "review.png").stat().st_size > 10_000 and "review.png" in proc.stdout
+    review = (out / "alr" / "review.csv").read_text().splitlines()
+    assert len(review) == 41 and [int(r.split(",")[0]) for r in review[1:]] == list(range(1, 41))
 
 
 def test_train_command_and_bad_override(tmp_path):

@@ -40,10 +40,11 @@ def make_case(b, k, n, *, dtype=torch.float32, bank_dtype=torch.float32, seed=0,
     return logits, bank, index
 
 
-def check_against_oracle(logits, bank, index, *, alpha, lam, refine, reduction, tol):
+def check_against_oracle(logits, bank, index, *, alpha, lam, refine, reduction, tol, assume_unique=False):
     bank_before = bank.clone()
     x = logits.clone().requires_grad_(True)
-    loss = alr_loss(x, bank, index, alpha=alpha, lam=lam, refine=refine, reduction=reduction, backend="torch")
+    loss = alr_loss(x, bank, index, alpha=alpha, lam=lam, refine=refine, reduction=reduction, backend="torch",
+                    assume_unique=assume_unique)
     if reduction == "none":
         loss.sum().backward()
     else:
@@ -56,8 +57,15 @@ def check_against_oracle(logits, bank, index, *, alpha, lam, refine, reduction, 
     np.testing.assert_allclose(loss.detach().double().numpy(), ref_loss, rtol=tol, atol=tol)
     gtol = max(tol, GRAD_TOL[logits.dtype])
     np.testing.assert_allclose(x.grad.double().numpy(), ref_grad, rtol=gtol, atol=gtol)
-    bank_tol = 1e-2 if bank.dtype == torch.bfloat16 else tol
-    np.testing.assert_allclose(bank.double().numpy(), ref_bank, rtol=bank_tol, atol=bank_tol)
+    if bank.dtype == torch.bfloat16:
+        # The oracle rounds its fp64 row to bf16 as the reference rounds its fp32 row: the stored values are the
+        # same bf16 numbers except where fp32 vs fp64 arithmetic straddles a rounding tie (rare). A wrong
+        # rounding (truncation, no rounding, rounding the loss's row) changes about half of the elements.
+        got, want = bank.double().numpy(), ref_bank
+        np.testing.assert_allclose(got, want, rtol=2**-7, atol=0)  # never more than 1 bf16 ulp apart
+        assert np.mean(got == want) >= 0.99, f"only {np.mean(got == want):.1%} of bf16 bank elements match exactly"
+    else:
+        np.testing.assert_allclose(bank.double().numpy(), ref_bank, rtol=tol, atol=tol)
     # Rows that no valid sample touched are bit-identical.
     touched = torch.zeros(bank.shape[0], dtype=torch.bool)
     if refine:
@@ -80,6 +88,18 @@ def test_matches_float64_oracle(k, refine, reduction):
 def test_dtypes(dtype, bank_dtype):
     logits, bank, index = make_case(13, 11, 30, dtype=dtype, bank_dtype=bank_dtype, seed=5, pad=2, dup=True)
     check_against_oracle(logits, bank, index, alpha=0.8, lam=0.3, refine=True, reduction="mean", tol=TOL[dtype])
+
+
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("refine", [True, False])
+@pytest.mark.parametrize("pad", [0, 4], ids=["all-valid", "padded"])
+def test_assume_unique_fast_path_matches_oracle(bank_dtype, reduction, refine, pad):
+    """The torch backend's assume_unique path (no sort, no host sync) on unique indices, with padded rows and
+    without (then the CPU skips the masking passes)."""
+    logits, bank, index = make_case(23, 10, 50, bank_dtype=bank_dtype, seed=21, pad=pad)
+    check_against_oracle(logits, bank, index, alpha=0.8, lam=0.4, refine=refine, reduction=reduction,
+                         tol=TOL[torch.float32], assume_unique=True)
 
 
 def test_gradient_closed_form_matches_autograd():

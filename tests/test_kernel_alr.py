@@ -31,7 +31,14 @@ from alr_fast.kernels import alr_loss as alr_loss_mod  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
-gpu_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (the interpreter runs programs one by one)")
+
+
+def gpu_only(fn):
+    """Marked ``gpu`` (``pytest -m gpu`` selects them: benchmarks/gpu_evidence.sh) and skipped without CUDA."""
+    skip = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (the interpreter runs programs one by one)")
+    return pytest.mark.gpu(skip(fn))
+
+
 
 ALPHA = 0.7
 LAM = 0.6
@@ -324,13 +331,12 @@ def test_poisoned_output_buffers(K, launch, refine):
     grad = torch.full((B, K), float("nan"), dtype=logits.dtype, device=DEVICE)
     rows = torch.full((B,), float("nan"), device=DEVICE)
     bank_f = bank.clone()
-    loss, g, scale = alr_forward(
+    loss, g = alr_forward(
         logits, bank_f, index, alpha=ALPHA, lam=LAM, refine=refine, reduction="none", grad=grad, loss_rows=rows,
         **launch,
     )  # fmt: skip
     assert g is grad and loss is rows
     assert torch.isfinite(grad.float()).all() and torch.isfinite(rows).all()
-    assert torch.equal(scale.cpu(), torch.ones(1))
     padded = index < 0
     assert torch.equal(grad[padded].float().cpu(), torch.zeros(int(padded.sum()), K))
     assert torch.equal(rows[padded].cpu(), torch.zeros(int(padded.sum())))
@@ -447,17 +453,16 @@ def test_single_launch_reduction_many_programs(K, launch, refine, assume_unique,
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("refine,assume_unique", [(True, True), (True, False), (False, False)])
 def test_single_launch_reduction_all_padded(refine, assume_unique, reduction, small_red_block):
-    """No valid row in 16 programs: loss exactly 0, scale exactly 1 (mean divides by max(n_valid, 1))."""
+    """No valid row in 16 programs: loss exactly 0 (mean divides by max(n_valid, 1)), gradient exactly 0."""
     B, K = 16, 5
     logits, bank, _ = make_case(B, K, torch.float32, torch.float32, seed=73)
     index = torch.full((B,), -1, dtype=torch.long, device=DEVICE)
     bank_f = bank.clone()
-    loss, grad, scale = alr_forward(
+    loss, grad = alr_forward(
         logits, bank_f, index, alpha=ALPHA, lam=LAM, refine=refine, reduction=reduction,
         assume_unique=assume_unique, rows_per_program=1,
     )  # fmt: skip
     assert loss.shape == () and torch.equal(loss.cpu(), torch.tensor(0.0))
-    assert torch.equal(scale.cpu(), torch.ones(1))
     assert torch.equal(grad.cpu(), torch.zeros(B, K)) and torch.equal(bank_f, bank)
     assert _counter() == 0
 
@@ -465,8 +470,8 @@ def test_single_launch_reduction_all_padded(refine, assume_unique, reduction, sm
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("assume_unique", [True, False])
 def test_single_launch_reduction_non_finite(assume_unique, reduction, small_red_block):
-    """NaN / inf rows in the first and the last program: the reduced loss is NaN (as in the reference), the
-    scale stays 1/n_valid, every other row's gradient is finite and matches float64."""
+    """NaN / inf rows in the first and the last program: the reduced loss is NaN (as in the reference), every
+    other row's gradient is finite, matches float64 and is already divided by n_valid for "mean"."""
     B, K = 48, 6
     logits, bank, index = _unique_case(B, K, seed=79, n_pad=5)  # rows 0 and B-1 are valid
     logits[0, 2] = float("nan")
@@ -477,11 +482,13 @@ def test_single_launch_reduction_non_finite(assume_unique, reduction, small_red_
     )  # fmt: skip
     assert torch.isnan(loss)
     assert torch.isnan(grad[[0, B - 1]]).all() and torch.isfinite(grad[1 : B - 1]).all()
-    _, _, scale = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
-                              assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
+    _, g_fwd = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
+                           assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
+    _, g_sum = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction="sum",
+                           assume_unique=assume_unique, rows_per_program=1)  # fmt: skip
     n_valid = int((index >= 0).sum())
-    want = torch.tensor(1.0 / n_valid if reduction == "mean" else 1.0, dtype=torch.float32)
-    assert torch.equal(scale.cpu(), want.reshape(1))
+    want = g_sum[1 : B - 1] / (n_valid if reduction == "mean" else 1)
+    torch.testing.assert_close(g_fwd[1 : B - 1], want, rtol=1e-6, atol=0)
     assert _counter() == 0
 
 
@@ -637,7 +644,7 @@ def test_pick_config():
     one_block = pick_config(64, 8192, cpu)
     assert one_block.one_sweep and one_block.block_k == 8192 and one_block.rows == 1
     big = pick_config(64, 262144, cpu)
-    assert not big.one_sweep and big.block_k == 4096 and big.rows == 1
+    assert not big.one_sweep and big.block_k == 2048 and big.rows == 1 and big.num_warps == 16
     assert pick_config(8, 2051, cpu, block_k=512).block_k == 512
 
 
@@ -675,7 +682,7 @@ def test_training_run_matches_reference_step_by_step():
 
 def test_custom_ops_registered_and_opcheck():
     """The ops are registered (bank declared mutated) and pass torch.library.opcheck."""
-    for name in ("fused_alr_fwd", "fused_alr_fwd_inplace_grad", "fused_alr_grad_scale", "fused_alr_grad_scale_inplace"):
+    for name in ("fused_alr_fwd", "fused_alr_fwd_inplace_grad"):
         assert hasattr(torch.ops.alr_fast, name)
     schema = torch.ops.alr_fast.fused_alr_fwd.default._schema
     assert [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write] == ["bank"]
@@ -685,10 +692,10 @@ def test_custom_ops_registered_and_opcheck():
             torch.ops.alr_fast.fused_alr_fwd.default,
             (logits, bank.clone(), index, ALPHA, LAM, refine, reduction, False, 0, 0),
         )
-    grad = torch.randn(8, 6, device=DEVICE)
+    z = logits.clone()
     torch.library.opcheck(
-        torch.ops.alr_fast.fused_alr_grad_scale.default,
-        (grad, torch.rand(8, device=DEVICE), torch.ones(1, device=DEVICE)),
+        torch.ops.alr_fast.fused_alr_fwd_inplace_grad.default,
+        (z, bank.clone(), index, ALPHA, LAM, True, "sum", True, 0, 0),
     )
 
 
@@ -715,16 +722,23 @@ def test_torch_compile_traces_through_the_custom_op():
 # -------------------------------------------------------------------------------------------- GPU only
 @gpu_only
 def test_gpu_duplicates_at_large_batch_match_reference():
-    """B=16384 with heavy duplication (every bank row used ~8 times): no race, reference semantics."""
+    """B=16384 with heavy duplication (every bank row used ~8 times): no race, reference semantics for the
+    per-row losses, the gradient (each occurrence's own t_new enters it) and the final bank."""
     B, K, N = 16384, 100, 2048
     g = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(B, K, device="cuda", generator=g)
     bank = torch.softmax(torch.randn(N, K, device="cuda", generator=g), 1)
     index = torch.randint(0, N, (B,), device="cuda", generator=g)
+    assert int(torch.bincount(index).max()) >= 8
     b1, b2 = bank.clone(), bank.clone()
-    l1 = fused_alr_loss(logits, b1, index, alpha=ALPHA, lam=LAM, reduction="none")
-    l2 = alr_loss_reference(logits, b2, index, alpha=ALPHA, lam=LAM, reduction="none")
+    z1, z2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    l1 = fused_alr_loss(z1, b1, index, alpha=ALPHA, lam=LAM, reduction="none")
+    l2 = alr_loss_reference(z2, b2, index, alpha=ALPHA, lam=LAM, reduction="none")
+    go = torch.rand(B, device="cuda", generator=g)
+    l1.backward(go)
+    l2.backward(go)
     torch.testing.assert_close(l1, l2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(b1, b2, rtol=1e-5, atol=1e-6)
 
 
@@ -846,7 +860,7 @@ def test_gpu_single_launch_reduction_bitwise_and_complete(B, K, rows, reduction)
     first = [None, None]
     for rep in range(6):
         logits, bank, index, want = cases[rep % 2]
-        loss, _, _ = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
+        loss, _ = alr_forward(logits, bank.clone(), index, alpha=ALPHA, lam=LAM, reduction=reduction,
                                  assume_unique=True, rows_per_program=rows)  # fmt: skip
         if first[rep % 2] is None:
             first[rep % 2] = loss.clone()
@@ -858,7 +872,9 @@ def test_gpu_single_launch_reduction_bitwise_and_complete(B, K, rows, reduction)
 @gpu_only
 def test_gpu_concurrent_streams_use_separate_counters():
     """Two streams issue single-launch reductions concurrently: each stream has its own ticket counter, and
-    every result equals the result of the same call made alone."""
+    every result equals the result of the same call made alone. Both streams are first held by a GPU sleep,
+    so their 20 launches each are queued and released together: the launches really overlap (checked with
+    events: each stream's work starts before the other's ends)."""
     B, K = 16384, 100
     inputs = [_unique_case(B, K, seed=s, n_pad=100) for s in (107, 109)]
     kw = dict(alpha=ALPHA, lam=LAM, refine=False, reduction="mean", assume_unique=True)
@@ -871,13 +887,22 @@ def test_gpu_concurrent_streams_use_separate_counters():
             counters.append(alr_loss_mod._TICKETS.get(DEVICE))
     assert counters[0].data_ptr() != counters[1].data_ptr()
     results = [[], []]
+    starts = [torch.cuda.Event(enable_timing=True) for _ in streams]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in streams]
+    for j, st in enumerate(streams):
+        with torch.cuda.stream(st):
+            torch.cuda._sleep(200_000_000)  # ~0.1 s: both streams' launches queue up behind it
+            starts[j].record(st)
     for _ in range(20):
         for j, st in enumerate(streams):
             with torch.cuda.stream(st):
                 results[j].append(fused_alr_loss(*inputs[j], **kw))
-    for st in streams:
+    for j, st in enumerate(streams):
+        ends[j].record(st)
         torch.cuda.current_stream().wait_stream(st)
     torch.cuda.synchronize()
+    # Overlap: stream 0 started before stream 1 ended and vice versa (elapsed_time(a, b) = time from a to b).
+    assert starts[0].elapsed_time(ends[1]) > 0 and starts[1].elapsed_time(ends[0]) > 0
     for j in range(2):
         for r in results[j]:
             assert torch.equal(r, alone[j])

@@ -47,13 +47,16 @@ def _reduction_ordering(ptx: str) -> dict:
     lines = [ln.strip() for ln in ptx.splitlines()]
     atoms = [i for i, ln in enumerate(lines) if "atom." in ln or ln.startswith(("red.", "@")) and " red." in ln]
     tickets = [i for i in atoms if re.search(r"atom\.global\.gpu\.acq_rel\.add\.u32", lines[i])]
+    # The out-of-range index flag: one integer atomic max, executed only when a bad index is present.
+    flags = [i for i in atoms if re.search(r"atom\.global\.\S*max\.s64", lines[i])]
     float_atomics = [lines[i] for i in atoms if re.search(r"\.(?:f16|bf16|f32|f64)\b", lines[i])]
     barrier_first = True
     for i in tickets:
         last_store = max((j for j in range(i) if "st.global" in lines[j]), default=-1)
         last_bar = max((j for j in range(i) if lines[j].startswith("bar.sync")), default=-1)
         barrier_first &= last_bar > last_store
-    return dict(tickets=len(tickets), atomics=len(atoms), float_atomics=float_atomics,
+    return dict(tickets=len(tickets), index_flags=len(flags), atomics=len(atoms) - len(flags),
+                float_atomics=float_atomics,
                 barrier_before_ticket=barrier_first, cg_loads=len(re.findall(r"ld\.global\.cg", ptx)))
 
 
@@ -97,20 +100,22 @@ def _compile_all() -> list[dict]:
             "logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
             "key_ptr": "*i64", "order_ptr": "*i64", "grad_ptr": f"*{logits}", "stride_gb": "i64",
             "loss_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32" if red else "*fp32",
-            "scale_ptr": "*fp32",
-            "B": "i32", "K_DIV": "i32", "alpha": "fp32", "one_minus_alpha": "fp32", "lam": "fp32",
+            "err_ptr": "*i64",
+            "B": "i32", "N": "i32", "K_DIV": "i32", "alpha": "fp32", "one_minus_alpha": "fp32", "lam": "fp32",
         }  # fmt: skip
         cx = dict(REFINE=refine, HAS_ENTROPY=entropy, DEDUP=dedup, REDUCTION=red, ONE_SWEEP=cfg.one_sweep,
                   ROWS=cfg.rows, BLOCK_K=cfg.block_k, ROW_ALIGN=m._row_align(K),
                   RED_BLOCK=m._red_block(cfg.num_warps))  # fmt: skip
         results.append(build(m._alr_fwd_kernel, sig, cx, cfg.num_warps, f"fwd {logits}/{bank} K={K} {cfg}"))
         results[-1]["reduction"] = red
+        results[-1]["forward"] = True
     for dt, per_row in (("bf16", True), ("fp32", False)):
         sig = {
-            "grad_ptr": f"*{dt}", "stride_gb": "i64", "out_ptr": f"*{dt}", "stride_ob": "i64",
-            "grad_out_ptr": "*fp32", "stride_go": "i64", "scale_ptr": "*fp32", "B": "i32", "K_DIV": "i32",
+            "grad_ptr": f"*{dt}", "stride_gb": "i64", "go_ptr": "*fp32", "stride_go": "i64",
+            "prev_ptr": "*fp32", "stride_prev": "i64", "B": "i32", "K_DIV": "i32", "n_tiles_k": "i32",
+            "n_tiles": "i32",
         }  # fmt: skip
-        cx = dict(PER_ROW=per_row, ROWS=4, BLOCK_K=1024, ROW_ALIGN=8)
+        cx = dict(PER_ROW=per_row, HAS_PREV=per_row, ROWS=4, BLOCK_K=1024, ROW_ALIGN=8)
         results.append(build(m._alr_grad_scale_kernel, sig, cx, 8,
                              f"grad_scale {dt} per_row={per_row}"))  # fmt: skip
     return results
@@ -137,6 +142,7 @@ def test_kernels_compile_for_sm90_without_spills():
             assert order["barrier_before_ticket"] and order["cg_loads"] > 0, r
         else:
             assert order["atomics"] == 0, r
+        assert order["index_flags"] == (1 if r.get("forward") else 0), r
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""The torchvision / PIL path: the same batches as :class:`alr_fast.data.loaders.dali.DaliLoader`, without DALI.
+
+For users without DALI and as the benchmark baseline. A ``torch.utils.data.DataLoader`` with ``num_workers``
+processes decodes with PIL and applies the torchvision version of the recipe's transform
+(:func:`alr_fast.data.loaders.transforms.build_torchvision_transform`). Each sample's random transform is seeded by
+(seed, epoch, global index), so a run is reproducible whatever the number of workers.
+
+Rows are read in :class:`alr_fast.data.loaders.plan.EpochPlan` order, the same global indices and order as the
+DALI loader; shard padding rows are zero images with index -1. ``epoch(e, start_step=s)`` resumes at batch s
+with the same images an uninterrupted epoch would have given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alr_fast.data.loaders.base import IndexedLoader
+from alr_fast.data.loaders.plan import EpochPlan
+from alr_fast.data.loaders.transforms import TransformSpec, build_torchvision_transform
+from alr_fast.data.readers.records import SampleTable
+
+__all__ = ["TorchLoader", "IndexedImageDataset"]
+
+
+class IndexedImageDataset(torch.utils.data.Dataset):
+    """Items ``(global index, epoch) -> (float32 [C, H, W], index)``; index -1 gives a zero image."""
+
+    def __init__(self, table: SampleTable, spec: TransformSpec, sample_shape: tuple[int, int, int], seed: int):
+        self.table = table
+        self.spec = spec
+        self.sample_shape = sample_shape
+        self.seed = seed
+        self.tf = build_torchvision_transform(spec)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _image(self, index: int):
+        from PIL import Image, UnidentifiedImageError
+
+        if self.table.images is not None:
+            return Image.fromarray(self.table.images[index])
+        path = self.table.path(index)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{self.table.where(index)}: listed image {path} (global index {index}) does not exist; run "
+                "`python -m alr_fast data check`, or pass skip_unreadable=True to leave such images out"
+            ) from None
+        except (OSError, UnidentifiedImageError) as e:
+            raise OSError(
+                f"{self.table.where(index)}: image {path} (global index {index}) does not decode ({e}); run "
+                "`python -m alr_fast data check`, or pass skip_unreadable=True to leave such images out"
+            ) from e
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, epoch = item
+        if index < 0:
+            return torch.zeros(self.sample_shape), -1
+        image = self._image(index)
+        if not self.spec.random:
+            return self.tf(image), index
+        # Per-sample seed: the same augmentation for (seed, epoch, index) whatever the worker layout. In the
+        # main process (num_workers=0) the global RNG is forked so the caller's random stream is untouched.
+        sample_seed = (self.seed * 1_000_003 + epoch) * 2_654_435_761 % 2**61 + index
+        if torch.utils.data.get_worker_info() is not None:
+            torch.manual_seed(sample_seed)
+            return self.tf(image), index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.tf(image), index
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Batch sampler whose epoch is set by the loader before each pass (workers may stay alive).
+
+    It holds the plan, not the loader: a loader <-> sampler cycle would leave the DataLoader (and its
+    persistent workers) to the cyclic garbage collector, which may run in a forked worker of another loader.
+    """
+
+    def __init__(self, plan: EpochPlan):
+        self.plan = plan
+        self.epoch = 0
+        self.start_step = 0
+
+    def __len__(self) -> int:
+        return self.plan.steps - self.start_step
+
+    def __iter__(self):
+        for rows in self.plan.batches(self.epoch, self.start_step):
+            yield [(i, self.epoch) for i in rows.tolist()]
+
+
+def _worker_init(_worker_id: int) -> None:
+    # One intra-op thread per worker: num_workers processes = num_workers cores, as DALI's num_threads.
+    torch.set_num_threads(1)
+
+
+class TorchLoader(IndexedLoader):
+    """Batches ``(images [b, C, H, W], global index int64 [b])`` from a torch DataLoader of PIL decodes.
+
+    Arguments are those of :class:`alr_fast.data.loaders.base.IndexedLoader`, plus ``num_workers`` (0 = decode
+    in this process), ``persistent_workers`` and ``prefetch_factor``.
+    """
+
+    def __init__(self, table, transform, *, num_workers: int = 2, persistent_workers: bool = True,
+                 prefetch_factor: int = 2, **kwargs):
+        super().__init__(table, transform, **kwargs)
+        self.dataset = IndexedImageDataset(table, transform, self.sample_shape, self.seed)
+        self.batches = _EpochBatches(self.plan)
+        self.num_workers = int(num_workers)
+        self.dataloader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.batches, num_workers=self.num_workers,
+            persistent_workers=persistent_workers and self.num_workers > 0,
+            prefetch_factor=prefetch_factor if self.num_workers > 0 else None,
+            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        """Yield ``(images [b, C, H, W] of self.dtype on self.device, index int64 [b])`` for this rank, from
+        batch ``start_step`` of the epoch."""
+        self.shard_from(epoch, start_step)  # validates start_step
+        self.batches.epoch = int(epoch)
+        self.batches.start_step = int(start_step)
+        for x, idx in self.dataloader:
+            x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+            yield x, idx.to(device=self.device, dtype=torch.long, non_blocking=True)

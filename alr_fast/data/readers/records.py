@@ -1,0 +1,178 @@
+"""One record type for every dataset split: where each sample is, its labels, and its global index.
+
+A :class:`SampleTable` holds either image files (``paths`` relative to ``image_root``) or an in-memory array
+(``images``, CIFAR). Row ``i`` of every array is the sample with global index ``i``: the position in the
+dataset's documented order (../shared/DATASETS.md), which addresses the soft-label bank, noise files and
+exports. Readers never reorder or drop rows; loaders skip rows (unreadable images, a per-epoch subset) by
+leaving their indices out of an epoch, so the index of every other sample stays the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SampleTable", "UNKNOWN_LABEL"]
+
+UNKNOWN_LABEL = -1
+"""Value of ``clean_labels[i]`` when sample i's clean label is not known (e.g. most of Clothing1M's train)."""
+
+
+@dataclass
+class SampleTable:
+    """One split of one dataset, row ``i`` = global index ``i``."""
+
+    name: str
+    """Dataset name ('cifar10', 'clothing1m', ...)."""
+    split: str
+    """Split name ('train', 'test', 'val', 'clean-train', 'ilsvrc-val', ...)."""
+    root: Path
+    """The dataset root the reader was given."""
+    labels: np.ndarray
+    """int64 [N]: the labels training sees (noisy / given), all in [0, num_classes)."""
+    class_names: list[str]
+    """K names; ``num_classes = len(class_names)``."""
+    paths: list[str] | None = None
+    """N file paths relative to ``image_root`` (None for in-memory datasets)."""
+    image_root: Path | None = None
+    """Folder the ``paths`` are relative to."""
+    images: np.ndarray | None = None
+    """uint8 [N, H, W, C] for in-memory datasets (CIFAR), else None."""
+    clean_labels: np.ndarray | None = None
+    """int64 [N] clean labels, ``UNKNOWN_LABEL`` (-1) where unknown; None when none are known."""
+    list_file: Path | None = None
+    """The annotation file that lists the samples (for error messages), if any."""
+    list_lines: np.ndarray | None = None
+    """int32 [N]: 1-based line of each sample in ``list_file`` (for error messages), if any."""
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    """Per-channel normalisation mean (on [0, 1] pixels) of this dataset's recipe."""
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    """Per-channel normalisation std."""
+    label_source: str = "dataset"
+    """Where ``labels`` came from: 'dataset', a noise kind, or a noise file's path."""
+    noise_manifest: dict | None = None
+    """The synthetic-noise manifest (alr_fast.noise) when labels were corrupted on load."""
+    extra: dict = field(default_factory=dict)
+    """Dataset-specific facts worth reporting (e.g. Clothing1M's layout, list line counts)."""
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.labels = np.ascontiguousarray(self.labels, dtype=np.int64)
+        n = self.labels.shape[0]
+        if self.labels.ndim != 1:
+            raise ValueError(f"{self.name}/{self.split}: labels must be 1-D, got shape {self.labels.shape}")
+        if (self.paths is None) == (self.images is None):
+            raise ValueError(f"{self.name}/{self.split}: exactly one of paths / images must be given")
+        if self.paths is not None and len(self.paths) != n:
+            raise ValueError(f"{self.name}/{self.split}: {len(self.paths)} paths but {n} labels")
+        if self.paths is not None:
+            self._check_paths_stay_under_root()
+        if self.images is not None and (self.images.dtype != np.uint8 or self.images.ndim != 4
+                                        or self.images.shape[0] != n):
+            raise ValueError(
+                f"{self.name}/{self.split}: images must be uint8 [N, H, W, C] with N={n}, "
+                f"got {self.images.dtype} {self.images.shape}"
+            )
+        if self.clean_labels is not None:
+            self.clean_labels = np.ascontiguousarray(self.clean_labels, dtype=np.int64)
+            if self.clean_labels.shape != (n,):
+                raise ValueError(f"{self.name}/{self.split}: clean_labels shape {self.clean_labels.shape} != ({n},)")
+        k = len(self.class_names)
+        if n and (self.labels.min() < 0 or self.labels.max() >= k):
+            bad = int(np.nonzero((self.labels < 0) | (self.labels >= k))[0][0])
+            raise ValueError(f"{self.where(bad)}: label {self.labels[bad]} outside [0, {k})")
+
+    def _check_paths_stay_under_root(self) -> None:
+        """A listed path must name a file under ``image_root``: relative, without ``..`` (a hostile or broken
+        list file must not make the loaders read, or ``data check`` probe, files elsewhere). Lexical, so a
+        symlinked image folder inside the root keeps working."""
+        for i, p in enumerate(self.paths):
+            # Fast path: nearly every path has no '..', no leading separator and no drive letter.
+            if ".." not in p and not p.startswith(("/", "\\", "~")) and ":" not in p[:2]:
+                continue
+            parts = p.replace("\\", "/").split("/")
+            if p.startswith(("/", "\\", "~")) or ":" in p[:2]:
+                why = "is absolute"
+            elif ".." in parts:
+                why = "contains '..'"
+            else:
+                continue
+            raise ValueError(f"{self.where(i)}: path {p!r} {why}; listed paths must stay under the dataset root "
+                             f"{self.image_root}")
+
+    # ----------------------------------------------------------------------------------------------- views
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def global_index(self) -> np.ndarray:
+        """int64 [N]: ``arange(N)``; row i of this table is global index i."""
+        return np.arange(len(self), dtype=np.int64)
+
+    def path(self, index: int) -> Path:
+        """Absolute path of sample ``index`` (file-backed tables only)."""
+        if self.paths is None or self.image_root is None:
+            raise TypeError(f"{self.name}/{self.split} is held in memory; it has no image paths")
+        return self.image_root / self.paths[index]
+
+    def where(self, index: int) -> str:
+        """'file:line' (or 'name/split[index]') describing where sample ``index`` was listed."""
+        if self.list_file is not None and self.list_lines is not None:
+            return f"{self.list_file}:{int(self.list_lines[index])}"
+        if self.paths is not None and self.image_root is not None:
+            return str(self.image_root / self.paths[index])
+        return f"{self.name}/{self.split}[{index}]"
+
+    def clean_known(self) -> np.ndarray:
+        """bool [N]: where the clean label is known."""
+        if self.clean_labels is None:
+            return np.zeros(len(self), dtype=bool)
+        return self.clean_labels != -1
+
+    def noise_rate(self) -> float | None:
+        """Share of samples whose given label differs from the clean one, over samples with a known clean
+        label; None when no clean label is known."""
+        known = self.clean_known()
+        if not known.any():
+            return None
+        return float((self.labels[known] != self.clean_labels[known]).mean())
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def with_labels(self, labels: np.ndarray, *, source: str, manifest: dict | None = None) -> SampleTable:
+        """The same samples with other given labels (e.g. an imported noise file); clean labels are kept."""
+        labels = np.asarray(labels)
+        if labels.shape != (len(self),):
+            raise ValueError(f"{source}: {labels.shape[0] if labels.ndim else 0} labels for {len(self)} samples "
+                             f"of {self.name}/{self.split}")
+        return dataclasses.replace(self, labels=labels, label_source=source, noise_manifest=manifest)
+
+    def _class_count_summary(self) -> dict:
+        counts = self.class_counts()
+        if counts.size <= 20:
+            return {"class_counts": counts.tolist()}
+        return {"class_counts_min_max": [int(counts.min()), int(counts.max())],
+                "classes_present": int((counts > 0).sum())}
+
+    def summary(self) -> dict:
+        """Counts and label facts as plain JSON-able values."""
+        known = self.clean_known()
+        return {
+            "count": len(self),
+            "num_classes": self.num_classes,
+            "storage": "files" if self.paths is not None else "array",
+            "list_file": None if self.list_file is None else str(self.list_file),
+            "label_source": self.label_source,
+            "clean_labels_known": int(known.sum()),
+            "noise_rate": self.noise_rate(),
+            **self._class_count_summary(),
+            **({"extra": self.extra} if self.extra else {}),
+        }

@@ -1,0 +1,115 @@
+"""The torch backend's fast path for ``assume_unique=True``: no sort, no host sync, closed-form gradient.
+
+Same semantics as :func:`alr_fast.reference.alr_loss_reference` when no valid index repeats (the promise an
+epoch permutation keeps; ``alr_loss(check_index=True)`` checks it). Where the reference builds an autograd
+graph of some twenty ops and, when refining, sorts the indices and synchronises the host to apply duplicates in
+batch order, this computes the loss and ``dL/dz`` in one forward (as the fused kernel does) and the backward
+only multiplies by ``grad_output``:
+
+    dL_i/dz = (sum_k t_k) p - t - lam * p * (log p + H(p))          (t = t_new when refining)
+
+It is what the trainer runs on CPU. Tested against the reference and the float64 oracle (equal to rounding).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["alr_loss_unique"]
+
+
+class _UniqueALR(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, bank, index, alpha, lam, refine, reduction):
+        z = logits if logits.dtype == torch.float64 else logits.float()
+        valid = index >= 0
+        # A row is finite iff its max and min are (NaN propagates through both). amax/amin: ~100x faster than
+        # aminmax or isfinite().all() on this CPU build (measured, 256 x 1000 fp32).
+        good = valid & torch.isfinite(z.amax(dim=1)) & torch.isfinite(z.amin(dim=1))
+        # On a CPU reading a flag costs nothing (no device to wait for): skip the masking passes when every row
+        # is valid and finite, the usual case. Elsewhere the masks are applied unconditionally (no host sync).
+        all_good = z.device.type == "cpu" and bool(good.all())
+        if not all_good:
+            # Padded or non-finite rows are zeroed so their NaN/inf cannot reach the bank or a statistic; their
+            # outputs are set below (log_softmax is per row: other rows are never affected).
+            z = torch.where(good[:, None], z, 0.0)
+        logp = F.log_softmax(z, dim=1)
+        p = logp.exp()
+        t = bank.index_select(0, index.clamp_min(0)).to(z.dtype)
+        if refine:
+            t = t.lerp_(p, 1.0 - alpha)  # t_new = alpha t + (1 - alpha) p = t + (1 - alpha) (p - t), in place
+            if all_good:
+                bank.index_copy_(0, index, t.to(bank.dtype))  # ~8x faster than bank[index] = ... here
+            else:
+                _write_rows(bank, index, good, t)
+        # -sum_k t_k log p_k and H(p) = -sum_k p_k log p_k (einsum/bmm was 40x slower here)
+        # One [B, K] buffer serves as the products' scratch and then holds the gradient (fewer allocations:
+        # a fresh 1 MB temporary costs page faults on a busy CPU).
+        buf = torch.mul(t, logp)
+        per_row = -buf.sum(dim=1)
+        has_entropy = refine and lam != 0.0
+        ent = -torch.mul(p, logp, out=buf).sum(dim=1) if has_entropy else None
+        if has_entropy:
+            per_row = per_row + lam * ent
+        on_cpu = z.device.type == "cpu"
+        if reduction == "mean":  # 1/n_valid folded into the gradient: the backward is a no-op for grad_output 1
+            n = valid.sum().clamp_min(1)
+            scale = 1.0 / float(n) if on_cpu else 1.0 / n.to(z.dtype)  # a Python float on CPU: no sync there
+        else:
+            scale = 1.0
+        # dL/dz = (sum_k t_k) p - t - lam p (log p + H) = p (sum t - lam H - lam log p) - t   (times scale)
+        c = t.sum(dim=1) - lam * ent if has_entropy else t.sum(dim=1)
+        if isinstance(scale, float):
+            c = c * scale
+            if has_entropy:
+                grad = torch.add(c[:, None], logp, alpha=-lam * scale, out=buf).mul_(p).sub_(t, alpha=scale)
+            else:
+                grad = torch.mul(p, c[:, None], out=buf).sub_(t, alpha=scale)
+        else:
+            c = c * scale
+            grad = (c[:, None] - (lam * scale) * logp) * p if has_entropy else c[:, None] * p
+            grad = grad.sub_(t * scale)
+        if not all_good:
+            nan = torch.full_like(per_row, float("nan"))
+            per_row = torch.where(good, per_row, torch.where(valid, nan, 0.0))
+            grad = torch.where(good[:, None], grad, torch.where(valid, nan, 0.0)[:, None])
+        if reduction == "none":
+            loss = per_row
+        else:
+            loss = per_row.sum() * scale
+        ctx.save_for_backward(grad)
+        ctx.per_row = reduction == "none"
+        ctx.out_dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if grad.device.type == "cpu" and grad_output.dim() == 0 and float(grad_output) == 1.0:
+            return grad.to(ctx.out_dtype), None, None, None, None, None, None  # already final: no pass
+        factor = grad_output[:, None] if ctx.per_row else grad_output
+        return (grad * factor).to(ctx.out_dtype), None, None, None, None, None, None
+
+
+def _write_rows(bank: torch.Tensor, index: torch.Tensor, good: torch.Tensor, rows: torch.Tensor) -> None:
+    """``bank[index[i]] = rows[i]`` for every ``good`` row, without a boolean mask (which would sync the host).
+
+    Rows that are not good (padded, non-finite) are redirected to the first good row and write that row's
+    value: every bank row then receives one distinct value however often it is written, so the scatter is
+    deterministic. Without any good row they rewrite the value ``bank`` already holds at index ``max(i, 0)``.
+    """
+    if index.numel() == 0:
+        return
+    first = torch.argmax(good.to(torch.uint8))  # first good row (0 if none): a device op, no sync
+    fallback_index = index[first].clamp_min(0)
+    fallback_row = torch.where(good[first], rows[first], bank[fallback_index].to(rows.dtype))
+    target_index = torch.where(good, index, fallback_index)
+    values = torch.where(good[:, None], rows, fallback_row[None, :])
+    bank.index_copy_(0, target_index, values.to(bank.dtype))
+
+
+def alr_loss_unique(logits, bank, index, *, alpha: float, lam: float, refine: bool = True,
+                    reduction: str = "mean") -> torch.Tensor:
+    """ALR loss for a batch without repeated valid indices (inputs assumed validated); updates ``bank``."""
+    return _UniqueALR.apply(logits, bank, index, float(alpha), float(lam), bool(refine), reduction)
