@@ -240,6 +240,10 @@ def load_latest(out: Path, engine, bank, state: LoopState, *, rank: int, world_s
     """
     candidates = complete_checkpoints(out)  # the same list on every rank: --out is shared
     if not candidates:
+        legacy = sorted(_root(out).glob("step_*/COMPLETE")) if _root(out).is_dir() else []
+        if legacy and rank == 0:
+            print(f"[alr_fast] WARNING: {legacy[-1].parent} was written by an older alr_fast without a manifest; "
+                  "it is not loaded (its files could not be verified before unpickling)", file=sys.stderr, flush=True)
         return None
     refused = []
     for path in candidates:
