@@ -121,9 +121,6 @@ def main(argv=None) -> int:
     else:
         model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
                             image_size=data.image_size, width=cfg.model.width).to(rt.device)
-    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
-    if low is not None:  # DeepSpeed casts the parameters only: cast BatchNorm's running statistics along
-        model = model.to(low)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model), config=_ds_config(cfg, rt))
     bank = SoftLabelBank(torch.from_numpy(data.given_labels), data.num_classes, cfg.method.bank_dtype,
                          rank=rt.rank, world_size=rt.world_size).to(rt.device)
@@ -138,7 +135,6 @@ def main(argv=None) -> int:
             epoch += 1
 
     stream = batches()
-
 
     def run_block(mode: str, steps: int) -> list[dict]:
         times = []

@@ -156,6 +156,7 @@ def main(argv=None) -> int:
                     help="warmup study: the fixed warm-up lengths (epochs) to compare against")
     ap.add_argument("--fixed-ramp-epochs", type=float, default=0.0,
                     help="warmup study: lam ramp of the fixed-warm-up arms (0 = the demo recipe as it was)")
+    ap.add_argument("--arms", default="", help="warmup study: only these arms (e.g. alr-auto,selc; default all)")
     ap.add_argument("--stem", default="", help="output file stem (default: quality / quality_quick / warmup_study)")
     args = ap.parse_args(argv)
     if args.study == "warmup":
@@ -273,6 +274,8 @@ def run_warmup_study(args) -> int:
             cfg = base_config(dataset, kind, rate, seed, runs)
             data = build_train_data(cfg)
             for arm, fields in warmup_arms(fixed, args.fixed_ramp_epochs):
+                if args.arms and arm not in args.arms.split(","):
+                    continue
                 c = copy.deepcopy(cfg)
                 for key, value in fields.items():
                     setattr(c.method, key, value)
