@@ -33,6 +33,7 @@ from alr_fast.config import Config, config_to_dict, save_config
 from alr_fast.distributed import barrier
 from alr_fast.exports import (CLEANLAB_BATCHED, CLEANLAB_IN_MEMORY, RowPart, add_oos_columns, assemble_rows,
                               class_names_of, stream_predictions)
+from alr_fast.sharding import Sharding
 
 __all__ = ["assign_folds", "FoldSource", "fold_view", "crossval"]
 
@@ -100,7 +101,7 @@ class FoldSource:
 
 
 def _owned_counts(mask: np.ndarray, world: int) -> list[int]:
-    return [int(mask[r::world].sum()) for r in range(world)]
+    return [int(mask[Sharding(r, world).owned(mask.size)].sum()) for r in range(world)]
 
 
 def fold_view(data, folds: np.ndarray, fold: int):
@@ -175,7 +176,7 @@ def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=
         if rt.is_main:
             (fdir / "pred_probs.npy").unlink(missing_ok=True)  # empty by construction; oos rows are in the parts
             info = {"fold": f, "train_samples": int((folds != f).sum()), "held_out": int((folds == f).sum()),
-                    "epochs": fcfg.train.epochs, "world_size": rt.world_size, "best_test_acc": summary["best_test_acc"],
+                    "epochs": fcfg.train.epochs, "world_size": rt.world_size, "peak_test_acc": summary["peak_test_acc"],
                     "last_test_acc": summary["last_test_acc"], "train_time_s": summary["train_time_s"]}
             done.write_text(json.dumps(info, indent=2) + "\n")
             fold_info.append(info)

@@ -22,7 +22,7 @@ from alr_fast.contract import (  # noqa: F401  (re-exported: the public names of
 from alr_fast.reference import alr_loss_reference
 from alr_fast.torch_fast import alr_loss_unique
 
-__all__ = ["alr_loss", "ALRParams", "resolve_backend", "validate_inputs", "describe", "LOGIT_DTYPES", "BANK_DTYPES",
+__all__ = ["alr_loss", "raise_on_bad_index", "ALRParams", "resolve_backend", "validate_inputs", "describe", "LOGIT_DTYPES", "BANK_DTYPES",
            "BACKENDS", "REDUCTIONS"]
 
 
@@ -73,3 +73,14 @@ def alr_loss(
                                reduction=params.reduction)
     return alr_loss_reference(logits, bank, index, alpha=params.alpha, lam=params.lam, refine=params.refine,
                               reduction=params.reduction)
+
+
+def raise_on_bad_index(backend: str, device: torch.device, n_rows: int) -> None:
+    """Raise ``IndexError`` naming an index ``>= n_rows`` that a fused call on ``device`` masked since the last
+    check (the kernel gives such a row a NaN loss and never touches the bank). Reads a device flag: a host sync,
+    so call it where the loop synchronises anyway (the trainer: once per epoch). No-op for the torch backend,
+    which checks before it indexes (``check_index``) or raises from the indexing itself."""
+    if backend == "triton":
+        from alr_fast.kernels.alr_loss import raise_on_bad_index as check_flag
+
+        check_flag(device, n_rows)

@@ -66,7 +66,7 @@ def shutdown_distributed() -> None:
 
 
 def resolve_runtime(device: str, precision: str, backend: str) -> Runtime:
-    from alr_fast.functional import resolve_backend
+    from alr_fast.contract import resolve_backend  # the backend is decided here, once; alr_loss takes it as is
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -29,7 +29,7 @@ from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier, sync_buffers
 from alr_fast.evaluation import EvalPlan
 from alr_fast.exports import predict_probs, write_exports
-from alr_fast.functional import alr_loss
+from alr_fast.functional import alr_loss, raise_on_bad_index
 from alr_fast.loop_state import LoopState
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
@@ -273,6 +273,7 @@ class _Loop:
         sync_buffers(self.engine.module)  # BatchNorm statistics: one set on every rank before eval and checkpoint
         cfg, s, bank = self.cfg, self.state, self.bank
         totals = all_reduce_sum(torch.stack([s.loss_sum, s.seen.double()]))
+        raise_on_bad_index(self.rt.backend, self.rt.device, bank.num_samples)  # names a masked index >= N
         n_seen = int(totals[1].item())
         train_loss = totals[0].item() / max(n_seen, 1)
         if not math.isfinite(train_loss):

@@ -1,21 +1,26 @@
 """Benchmark the ALR loss: fused Triton kernel vs the eager reference vs torch.compile(reference).
 
-Each timed call is one training-step's worth of loss work: forward (bank update included) and backward to
-the logits. Reported per (logits dtype, B, K, implementation):
+Each timed call is one training step's worth of loss work: forward (bank update included) and backward to
+the logits (``step``), and the forward alone (``fwd``). Per (logits dtype, B, K, implementation):
 
-* median and spread (p10/p90) of the time per call over ``--reps`` calls, with the L2 cache flushed before
-  each call (a write of a 256 MiB buffer), measured with CUDA events (``time.perf_counter`` on a CPU);
-* "model bandwidth": the minimal bytes a fused pass must move (read logits + bank rows, write bank rows +
-  gradient) divided by the time, and its share of the device copy bandwidth measured in the same run
-  (a large device-to-device tensor copy: read + write bytes / time);
+* ``--calls`` calls issued back to back between two CUDA events, repeated ``--reps`` times: **device µs per
+  call** (event time / calls) and **host µs per call** (wall time of issuing the calls / calls; on a GPU the
+  host runs ahead of the device, so this is the Python + launch cost), median and p10/p90 over the reps;
+* **model GB/s** from an explicit byte count of forward + backward: read logits + bank rows, write bank rows
+  + gradient, plus the index (``B (2 s_logits + 2 s_bank) K + 8 B``; the backward moves nothing when
+  grad_output is 1) divided by the device time of ``step``, and its share of the device copy bandwidth
+  measured in the same run;
 * kernel launches per call, counted with torch.profiler (CUDA only).
 
-Writes ``benchmarks/results/bench_loss_<device>.json`` (device, versions, git sha, command line, raw
-timings) and a markdown table generated from it (``.md``). On a machine without a GPU it runs what can run
-(the eager reference, and torch.compile(reference) with ``--impls``) and says that the fused path needs a GPU.
+Implementations: ``eager`` (alr_fast.reference), ``compile`` (torch.compile of it), ``fused`` (default,
+duplicate-safe), ``fused_unique`` (``alr_loss(..., backend="triton", check_index=False, assume_unique=True)``,
+as the trainer calls it). Grids: ``--grid trainer`` (B in 256/1024/4096, K in 10/14/50/100/1000), ``large``
+(B*K >= 8M: K = 1000, 32k, 262k), or explicit ``--B``/``--K``.
 
-    python benchmarks/bench_loss.py                          # full grid (GPU)
-    python benchmarks/bench_loss.py --B 256 1024 --K 10 1000 --dtypes bf16 --reps 10
+Writes ``benchmarks/results/bench_loss_<device>[_tag].json`` (device, versions, git sha, command line, raw
+timings) and a markdown table generated from it. Without a GPU it times what runs (eager, compile).
+
+    python benchmarks/bench_loss.py --grid trainer --grid large          # GPU
     python benchmarks/bench_loss.py --impls eager --B 256 --K 10 100 --dtypes fp32   # CPU smoke run
     python benchmarks/bench_loss.py --host --tag after       # host time per call, every Triton launch stubbed
 
@@ -45,37 +50,30 @@ from _common import REPO, cpu_model, relative, run_metadata  # noqa: E402  (benc
 from alr_fast.reference import alr_loss_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-IMPLS = ("fused", "eager", "compile")
+IMPLS = ("fused", "fused_unique", "eager", "compile")
 ALPHA, LAM = 0.7, 0.4  # refinement with entropy: the most work per row
-FLUSH_BYTES = 256 * 2**20  # > L2 of H100 (50 MB) / H200 (60 MB)
+GRIDS = {
+    "trainer": [(B, K) for B in (256, 1024, 4096) for K in (10, 14, 50, 100, 1000)],
+    "large": [(8192, 1000), (256, 32000), (32, 262144)],  # B*K >= 8M
+}
 GOALS = (
-    "one launch and zero host syncs per call (fused; the duplicate-safe default adds the index sort)",
-    ">= 85 % of the measured copy bandwidth at B*K >= 8M (fused)",
-    ">= 8x the eager reference and >= 1.5x torch.compile(reference) at B=1024, K=1000",
+    "fused_unique: one launch forward, at most one (early-exit) backward, 0 host syncs",
+    "fused_unique step >= 8x eager and >= 1.5x torch.compile(reference) at B=1024, K=1000 (device time)",
+    ">= 85 % of the measured copy bandwidth at B*K >= 8M (fused_unique step, model bytes)",
 )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--B", type=int, nargs="+", default=[256, 1024, 4096, 16384], help="batch sizes")
-    p.add_argument("--K", type=int, nargs="+", default=[10, 14, 50, 100, 1000, 32000], help="class counts")
-    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"], help="logits dtypes")
+    p.add_argument("--grid", action="append", choices=sorted(GRIDS), help="shape grid(s); default: --B x --K")
+    p.add_argument("--B", type=int, nargs="+", default=[256, 1024], help="batch sizes (without --grid)")
+    p.add_argument("--K", type=int, nargs="+", default=[10, 1000], help="class counts (without --grid)")
+    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16"], help="logits dtypes")
     p.add_argument("--bank-dtype", choices=sorted(DTYPES), default="fp32", help="soft-label bank dtype")
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to time")
-    p.add_argument("--reps", type=int, default=20, help="timed calls per point (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, autotuning)")
-    p.add_argument(
-        "--assume-unique",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="fused: skip the duplicate-safe index sort (the benchmark's indices are unique)",
-    )
-    p.add_argument(
-        "--interpreter-smoke",
-        action="store_true",
-        help="CPU only, with TRITON_INTERPRET=1: run the fused path in the Triton interpreter to smoke-test this "
-        "script (its timings are meaningless and are labelled so)",
-    )
+    p.add_argument("--calls", type=int, default=50, help="calls back to back per timed rep")
+    p.add_argument("--reps", type=int, default=7, help="timed reps per point (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation)")
     p.add_argument("--host", action="store_true", help="host time per call with every Triton launch stubbed (CPU)")
     p.add_argument("--host-shapes", nargs="+", default=["256x10", "1024x1000"], help="--host: BxK shapes")
     p.add_argument("--host-calls", type=int, default=200, help="--host: calls per timed round")
@@ -112,47 +110,44 @@ def device_slug(env: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- timing
-class Timer:
-    """Median time of ``fn`` with the L2 flushed before every call (CUDA events on a GPU)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.flush_buf = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device=device)
-
-    def __call__(self, fn, reps: int, warmup: int, setup=None) -> list[float]:
-        for _ in range(warmup):
-            if setup:
-                setup()
-            fn()
-        times = []
-        cuda = self.device.type == "cuda"
+def time_calls(fn, device: torch.device, calls: int, reps: int, warmup: int) -> dict:
+    """``calls`` calls back to back between two CUDA events, ``reps`` times: device and host µs per call."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    dev_us, host_us = [], []
+    for _ in range(reps):
         if cuda:
-            torch.cuda.synchronize()
-        for _ in range(reps):
-            if setup:
-                setup()
-            self.flush_buf.zero_()  # evict logits/bank/gradient from L2 (a write, so no stale lines stay)
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) * 1e-3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        return times
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        host = time.perf_counter() - t0  # issuing the calls (the host runs ahead of the GPU)
+        if cuda:
+            end.record()
+            end.synchronize()
+            dev_us.append(start.elapsed_time(end) * 1e3 / calls)
+        else:
+            dev_us.append(host * 1e6 / calls)
+        host_us.append(host * 1e6 / calls)
+
+    def summary(xs):
+        q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) >= 2 else [xs[0]] * 9
+        return dict(median=statistics.median(xs), p10=q[0], p90=q[-1], raw=xs)
+
+    return dict(device_us=summary(dev_us), host_us=summary(host_us))
 
 
-def copy_bandwidth(device: torch.device, timer: Timer) -> float | None:
-    """Device copy bandwidth in GB/s: (read + write bytes) / time for a 1 GiB (GPU) / 256 MiB (CPU) copy."""
+def copy_bandwidth(device: torch.device) -> float:
+    """Device copy bandwidth in GB/s: (read + write bytes) / time of a 1 GiB (GPU) / 256 MiB (CPU) copy."""
     n = (2**30 if device.type == "cuda" else 2**28) // 4
     src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    times = timer(lambda: dst.copy_(src), reps=10, warmup=2)
-    return 2 * n * 4 / statistics.median(times) / 1e9
+    t = time_calls(lambda: dst.copy_(src), device, calls=5, reps=5, warmup=2)
+    return 2 * n * 4 / (t["device_us"]["median"] * 1e-6) / 1e9
 
 
 def count_launches(fn) -> int | None:
@@ -168,6 +163,21 @@ def count_launches(fn) -> int | None:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
+def count_host_syncs(fn, device: torch.device) -> int | None:
+    """0 if ``fn`` runs under CUDA sync debug mode "error" without raising, else 1 (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return 0
+    except RuntimeError:
+        return 1
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 # ------------------------------------------------------------------------------------------------- problem
 def make_problem(B: int, K: int, dtype: torch.dtype, bank_dtype: torch.dtype, device: torch.device, seed: int):
     """Logits ~ N(0, 3^2), a bank of 2B one-hot rows, B unique indices (an epoch permutation)."""
@@ -180,19 +190,23 @@ def make_problem(B: int, K: int, dtype: torch.dtype, bank_dtype: torch.dtype, de
 
 
 def model_bytes(B: int, K: int, dtype: torch.dtype, bank_dtype: torch.dtype) -> int:
-    """Minimal traffic of one fused pass: read logits + bank rows, write bank rows + gradient."""
+    """Minimal traffic of forward + backward: read logits + bank rows, write bank rows + gradient, the index.
+    (The fused backward moves nothing for grad_output 1: the forward wrote the final gradient.)"""
     s_l = torch.empty((), dtype=dtype).element_size()
     s_b = torch.empty((), dtype=bank_dtype).element_size()
-    return B * K * (2 * s_l + 2 * s_b)
+    return B * K * (2 * s_l + 2 * s_b) + 8 * B
 
 
-def make_loss_fn(impl: str, assume_unique: bool, compiled_ref):
+def make_loss_fn(impl: str, compiled_ref):
     """(logits, bank, index) -> loss with one implementation (refinement with entropy, mean reduction)."""
-    if impl == "fused":
-        from alr_fast.kernels import fused_alr_loss
+    if impl in ("fused", "fused_unique"):
+        from alr_fast import alr_loss
+
+        unique = impl == "fused_unique"
 
         def loss_fn(z, bank, index):
-            return fused_alr_loss(z, bank, index, alpha=ALPHA, lam=LAM, refine=True, assume_unique=assume_unique)
+            return alr_loss(z, bank, index, alpha=ALPHA, lam=LAM, refine=True, backend="triton", check_index=False,
+                            assume_unique=unique)
     elif impl == "eager":
 
         def loss_fn(z, bank, index):
@@ -208,7 +222,7 @@ def make_loss_fn(impl: str, assume_unique: bool, compiled_ref):
 def check_against_reference(logits, bank, index, fused_loss_fn) -> dict:
     """One fused call vs the eager reference on copies: max |difference| of gradient and bank (sanity)."""
     grads, banks = [], []
-    for loss_fn in (fused_loss_fn, make_loss_fn("eager", False, None)):
+    for loss_fn in (fused_loss_fn, make_loss_fn("eager", None)):
         z = logits.detach().clone().requires_grad_(True)
         b = bank.clone()
         loss_fn(z, b, index).backward()
@@ -223,53 +237,53 @@ def check_against_reference(logits, bank, index, fused_loss_fn) -> dict:
 # ------------------------------------------------------------------------------------------------- report
 def write_markdown(path: Path, result: dict) -> None:
     env, rows = result["environment"], result["rows"]
+    s = result["settings"]
     lines = [
         f"# ALR loss benchmark: {env['device']}",
         "",
         f"Generated by `benchmarks/bench_loss.py` from `{path.with_suffix('.json').name}`. Command: `{env['command']}`",
         "",
         f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, git {env['git_sha']}"
-        f"{' (dirty)' if env['git_dirty'] else ''}, {env['time_utc']}, 1-min load average at start "
-        f"{env['load_avg_1m_at_start']}.",
+        f"{' (dirty)' if env['git_dirty'] else ''}, {env['time_utc']}, load average at start "
+        f"{env['load_avg_1m_at_start']}. Copy bandwidth (same run): {result['copy_bandwidth_gbs']:.1f} GB/s.",
         "",
-        f"Copy bandwidth (same run): {result['copy_bandwidth_gbs']:.1f} GB/s. Times: median of "
-        f"{result['settings']['reps']} calls with the L2 flushed before each (p10-p90 in brackets). `fwd` = the "
-        "loss forward (for the fused kernel this already writes the bank and the gradient buffer); `step` = "
-        "forward + backward to the logits (the fused backward scales the gradient buffer: one more read and "
-        "write of B*K). Model GB/s = (read logits + bank rows, write bank rows + gradient) / fwd time. "
-        "Speed-ups compare `step` times. Launches: GPU kernels (and memcpy/memset) per call, torch.profiler; "
-        "`step` includes the fill kernel with which autograd seeds `loss.backward()` (not the loss's own).",
+        f"{s['calls']} calls back to back between CUDA events, median of {s['reps']} reps (p10-p90). dev = device "
+        "µs per call, host = µs per call to issue them. `step` = forward + backward to the logits. Model GB/s = "
+        "(read logits + bank rows, write bank rows + gradient, index) / step device time. Speed-ups: step device "
+        "time. Launches: GPU activities per fwd / step (torch.profiler); syncs: host syncs in one step (CUDA sync "
+        "debug mode).",
         "",
     ]
     for note in result["notes"]:
         lines += [f"**{note}**", ""]
     lines += [
-        "| logits | B | K | impl | fwd ms [p10-p90] | model GB/s | % copy BW | step ms [p10-p90] | launches "
-        "fwd/step | step x eager | step x compile | max abs grad diff vs eager |",
-        "|---|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|",
+        "| logits | B | K | impl | fwd dev µs | step dev µs [p10-p90] | step host µs | model GB/s | % copy BW "
+        "| launches fwd/step | syncs | x eager | x compile | grad diff vs eager |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r["dtype"], r["B"], r["K"], r["impl"]): r for r in rows if "error" not in r}
-
-    def ms(t):
-        return f"{t['median_s'] * 1e3:.3f} [{t['p10_s'] * 1e3:.3f}-{t['p90_s'] * 1e3:.3f}]"
-
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['dtype']} | {r['B']} | {r['K']} | {r['impl']} | {r['error']} |" + " |" * 7)
+            lines.append(f"| {r['dtype']} | {r['B']} | {r['K']} | {r['impl']} | {r['error']} |" + " |" * 9)
             continue
 
         def speedup(other):
             o = by_key.get((r["dtype"], r["B"], r["K"], other))
-            return f"{o['step']['median_s'] / r['step']['median_s']:.2f}" if o and other != r["impl"] else ""
+            if not o or other == r["impl"]:
+                return ""
+            return f"{o['step']['device_us']['median'] / r['step']['device_us']['median']:.2f}"
 
+        st = r["step"]["device_us"]
         launches = "n/a" if r["fwd"]["launches"] is None else f"{r['fwd']['launches']}/{r['step']['launches']}"
         check = f"{r['check_grad_max_abs_diff']:.1e}" if "check_grad_max_abs_diff" in r else ""
+        syncs = "n/a" if r.get("host_syncs") is None else str(r["host_syncs"])
         lines.append(
-            f"| {r['dtype']} | {r['B']} | {r['K']} | {r['impl']} | {ms(r['fwd'])} | {r['model_gbs']:.1f} | "
-            f"{r['copy_share'] * 100:.1f} | {ms(r['step'])} | {launches} | {speedup('eager')} | "
+            f"| {r['dtype']} | {r['B']} | {r['K']} | {r['impl']} | {r['fwd']['device_us']['median']:.1f} | "
+            f"{st['median']:.1f} [{st['p10']:.1f}-{st['p90']:.1f}] | {r['step']['host_us']['median']:.1f} | "
+            f"{r['model_gbs']:.1f} | {r['copy_share'] * 100:.1f} | {launches} | {syncs} | {speedup('eager')} | "
             f"{speedup('compile')} | {check} |"
         )
-    lines += ["", "Goals (issue 3, GPU run):", *[f"- {g}" for g in GOALS], ""]
+    lines += ["", "Goals (issue 14, GPU run):", *[f"- {g}" for g in GOALS], ""]
     path.write_text("\n".join(lines))
 
 
@@ -361,21 +375,17 @@ def main(argv=None) -> int:
     env = environment(device)
     notes = []
     impls = list(args.impls)
-    smoke = args.interpreter_smoke and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-    if smoke and "fused" in impls:
-        notes.append("Interpreter smoke run: fused timings are of the Triton interpreter on a CPU, meaningless.")
-        print(f"NOTE: {notes[-1]}", flush=True)
-    elif device.type != "cuda" and "fused" in impls:
-        impls.remove("fused")
+    fused = [i for i in impls if i.startswith("fused")]
+    if device.type != "cuda" and fused:
+        impls = [i for i in impls if not i.startswith("fused")]
         notes.append(
             "No GPU: the fused Triton path needs a CUDA device (on a CPU it only runs under the Triton "
-            "interpreter, which is for tests, not timing); fused results are absent from this run."
+            "interpreter, which is for tests, not timing; see --host for its host cost); fused rows are absent."
         )
         print(f"NOTE: {notes[-1]}", flush=True)
     if device.type != "cuda":
         notes.append("CPU run: timings are of the reference on this CPU and say nothing about GPU performance.")
-    timer = Timer(device)
-    bw = copy_bandwidth(device, timer)
+    bw = copy_bandwidth(device)
     print(f"device: {env['device']}; copy bandwidth {bw:.1f} GB/s", flush=True)
 
     compiled_ref = None
@@ -385,68 +395,65 @@ def main(argv=None) -> int:
         dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 256)  # one graph per shape
         compiled_ref = torch.compile(alr_loss_reference, dynamic=False)
 
+    shapes = [bk for g in args.grid for bk in GRIDS[g]] if args.grid else [(B, K) for B in args.B for K in args.K]
     bank_dtype = DTYPES[args.bank_dtype]
     rows = []
     for dname in args.dtypes:
         dtype = DTYPES[dname]
-        for B in args.B:
-            for K in args.K:
-                nbytes = model_bytes(B, K, dtype, bank_dtype)
-                for impl in impls:
-                    row = dict(dtype=dname, bank_dtype=args.bank_dtype, B=B, K=K, impl=impl, model_bytes=nbytes)
-                    try:
-                        logits, bank, index = make_problem(B, K, dtype, bank_dtype, device, args.seed)
-                        loss_fn = make_loss_fn(impl, args.assume_unique, compiled_ref)
+        for B, K in shapes:
+            nbytes = model_bytes(B, K, dtype, bank_dtype)
+            for impl in impls:
+                row = dict(dtype=dname, bank_dtype=args.bank_dtype, B=B, K=K, impl=impl, model_bytes=nbytes)
+                try:
+                    logits, bank, index = make_problem(B, K, dtype, bank_dtype, device, args.seed)
+                    loss_fn = make_loss_fn(impl, compiled_ref)
 
-                        def forward(loss_fn=loss_fn, logits=logits, bank=bank, index=index):
-                            loss_fn(logits, bank, index)  # the graph is dropped: forward work only
+                    def forward(loss_fn=loss_fn, logits=logits, bank=bank, index=index):
+                        loss_fn(logits, bank, index)  # the graph is dropped: forward work only
 
-                        def step(loss_fn=loss_fn, logits=logits, bank=bank, index=index):
-                            loss_fn(logits, bank, index).backward()
+                    def step(loss_fn=loss_fn, logits=logits, bank=bank, index=index):
+                        logits.grad = None
+                        loss_fn(logits, bank, index).backward()
 
-                        def reset_grad(logits=logits):
-                            logits.grad = None
-
-                        if impl == "fused":
-                            row.update(check_against_reference(logits, bank, index, loss_fn))
-                        for name, fn in (("fwd", forward), ("step", step)):
-                            times = timer(fn, args.reps, args.warmup, setup=reset_grad)
-                            med = statistics.median(times)
-                            q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else [med] * 9
-                            row[name] = dict(times_s=times, median_s=med, p10_s=q[0], p90_s=q[-1])
-                            reset_grad()
-                            row[name]["launches"] = count_launches(fn)
-                    except Exception as exc:  # noqa: BLE001  (a failed point is recorded, the grid goes on)
-                        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                        print(f"{dname} B={B} K={K} {impl}: FAILED {row['error']}", flush=True)
-                        rows.append(row)
-                        continue
-                    finally:
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                    fwd = row["fwd"]["median_s"]
-                    row.update(model_gbs=nbytes / fwd / 1e9, copy_share=nbytes / fwd / 1e9 / bw)
+                    if impl.startswith("fused"):
+                        row.update(check_against_reference(logits, bank, index, loss_fn))
+                    for name, fn in (("fwd", forward), ("step", step)):
+                        row[name] = time_calls(fn, device, args.calls, args.reps, args.warmup)
+                        row[name]["launches"] = count_launches(fn)
+                    row["host_syncs"] = count_host_syncs(step, device)
+                except Exception as exc:  # noqa: BLE001  (a failed point is recorded, the grid goes on)
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    print(f"{dname} B={B} K={K} {impl}: FAILED {row['error']}", flush=True)
                     rows.append(row)
-                    print(
-                        f"{dname} B={B:6d} K={K:6d} {impl:8s} fwd {fwd * 1e3:9.3f} ms {row['model_gbs']:8.1f} GB/s "
-                        f"({row['copy_share'] * 100:5.1f} % copy)  step {row['step']['median_s'] * 1e3:9.3f} ms  "
-                        f"launches fwd/step {row['fwd']['launches']}/{row['step']['launches']}",
-                        flush=True,
-                    )
+                    continue
+                finally:
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                dev = row["step"]["device_us"]["median"]
+                row.update(model_gbs=nbytes / (dev * 1e-6) / 1e9, copy_share=nbytes / (dev * 1e-6) / 1e9 / bw)
+                rows.append(row)
+                print(
+                    f"{dname} B={B:6d} K={K:6d} {impl:12s} fwd {row['fwd']['device_us']['median']:9.1f} us  step "
+                    f"dev {dev:9.1f} us host {row['step']['host_us']['median']:8.1f} us  {row['model_gbs']:7.1f} "
+                    f"GB/s ({row['copy_share'] * 100:5.1f} %)  launches {row['fwd']['launches']}/"
+                    f"{row['step']['launches']} syncs {row['host_syncs']}",
+                    flush=True,
+                )
 
     result = dict(
         environment=env,
-        settings=dict(vars(args), out=relative(args.out), impls_run=impls, alpha=ALPHA, lam=LAM, refine=True),
+        settings=dict(vars(args), out=relative(args.out), impls_run=impls, shapes=shapes, alpha=ALPHA, lam=LAM,
+                      refine=True),
         copy_bandwidth_gbs=bw,
         notes=notes,
         goals=list(GOALS),
         rows=rows,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"bench_loss_{device_slug(env)}{'_assume_unique' if args.assume_unique else ''}"
+    stem = args.out / f"bench_loss_{device_slug(env)}{'_' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     write_markdown(stem.with_suffix(".md"), result)
-    print(f"wrote {stem}.json and {stem}.md")
+    print(f"wrote {relative(stem)}.json and .md")
     return 0
 
 

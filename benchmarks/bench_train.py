@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--synthetic", help="N,K,D: random in-memory data and an MLP instead of the recipe's")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments and the config, then exit")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
@@ -103,6 +104,10 @@ def main(argv=None) -> int:
     if args.batch_size:
         sets.append(f"train.batch_size={args.batch_size}")
     cfg = apply_overrides(get_recipe(args.recipe), sets + ["train.progress=false"])
+    if args.dry_run:  # benchmarks/gpu_evidence.sh --dry-run: arguments and overrides are valid
+        print(json.dumps({"recipe": args.recipe, "model": cfg.model.name, "batch_size": cfg.train.batch_size,
+                          "precision": cfg.train.precision, "synthetic": args.synthetic, "dry_run": True}))
+        return 0
     rt = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend)
     data = SyntheticData(*map(int, args.synthetic.split(",")), rt.device) if args.synthetic else \
         build_train_data(cfg, rt.device)

@@ -10,26 +10,8 @@ except ImportError:
     HAS_FUSED_ALR = False
     __all__ = ["HAS_FUSED_ALR"]
 else:
-    from .alr_loss import (
-        ALRLoss,
-        FusedALRFunction,
-        alr_forward,
-        alr_grad_scale,
-        fused_alr_loss,
-        fused_alr_loss_checked,
-        pick_config,
-        raise_on_bad_index,
-    )
+    from . import alr_loss as _alr_loss
+    from .alr_loss import *  # noqa: F403  (the public names are alr_loss.__all__)
 
     HAS_FUSED_ALR = True
-    __all__ = [
-        "HAS_FUSED_ALR",
-        "ALRLoss",
-        "FusedALRFunction",
-        "alr_forward",
-        "alr_grad_scale",
-        "fused_alr_loss",
-        "fused_alr_loss_checked",
-        "pick_config",
-        "raise_on_bad_index",
-    ]
+    __all__ = ["HAS_FUSED_ALR", *_alr_loss.__all__]

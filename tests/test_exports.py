@@ -86,3 +86,48 @@ def test_write_exports_matches_in_memory_reference(tmp_path):
     assert info["files"]["pred_probs.npy"]["kind"] == "in-sample"
     assert info["num_changed"] == int((soft.argmax(1).numpy() != data.given_labels).sum())
     assert not (tmp_path / ".export_parts").exists()
+
+
+def test_oos_columns_streamed_match_in_memory_and_replace_old_ones(tmp_path):
+    from alr_fast.exports import add_oos_columns
+
+    rng = np.random.default_rng(5)
+    n, k = 45, 6
+    given = rng.integers(0, k, n)
+    oos = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    oos[3] = oos[4]  # a tie on the given-label probability is broken by index
+    given[3] = given[4]
+    np.save(tmp_path / "oos_pred_probs.npy", oos)
+    with pytest.raises(ValueError, match="no finished crossval"):
+        add_oos_columns(tmp_path, given)
+    (tmp_path / "crossval.json").write_text(json.dumps({"complete": True}))
+    with open(tmp_path / "refined_labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["global_index", "given_label", "refined_label"])
+        w.writerows((i, int(given[i]), 7) for i in range(n))
+    for _ in range(2):  # a second crossval replaces the oos columns instead of appending them again
+        add_oos_columns(tmp_path, given, chunk_bytes=4 * k * 4)
+    with open(tmp_path / "refined_labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["global_index", "given_label", "refined_label", "oos_label", "oos_confidence",
+                             "oos_given_prob", "oos_suspect_rank"]
+    p_given = oos.astype(np.float64)[np.arange(n), given]
+    ref_rank = {i: r + 1 for r, i in enumerate(sorted(range(n), key=lambda i: (p_given[i], i)))}
+    for i, r in enumerate(rows):
+        assert int(r["refined_label"]) == 7 and int(r["oos_label"]) == int(np.argmax(oos[i]))
+        assert float(r["oos_confidence"]) == pytest.approx(float(oos[i].max()), abs=1e-6)
+        assert float(r["oos_given_prob"]) == pytest.approx(p_given[i], abs=1e-6)
+        assert int(r["oos_suspect_rank"]) == ref_rank[i]
+
+
+def test_write_exports_after_a_crossval_keeps_the_oos_columns(tmp_path):
+    data, model, bank = _tiny(n=19, k=4, seed=2)
+    oos = np.random.default_rng(0).dirichlet(np.ones(4), 19).astype(np.float32)
+    np.save(tmp_path / "oos_pred_probs.npy", oos)
+    (tmp_path / "crossval.json").write_text(json.dumps({"complete": True}))
+    info = write_exports(tmp_path, SimpleNamespace(module=model), bank, data, RT, 8)
+    with open(tmp_path / "refined_labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert "suspect_rank" in rows[0] and [int(r["oos_label"]) for r in rows] == oos.argmax(1).tolist()
+    assert info["files"]["oos_pred_probs.npy"]["kind"] == "out-of-sample"
+    assert "oos_pred_probs.npy" in info["cleanlab"] and "find_label_issues_batched" in info["cleanlab_batched"]

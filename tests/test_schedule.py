@@ -181,6 +181,10 @@ def test_collapse_guard_flags_a_jump_and_reports_it_once():
     assert sch.summary()["collapse_epochs"] == [2, 3]
     uniform = sch.end_epoch(4, {}, _counts([10] * 10, 10))
     assert uniform["collapse"] is False and uniform["pred_classes_eff"] == pytest.approx(10.0)
+    # No warm-up at all: the given labels' largest class share (0.1) is the reference, limit 0.2.
+    cold = RefinementSchedule("fixed", alpha=0.9, lam=1.0, warmup_epochs=0, label_prior_max=0.1)
+    assert cold.end_epoch(0, {}, _counts([19] + [9] * 9, 0))["collapse"] is False  # 19 %
+    assert cold.end_epoch(1, {}, _counts([21] + [9] * 9, 0))["collapse"] is True  # 21 %
 
 
 # --- a seconds-long run --------------------------------------------------------------------------------------
@@ -220,22 +224,22 @@ def test_auto_warmup_switches_logs_and_resumes(tmp_path, monkeypatch):
 
     # The same run crashing in epoch 2 (the rule has seen 2 epochs and not decided), then resumed: the rule's
     # state comes back from the checkpoint and the run ends exactly like the uninterrupted one.
-    import alr_fast.trainer as trainer
+    from alr_fast.evaluation import EvalPlan
 
-    real_evaluate, calls = trainer._evaluate, []
+    real_evaluate, calls = EvalPlan.evaluate, []
 
-    def crash_in_epoch_2(*args, **kw):
+    def crash_in_epoch_2(self, *args, **kw):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("injected crash")
-        return real_evaluate(*args, **kw)
+        return real_evaluate(self, *args, **kw)
 
     part = tmp_path / "part"
-    monkeypatch.setattr(trainer, "_evaluate", crash_in_epoch_2)
+    monkeypatch.setattr(EvalPlan, "evaluate", crash_in_epoch_2)
     with pytest.raises(RuntimeError, match="injected crash"):
         train(_digits_cfg(part, 6, method))
-    monkeypatch.setattr(trainer, "_evaluate", real_evaluate)
-    saved = json.loads(sorted((part / "checkpoints").glob("step_*/trainer.json"))[-1].read_text())
+    monkeypatch.setattr(EvalPlan, "evaluate", real_evaluate)
+    saved = json.loads(max((part / "checkpoints").glob("step_*/trainer.json")).read_text())
     assert saved["schedule"]["warmup"]["switch_epoch"] is None and len(saved["schedule"]["warmup"]["history"]) == 2
     resumed = train(_digits_cfg(part, 6, method, resume=True))
     assert resumed["refine_from_epoch"] == switch
@@ -254,3 +258,81 @@ def test_config_fields_are_validated(override, match):
 
     with pytest.raises(ValueError, match=match):
         apply_overrides(get_recipe("demo"), ["method.warmup=auto", override])
+
+
+def test_two_ranks_through_the_launcher(tmp_path):
+    """The real path: torchrun, 2 CPU ranks (gloo); the decision logged matches the rule replayed on the logged
+    (all-reduced) signal, and every rank trained with the same schedule (equal final weights)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(root / "launchers" / "train.py"), "--recipe", "demo", "--method", "alr", "--set", "data.dataset=digits",
+           "--set", "model.name=mlp", "--batch-size", "64", "--epochs", "4", "--no-progress", "--out", str(out),
+           "--set", "method.warmup=auto", "--set", "method.warmup_max_epochs=3", "--set", "method.ramp_epochs=1"]
+    proc = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(set(summary["rank_weight_digests"])) == 1
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    replay = decide(AutoWarmupRule(max_epochs=3), [r["train_acc_given"] for r in rows])
+    assert summary["refine_from_epoch"] == replay.switch_epoch
+    assert [r["phase"] == "refine" for r in rows] == [e >= replay.switch_epoch for e in range(4)]
+    assert summary["ramp_steps"] == 12  # 1,438 digits over 2 ranks x 64: 12 steps per epoch
+
+
+def test_warmup_study_report_checks_each_goal():
+    """benchmarks/quality.py --study warmup: the goal lines on hand-made records (no training)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    def rec(dataset, noise, arm, seed, acc, refined=0.9, switch=3, collapse=()):
+        return {"dataset": dataset, "noise": noise, "arm": arm, "seed": seed, "last_test_acc": acc,
+                "peak_test_acc": acc, "refined_label_acc": refined, "refine_from_epoch": switch,
+                "collapse_epochs": list(collapse), "actual_rate": 0.5}
+
+    recs = []
+    for seed, (a, s, f1, f4) in enumerate([(0.90, 0.80, 0.91, 0.5), (0.86, 0.81, 0.905, 0.6), (0.88, 0.79, 0.9, 0.7)]):
+        recs += [rec("mnist5k", "sym-incl@0.6", "alr-auto", seed, a, refined=0.96),
+                 rec("mnist5k", "sym-incl@0.6", "selc", seed, s),
+                 rec("mnist5k", "sym-incl@0.6", "alr-fixed1", seed, f1),
+                 rec("mnist5k", "sym-incl@0.6", "alr-fixed4", seed, f4, collapse=(5,) if seed else ())]
+    recs += [rec("digits", "pair@0.45", "alr-auto", 0, 0.74, collapse=(7,)), rec("digits", "pair@0.45", "selc", 0, 0.6)]
+    meta = {"command": "python benchmarks/quality.py --study warmup", "git_sha": "0" * 40, "date_utc": "now",
+            "machine": "test", "device": "cpu", "torch": "x", "total_time_s": 60.0, "auto_recipe": {"warmup": "auto"},
+            "fixed_warmups": [1, 4], "fixed_ramp_epochs": 0.0, "seeds": [0, 1, 2]}
+    md = quality.warmup_report(recs, meta)
+    goals = [line for line in md.splitlines() if line.startswith("- ")]
+    assert "ALR-auto 88.0 vs SELC 80.0 (goal ≥ SELC + 5): **holds**" in goals[0]
+    assert "std over seeds 2.0 (goal ≤ 3): **holds**" in goals[1]
+    assert "collapse flag: 0 of 3 (goal 0): **holds**" in goals[2]
+    assert "88.0 vs best fixed warm-up (alr-fixed1) 90.5 (goal within 1 point): **does not hold**" in goals[3]
+    assert "refined-label acc 96.0 % (goal ≥ 95 %): **holds**" in goals[4]
+    assert "digits pair@0.45: ALR-auto 74.0 vs SELC 60.0 (goal ≥ SELC + 5): **holds**" in goals[5]
+    assert "not measured (1 seed)" in goals[6] and "1 of 1 (goal 0): **does not hold**" in goals[7]
+    assert "ALR-auto 74.0 (goal ≥ 75): **does not hold**" in goals[8]
+    assert "| mnist5k | sym-incl@0.6 | 50.0 % | alr-fixed4 | 60.0 ± 10.0 |" in md and "| 2 of 3 |" in md
+
+
+def test_auto_warmup_watches_the_noisy_validation_slice_when_there_is_one(tmp_path):
+    from alr_fast.trainer import train
+
+    cfg = _digits_cfg(tmp_path / "val", 4, MethodConfig(name="alr", warmup="auto", warmup_max_epochs=3,
+                                                        warmup_window=2))
+    cfg.data.val_fraction = 0.2
+    summary = train(cfg)
+    assert summary["warmup_signal"] == "noisy_val_top1" and summary["refine_from_epoch"] in (1, 2, 3)
+    rows = _rows(tmp_path / "val")
+    replay = decide(AutoWarmupRule(max_epochs=3, window=2), [r["noisy_val_top1"] for r in rows],
+                    key="noisy_val_top1")
+    assert replay.switch_epoch == summary["refine_from_epoch"]
