@@ -68,9 +68,14 @@ def test_noisy_val_slice_is_disjoint_from_training_rows(world):
         assert len(loader) == len(base)  # same steps: ranks stay in step
         steps.add(len(loader))
         for epoch in (0, 1):
-            for x, idx in loader.epoch(epoch):
+            for (x, idx), (x_in, idx_in) in zip(loader.epoch(epoch), base.epoch(epoch)):
                 keep = idx >= 0
-                assert torch.all(x[~keep] == 0)  # dropped rows carry no image either
+                assert torch.equal(x[keep], x_in[keep])
+                if keep.any():  # a dropped row carries a copy of a training row of its batch, never its own image
+                    for row in x[~keep]:
+                        assert (row == x[keep]).flatten(1).all(1).any()
+                    for j in torch.nonzero((idx_in >= 0) & ~keep).flatten():
+                        assert not (x_in[j] == x[keep]).flatten(1).all(1).any() or (x_in[j] == 0).all()
                 if epoch == 0:
                     trained.append(idx[keep])
                 assert not np.isin(idx[keep].numpy(), val).any()
@@ -239,3 +244,21 @@ def test_noisy_val_slice_on_two_ranks_through_torchrun(tmp_path):
     assert np.array_equal(soft[val], np.eye(10, dtype=np.float32)[given[val]])  # never updated on either rank
     others = np.setdiff1d(np.arange(len(given)), val)
     assert (soft[others].max(1) < 1).mean() > 0.9
+
+
+def test_fill_padding_rows_copies_valid_rows_without_a_host_sync_shape():
+    from alr_fast.evaluation import fill_padding_rows
+
+    g = torch.Generator().manual_seed(0)
+    for b in (1, 2, 5, 17):
+        x = torch.randn(b, 3, 2, 2, generator=g)
+        valid = torch.rand(b, generator=g) < 0.6
+        y = fill_padding_rows(x, valid)
+        assert y.shape == x.shape
+        assert torch.equal(y[valid], x[valid])  # valid rows untouched
+        if valid.any():
+            rows = x[valid].flatten(1)
+            for r in y[~valid].flatten(1):  # every padding row is one of the batch's valid rows
+                assert (rows == r).all(1).any()
+        else:
+            assert torch.equal(y, x)  # nothing to copy from: unchanged
