@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alr_fast.precision import resolve_dtype
+from alr_fast.dtypes import choose_dtype
 from alr_fast.sharding import Sharding
 
 __all__ = ["SoftLabelBank"]
@@ -41,7 +41,7 @@ class SoftLabelBank(nn.Module):
     ):
         """``given_labels`` are the labels of *all* N samples; this bank keeps the rows rank ``rank`` owns."""
         super().__init__()
-        dtype = resolve_dtype(dtype, _DTYPES, "SoftLabelBank")
+        dtype = choose_dtype(dtype, _DTYPES, "SoftLabelBank")
         given_labels = torch.as_tensor(given_labels)
         if given_labels.dim() != 1 or given_labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(

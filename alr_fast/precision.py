@@ -23,21 +23,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PRECISION_DTYPES", "ds_precision_config", "model_dtype", "model_input", "resolve_dtype"]
+__all__ = ["PRECISION_DTYPES", "ds_precision_config", "model_dtype", "model_input"]
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype: torch.dtype | str, allowed: dict[str, torch.dtype], where: str) -> torch.dtype:
-    """``dtype`` given by name (a key of ``allowed``) or as a ``torch.dtype`` (one of its values); otherwise a
-    ``ValueError`` that names ``where`` and the choices (the bank's and the loaders' ``dtype`` arguments)."""
-    if isinstance(dtype, str):
-        if dtype not in allowed:
-            raise ValueError(f"{where}: dtype must be one of {sorted(allowed)}, got {dtype!r}")
-        return allowed[dtype]
-    if dtype not in allowed.values():
-        raise ValueError(f"{where}: dtype must be one of {[str(d) for d in allowed.values()]}, got {dtype}")
-    return dtype
 
 
 def ds_precision_config(precision: str) -> dict:

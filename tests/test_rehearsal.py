@@ -31,7 +31,7 @@ FIXTURES = {
     "cifar10": ["--num-train", "35", "--num-test", "9"],
     "animal10n": ["--num-train", "17", "--num-test", "9", "--image-size", "40x40"],
     "clothing1m": ["--num-train", "37", "--num-test", "9", "--image-size", "40x40"],
-    "webvision": ["--num-train", "35", "--num-test", "9", "--image-size", "40x40"],  # mini-WebVision: 27 train
+    "webvision": ["--num-train", "35", "--num-test", "9", "--image-size", "40x40"],  # Google list; 27 in mini
 }
 
 
@@ -93,24 +93,25 @@ def check_run(out: Path, recipe: str, *, precision: str, num_train: int) -> dict
 
 
 def test_webvision_bf16_zero2_accum2_sigkill_then_resume(tmp_path, fixture_root):
-    """deepspeed, ResNet-50, bf16 + ZeRO 2 + grad_accum 2 + the torchvision loader, 27 samples (shards of
-    14/13); both ranks SIGKILLed mid-epoch 1, then --resume: bitwise the uninterrupted run's weights (buffers
-    included), bank and predictions. (DALI's random-resized crop is drawn from the pipeline's own stream and
-    is not replayed on a mid-epoch resume, see alr_fast/data/dali.py, so DALI is rehearsed in other runs.)"""
+    """deepspeed, the full-WebVision recipe (ResNet-50, 1,000 classes, bf16 bank) on the Google list (35
+    samples: shards of 18/17), bf16 + ZeRO 2 + grad_accum 2 + the torchvision loader; both ranks SIGKILLed
+    mid-epoch 1, then --resume: bitwise the uninterrupted run's weights (buffers included), bank and
+    predictions. (DALI's fused random-resized crop draws from the pipeline's own stream and is not replayed
+    on a mid-epoch resume, alr_fast/data/loaders/dali.py, so DALI is rehearsed in the other runs.)"""
     root = fixture_root("webvision")
-    args = ["--recipe", "mini-webvision", "--data-root", str(root), *TINY, "--set", "train.precision=bf16",
-            "--set", "train.zero_stage=2", "--set", "train.grad_accum=2", "--set", "data.loader=torch",
-            "--save-every", "2"]
+    args = ["--recipe", "webvision", "--data-root", str(root), *TINY, "--set", "data.webvision_source=google",
+            "--set", "train.precision=bf16", "--set", "train.zero_stage=2", "--set", "train.grad_accum=2",
+            "--set", "data.loader=torch", "--save-every", "2"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     deepspeed2("train_webvision", [*args, "--out", str(ref)], tmp_path)
-    ref_state = check_run(ref, "mini-webvision", precision="bf16", num_train=27)
-    # 4 steps per epoch; checkpoints at global steps 2, 4 (epoch end), 6; killed right after step 7.
+    ref_state = check_run(ref, "webvision", precision="bf16", num_train=35)
+    # 5 steps per epoch; checkpoints at global steps 2, 4, 5 (epoch end), 6, 8; killed right after step 9.
     killed = deepspeed2("train_webvision", [*args, "--out", str(cut)], tmp_path,
-                        env_extra={"ALR_FAST_FAULT_AT_STEP": "7"}, expect=None)
+                        env_extra={"ALR_FAST_FAULT_AT_STEP": "9"}, expect=None)
     assert killed.returncode != 0 and not (cut / "summary.json").exists()
     resumed = deepspeed2("train_webvision", [*args, "--out", str(cut), "--resume"], tmp_path)
-    assert "step 2 of the epoch, global step 6, world size 2 -> 2" in resumed.stdout
-    cut_state = check_run(cut, "mini-webvision", precision="bf16", num_train=27)
+    assert "step 3 of the epoch, global step 8, world size 2 -> 2" in resumed.stdout
+    cut_state = check_run(cut, "webvision", precision="bf16", num_train=35)
     assert_resumed_matches(ref_state, cut_state, ref, cut)
 
 
@@ -133,16 +134,18 @@ def test_clothing1m_torchrun_zero1_dali(tmp_path, fixture_root):
 
 
 def test_cifar_bf16_zero0_accum2(tmp_path, fixture_root):
-    """deepspeed, ResNet-18, bf16 without ZeRO (DeepSpeed's separate BF16 optimizer) + grad_accum 2."""
+    """deepspeed, the recipe's CIFAR ResNet, bf16 without ZeRO (DeepSpeed's own BF16 optimizer) + grad_accum 2,
+    DALI (from memory)."""
     root = fixture_root("cifar10")
     out = tmp_path / "c10"
     deepspeed2("train_cifar", ["--data-root", str(root), "--out", str(out), *TINY, "--set", "train.precision=bf16",
-                               "--set", "train.zero_stage=0", "--set", "train.grad_accum=2"], tmp_path)
+                               "--set", "train.zero_stage=0", "--set", "train.grad_accum=2",
+                               "--set", "data.loader=dali"], tmp_path)
     check_run(out, "cifar10", precision="bf16", num_train=35)
 
 
 def test_animal10n_bf16_zero1_dali(tmp_path, fixture_root):
-    """deepspeed, VGG-19-BN (140M parameters: checkpoints off to keep CI quick), bf16 + ZeRO 1 + DALI."""
+    """deepspeed, the recipe's VGG (140M parameters: checkpoints off, CI time), bf16 + ZeRO 1 + DALI."""
     root = fixture_root("animal10n")
     out = tmp_path / "a10n"
     deepspeed2("train_animal10n", ["--data-root", str(root), "--out", str(out), *TINY,
@@ -151,16 +154,16 @@ def test_animal10n_bf16_zero1_dali(tmp_path, fixture_root):
     check_run(out, "animal10n", precision="bf16", num_train=17)
 
 
-def test_train_py_full_webvision_torchrun_zero2_accum2(tmp_path, fixture_root):
-    """torchrun, the generic launcher with the full-WebVision recipe (ResNet-50, 1,000 classes, bf16 bank),
-    fp32 + ZeRO 2 + grad_accum 2 + the torchvision DataLoader, Google list (35 samples)."""
+def test_train_py_mini_webvision_torchrun_zero2_accum2(tmp_path, fixture_root):
+    """torchrun, the generic launcher with the mini-WebVision recipe (its backbone needs >= 75 px), fp32 +
+    ZeRO 2 + grad_accum 2 + the torchvision DataLoader, 27 samples (shards of 14/13), no checkpoints (CI time)."""
     root = fixture_root("webvision")
-    out = tmp_path / "wv"
-    torchrun2("train", ["--recipe", "webvision", "--data-root", str(root), "--out", str(out), *TINY,
-                        "--set", "data.webvision_source=google", "--set", "train.precision=fp32",
-                        "--set", "train.zero_stage=2", "--set", "train.grad_accum=2",
-                        "--set", "data.loader=torch"], tmp_path)
-    check_run(out, "webvision", precision="fp32", num_train=35)
+    out = tmp_path / "mwv"
+    torchrun2("train", ["--recipe", "mini-webvision", "--data-root", str(root), "--out", str(out), *TINY,
+                        "--image-size", "75", "--set", "train.precision=fp32", "--set", "train.zero_stage=2",
+                        "--set", "train.grad_accum=2", "--set", "data.loader=torch",
+                        "--set", "train.save_every_epoch=false"], tmp_path)
+    check_run(out, "mini-webvision", precision="fp32", num_train=27)
 
 
 # ------------------------------------------------------------------ the pieces underneath

@@ -22,7 +22,7 @@ from alr_fast.data.loaders.imagecheck import UnreadableImage, UnreadableImagesWa
 from alr_fast.data.loaders.plan import EpochPlan, Subset
 from alr_fast.data.loaders.transforms import TransformSpec
 from alr_fast.data.readers.records import SampleTable
-from alr_fast.precision import resolve_dtype
+from alr_fast.dtypes import choose_dtype
 
 __all__ = ["IndexedLoader", "OUTPUT_DTYPES"]
 
@@ -50,7 +50,7 @@ class IndexedLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
-        dtype = resolve_dtype(dtype, OUTPUT_DTYPES, type(self).__name__)
+        dtype = choose_dtype(dtype, OUTPUT_DTYPES, type(self).__name__)
         if table.images is not None and transform.crop_mode == "random-resized":
             raise ValueError(f"{type(self).__name__}: in-memory arrays take pad/crop/flip transforms only")
         if table.paths is not None and transform.pad:
