@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alr_fast.noise import NOISE_KINDS
-from alr_fast.schedule import auto_warmup_errors
 
 __all__ = [
     "Config",
@@ -43,6 +42,25 @@ def _check_choice(section: str, name: str, value, choices) -> None:
 def _check(cond: bool, section: str, name: str, msg: str, value) -> None:
     if not cond:
         raise ValueError(f"config {section}.{name}: {msg}, got {value!r}")
+
+
+def auto_warmup_errors(min_epochs: int, max_epochs: int | None, stall_ratio: float, window: int,
+                       patience: int) -> list[tuple[str, str, object]]:
+    """The constraints on the automatic warm-up's parameters, written once for :class:`MethodConfig` (its
+    ``warmup_*`` fields) and for :class:`alr_fast.schedule.AutoWarmupRule`, which word the errors each their own
+    way: ``(field, requirement, value)`` per broken one. ``max_epochs`` None: not resolved yet, not checked."""
+    errors = []
+    if min_epochs < 0:
+        errors.append(("min_epochs", "must be >= 0", min_epochs))
+    if max_epochs is not None and max_epochs < max(min_epochs, 1):
+        errors.append(("max_epochs", f"must be >= the fewest warm-up epochs ({min_epochs}) and >= 1", max_epochs))
+    if not 0.0 <= stall_ratio < 1.0:
+        errors.append(("stall_ratio", "must be in [0, 1)", stall_ratio))
+    if window < 1:
+        errors.append(("window", "must be >= 1", window))
+    if patience < 1:
+        errors.append(("patience", "must be >= 1", patience))
+    return errors
 
 
 @dataclass

@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from alr_fast.config import MethodConfig, auto_warmup_errors
+
 __all__ = [
     "AutoWarmupRule",
     "auto_warmup_errors",
@@ -66,49 +68,35 @@ in the epoch's metrics row before :meth:`RefinementSchedule.end_epoch` is called
 TRAIN_SIGNAL = "train_acc_given"
 
 
-def auto_warmup_errors(min_epochs: int, max_epochs: int | None, stall_ratio: float, window: int,
-                       patience: int) -> list[tuple[str, str, object]]:
-    """The constraints on the automatic warm-up's parameters, written once for :class:`AutoWarmupRule` and for
-    :class:`alr_fast.config.MethodConfig` (its ``warmup_*`` fields), which word the errors each their own way:
-    ``(field, requirement, value)`` per broken one. ``max_epochs`` None: not resolved yet, not checked."""
-    errors = []
-    if min_epochs < 0:
-        errors.append(("min_epochs", "must be >= 0", min_epochs))
-    if max_epochs is not None and max_epochs < max(min_epochs, 1):
-        errors.append(("max_epochs", f"must be >= the fewest warm-up epochs ({min_epochs}) and >= 1", max_epochs))
-    if not 0.0 <= stall_ratio < 1.0:
-        errors.append(("stall_ratio", "must be in [0, 1)", stall_ratio))
-    if window < 1:
-        errors.append(("window", "must be >= 1", window))
-    if patience < 1:
-        errors.append(("patience", "must be >= 1", patience))
-    return errors
-
-
-@dataclass
 class AutoWarmupRule:
-    """Parameters of the automatic end of warm-up (see the module docstring for the rule)."""
+    """Parameters of the automatic end of warm-up (the rule: the module docstring).
 
-    signal: str = "auto"
-    """Metric to watch: a key of the per-epoch metrics, or 'auto' (the first of NOISY_VAL_KEYS present, else
-    'train_acc_given'). Keys containing 'loss' are minimised, others maximised."""
-    min_epochs: int = 1
-    """Fewest warm-up epochs."""
-    max_epochs: int = 10
-    """Most warm-up epochs: refinement starts at this epoch if the rule has not fired before."""
-    min_rise: float = 0.05
-    """The signal must have risen this much above its epoch-0 value before a stall counts."""
-    stall_ratio: float = 0.3
-    """Stalled when the smoothed gain is <= stall_ratio x the largest one-epoch gain so far."""
-    window: int = 1
-    """Epochs over which the gain is averaged (1 = the last epoch's gain alone)."""
-    patience: int = 1
-    """Consecutive stalled epochs needed."""
+    The parameters are the config's ``method.warmup_<name>`` fields, declared and documented once in
+    :class:`alr_fast.config.MethodConfig`; a parameter not given takes that field's default. One difference:
+    ``max_epochs`` here is a plain epoch count (default 10), where the config's 0 means "half the epochs"
+    (resolved by :meth:`RefinementSchedule.from_config`)."""
 
-    def __post_init__(self):
+    PARAMS = ("signal", "min_epochs", "max_epochs", "min_rise", "stall_ratio", "window", "patience")
+    DEFAULT_MAX_EPOCHS = 10
+
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(self.PARAMS))
+        if unknown:
+            raise TypeError(f"AutoWarmupRule: unknown parameter(s) {unknown}; parameters: {list(self.PARAMS)}")
+        defaults = MethodConfig()
+        for name in self.PARAMS:
+            setattr(self, name, params.get(name, getattr(defaults, f"warmup_{name}")))
+        if "max_epochs" not in params:
+            self.max_epochs = self.DEFAULT_MAX_EPOCHS
         for name, requirement, value in auto_warmup_errors(self.min_epochs, self.max_epochs, self.stall_ratio,
                                                            self.window, self.patience):
             raise ValueError(f"AutoWarmupRule: {name} {requirement}, got {value}")
+
+    def __repr__(self) -> str:
+        return f"AutoWarmupRule({', '.join(f'{n}={getattr(self, n)!r}' for n in self.PARAMS)})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, AutoWarmupRule) and all(getattr(self, n) == getattr(other, n) for n in self.PARAMS)
 
     def pick_signal(self, metrics: dict) -> str:
         if self.signal != "auto":
