@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alr_fast.dtypes import choose_dtype
 from alr_fast.sharding import Sharding
 
 __all__ = ["SoftLabelBank"]
@@ -40,12 +41,7 @@ class SoftLabelBank(nn.Module):
     ):
         """``given_labels`` are the labels of *all* N samples; this bank keeps the rows rank ``rank`` owns."""
         super().__init__()
-        if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"SoftLabelBank: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-            dtype = _DTYPES[dtype]
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"SoftLabelBank: dtype must be float32 or bfloat16, got {dtype}")
+        dtype = choose_dtype(dtype, _DTYPES, "SoftLabelBank")
         given_labels = torch.as_tensor(given_labels)
         if given_labels.dim() != 1 or given_labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(

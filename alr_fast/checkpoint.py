@@ -1,96 +1,264 @@
-"""Atomic, resumable checkpoints: engine (weights + optimizer), bank shards, RNG states, loop position.
+"""Atomic, verified, resumable checkpoints: engine (weights + optimizer), bank shards, the loop state.
 
-Layout of one checkpoint, ``<out>/checkpoints/step_<global step, 9 digits>/``::
+Layout of one checkpoint, ``<out>/checkpoints/ckpt_<write sequence, 6 digits>_step_<global step, 9 digits>/``::
 
     engine/                 DeepSpeed's save_checkpoint (weights, optimizer; per-rank files for ZeRO >= 1)
     bank_rank<r>.pt         rank r's bank shard (soft, given, global_index): any world size can re-shard it
-    rank<r>.pt              rank r's RNG states and the running epoch's accumulators
-    trainer.json            epoch, step in epoch, global step, metrics rows so far, world size, config
+    rank<r>.pt              rank r's part of the LoopState: the running epoch's accumulators and RNG states
+    trainer.json            the shared LoopState, world size, config, and the manifest (sha256 + size of every
+                            other file)
     COMPLETE                written last
 
-Everything is written into ``step_<n>.tmp`` and renamed to ``step_<n>`` by rank 0 after a barrier, so a run
-killed at any moment leaves either a complete checkpoint or a ``.tmp`` folder that is ignored (and cleaned up).
-The newest ``keep`` complete checkpoints are kept.
+**Atomic.** Everything is written into ``<root>/.step_<n>.tmp`` and renamed by rank 0 once every rank reported
+success, so a run killed at any moment, or a write that fails (disk full, quota, I/O error), leaves the previous
+checkpoints untouched and the newest complete one loadable. A failed write stops the run with
+:class:`CheckpointError` naming the file.
+
+**Newest = most recent complete write.** The write sequence in the folder name grows with every checkpoint
+written into the folder, whatever the step counter says (a run resumed with another world size counts steps
+differently); :func:`complete_checkpoints` orders by it.
+
+**Safe to load.** Everything alr_fast writes loads with ``torch.load(weights_only=True)`` (RNG states are
+stored as tensors and plain numbers). DeepSpeed's own files must be unpickled in full, so before anything is
+unpickled every file is checked against the manifest: a changed, truncated, missing or unlisted file refuses the
+checkpoint, naming the file. :func:`load_latest` then falls back to the previous complete checkpoint with a
+warning, or stops (``strict``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-from alr_fast.distributed import barrier
+from alr_fast.atomic import fsync_dir
+from alr_fast.distributed import all_reduce_sum, barrier
 from alr_fast.loop_state import LoopState
 
-__all__ = ["save_checkpoint", "find_latest", "load_checkpoint"]
+__all__ = ["save_checkpoint", "complete_checkpoints", "verify_checkpoint", "load_checkpoint", "load_latest",
+           "CheckpointError"]
 
 COMPLETE = "COMPLETE"
+TRAINER = "trainer.json"
+_NAME = re.compile(r"^ckpt_(\d{6,})_step_(\d{9,})$")
+_PART = "manifest_rank{}.json"
+_HASH_CHUNK = 1 << 20
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or refused to load; the message names the file."""
 
 
 def _root(out: Path) -> Path:
     return Path(out) / "checkpoints"
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+        os.fsync(f.fileno())  # the bytes just hashed are the bytes on disk before the rename makes them "complete"
+    return h.hexdigest()
+
+
+def _data_files(folder: Path) -> list[str]:
+    """Every file a checkpoint's manifest covers (all but trainer.json, COMPLETE and manifest parts), sorted."""
+    skip = {TRAINER, COMPLETE}
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*")
+        if not p.is_dir() and p.name not in skip and not re.fullmatch(_PART.format(r"\d+"), p.name)
+    )
+
+
+def _all_ok(ok: bool, device: torch.device) -> bool:
+    """Collective: True when every rank's ``ok`` is True (also the barrier of each phase of a save)."""
+    failed = all_reduce_sum(torch.tensor(0 if ok else 1, dtype=torch.long, device=device))
+    return int(failed.item()) == 0
+
+
+def _sequence(p: Path) -> int:
+    m = _NAME.match(p.name)
+    return int(m.group(1)) if m else -1
+
+
 def save_checkpoint(out: Path, engine, bank, state: LoopState, *, config: dict, rank: int, world_size: int,
                     keep: int) -> Path:
-    """Collective: every rank calls it at the same ``state.step``."""
-    step = state.step
-    trainer_state = {**state.shared_dict(), "world_size": world_size, "config": config}
-    rank_state = state.rank_dict()
+    """Collective: every rank calls it at the same ``state.step``. Raises :class:`CheckpointError` (on every
+    rank) if any rank fails to write; the previous checkpoints are then untouched."""
+    device = bank.soft.device
     root = _root(out)
-    final = root / f"step_{step:09d}"
-    tmp = root / f"step_{step:09d}.tmp"
+    tmp = root / f".step_{state.step:09d}.tmp"
+    error = None
     if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    barrier()
-    engine.save_checkpoint(str(tmp), tag="engine", save_latest=False)
-    torch.save(bank.state_dict(), tmp / f"bank_rank{rank}.pt")
-    torch.save(rank_state, tmp / f"rank{rank}.pt")
-    barrier()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".step_*.tmp"):  # left by a run killed while writing
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as e:
+            error = f"{tmp}: {e}"
+    if not _all_ok(error is None, device):
+        _fail(error, "creating the checkpoint folder", root, rank)
+
+    # 1. Every rank writes its files.
+    try:
+        engine.save_checkpoint(str(tmp), tag="engine", save_latest=False)
+        torch.save(bank.state_dict(), tmp / f"bank_rank{rank}.pt")
+        torch.save(state.rank_dict(), tmp / f"rank{rank}.pt")
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError (inline_container)
+        error = f"{tmp}: {e}"
+    if not _all_ok(error is None, device):
+        _fail(error, "writing", root, rank, tmp)
+
+    # 2. Every rank hashes (and fsyncs) its share of the files; rank 0 merges the shares into trainer.json.
+    try:
+        files = _data_files(tmp)
+        part = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files[rank::world_size]}
+        (tmp / _PART.format(rank)).write_text(json.dumps(part))
+    except OSError as e:
+        error = f"{tmp}: {e}"
+    if not _all_ok(error is None, device):
+        _fail(error, "hashing", root, rank, tmp)
+
+    final = None
     if rank == 0:
-        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1) + "\n")
-        (tmp / COMPLETE).write_text("ok\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        complete = sorted(p for p in root.glob("step_*") if (p / COMPLETE).exists() and not p.name.endswith(".tmp"))
-        for old in complete[:-keep] if keep > 0 else []:
+        try:
+            manifest = {}
+            for r in range(world_size):
+                manifest.update(json.loads((tmp / _PART.format(r)).read_text()))
+                (tmp / _PART.format(r)).unlink()
+            missing = set(files) - set(manifest)
+            if missing:
+                raise OSError(f"no hash for {sorted(missing)}")
+            seq = max((_sequence(p) for p in root.iterdir()), default=-1) + 1
+            final = root / f"ckpt_{seq:06d}_step_{state.step:09d}"
+            trainer_state = {**state.shared_dict(), "world_size": world_size, "write_sequence": seq,
+                             "config": config, "manifest": manifest}
+            _write_synced(tmp / TRAINER, json.dumps(trainer_state, indent=1) + "\n")
+            _write_synced(tmp / COMPLETE, "ok\n")
+            fsync_dir(tmp)
+            tmp.rename(final)
+            fsync_dir(root)
+        except OSError as e:
+            error = f"{tmp}: {e}"
+    if not _all_ok(error is None, device):
+        _fail(error, "completing", root, rank, tmp)
+    if rank == 0:
+        for old in complete_checkpoints(out)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
-    return final
+    return final if final is not None else root
 
 
-def find_latest(out: Path) -> Path | None:
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fail(error: str | None, what: str, root: Path, rank: int, tmp: Path | None = None):
+    if rank == 0 and tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    newest = complete_checkpoints(root.parent)
+    kept = f"the newest complete checkpoint is still {newest[0]}" if newest else "no complete checkpoint exists yet"
+    detail = error or "another rank failed (see its message)"
+    raise CheckpointError(f"rank {rank}: checkpoint failed while {what}: {detail}; nothing was replaced, {kept}")
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints in ``<out>/checkpoints``, most recently written first."""
     root = _root(out)
     if not root.is_dir():
-        return None
-    complete = sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp") and (p / COMPLETE).exists())
-    return complete[-1] if complete else None
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / COMPLETE).is_file()]
+    return sorted(found, key=_sequence, reverse=True)
 
 
-def load_checkpoint(path: Path, engine, bank, state: LoopState, *, rank: int, world_size: int) -> dict:
-    """Restore engine, bank (re-sharding if the world size changed) and ``state``; returns ``trainer.json``."""
-    trainer_state = json.loads((path / "trainer.json").read_text())
+def verify_checkpoint(path: Path) -> tuple[dict | None, list[str]]:
+    """Check every file of a checkpoint against its manifest without unpickling anything.
+
+    Returns (trainer_state, problems); problems name each file that is missing, truncated, changed or unlisted.
+    """
+    try:
+        trainer_state = json.loads((path / TRAINER).read_text())
+        manifest = trainer_state["manifest"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, [f"{path / TRAINER}: unreadable or without a manifest ({type(e).__name__}: {e})"]
+    problems = []
+    on_disk = set(_data_files(path))
+    for name in sorted(on_disk - set(manifest)):
+        problems.append(f"{path / name}: not in the manifest (a file nobody wrote here: refused)")
+    for name, want in sorted(manifest.items()):
+        f = path / name
+        if name not in on_disk:
+            problems.append(f"{f}: missing")
+            continue
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            problems.append(f"{f}: {size} bytes, the manifest says {want['bytes']} (truncated or replaced)")
+        elif _sha256(f) != want["sha256"]:
+            problems.append(f"{f}: sha256 differs from the manifest (corrupted or replaced)")
+    return trainer_state, problems
+
+
+def load_checkpoint(path: Path, trainer_state: dict, engine, bank, state: LoopState, *, rank: int,
+                    world_size: int) -> None:
+    """Restore engine, bank (re-sharding if the world size changed) and ``state`` from a verified checkpoint."""
     load_path, _ = engine.load_checkpoint(str(path), tag="engine", load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
     if load_path is None:
-        raise FileNotFoundError(f"{path}/engine: DeepSpeed found no checkpoint to load")
+        raise CheckpointError(f"{path}/engine: DeepSpeed found no checkpoint to load")
     saved_world = int(trainer_state["world_size"])
-    shard_files = sorted(path.glob("bank_rank*.pt"))
-    if len(shard_files) != saved_world:
-        raise FileNotFoundError(f"{path}: expected {saved_world} bank shards, found {len(shard_files)}")
+    shard_files = [path / f"bank_rank{r}.pt" for r in range(saved_world)]
     if saved_world == world_size:
-        bank.load_state_dict(torch.load(path / f"bank_rank{rank}.pt", map_location=bank.soft.device,
-                                        weights_only=True))
-        rank_state = torch.load(path / f"rank{rank}.pt", weights_only=False)
+        bank.load_state_dict(torch.load(shard_files[rank], map_location=bank.soft.device, weights_only=True))
+        rank_state = torch.load(path / f"rank{rank}.pt", weights_only=True)
     else:
         # mmap: a rank reads only the pages of the shard rows it needs.
         shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in shard_files]
         bank.load_rows_from(shards)
         rank_state = None
     state.load(trainer_state, rank_state)
-    return trainer_state
+
+
+def load_latest(out: Path, engine, bank, state: LoopState, *, rank: int, world_size: int,
+                strict: bool = False) -> tuple[Path, dict] | None:
+    """Resume from the most recent complete checkpoint that verifies (collective).
+
+    A checkpoint that fails verification is skipped with a warning naming the files (``strict``: the run stops
+    with :class:`CheckpointError` instead). Returns (path, trainer_state), or None if there is no complete
+    checkpoint at all; raises if there are some but none verifies.
+    """
+    candidates = complete_checkpoints(out)  # the same list on every rank: --out is shared
+    if not candidates:
+        legacy = sorted(_root(out).glob("step_*/COMPLETE")) if _root(out).is_dir() else []
+        if legacy and rank == 0:
+            print(f"[alr_fast] WARNING: {legacy[-1].parent} was written by an older alr_fast without a manifest; "
+                  "it is not loaded (its files could not be verified before unpickling)", file=sys.stderr, flush=True)
+        return None
+    refused = []
+    for path in candidates:
+        # Every rank checks every file before anything is unpickled (DeepSpeed's loader unpickles in full).
+        trainer_state, problems = verify_checkpoint(path)
+        if _all_ok(not problems, bank.soft.device):
+            if refused and rank == 0:
+                print(f"[alr_fast] WARNING: resuming from {path}, an older checkpoint, because newer ones were "
+                      f"refused: {'; '.join(refused)}", file=sys.stderr, flush=True)
+            load_checkpoint(path, trainer_state, engine, bank, state, rank=rank, world_size=world_size)
+            return path, trainer_state
+        reason = "; ".join(problems) or f"rank {rank} sees it intact, another rank does not"
+        if strict:
+            raise CheckpointError(f"--resume=strict: refusing {path}: {reason}")
+        if rank == 0:
+            print(f"[alr_fast] WARNING: refusing checkpoint {path}: {reason}", file=sys.stderr, flush=True)
+        refused.append(f"{path.name}: {reason}")
+    raise CheckpointError(f"no checkpoint in {_root(out)} passed verification: {' | '.join(refused)}")

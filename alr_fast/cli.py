@@ -7,9 +7,10 @@ import json
 import os
 import sys
 
+from alr_fast.checkpoint import CheckpointError
 from alr_fast.config import METHODS, apply_overrides, load_config_file
 from alr_fast.recipes import RECIPES, resolve_recipe
-from alr_fast.runtime import shutdown_distributed
+from alr_fast.runtime import PeerLost, Preempted, shutdown_distributed
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="small_cnn, mlp, preact_resnet18, cifar_resnet34, or a torchvision / timm model name")
     p.add_argument("--image-size", type=int, help="training crop size in pixels (on-disk datasets)")
     p.add_argument("--save-every", type=int, help="also checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "strict"),
+                   help="continue from the newest complete checkpoint in --out that verifies (an older one, with a "
+                        "warning, if it does not); --resume=strict stops instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set method.alpha=0.8 (repeatable)")
@@ -44,6 +47,7 @@ def _config_from_args(args, recipe: str):
         sets.append("train.progress=false")
     if args.resume:
         sets.append("train.resume=true")
+        sets.append(f"train.resume_strict={args.resume == 'strict'}")
     if getattr(args, "config", None):
         # A saved run's config.json (or a hand-written one) is complete: no recipe resolution, only overrides.
         return apply_overrides(load_config_file(args.config), sets)
@@ -153,8 +157,18 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(summary, indent=2))
         shutdown_distributed()  # on success only: after a one-sided error a barrier could wait forever
         return 0
+    except Preempted as e:  # every rank stopped after the same step and the checkpoint is written
+        print(f"stopped: {e}", file=sys.stderr)
+        shutdown_distributed()
+        return e.exit_code
+    except PeerLost as e:
+        # A process group whose peer died cannot be torn down cleanly (gloo's destructor aborts the process):
+        # leave without running destructors, with the error's status.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
     except (ValueError, TypeError, NotImplementedError, FileNotFoundError, NotADirectoryError,
-            FloatingPointError) as e:
+            FloatingPointError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -261,7 +261,17 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many complete checkpoints to keep (newest first)."""
     resume: bool = False
-    """Continue from the newest complete checkpoint in `out` (a fresh start if there is none)."""
+    """Continue from the most recently written complete checkpoint in `out` that passes verification (a fresh
+    start if there is none; an older one, with a warning, if the newest is corrupt or was tampered with)."""
+    resume_strict: bool = False
+    """With `resume`: stop instead of falling back when the newest complete checkpoint fails verification
+    (`--resume=strict`)."""
+    collective_timeout_s: float = 300.0
+    """Timeout of every collective (the process group's): when a peer rank dies or hangs, the others stop with
+    an error naming the step within this time instead of waiting for the backend's default (30 min or more)."""
+    nan_check_every: int = 50
+    """Check every N steps (one host sync) that the training loss stayed finite; a non-finite loss stops the
+    run naming the step, before any checkpoint could include it. Also how often ranks agree on a stop signal."""
     export_every_epoch: bool = False
     """Write the exports (refined_labels.csv, pred_probs.npy, labels.npy) after every epoch, not only at the end."""
     tensorboard: bool = True
@@ -277,6 +287,9 @@ class TrainConfig:
         _check(self.global_batch_size >= 0, "train", "global_batch_size", "must be >= 0", self.global_batch_size)
         _check(self.zero_stage in (0, 1, 2), "train", "zero_stage", "must be 0, 1 or 2", self.zero_stage)
         _check(self.save_every >= 0, "train", "save_every", "must be >= 0", self.save_every)
+        _check(self.collective_timeout_s > 0, "train", "collective_timeout_s", "must be > 0",
+               self.collective_timeout_s)
+        _check(self.nan_check_every >= 1, "train", "nan_check_every", "must be >= 1", self.nan_check_every)
         # A checkpoint inside an accumulation window would lose the window's partial gradient on resume.
         _check(self.save_every % self.grad_accum == 0, "train", "save_every",
                f"must be a multiple of train.grad_accum ({self.grad_accum})", self.save_every)

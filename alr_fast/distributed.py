@@ -1,11 +1,12 @@
-"""Small collective helpers used once per epoch or at the end (never per step)."""
+"""Small collective helpers used once per epoch, every ``train.nan_check_every`` steps or at the end (never per
+step)."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_rows", "barrier", "all_reduce_sum", "sync_buffers"]
+__all__ = ["all_gather_rows", "barrier", "all_reduce_sum", "all_reduce_min", "sync_buffers"]
 
 
 def _world() -> int:
@@ -20,6 +21,12 @@ def barrier() -> None:
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if _world() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    if _world() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t
 
 

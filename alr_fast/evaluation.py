@@ -40,7 +40,7 @@ import torch
 
 from alr_fast.precision import model_input
 
-__all__ = ["topk_correct", "EvalSet", "EvalPlan", "noisy_val_rows", "ExcludeRows", "RemapRows", "subset_table"]
+__all__ = ["topk_correct", "EvalSet", "EvalPlan", "noisy_val_rows", "ExcludeRows", "fill_padding_rows", "RemapRows", "subset_table"]
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
@@ -69,10 +69,27 @@ class EvalSet:
     """Rows the set holds (the accuracy's denominator)."""
 
 
-class ExcludeRows:
-    """A train BatchSource with some global rows turned into padding (index -1, zero image) in every batch.
+def fill_padding_rows(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``x`` with every row where ``valid`` is False replaced by a copy of a valid row of the same batch.
 
-    Same steps per epoch on every rank (nothing is dropped), so data-parallel ranks stay in step."""
+    Padding rows never reach the loss or the bank (their index is -1), but they do pass through the model, and
+    BatchNorm's batch statistics would see a zero image as data. A copy of a real image of the batch moves the
+    statistics far less. Device ops only (a stable sort of B flags and a gather): no host sync. A batch with no
+    valid row is returned unchanged.
+    """
+    pos = torch.arange(valid.numel(), device=valid.device)
+    first_valid = torch.argsort((~valid).to(torch.int8), stable=True)  # valid rows first, in batch order
+    n_valid = valid.sum().clamp_min(1)
+    src = torch.where(valid, pos, first_valid[pos % n_valid])
+    return x[src.to(x.device)]
+
+
+class ExcludeRows:
+    """A train BatchSource with some global rows turned into padding (index -1) in every batch.
+
+    Same steps per epoch on every rank (nothing is dropped), so data-parallel ranks stay in step. An excluded
+    row's image is replaced by a copy of another training row of the batch (:func:`fill_padding_rows`), so the
+    held-out image never reaches the model in training and BatchNorm sees no zero images."""
 
     def __init__(self, source, rows: np.ndarray, num_rows: int, device):
         self.source = source
@@ -89,8 +106,8 @@ class ExcludeRows:
             if self.mask.device != idx.device:  # loaders may yield indices on the host or the GPU
                 self.mask = self.mask.to(idx.device)
             drop = self.mask[torch.where(idx >= 0, idx, self.num_rows)]       # on idx's device
-            keep = (~drop).to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
-            yield x * keep, torch.where(drop, -1, idx)
+            idx = torch.where(drop, -1, idx)
+            yield fill_padding_rows(x, idx >= 0), idx
 
 
 class RemapRows:
@@ -127,7 +144,7 @@ class _KeepRows:
 
 
 def subset_table(table, rows: np.ndarray):
-    """A :class:`~alr_fast.data.records.SampleTable` of ``table``'s rows ``rows`` (indices renumbered 0..n-1)."""
+    """A :class:`~alr_fast.data.readers.records.SampleTable` of ``table``'s rows ``rows`` (indices renumbered 0..n-1)."""
     rows = np.asarray(rows, dtype=np.int64)
     pick = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
     return dataclasses.replace(

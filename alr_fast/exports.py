@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
+from alr_fast.atomic import atomic_path, write_text_atomic
 from alr_fast.bank import SoftLabelBank
 from alr_fast.distributed import barrier
 from alr_fast.precision import model_input
@@ -238,8 +238,7 @@ def _oos_columns(out: Path, given: np.ndarray, chunk_bytes: int) -> tuple[list[s
 
 def _write_csv(path: Path, header: list[str], columns, n: int, extra=None, block: int = 65536) -> None:
     """A CSV of n rows written ``block`` rows at a time; ``columns(a, b)`` gives rows [a, b) as tuples."""
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header + (extra[0] if extra else []))
         for a in range(0, n, block):
@@ -248,7 +247,6 @@ def _write_csv(path: Path, header: list[str], columns, n: int, extra=None, block
             if extra:
                 rows = [list(r) + list(e) for r, e in zip(rows, extra[1](a, b))]
             w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def add_oos_columns(out: Path, given: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> None:
@@ -316,10 +314,13 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
     if rt.is_main:
         given = data.given_labels.astype(np.int64)
         world = rt.world_size
-        predicted = assemble_rows(out / "pred_probs.npy", n, k,
-                                  [RowPart.load(parts / f"pred{r}.f32") for r in range(world)], chunk_bytes=chunk_bytes)
-        assemble_rows(out / "soft_labels.npy", n, k, [RowPart.load(parts / f"soft{r}.f32") for r in range(world)],
-                      chunk_bytes=chunk_bytes)
+        # Every file below appears complete or not at all (written aside, fsynced, renamed: alr_fast.atomic).
+        with atomic_path(out / "pred_probs.npy") as tmp:
+            predicted = assemble_rows(tmp, n, k, [RowPart.load(parts / f"pred{r}.f32") for r in range(world)],
+                                      chunk_bytes=chunk_bytes)
+        with atomic_path(out / "soft_labels.npy") as tmp:
+            assemble_rows(tmp, n, k, [RowPart.load(parts / f"soft{r}.f32") for r in range(world)],
+                          chunk_bytes=chunk_bytes)
         refined = np.zeros(n, dtype=np.int64)
         confidence = np.zeros(n, dtype=np.float32)
         given_mass = np.zeros(n, dtype=np.float32)
@@ -338,9 +339,10 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
                    lambda a, b: list(zip(range(a, b), given[a:b].tolist(), refined[a:b].tolist(),
                                          (f"{c:.6f}" for c in confidence[a:b].tolist()), suspect_rank[a:b].tolist())),
                    n, oos)
-        np.save(out / "labels.npy", given)
+        with atomic_path(out / "labels.npy") as tmp:
+            np.save(tmp, given)
         names = class_names_of(data)
-        (out / "class_names.json").write_text(json.dumps(names) + "\n")
+        write_text_atomic(out / "class_names.json", json.dumps(names) + "\n")
         shutil.rmtree(parts, ignore_errors=True)
         files = {
             "pred_probs.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
@@ -370,6 +372,6 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
         else:
             info["cleanlab"] = ("run `python -m alr_fast crossval --out <this folder> ...` for out-of-sample "
                                 "probabilities, then: " + CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy"))
-        (out / "exports.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_text_atomic(out / "exports.json", json.dumps(info, indent=2) + "\n")
     barrier()
     return info

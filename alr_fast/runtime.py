@@ -3,12 +3,71 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
-__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed"]
+__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "apply_collective_timeout", "StopSignals", "Preempted",
+           "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
+
+EXIT_PREEMPTED = 75
+"""Exit status after SIGTERM/SIGINT was honoured (checkpoint written; run again with --resume). 75 is
+EX_TEMPFAIL of sysexits.h: "try again later", which is what a preempted job should do."""
+
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT was received; every rank finished the same step and wrote a checkpoint."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+class PeerLost(RuntimeError):
+    """A collective failed or timed out: another rank died or hangs."""
+
+
+class StopSignals:
+    """SIGTERM/SIGINT -> a stop request the training loop honours at its next check; a second signal exits at once.
+
+    The handler only sets a flag (nothing runs inside a step); the loop looks at :attr:`requested` and, with
+    several ranks, agrees on it with the others (see the trainer). A second signal restores the default
+    handler and re-delivers itself, so the process dies immediately (status -SIGTERM / -SIGINT).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = 0
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.requested = signum
+        print(f"[alr_fast] rank {os.environ.get('RANK', '0')}: {signal.Signals(signum).name} received: finishing "
+              "the current step, then checkpointing and exiting (send it again to exit at once)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
+        return False
 
 
 @dataclass(frozen=True)
@@ -32,10 +91,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
+def init_distributed(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
     """Join (or create) the process group DeepSpeed uses; a plain ``python`` run becomes a group of one.
 
-    Under ``deepspeed``/``torchrun`` the launcher's RANK/WORLD_SIZE/MASTER_* variables are used as they are.
+    ``timeout_s`` bounds every collective of the group (gloo: each operation; NCCL: enforced by its watchdog,
+    which aborts the process). A group that already exists keeps its own timeout. Under ``deepspeed``/``torchrun`` the launcher's RANK/WORLD_SIZE/MASTER_* variables are used as they are.
     """
     import deepspeed
     import torch.distributed as dist
@@ -46,13 +106,32 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if "RANK" in os.environ:
-            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                       timeout=timedelta(seconds=timeout_s))
         else:
             # A group of one on a free local port, passed directly rather than through MASTER_PORT so that child
             # processes started later (tests, tools) do not inherit a port this process holds.
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                       init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+                                       init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                       timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
+
+
+def apply_collective_timeout(device: torch.device, timeout_s: float) -> int:
+    """Give every existing process group (not only the default one) the collective timeout; returns how many.
+
+    DeepSpeed all-reduces gradients over groups it creates itself with ``new_group``, which take torch's
+    default timeout (30 min), not the default group's. Call it after ``deepspeed.initialize``.
+    """
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    groups = list(getattr(getattr(c10d, "_world", None), "pg_map", {}) or [])
+    for pg in groups:
+        pg._get_backend(device)._set_default_timeout(timedelta(seconds=timeout_s))
+    return len(groups)
 
 
 def shutdown_distributed() -> None:
@@ -65,7 +144,8 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def resolve_runtime(device: str, precision: str, backend: str) -> Runtime:
+def resolve_runtime(device: str, precision: str, backend: str,
+                    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> Runtime:
     from alr_fast.contract import resolve_backend  # the backend is decided here, once; alr_loss takes it as is
 
     if device == "auto":
@@ -81,6 +161,6 @@ def resolve_runtime(device: str, precision: str, backend: str) -> Runtime:
         precision = "bf16" if dev.type == "cuda" else "fp32"
     if dev.type == "cpu" and precision == "fp16":
         raise ValueError("train.precision='fp16' needs a GPU (loss scaling on CPU is not supported); use fp32")
-    rank, world = init_distributed(dev)
+    rank, world = init_distributed(dev, collective_timeout_s)
     return Runtime(device=dev, precision=precision, backend=resolve_backend(backend, dev), rank=rank,
                    world_size=world)

@@ -11,22 +11,25 @@ label, prediction) for the metrics; exports and re-sharding assemble the global 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from alr_fast.bank import SoftLabelBank
-from alr_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from alr_fast.atomic import atomic_path, write_text_atomic
+from alr_fast.checkpoint import complete_checkpoints, load_latest, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
 from alr_fast.data.train_data import TrainData, build_train_data
-from alr_fast.distributed import all_gather_rows, all_reduce_sum, barrier, sync_buffers
+from alr_fast.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
 from alr_fast.evaluation import EvalPlan
 from alr_fast.exports import predict_probs, write_exports
 from alr_fast.functional import alr_loss, raise_on_bad_index
@@ -34,7 +37,7 @@ from alr_fast.loop_state import LoopState
 from alr_fast.metrics import label_quality, memorisation_split
 from alr_fast.models import build_model
 from alr_fast.precision import ds_precision_config, model_input
-from alr_fast.runtime import Runtime, resolve_runtime
+from alr_fast.runtime import PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout, resolve_runtime
 from alr_fast.schedule import RefinementSchedule, prediction_counts
 
 __all__ = ["train", "predict_probs"]
@@ -61,12 +64,14 @@ def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
 
 
-def _lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    o, total = cfg.optim, cfg.train.epochs * steps_per_epoch
+def _lr_at(cfg: Config, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> float:
+    """The schedule at ``epoch + step_in_epoch / steps_per_epoch`` epochs of progress: a position that means the
+    same with any world size (a run resumed on another number of ranks continues the curve where it was)."""
+    o = cfg.optim
     if o.schedule == "cosine":
+        step, total = epoch * steps_per_epoch + step_in_epoch, cfg.train.epochs * steps_per_epoch
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
     if o.schedule == "step":
-        epoch = step // steps_per_epoch
         return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
     return o.lr
 
@@ -118,6 +123,51 @@ def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -
     plt.close(fig)
 
 
+_NO_BAD_STEP = 2**62
+
+
+def _is_collective_failure(e: RuntimeError) -> bool:
+    """gloo/NCCL errors after a peer died or a collective timed out (they surface as RuntimeError subclasses)."""
+    if isinstance(e, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(e)
+    return any(m in text for m in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
+                                   "timed out", "Broken pipe"))
+
+
+@dataclass
+class _Faults:
+    """Fault injection for the reliability tests, read once from the environment (never set in real runs).
+
+    ``ALR_FAST_FAULT_AT_STEP=N`` acts right after global step N on every rank, or only on rank
+    ``ALR_FAST_FAULT_RANK``; ``ALR_FAST_FAULT_SIGNAL`` says how: KILL (default: SIGKILL after that step's
+    checkpoint, if any), STOP (SIGSTOP there: a hung rank), TERM or INT (the signal, before the stop check), TERM2 (SIGTERM twice).
+    ``ALR_FAST_NAN_AT_STEP=k`` feeds NaN images to global step k (counting from 1), so its loss is NaN.
+    """
+
+    at_step: int = -1
+    how: str = "KILL"
+    nan_at_step: int = -1
+
+    @classmethod
+    def from_env(cls, rank: int) -> "_Faults":
+        env = os.environ
+        mine = env.get("ALR_FAST_FAULT_RANK", str(rank)) == str(rank)
+        return cls(at_step=int(env.get("ALR_FAST_FAULT_AT_STEP", "-1")) if mine else -1,
+                   how=env.get("ALR_FAST_FAULT_SIGNAL", "KILL").upper(),
+                   nan_at_step=int(env.get("ALR_FAST_NAN_AT_STEP", "-1")))
+
+    def after_step(self, step: int, phase: str) -> None:
+        if step != self.at_step or (phase == "kill") != (self.how in ("KILL", "STOP")):
+            return
+        if self.how in ("KILL", "STOP"):  # STOP: a rank that hangs (its peers hit the collective timeout)
+            os.kill(os.getpid(), signal.SIGKILL if self.how == "KILL" else signal.SIGSTOP)
+            return
+        signum = signal.SIGINT if self.how == "INT" else signal.SIGTERM
+        for _ in range(2 if self.how == "TERM2" else 1):
+            os.kill(os.getpid(), signum)
+
+
 class _Loop:
     """One run: what set-up builds (``cfg``, runtime, data, engine, bank, loaders, sinks) and the ``LoopState``.
 
@@ -129,7 +179,8 @@ class _Loop:
 
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        rt = runtime or resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend)
+        rt = runtime or resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend,
+                                        cfg.train.collective_timeout_s)
         implied = cfg.train.batch_size * cfg.train.grad_accum * rt.world_size
         if cfg.train.global_batch_size and cfg.train.global_batch_size != implied:
             raise ValueError(
@@ -157,6 +208,7 @@ class _Loop:
                             width=cfg.model.width, pretrained=cfg.model.pretrained).to(rt.device)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model),
                                                     config=_ds_config(cfg, rt))
+        apply_collective_timeout(rt.device, cfg.train.collective_timeout_s)  # DeepSpeed's own groups too
         self.bank = SoftLabelBank(torch.from_numpy(data.given_labels), k, cfg.method.bank_dtype, rank=rt.rank,
                                   world_size=rt.world_size).to(rt.device)
         self.given = torch.from_numpy(data.given_labels)
@@ -169,8 +221,11 @@ class _Loop:
         # When refinement starts (fixed or automatic) and the lam/alpha ramp: alr_fast/schedule.py.
         self.sched = RefinementSchedule.from_config(cfg.method, cfg.train.epochs, self.steps_per_epoch,
                                                     data.given_labels, k)
-        # Testing hook: ALR_FAST_FAULT_AT_STEP=N kills this process (SIGKILL) right after global step N.
-        self.fault_at_step = int(os.environ.get("ALR_FAST_FAULT_AT_STEP", "-1"))
+        self.faults = _Faults.from_env(rt.rank)
+        self.signals = StopSignals()
+        self.stopping = False
+        # Smallest global step whose loss was non-finite (_NO_BAD_STEP: none); read every nan_check_every steps.
+        self.bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=rt.device)
         self.state = LoopState.fresh(self.bank.num_samples, rt.device)
         if cfg.train.resume:
             self.resume()
@@ -179,13 +234,16 @@ class _Loop:
 
     def resume(self) -> None:
         cfg, rt = self.cfg, self.rt
-        latest = find_latest(self.out)
-        if latest is None:
+        found = load_latest(self.out, self.engine, self.bank, self.state, rank=rt.rank, world_size=rt.world_size,
+                            strict=cfg.train.resume_strict)
+        if found is None:
             if rt.is_main:
                 print(f"[alr_fast] --resume: no complete checkpoint in {self.out}/checkpoints, starting fresh",
                       flush=True)
             return
-        saved = load_checkpoint(latest, self.engine, self.bank, self.state, rank=rt.rank, world_size=rt.world_size)
+        latest, saved = found
+        if saved["world_size"] != rt.world_size:  # count steps in this world size's steps per epoch from here on
+            self.state.step = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         if self.state.selection:
             self.plan.load_state_dict(self.state.selection)
         only_train = lambda d: {k: v for k, v in d.items() if k != "train"}  # noqa: E731
@@ -199,7 +257,8 @@ class _Loop:
                   f"global step {s.step}, world size {saved['world_size']} -> {rt.world_size})", flush=True)
 
     def save(self) -> None:
-        """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it)."""
+        """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it). Callers have
+        just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss."""
         sync_buffers(self.engine.module)  # the engine saves rank 0's module: make it every rank's
         self.state.schedule = self.sched.state_dict()
         save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
@@ -237,12 +296,14 @@ class _Loop:
                                      start=s.step_in_epoch):
             t_step = time.perf_counter()
             data_time += t_step - t_data
-            lr = _lr_at(cfg, s.step, self.steps_per_epoch)
+            lr = _lr_at(cfg, epoch, i, self.steps_per_epoch)
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
             if self.check_index and not bool(bank.owns(idx).all()):
                 raise RuntimeError(f"rank {self.rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
+            if s.step + 1 == self.faults.nan_at_step:
+                x = x * float("nan")  # fault injection for the non-finite-loss test
             alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
             logits = engine(model_input(x, engine.module))
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
@@ -251,21 +312,29 @@ class _Loop:
                             backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
             engine.backward(loss)
             engine.step()
+            s.step += 1
+            s.step_in_epoch = i + 1
             with torch.no_grad():
                 n_valid = (idx >= 0).sum()
                 s.loss_sum += loss.detach().double() * n_valid
                 s.seen += n_valid
                 s.train_pred[torch.where(local >= 0, local, n_local)] = logits.detach().argmax(dim=1)
-            s.step += 1
-            s.step_in_epoch = i + 1
+                # No host sync: remember the first non-finite step on the device; agree_to_stop reads it.
+                self.bad_step = torch.minimum(self.bad_step,
+                                              torch.where(torch.isfinite(loss.detach()), _NO_BAD_STEP, s.step))
             t_data = time.perf_counter()
             step_time += t_data - t_step
             if self.progress is not None:
                 self.progress.update(1)
-            if cfg.train.save_every and s.step % cfg.train.save_every == 0 and i + 1 < self.steps_per_epoch:
+            self.faults.after_step(s.step, "signal")
+            last = i + 1 == self.steps_per_epoch
+            save_due = bool(cfg.train.save_every) and s.step % cfg.train.save_every == 0 and not last
+            self.stopping = self.agree_to_stop(force=save_due or last)
+            if (save_due or self.stopping) and not last:
                 self.save()
-            if self.fault_at_step == s.step:
-                os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests
+            self.faults.after_step(s.step, "kill")
+            if self.stopping and not last:
+                raise self.preempted()
         return {"lr": lr, "epoch_time": time.perf_counter() - t0, "data_time": data_time, "step_time": step_time}
 
     def end_epoch(self, epoch: int, timing: dict) -> None:
@@ -284,7 +353,8 @@ class _Loop:
         evals = self.plan.evaluate(self.engine.module, self.rt.device, max(cfg.train.batch_size, 256),
                                    lambda: _autocast(self.rt))
         if self.plan.observe(epoch, evals) and self.rt.is_main:
-            torch.save(self.engine.module.state_dict(), self.out / "model_best.pt")  # selected on validation
+            with atomic_path(self.out / "model_best.pt") as tmp:  # selected on validation
+                torch.save(self.engine.module.state_dict(), tmp)
         s.selection = self.plan.state_dict()
         row = {
             "epoch": epoch,
@@ -312,8 +382,55 @@ class _Loop:
         if cfg.train.export_every_epoch:
             write_exports(self.out, self.engine, bank, self.data, self.rt, max(cfg.train.batch_size, 256))
         s.epoch, s.step_in_epoch = epoch + 1, 0
-        if cfg.train.save_every_epoch or cfg.train.save_every:
+        if cfg.train.save_every_epoch or cfg.train.save_every or self.stopping:
             self.save()
+        if self.stopping:
+            raise self.preempted()
+
+    def agree_to_stop(self, force: bool = False) -> bool:
+        """Every ``train.nan_check_every`` steps (and when ``force``): one all-reduce of two numbers and one host
+        sync. Raises if any rank saw a non-finite loss since the last check; returns True when any rank got
+        SIGTERM/SIGINT, so that all ranks stop after the same step. One rank alone stops right after the step
+        in which the signal arrived (no peer to agree with; a Python flag, no sync)."""
+        s, rt = self.state, self.rt
+        local_stop = bool(self.signals.requested)
+        if not (force or s.step % self.cfg.train.nan_check_every == 0 or (local_stop and rt.world_size == 1)):
+            return False
+        flags = torch.stack([torch.tensor(-int(local_stop), device=rt.device), self.bad_step])
+        stop, bad = all_reduce_min(flags).tolist()  # host sync: once per check
+        if bad != _NO_BAD_STEP:
+            newest = complete_checkpoints(self.out)
+            raise FloatingPointError(
+                f"non-finite training loss at global step {bad} (epoch {s.epoch}; detected at step {s.step}, checks "
+                f"every train.nan_check_every={self.cfg.train.nan_check_every} steps); stopping without a "
+                f"checkpoint: the newest, {newest[0] if newest else 'none'}, is from before it. Lower optim.lr or "
+                "check the input data (alr_fast.reference: non-finite logits give a NaN loss)"
+            )
+        return stop < 0
+
+    def preempted(self) -> Preempted:
+        s = self.state
+        newest = complete_checkpoints(self.out)
+        return Preempted(f"rank {self.rt.rank}: stopped on a signal after global step {s.step} (epoch {s.epoch}, "
+                         f"step {s.step_in_epoch} of the epoch); checkpoint {newest[0] if newest else 'none'}; "
+                         "run again with --resume to continue")
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Around the loop: SIGTERM/SIGINT become a stop request; a failed collective names the step."""
+        with self.signals:
+            try:
+                yield
+            except RuntimeError as e:
+                if self.rt.world_size == 1 or not _is_collective_failure(e):
+                    raise
+                s = self.state
+                raise PeerLost(
+                    f"rank {self.rt.rank}: a collective failed during global step {s.step + 1} (epoch {s.epoch}, "
+                    f"step {s.step_in_epoch + 1} of the epoch): {str(e).splitlines()[0][:300]}. Another rank "
+                    f"probably died or hangs (train.collective_timeout_s={self.cfg.train.collective_timeout_s:g}); "
+                    "run again with --resume to continue from the newest checkpoint"
+                ) from e
 
     def _log(self, epoch: int, row: dict) -> None:
         if self.metrics_file is not None:
@@ -369,8 +486,9 @@ class _Loop:
                 summary[key] = last[key]
         if rt.is_main:
             summary["num_changed"] = exports.get("num_changed")
-            torch.save(engine.module.state_dict(), self.out / "model.pt")
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            with atomic_path(self.out / "model.pt") as tmp:
+                torch.save(engine.module.state_dict(), tmp)
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
             warm = self.sched.switch_epoch if cfg.method.name != "ce" else None
             _plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
         barrier()
@@ -381,8 +499,9 @@ def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None
     """Run one configuration end to end; returns the summary (also written to ``<out>/summary.json``), and the
     trained model too (``(summary, model)``) when ``return_model``."""
     loop = _Loop(cfg, data, runtime)  # set-up, and the LoopState (restored from a checkpoint with --resume)
-    for epoch in range(loop.state.epoch, cfg.train.epochs):
-        timing = loop.run_epoch(epoch)
-        loop.end_epoch(epoch, timing)
-    summary = loop.finish()
+    with loop.guard():  # SIGTERM/SIGINT: checkpoint and raise Preempted; a dead peer: PeerLost naming the step
+        for epoch in range(loop.state.epoch, cfg.train.epochs):
+            timing = loop.run_epoch(epoch)
+            loop.end_epoch(epoch, timing)
+        summary = loop.finish()
     return (summary, loop.engine.module) if return_model else summary

@@ -45,6 +45,7 @@ from alr_fast.models import build_model
 from alr_fast.precision import model_input
 from alr_fast.recipes import RECIPES, get_recipe
 from alr_fast.runtime import resolve_runtime
+from alr_fast.sharding import Sharding
 from alr_fast.trainer import _ds_config, _optimizer
 
 
@@ -63,7 +64,7 @@ class SyntheticData:
 
         class Source:
             def epoch(self, epoch: int):
-                owned = torch.arange(rank, data.features.shape[0], world)
+                owned = torch.from_numpy(Sharding(rank, world).owned(data.features.shape[0]))
                 order = owned[torch.randperm(owned.numel(), generator=torch.Generator().manual_seed(seed + epoch))]
                 for i in range(0, order.numel(), batch):
                     idx = order[i : i + batch]

@@ -65,6 +65,9 @@ def test_bad_construction(args, match):
 def test_bad_dtype():
     with pytest.raises(ValueError, match="dtype must be one of"):
         SoftLabelBank(torch.tensor([0]), 2, dtype="float16")
+    with pytest.raises(ValueError, match=r"SoftLabelBank: dtype must be one of \['bfloat16', 'float32'\], got "
+                                         r"torch.float16"):
+        SoftLabelBank(torch.tensor([0]), 2, dtype=torch.float16)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from alr_fast.checkpoint import complete_checkpoints
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +56,7 @@ def test_two_ranks(tmp_path):
     n = labels.shape[0]
     assert n > 1000
     # The bank shards in the last checkpoint are disjoint and cover every sample.
-    ckpt = sorted((out / "checkpoints").glob("step_*"))[-1]
+    ckpt = complete_checkpoints(out)[0]
     shards = [torch.load(ckpt / f"bank_rank{r}.pt", weights_only=True) for r in range(2)]
     owned = [set(s["global_index"].tolist()) for s in shards]
     assert owned[0].isdisjoint(owned[1]) and owned[0] | owned[1] == set(range(n))
@@ -101,17 +103,40 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     _same_run(tmp_path / "ref", tmp_path / "cut")
 
 
+def _cosine_lr(lr0, epoch, step_in_epoch, steps_per_epoch, epochs):
+    return lr0 * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps_per_epoch + step_in_epoch) / (epochs * steps_per_epoch)))
+
+
 def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
     out = tmp_path / "r"
     torchrun(2, [*BASE, "--epochs", "2", "--out", str(out)], tmp_path)
-    proc = single([*BASE, "--epochs", "3", "--out", str(out), "--resume"], tmp_path)
+    (ckpt,) = complete_checkpoints(out)[:1]
+    shards = [torch.load(ckpt / f"bank_rank{r}.pt", weights_only=True) for r in range(2)]
+    saved_bank = torch.zeros_like(torch.from_numpy(np.load(out / "soft_labels.npy")))
+    for s in shards:
+        saved_bank[s["global_index"]] = s["soft"].float()
+    # 1. Same epochs: nothing left to train, so the exports show the re-sharded bank as it was loaded.
+    proc = single([*BASE, "--epochs", "2", "--out", str(out), "--resume"], tmp_path)
     assert "world size 2 -> 1" in proc.stdout
+    resharded = torch.from_numpy(np.load(out / "soft_labels.npy"))
+    assert torch.equal(resharded, saved_bank)  # every row, from the right shard and position
+    assert len(complete_checkpoints(out)) == 2  # no epoch ran, nothing new written (the 2-rank run kept 2)
+    # 2. One more epoch on one rank: the LR schedule continues from epoch 2 (not from the 2-rank step count).
+    single([*BASE, "--epochs", "3", "--out", str(out), "--resume"], tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 1 and summary["epochs"] == 3
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
+    n = 1438
+    spe2, spe1 = math.ceil(math.ceil(n / 2) / 64), math.ceil(n / 64)  # steps per epoch on 2 ranks / 1 rank
+    lr0 = 0.05  # the demo recipe's
+    expected = [_cosine_lr(lr0, e, spe2 - 1, spe2, 2) for e in (0, 1)] + [_cosine_lr(lr0, 2, spe1 - 1, spe1, 3)]
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-12)
+    # The newest checkpoint is the one-rank run's, counted in its own steps per epoch.
+    newest = json.loads((complete_checkpoints(out)[0] / "trainer.json").read_text())
+    assert (newest["world_size"], newest["epoch"], newest["step"]) == (1, 3, 3 * spe1)
     rows_csv, probs, labels = read_exports(out)
-    assert len(rows_csv) == labels.shape[0] and probs.shape == (labels.shape[0], 10)
+    assert len(rows_csv) == labels.shape[0] == n and probs.shape == (n, 10)
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path):

@@ -239,7 +239,9 @@ def test_auto_warmup_switches_logs_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="injected crash"):
         train(_digits_cfg(part, 6, method))
     monkeypatch.setattr(EvalPlan, "evaluate", real_evaluate)
-    saved = json.loads(max((part / "checkpoints").glob("step_*/trainer.json")).read_text())
+    from alr_fast.checkpoint import complete_checkpoints
+
+    saved = json.loads((complete_checkpoints(part)[0] / "trainer.json").read_text())
     assert saved["schedule"]["warmup"]["switch_epoch"] is None and len(saved["schedule"]["warmup"]["history"]) == 2
     resumed = train(_digits_cfg(part, 6, method, resume=True))
     assert resumed["refine_from_epoch"] == switch

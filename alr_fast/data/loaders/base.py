@@ -22,6 +22,7 @@ from alr_fast.data.loaders.imagecheck import UnreadableImage, UnreadableImagesWa
 from alr_fast.data.loaders.plan import EpochPlan, Subset
 from alr_fast.data.loaders.transforms import TransformSpec
 from alr_fast.data.readers.records import SampleTable
+from alr_fast.dtypes import choose_dtype
 
 __all__ = ["IndexedLoader", "OUTPUT_DTYPES"]
 
@@ -49,12 +50,7 @@ class IndexedLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
-        if isinstance(dtype, str):
-            if dtype not in OUTPUT_DTYPES:
-                raise ValueError(f"{type(self).__name__}: dtype must be one of {sorted(OUTPUT_DTYPES)}, got {dtype!r}")
-            dtype = OUTPUT_DTYPES[dtype]
-        if dtype not in OUTPUT_DTYPES.values():
-            raise ValueError(f"{type(self).__name__}: dtype must be float32, float16 or bfloat16, got {dtype}")
+        dtype = choose_dtype(dtype, OUTPUT_DTYPES, type(self).__name__)
         if table.images is not None and transform.crop_mode == "random-resized":
             raise ValueError(f"{type(self).__name__}: in-memory arrays take pad/crop/flip transforms only")
         if table.paths is not None and transform.pad:
