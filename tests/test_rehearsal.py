@@ -101,11 +101,11 @@ def test_webvision_bf16_zero2_accum2_sigkill_then_resume(tmp_path, fixture_root)
     root = fixture_root("webvision")
     args = ["--recipe", "webvision", "--data-root", str(root), *TINY, "--set", "data.webvision_source=google",
             "--set", "train.precision=bf16", "--set", "train.zero_stage=2", "--set", "train.grad_accum=2",
-            "--set", "data.loader=torch", "--save-every", "2"]
+            "--set", "data.loader=torch", "--save-every", "4"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     deepspeed2("train_webvision", [*args, "--out", str(ref)], tmp_path)
     ref_state = check_run(ref, "webvision", precision="bf16", num_train=35)
-    # 5 steps per epoch; checkpoints at global steps 2, 4, 5 (epoch end), 6, 8; killed right after step 9.
+    # 5 steps per epoch; checkpoints at global steps 4, 5 (epoch end), 8; killed right after step 9.
     killed = deepspeed2("train_webvision", [*args, "--out", str(cut)], tmp_path,
                         env_extra={"ALR_FAST_FAULT_AT_STEP": "9"}, expect=None)
     assert killed.returncode != 0 and not (cut / "summary.json").exists()
