@@ -28,8 +28,19 @@ def test_bench_train_smoke(tmp_path):
 def test_bench_loss_smoke(tmp_path):
     _run([str(ROOT / "benchmarks" / "bench_loss.py"), "--B", "64", "--K", "10", "--dtypes", "fp32", "--impls",
           "eager", "--reps", "2", "--warmup", "1", "--out", str(tmp_path)], tmp_path)
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert any(f.endswith(".json") for f in files) and any(f.endswith(".md") for f in files), files
+    report = json.loads((tmp_path / "bench_loss_cpu.json").read_text())
+    assert report["environment"]["git_sha"] and report["environment"]["command"]
+    (row,) = report["rows"]  # exactly the requested shape, dtype and implementation
+    assert (row["B"], row["K"], row["dtype"], row["impl"]) == (64, 10, "fp32", "eager")
+    # The byte model of forward + backward: read logits and bank rows, write bank rows and the gradient, the index.
+    assert row["model_bytes"] == 64 * 10 * (2 * 4 + 2 * 4) + 8 * 64
+    for phase in ("fwd", "step"):
+        t = row[phase]["device_us"]
+        assert len(t["raw"]) == 2 and all(v > 0 for v in t["raw"])
+        assert min(t["raw"]) <= t["median"] <= max(t["raw"])
+    # GB/s is derived from the byte count and the measured forward+backward time, not reported independently.
+    assert abs(row["model_gbs"] - row["model_bytes"] / (row["step"]["device_us"]["median"] * 1e3)) < 1e-9
+    assert (tmp_path / "bench_loss_cpu.md").read_text().strip()
 
 
 def test_bench_data_smoke(tmp_path):

@@ -15,6 +15,8 @@ import torch
 from alr_fast.checkpoint import complete_checkpoints
 from conftest import free_port
 
+pytestmark = pytest.mark.slow  # end-to-end runs through the launchers: `pytest -m 'not slow'` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = str(ROOT / "launchers" / "train.py")
 # Small and fast: scikit-learn's 1,797 real digits (1,438 train), an MLP, 64 per rank per step.

@@ -36,10 +36,23 @@ def launcher(name):
 
 
 def check_run(out: Path, world: int):
+    """What a finished run must hold: its summary, 2 logged epochs, and exports with one row per training sample
+    (every sample predicted, soft labels and probabilities that are distributions)."""
+    import numpy as np
+
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == world and summary["epochs"] == 2
-    n = len((out / "refined_labels.csv").read_text().splitlines()) - 1
-    assert n > 0 and (out / "pred_probs.npy").exists() and (out / "labels.npy").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and all(np.isfinite(r["train_loss"]) for r in rows)
+    labels = np.load(out / "labels.npy")
+    n = len(labels)
+    csv_rows = (out / "refined_labels.csv").read_text().splitlines()[1:]
+    assert n > 0 and len(csv_rows) == n
+    assert [int(line.split(",")[0]) for line in csv_rows] == list(range(n))
+    probs, soft = np.load(out / "pred_probs.npy"), np.load(out / "soft_labels.npy")
+    assert probs.shape == soft.shape and probs.shape[0] == n and labels.max() < probs.shape[1]
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)  # every row predicted (an unwritten row is 0)
+    np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-4)
     return summary
 
 

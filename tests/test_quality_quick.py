@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # an end-to-end study run: `pytest -m 'not slow'` skips it
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

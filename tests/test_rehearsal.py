@@ -20,6 +20,8 @@ from alr_fast.recipes import get_recipe
 from conftest import free_port
 from test_distributed import run
 
+pytestmark = pytest.mark.slow  # end-to-end runs through the launchers: `pytest -m 'not slow'` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 # Two epochs (the second refines the bank), 4 images per rank and step, 32 px crops, one thread per rank.

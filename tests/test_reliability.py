@@ -29,6 +29,8 @@ from alr_fast.runtime import EXIT_PREEMPTED
 from alr_fast.trainer import train
 from conftest import free_port
 
+pytestmark = pytest.mark.slow  # end-to-end runs through the launchers: `pytest -m 'not slow'` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = str(ROOT / "launchers" / "train.py")
 SETS = ["data.dataset=digits", "model.name=mlp", "method.name=alr", "method.warmup_epochs=1", "train.batch_size=64",
