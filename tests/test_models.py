@@ -146,3 +146,12 @@ def test_pretrained_bad_files(tmp_path):
     torch.save({"w": torch.zeros(1), "f": print}, code)  # pickled code: weights_only refuses it
     with pytest.raises(ValueError, match="not a loadable state dict"):
         load_pretrained(_torchvision("resnet18", 10), code)
+
+
+def test_an_input_too_small_for_the_backbone_is_a_clear_error():
+    """mini-WebVision's InceptionResNetV2 needs >= 75 px: the build says so, naming model and size, instead of
+    failing inside the first training step."""
+    with pytest.raises(ValueError, match=r"model.name='inception_resnet_v2' cannot take 3-channel 32 px inputs"):
+        build_model("inception_resnet_v2", num_classes=10, in_channels=3, image_size=32)
+    model = build_model("inception_resnet_v2", num_classes=10, in_channels=3, image_size=75)  # the smallest it takes
+    assert model.training  # the probe leaves the model in training mode
