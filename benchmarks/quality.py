@@ -60,6 +60,20 @@ AUTO_RECIPE = {"warmup": "auto", "ramp_epochs": 5.0}
 FIXED_WARMUPS = (1, 2, 4, 10)
 
 
+def _study_meta(rt, t_start: float) -> dict:
+    """What every study's JSON records about how it was run (the keys its Markdown reports read)."""
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git_sha": (git("rev-parse", "HEAD") or "unknown"),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "device": str(rt.device),
+        "torch": torch.__version__,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "total_time_s": time.perf_counter() - t_start,
+        "recipe": "alr_fast.recipes.demo (model per dataset: " + json.dumps(DATASET_MODEL) + ")",
+    }
+
+
 def base_config(dataset: str, kind: str, rate: float, seed: int, out: Path) -> Config:
     cfg = demo()
     cfg.recipe = "quality"
@@ -208,14 +222,7 @@ def main(argv=None) -> int:
                              variant=f"{factor}={value}", factor=factor, value=value))
 
     meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_sha": (git('rev-parse', 'HEAD') or 'unknown'),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
-        "device": str(rt.device),
-        "torch": torch.__version__,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "total_time_s": time.perf_counter() - t_start,
-        "recipe": "alr_fast.recipes.demo (model per dataset: " + json.dumps(DATASET_MODEL) + ")",
+        **_study_meta(rt, t_start),
         "seeds": seeds,
         "folds": args.folds,
     }
@@ -290,14 +297,7 @@ def run_warmup_study(args) -> int:
                       f"last={s['last_test_acc']:.3f} refined={s.get('refined_label_acc', 0):.3f} "
                       f"refine_from={s['refine_from_epoch']} collapse={s['collapse_epochs']}", flush=True)
     meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_sha": (git("rev-parse", "HEAD") or "unknown"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
-        "device": str(rt.device),
-        "torch": torch.__version__,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "total_time_s": time.perf_counter() - t_start,
-        "recipe": "alr_fast.recipes.demo (model per dataset: " + json.dumps(DATASET_MODEL) + ")",
+        **_study_meta(rt, t_start),
         "auto_recipe": AUTO_RECIPE,
         "fixed_warmups": fixed,
         "fixed_ramp_epochs": args.fixed_ramp_epochs,
