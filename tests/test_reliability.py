@@ -236,6 +236,9 @@ def test_survivor_exits_within_the_collective_timeout(tmp_path, how):
                 t_fault = time.monotonic()
             time.sleep(0.1)
         t_exit = time.monotonic()
+        if t_fault is None and (procs[1].poll() is not None or _stopped(procs[1].pid)):
+            # A killed peer is noticed at once: rank 0 can exit within the same 0.1 s poll interval.
+            t_fault = t_exit
         assert t_fault is not None, "rank 1 never died/stopped"
         _, err0 = procs[0].communicate(timeout=60)
     finally:
