@@ -190,7 +190,8 @@ class MethodConfig:
     """Weight of the entropy term lam * H(p) for 'alr' (ignored by 'ce' and 'selc'). Assumption: the brief
     gives 0.1-1; recipes set their own (the demo's 1.0 was measured, see recipes.py)."""
     warmup_epochs: int = 4
-    """Epochs of plain cross-entropy before refinement starts (ignored by 'ce')."""
+    """Epochs of plain cross-entropy before refinement starts with warmup='fixed' (ignored by 'ce'). Setting it
+    with ``--set`` and not ``method.warmup`` also sets warmup='fixed'."""
     warmup: str = "fixed"
     """When refinement starts: 'fixed' (after warmup_epochs) or 'auto' (when the training signal stalls, decided
     once per epoch without clean labels; alr_fast/schedule.py documents the rule)."""
@@ -459,6 +460,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if name not in hints[section]:
             raise ValueError(f"--set {item!r}: unknown field {name!r} in {section}; fields: {sorted(hints[section])}")
         d[section][name] = _coerce(section, name, hints[section][name], raw)
+    keys = {item.split("=", 1)[0] for item in overrides}
+    if "method.warmup_epochs" in keys and "method.warmup" not in keys:
+        # A warm-up length given on its own asks for that fixed warm-up, also in a recipe whose default is
+        # warmup='auto' (the demo's); `--set method.warmup=auto --set method.warmup_epochs=N` keeps auto.
+        d["method"]["warmup"] = "fixed"
     return config_from_dict(d)
 
 

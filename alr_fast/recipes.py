@@ -54,16 +54,19 @@ def _cifar_warmup(dataset: str, noise_kind: str, rate: float) -> tuple[int, str]
 def demo() -> Config:
     """Embedded MNIST-5k, 60 % symmetric (inclusive) noise, small CNN, CPU: about 10 s per method.
 
-    Warm-up 4 and lam 1.0 were chosen by a one-seed sweep on this data (benchmarks/results/demo_tuning.md):
-    CE's test accuracy peaks around epoch 5 and then memorisation sets in, so refinement must start before.
-    No noisy validation slice (data.val_fraction = 0), so the README's demo figures are unchanged.
+    lam 1.0 was chosen by a one-seed sweep on this data (benchmarks/results/demo_tuning.md). The warm-up is
+    ``warmup='auto'`` (refinement starts when the training accuracy on the given labels stops rising,
+    alr_fast.schedule.AutoWarmupRule) with lam ramped over 5 epochs: one recipe for every noise setting,
+    measured by ``benchmarks/quality.py --study warmup``. ``warmup_epochs`` (4, the earlier fixed recipe) is
+    used when ``--set method.warmup=fixed`` is given; ``--set method.warmup_epochs=N`` alone also means a fixed
+    warm-up of N epochs. No noisy validation slice (data.val_fraction = 0).
     """
     return Config(
         recipe="demo",
         data=DataConfig(dataset="mnist5k", noise_kind="sym-incl", noise_rate=0.6, noise_seed=0),
         model=ModelConfig(name="small_cnn", width=16),
         optim=OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine"),
-        method=MethodConfig(name="alr", alpha=0.9, lam=1.0, warmup_epochs=4),
+        method=MethodConfig(name="alr", alpha=0.9, lam=1.0, warmup="auto", warmup_epochs=4, ramp_epochs=5.0),
         train=TrainConfig(epochs=40, batch_size=128, out="runs/demo"),
     )
 

@@ -250,8 +250,10 @@ def warmup_cases(args) -> list[tuple[str, str, float]]:
 
 
 def warmup_arms(fixed_warmups: list[int], fixed_ramp: float) -> list[tuple[str, dict]]:
-    """(arm name, MethodConfig fields) of the warm-up study. SELC keeps the demo recipe (fixed warm-up 4)."""
-    arms = [("selc", {"name": "selc"}), ("alr-auto", {"name": "alr", **AUTO_RECIPE})]
+    """(arm name, MethodConfig fields) of the warm-up study. SELC keeps the earlier demo recipe (fixed warm-up 4,
+    SELC's own kind of schedule), so its figures compare with the main study's."""
+    arms = [("selc", {"name": "selc", "warmup": "fixed", "warmup_epochs": 4, "ramp_epochs": 0.0}),
+            ("alr-auto", {"name": "alr", **AUTO_RECIPE})]
     arms += [(f"alr-fixed{w}", {"name": "alr", "warmup": "fixed", "warmup_epochs": w, "ramp_epochs": fixed_ramp})
              for w in fixed_warmups]
     return arms
@@ -274,15 +276,32 @@ def run_warmup_study(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve_runtime("cpu" if not torch.cuda.is_available() else "auto", "auto", "auto")
     t_start = time.perf_counter()
+    stem = args.stem or "warmup_study"
+    # Every finished run is appended to <stem>.runs.jsonl at once; a restarted study skips the runs listed there
+    # (same case, seed, arm and method fields), so a long study can be interrupted and resumed.
+    partial = out / f"{stem}.runs.jsonl"
+    done = {}
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["dataset"], r["noise"], r["seed"], r["arm"], json.dumps(r["method_fields"]))] = r
+        print(f"resuming: {len(done)} finished runs read from {partial}", flush=True)
     records: list[dict] = []
     for dataset, kind, rate in warmup_cases(args):
         noise = f"{kind}@{rate:g}"
         for seed in seeds:
-            cfg = base_config(dataset, kind, rate, seed, runs)
-            data = build_train_data(cfg)
+            cfg = data = None
             for arm, fields in warmup_arms(fixed, args.fixed_ramp_epochs):
                 if args.arms and arm not in args.arms.split(","):
                     continue
+                key = (dataset, noise, seed, arm, json.dumps(fields))
+                if key in done:
+                    records.append(done[key])
+                    continue
+                if data is None:
+                    cfg = base_config(dataset, kind, rate, seed, runs)
+                    data = build_train_data(cfg)
                 c = copy.deepcopy(cfg)
                 for key, value in fields.items():
                     setattr(c.method, key, value)
@@ -293,6 +312,8 @@ def run_warmup_study(args) -> int:
                            actual_rate=data.noise_manifest["actual_rate"], method_fields=fields,
                            curves={k: [r.get(k) for r in rows] for k in CURVE_KEYS})
                 records.append(rec)
+                with partial.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
                 print(f"[{time.perf_counter() - t_start:7.1f}s] warmup {dataset} {noise} seed={seed} {arm:12s} "
                       f"last={s['last_test_acc']:.3f} refined={s.get('refined_label_acc', 0):.3f} "
                       f"refine_from={s['refine_from_epoch']} collapse={s['collapse_epochs']}", flush=True)
@@ -303,7 +324,6 @@ def run_warmup_study(args) -> int:
         "fixed_ramp_epochs": args.fixed_ramp_epochs,
         "seeds": seeds,
     }
-    stem = args.stem or "warmup_study"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
     md = warmup_report(records, meta)
     (out / f"{stem}.md").write_text(md)
@@ -373,8 +393,12 @@ def warmup_plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cases = list(dict.fromkeys((r["dataset"], r["noise"]) for r in records))
-    fig, axes = plt.subplots(1, len(cases), figsize=(5.2 * len(cases), 3.8), squeeze=False)
-    for ax, (dataset, noise) in zip(axes[0], cases):
+    ncol = min(len(cases), 3)
+    nrow = -(-len(cases) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.8 * nrow), squeeze=False)
+    for ax in axes.flat[len(cases):]:
+        ax.axis("off")
+    for ax, (dataset, noise) in zip(axes.flat, cases):
         g = _group(records, dataset=dataset, noise=noise)
         seed = min(r["seed"] for r in g)
         for r in _group(g, seed=seed):

@@ -69,3 +69,13 @@ def test_unknown_field_in_dict():
     d["train"]["epoch"] = 3
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['train.epoch'\].*did you mean train.epochs"):
         config_from_dict(d)
+
+
+def test_demo_defaults_to_auto_warmup_and_an_explicit_length_means_fixed():
+    demo = get_recipe("demo")
+    assert (demo.method.warmup, demo.method.ramp_epochs) == ("auto", 5.0)
+    fixed = apply_overrides(demo, ["method.warmup_epochs=2"])
+    assert (fixed.method.warmup, fixed.method.warmup_epochs) == ("fixed", 2)
+    kept = apply_overrides(demo, ["method.warmup=auto", "method.warmup_epochs=2"])
+    assert kept.method.warmup == "auto"
+    assert apply_overrides(demo, ["method.lam=0.5"]).method.warmup == "auto"
