@@ -15,6 +15,7 @@ recipe.
     python benchmarks/quality.py                 # full study (~30-40 min on 2 CPU cores)
     python benchmarks/quality.py --quick         # one seed, 60 % symmetric, MNIST-5k, with cleanlab (~1-2 min)
     python benchmarks/quality.py --study warmup  # auto warm-up + lam ramp vs fixed warm-ups (see run_warmup_study)
+    python benchmarks/quality.py --study detection  # mislabel detection (benchmarks/detection.py; its options)
 
 Writes ``<out>/quality.json`` (every run's summary), ``<out>/quality.md`` (tables + goal checks) and PNG plots.
 """
@@ -160,9 +161,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/quality")
     ap.add_argument("--runs", default="runs/quality", help="scratch folder for the individual runs")
-    ap.add_argument("--study", choices=("main", "warmup"), default="main",
+    ap.add_argument("--study", choices=("main", "warmup", "detection"), default="main",
                     help="main: CE/SELC/ALR/cleanlab over noise rates (+ ablations); warmup: auto warm-up + lam "
-                         "ramp vs fixed warm-ups")
+                         "ramp vs fixed warm-ups; detection: mislabel detection, ALR vs cleanlab on cross-fit "
+                         "probabilities (benchmarks/detection.py, which takes the remaining arguments)")
     ap.add_argument("--cases", default="",
                     help="warmup study: comma-separated dataset:kind@rate (e.g. digits:sym-incl@0.8) instead of "
                          "the full grid (--datasets x sym 20/40/60/80, asym 40, pair 45)")
@@ -172,6 +174,14 @@ def main(argv=None) -> int:
                     help="warmup study: lam ramp of the fixed-warm-up arms (0 = the demo recipe as it was)")
     ap.add_argument("--arms", default="", help="warmup study: only these arms (e.g. alr-auto,selc; default all)")
     ap.add_argument("--stem", default="", help="output file stem (default: quality / quality_quick / warmup_study)")
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--study=detection" in argv or any(a == "--study" and b == "detection" for a, b in zip(argv, argv[1:])):
+        import detection
+
+        rest = [a for i, a in enumerate(argv) if a not in ("--study", "--study=detection")
+                and not (a == "detection" and i > 0 and argv[i - 1] == "--study")]
+        return detection.main(rest)
     args = ap.parse_args(argv)
     if args.study == "warmup":
         return run_warmup_study(args)
