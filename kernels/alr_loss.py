@@ -17,6 +17,17 @@ tile. When ``K <= BLOCK_K`` (``ONE_SWEEP``) a row is loaded once and everything 
 Otherwise two sweeps over K in blocks of ``BLOCK_K``: the first keeps an online max / sum of ``exp(z - m)``
 (and the online entropy sum and ``sum_k t_k``), the second writes the bank, the gradient and the loss. So any
 K from 1 to 262,144 and beyond works; the second sweep re-reads the logits and bank row, mostly from L2.
+
+Bytes per element of forward + backward (``s_l``, ``s_b``: logits and bank element sizes; the minimum is one
+read and one write of each, ``2 s_l + 2 s_b``): one sweep (``K <= 8192``) ``2 s_l + 2 s_b``; two sweeps
+``3 s_l + 3 s_b``, or ``3 s_l + 2 s_b`` with ``row_sums`` (an ``[N]`` fp32 vector of the bank's row sums that
+the kernel keeps exact, so the first sweep needs no bank read for ``sum_k t_k``). The backward adds nothing
+when ``grad_output`` is 1.
+
+Split-K: when K needs two sweeps and the batch alone cannot fill the GPU (fewer rows than 4 programs per SM),
+each row is cut into chunks of 4096 columns with one program per (row, chunk), in two launches (chunk
+statistics, then combine + write); same bytes as two sweeps. Only where no bank row is written twice in the
+call (``assume_unique=True`` or warm-up), since the duplicate chain below is sequential per row.
 Row offsets are ``int64`` (``row * stride`` overflows int32 once ``B*K`` or ``N*K`` exceeds 2**31), and the
 logits may have any row stride (unit column stride; other layouts are copied once by the host function).
 
@@ -84,6 +95,7 @@ __all__ = [
     "fused_alr_loss",
     "pick_config",
     "raise_on_bad_index",
+    "split_chunk",
     "INTERPRETED",
 ]
 
@@ -148,6 +160,7 @@ def _alr_rows(
     grad_ptr,
     stride_gb,
     loss_ptr,
+    rowsum_ptr,
     row,
     idx,
     act,
@@ -167,6 +180,7 @@ def _alr_rows(
     ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
+    HAS_ROWSUM: tl.constexpr,
 ):
     """One row per lane: lanes ``act`` process batch row ``row`` against bank row ``idx`` (< 0: padded).
 
@@ -176,6 +190,10 @@ def _alr_rows(
     non-finite or out-of-range rows) is stored with ``STORE_ROWS``; returns the program's running totals
     ``loss_acc + loss``, ``n_valid`` + the lanes with an index >= 0, and ``worst`` raised to the largest
     index >= N seen.
+
+    ``HAS_ROWSUM``: ``rowsum_ptr[N]`` (fp32) holds each bank row's sum as stored. The two-sweep path then reads
+    ``sum_k t_k`` from it instead of reading the bank row in its first sweep, and every bank write also stores
+    the new row's sum (of the values as rounded to the bank dtype), so it stays exact.
     """
     valid = act & (idx >= 0)
     oob = valid & (idx >= N)
@@ -209,7 +227,11 @@ def _alr_rows(
             # t_new = alpha t + (1 - alpha) p   (p detached); enters the loss in fp32, stored in the bank dtype
             t = alpha * t + one_minus_alpha * p
             wmask = (inb & ~bad)[:, None] & kmask
-            tl.store(bank_ptr + b_off[:, None] + cols[None, :], _round_to(t, bank_ptr.dtype.element_ty), mask=wmask)
+            t_store = _round_to(t, bank_ptr.dtype.element_ty)
+            tl.store(bank_ptr + b_off[:, None] + cols[None, :], t_store, mask=wmask)
+            if HAS_ROWSUM:
+                new_sum = tl.sum(tl.where(wmask, t_store.to(tl.float32), 0.0), axis=1)
+                tl.store(rowsum_ptr + tl.where(inb, idx, 0), new_sum, mask=inb & ~bad)
         t_sum = tl.sum(t, axis=1)
         # CE against the target: -sum_k t_k log p_k (t_k = 0 contributes exactly 0, masked columns too)
         loss = -tl.sum(tl.where(kmask, t * logp, 0.0), axis=1)
@@ -247,12 +269,16 @@ def _alr_rows(
                 a_l = r * (a_l + shift * s_l) + e * tl.where(kmask, zs - m_new, 0.0)
             s_l = r * s_l + e
             m_l = m_new
-            t_l += tl.load(bank_ptr + b_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
+            if not HAS_ROWSUM:
+                t_l += tl.load(bank_ptr + b_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
         # One reduction across lanes per statistic: m = max_j m_j, s = sum_j s_j exp(m_j - m), etc.
         m = tl.max(m_l, axis=1)
         w = tl.where(s_l > 0.0, tl.exp(m_l - m[:, None]), 0.0)
         s = tl.sum(s_l * w, axis=1)
-        t_sum = tl.sum(t_l, axis=1)
+        if HAS_ROWSUM:
+            t_sum = tl.load(rowsum_ptr + tl.where(inb, idx, 0), mask=inb, other=0.0)  # no bank read in sweep 1
+        else:
+            t_sum = tl.sum(t_l, axis=1)
         bad = (tl.sum(bad_l, axis=1) > 0) | oob
         m = tl.where(inb, m, 0.0)  # rows not read: any finite value (their outputs are masked below)
         s = tl.where(inb, s, 1.0)
@@ -268,6 +294,7 @@ def _alr_rows(
             ent = tl.zeros([ROWS], tl.float32)
         # Sweep 2: bank write, loss and gradient.
         loss = tl.zeros([ROWS], tl.float32)
+        new_sum = tl.zeros([ROWS], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             c = k0 + cols
             kmask = c[None, :] < K
@@ -280,12 +307,17 @@ def _alr_rows(
             if REFINE:
                 # t_new = alpha t + (1 - alpha) p   (p detached); stored in the bank dtype
                 t = alpha * t + one_minus_alpha * p
-                tl.store(bank_ptr + b_off[:, None] + c[None, :], _round_to(t, bank_ptr.dtype.element_ty), mask=lmask)
+                t_store = _round_to(t, bank_ptr.dtype.element_ty)
+                tl.store(bank_ptr + b_off[:, None] + c[None, :], t_store, mask=lmask)
+                if HAS_ROWSUM:
+                    new_sum += tl.sum(tl.where(lmask, t_store.to(tl.float32), 0.0), axis=1)
             # -sum_k t_k log p_k
             loss -= tl.sum(tl.where(lmask, t * logp, 0.0), axis=1)
             _store_grad(grad_ptr, g_off, c, kmask, p, t, logp, t_sum, ent, lam, gscale, act, valid, bad, HAS_ENTROPY)
         if HAS_ENTROPY:
             loss = loss + lam * ent
+        if REFINE and HAS_ROWSUM:
+            tl.store(rowsum_ptr + tl.where(inb, idx, 0), new_sum, mask=inb & ~bad)
 
     loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
     if STORE_ROWS:
@@ -294,6 +326,21 @@ def _alr_rows(
     n_valid = n_valid + valid.to(tl.float32)
     worst = tl.maximum(worst, tl.where(oob, idx, -1))
     return loss_acc, n_valid, worst
+
+
+@triton.jit
+def _grad_scale_of(key_ptr, B, MEAN: tl.constexpr, RED_BLOCK: tl.constexpr):
+    """The factor folded into the stored gradient: ``1 / n_valid`` of the whole batch for "mean" (``B`` int64
+    reads, from L2 after the first program), else 1; so dL/dz is final in the forward."""
+    scale = 1.0
+    if MEAN:
+        offs = tl.arange(0, RED_BLOCK)
+        cnt = tl.zeros([RED_BLOCK], tl.int32)
+        for b0 in range(0, B, RED_BLOCK):
+            o = b0 + offs
+            cnt += (tl.load(key_ptr + o, mask=o < B, other=-1) >= 0).to(tl.int32)
+        scale = 1.0 / tl.maximum(tl.sum(cnt, axis=0), 1).to(tl.float32)
+    return scale
 
 
 @triton.jit
@@ -307,6 +354,7 @@ def _alr_fwd_kernel(
     grad_ptr,
     stride_gb,
     loss_ptr,
+    rowsum_ptr,
     partial_ptr,
     counter_ptr,
     err_ptr,
@@ -325,6 +373,7 @@ def _alr_fwd_kernel(
     BLOCK_K: tl.constexpr,
     ROW_ALIGN: tl.constexpr,
     RED_BLOCK: tl.constexpr,
+    HAS_ROWSUM: tl.constexpr,
 ):
     """Forward: loss, bank update, final gradient. ``key`` is the sorted index (DEDUP) or the index itself.
 
@@ -341,16 +390,7 @@ def _alr_fwd_kernel(
     loss_acc = tl.zeros([ROWS], tl.float32)
     n_valid = tl.zeros([ROWS], tl.float32)
     worst = tl.full([ROWS], -1, tl.int64)  # largest out-of-range index seen (-1: none)
-    if REDUCTION == 2:
-        # n_valid of the whole batch, so that dL/dz is final here: (1 / n_valid) * dL_i/dz.
-        offs = tl.arange(0, RED_BLOCK)
-        cnt = tl.zeros([RED_BLOCK], tl.int32)
-        for b0 in range(0, B, RED_BLOCK):
-            o = b0 + offs
-            cnt += (tl.load(key_ptr + o, mask=o < B, other=-1) >= 0).to(tl.int32)
-        gscale = 1.0 / tl.maximum(tl.sum(cnt, axis=0), 1).to(tl.float32)
-    else:
-        gscale = 1.0
+    gscale = _grad_scale_of(key_ptr, B, REDUCTION == 2, RED_BLOCK)
     if DEDUP:
         prev = tl.load(key_ptr + pos - 1, mask=in_batch & (pos > 0), other=-1)
         # A lane works if it heads a group of equal valid indices, or holds a padded row (zeroes its outputs).
@@ -358,9 +398,9 @@ def _alr_fwd_kernel(
         while tl.max(act.to(tl.int32), axis=0) > 0:
             row = tl.load(order_ptr + pos, mask=act, other=0)
             loss_acc, n_valid, worst = _alr_rows(
-                logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
+                logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr, rowsum_ptr,
                 row, key, act, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc, n_valid, worst,
-                REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
+                REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN, HAS_ROWSUM,
             )  # fmt: skip
             # The next occurrence of this bank row must read this occurrence's write: make the write visible
             # to every thread of the program (bar.sync orders global memory within the CTA).
@@ -371,9 +411,9 @@ def _alr_fwd_kernel(
             pos = nxt
     else:
         loss_acc, n_valid, worst = _alr_rows(
-            logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
+            logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr, rowsum_ptr,
             pos, key, in_batch, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc, n_valid, worst,
-            REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
+            REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN, HAS_ROWSUM,
         )  # fmt: skip
     worst_idx = tl.max(worst, axis=0)
     if worst_idx >= 0:
@@ -414,26 +454,32 @@ def _last_program_reduces(
     tl.debug_barrier()
     ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
     if ticket == n_prog - 1:
-        # Fixed order: lane j accumulates partials j, j + RED_BLOCK, ... in fp64, then one fixed tree sum.
-        # fp64 makes the cross-program sum exact to well below fp32 resolution for any realistic grid.
-        offs = tl.arange(0, RED_BLOCK)
-        total = tl.zeros([RED_BLOCK], tl.float64)
-        count = tl.zeros([RED_BLOCK], tl.float64)
-        for i0 in range(0, n_prog, RED_BLOCK):
-            o = i0 + offs
-            m = o < n_prog
-            total += tl.load(partial_ptr + o, mask=m, other=0.0, cache_modifier=".cg").to(tl.float64)
-            if MEAN:
-                count += tl.load(partial_ptr + n_prog + o, mask=m, other=0.0, cache_modifier=".cg").to(tl.float64)
-        loss_sum = tl.sum(total, axis=0)  # NaN if any row loss is NaN, as in the reference
-        if MEAN:
-            n = tl.maximum(tl.sum(count, axis=0), 1.0)  # a batch without a valid row has loss 0
-            tl.store(loss_ptr, (loss_sum / n).to(tl.float32))
-        else:
-            tl.store(loss_ptr, loss_sum.to(tl.float32))
+        _sum_partials(partial_ptr, n_prog, loss_ptr, MEAN, RED_BLOCK)
         # Every other program has taken its ticket: nothing else touches the counter in this launch. The next
         # launch on this counter starts after this one ends (same stream), so it sees 0.
         tl.store(counter_ptr, 0)
+
+
+@triton.jit
+def _sum_partials(partial_ptr, n_prog, loss_ptr, MEAN: tl.constexpr, RED_BLOCK: tl.constexpr):
+    """The last program's sum of the ``n_prog`` partials (and valid-row counts for "mean") into ``loss_ptr``."""
+    # Fixed order: lane j accumulates partials j, j + RED_BLOCK, ... in fp64, then one fixed tree sum.
+    # fp64 makes the cross-program sum exact to well below fp32 resolution for any realistic grid.
+    offs = tl.arange(0, RED_BLOCK)
+    total = tl.zeros([RED_BLOCK], tl.float64)
+    count = tl.zeros([RED_BLOCK], tl.float64)
+    for i0 in range(0, n_prog, RED_BLOCK):
+        o = i0 + offs
+        m = o < n_prog
+        total += tl.load(partial_ptr + o, mask=m, other=0.0, cache_modifier=".cg").to(tl.float64)
+        if MEAN:
+            count += tl.load(partial_ptr + n_prog + o, mask=m, other=0.0, cache_modifier=".cg").to(tl.float64)
+    loss_sum = tl.sum(total, axis=0)  # NaN if any row loss is NaN, as in the reference
+    if MEAN:
+        n = tl.maximum(tl.sum(count, axis=0), 1.0)  # a batch without a valid row has loss 0
+        tl.store(loss_ptr, (loss_sum / n).to(tl.float32))
+    else:
+        tl.store(loss_ptr, loss_sum.to(tl.float32))
 
 
 @triton.jit
@@ -481,6 +527,185 @@ def _alr_grad_scale_kernel(
             g = tl.load(grad_ptr + g_off[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             g = g * f[:, None]
             tl.store(grad_ptr + g_off[:, None] + cols[None, :], _round_to(g, grad_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------------------ split-K kernels
+# K too large for one row per program to fill the GPU (e.g. B = 64 rows of K = 262,144 on 132 SMs): each row
+# is cut into C chunks of CHUNK columns and every (row, chunk) is a program, in two launches. The first
+# stores per-chunk statistics (max m_c, s_c = sum exp(z - m_c), a_c = sum exp(z - m_c)(z - m_c), sum t,
+# non-finite count); the second combines its row's C statistics (as the two-sweep path combines its lanes),
+# then writes its chunk's bank update and gradient and reduces the loss with the "last program reduces"
+# scheme. Used only where no bank row is read after another program's write: assume_unique=True or warm-up
+# (duplicates need the sequential chain of the one-launch kernel). Bytes: the same as the two-sweep path.
+SPLIT_STATS = tl.constexpr(5)  # statistics per (row, chunk)
+
+
+@triton.jit
+def _alr_split_stats_kernel(
+    logits_ptr, stride_lb, bank_ptr, stride_nb, index_ptr, stats_ptr, N, K_DIV, C,
+    HAS_ENTROPY: tl.constexpr, CHUNK: tl.constexpr, ROW_ALIGN: tl.constexpr, HAS_ROWSUM: tl.constexpr,
+):
+    """Launch 1 of the split-K path: statistics of chunk ``pid % C`` of row ``pid // C`` into ``stats``."""
+    pid = tl.program_id(0)
+    row = tl.zeros([1], tl.int64) + pid // C
+    chunk = pid % C
+    K = K_DIV * ROW_ALIGN
+    idx = tl.load(index_ptr + row)
+    inb = (idx >= 0) & (idx < N)
+    c = chunk * CHUNK + tl.arange(0, CHUNK)
+    lmask = inb[:, None] & (c[None, :] < K)
+    l_off = tl.multiple_of(row * stride_lb, ROW_ALIGN)
+    b_off = tl.multiple_of(tl.where(inb, idx, 0) * stride_nb, ROW_ALIGN)
+    z = tl.load(logits_ptr + l_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
+    finite = tl.abs(z) < float("inf")
+    n_bad = tl.sum(tl.where(finite, 0.0, 1.0), axis=1)
+    zs = tl.where(finite, z, 0.0)
+    m = tl.max(tl.where(lmask, zs, float("-inf")), axis=1)
+    m_safe = tl.where(m > float("-inf"), m, 0.0)
+    e = tl.where(lmask, tl.exp(zs - m_safe[:, None]), 0.0)
+    s = tl.sum(e, axis=1)
+    if HAS_ENTROPY:
+        a = tl.sum(e * tl.where(lmask, zs - m_safe[:, None], 0.0), axis=1)
+    else:
+        a = tl.zeros([1], tl.float32)
+    if HAS_ROWSUM:
+        t = tl.zeros([1], tl.float32)  # launch 2 reads sum_k t_k from rowsum: no bank read here
+    else:
+        t = tl.sum(tl.load(bank_ptr + b_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32), axis=1)
+    out = stats_ptr + pid.to(tl.int64) * SPLIT_STATS + tl.zeros([1], tl.int64)
+    tl.store(out, m)
+    tl.store(out + 1, s)
+    tl.store(out + 2, a)
+    tl.store(out + 3, t)
+    tl.store(out + 4, n_bad)
+
+
+@triton.jit
+def _alr_split_apply_kernel(
+    logits_ptr, stride_lb, bank_ptr, stride_nb, index_ptr, stats_ptr, grad_ptr, stride_gb, loss_ptr, rowsum_ptr,
+    partial_ptr, counter_ptr, err_ptr, B, N, K_DIV, C, alpha, one_minus_alpha, lam,
+    REFINE: tl.constexpr, HAS_ENTROPY: tl.constexpr, REDUCTION: tl.constexpr, CHUNK: tl.constexpr,
+    C_BLOCK: tl.constexpr, ROW_ALIGN: tl.constexpr, RED_BLOCK: tl.constexpr, HAS_ROWSUM: tl.constexpr,
+):
+    """Launch 2 of the split-K path: chunk ``pid % C`` of row ``pid // C``: bank write, gradient, loss."""
+    pid = tl.program_id(0)
+    row = tl.zeros([1], tl.int64) + pid // C
+    chunk = pid % C
+    K = K_DIV * ROW_ALIGN
+    gscale = _grad_scale_of(index_ptr, B, REDUCTION == 2, RED_BLOCK)
+    act = row < B
+    idx = tl.load(index_ptr + row)
+    valid = idx >= 0
+    oob = valid & (idx >= N)
+    inb = valid & (idx < N)
+    # Combine the row's C chunk statistics: m = max_j m_j, s = sum_j s_j exp(m_j - m), and for H(p)
+    # a = sum_j exp(m_j - m) (a_j + (m_j - m) s_j); a chunk with s_j = 0 (nothing read) contributes nothing.
+    j = tl.arange(0, C_BLOCK)
+    st = stats_ptr + (row[:, None] * C + j[None, :]) * SPLIT_STATS
+    jm = j[None, :] < C
+    m_j = tl.load(st, mask=jm, other=float("-inf"))
+    s_j = tl.load(st + 1, mask=jm, other=0.0)
+    m = tl.max(m_j, axis=1)
+    m = tl.where(inb & (m > float("-inf")), m, 0.0)  # rows not read: any finite value (outputs masked below)
+    read = s_j > 0.0
+    m_j = tl.where(read, m_j, m[:, None])  # keeps exp() and differences finite on chunks that read nothing
+    w = tl.where(read, tl.exp(m_j - m[:, None]), 0.0)
+    s = tl.sum(s_j * w, axis=1)
+    if HAS_ROWSUM:
+        t_sum = tl.load(rowsum_ptr + tl.where(inb, idx, 0), mask=inb, other=0.0)
+    else:
+        t_sum = tl.sum(tl.load(st + 3, mask=jm, other=0.0), axis=1)
+    bad = (tl.sum(tl.load(st + 4, mask=jm, other=0.0), axis=1) > 0.0) | oob
+    s = tl.where(inb & (s > 0.0), s, 1.0)
+    log_s = tl.log(s)
+    if REFINE:
+        t_sum = alpha * t_sum + one_minus_alpha  # sum_k t_new_k, since sum_k p_k = 1
+    if HAS_ENTROPY:
+        a_j = tl.load(st + 2, mask=jm, other=0.0)
+        a = tl.sum(w * (a_j + (m_j - m[:, None]) * s_j), axis=1)
+        ent = log_s - a / s
+    else:
+        ent = tl.zeros([1], tl.float32)
+    c = chunk * CHUNK + tl.arange(0, CHUNK)
+    kmask = c[None, :] < K
+    lmask = (inb & ~bad)[:, None] & kmask
+    l_off = tl.multiple_of(row * stride_lb, ROW_ALIGN)
+    g_off = tl.multiple_of(row * stride_gb, ROW_ALIGN)
+    b_off = tl.multiple_of(tl.where(inb, idx, 0) * stride_nb, ROW_ALIGN)
+    z = tl.load(logits_ptr + l_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
+    logp = (z - m[:, None]) - log_s[:, None]
+    p = tl.exp(logp)
+    t = tl.load(bank_ptr + b_off[:, None] + c[None, :], mask=lmask, other=0.0).to(tl.float32)
+    new_sum = tl.zeros([1], tl.float32)
+    if REFINE:
+        t = alpha * t + one_minus_alpha * p
+        t_store = _round_to(t, bank_ptr.dtype.element_ty)
+        tl.store(bank_ptr + b_off[:, None] + c[None, :], t_store, mask=lmask)
+        if HAS_ROWSUM:
+            # this chunk's share of the new row sum; NaN marks a row whose sum must not be written
+            new_sum = tl.where(inb & ~bad, tl.sum(tl.where(lmask, t_store.to(tl.float32), 0.0), axis=1),
+                               float("nan"))
+    loss = -tl.sum(tl.where(lmask, t * logp, 0.0), axis=1)
+    if HAS_ENTROPY:
+        loss = loss + tl.where(chunk == 0, lam * ent, 0.0)  # the row's entropy term, counted once
+    _store_grad(grad_ptr, g_off, c, kmask, p, t, logp, t_sum, ent, lam, gscale, act, valid, bad, HAS_ENTROPY)
+    loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
+    first = chunk == 0
+    if first:
+        worst = tl.max(tl.where(oob, idx, -1), axis=0)
+        if worst >= 0:
+            tl.atomic_max(err_ptr, worst + 1)
+    n_valid = tl.sum(tl.where(valid & first, 1.0, 0.0), axis=0)
+    _split_finish(
+        partial_ptr, counter_ptr, loss_ptr, rowsum_ptr, index_ptr, tl.sum(loss, axis=0), n_valid,
+        tl.sum(new_sum, axis=0), B, C, N, REDUCTION, REFINE and HAS_ROWSUM, RED_BLOCK,
+    )  # fmt: skip
+
+
+@triton.jit
+def _split_finish(
+    partial_ptr, counter_ptr, loss_ptr, rowsum_ptr, index_ptr, loss_part, count_part, sum_part, B, C, N,
+    REDUCTION: tl.constexpr, ROWSUM_OUT: tl.constexpr, RED_BLOCK: tl.constexpr,
+):
+    """The split-K path's "last program reduces" (memory ordering as in :func:`_last_program_reduces`).
+
+    Program ``r * C + c`` stores its chunk's loss, valid count and (``ROWSUM_OUT``) share of the new bank-row
+    sum. The program drawing the last ticket writes the scalar loss ("sum"/"mean") or each row's loss, the
+    sum of its C chunks in chunk order ("none"), and each written row's new sum into ``rowsum``; all in a
+    fixed order (bitwise reproducible). Then it resets the counter.
+    """
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    tl.store(partial_ptr + pid, loss_part)
+    tl.store(partial_ptr + n_prog + pid, count_part)
+    if ROWSUM_OUT:
+        tl.store(partial_ptr + 2 * n_prog + pid, sum_part)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+    if ticket == n_prog - 1:
+        if REDUCTION != 0:
+            _sum_partials(partial_ptr, n_prog, loss_ptr, REDUCTION == 2, RED_BLOCK)
+        if REDUCTION == 0 or ROWSUM_OUT:
+            offs = tl.arange(0, RED_BLOCK)
+            for b0 in range(0, B, RED_BLOCK):
+                r = b0 + offs
+                rm = r < B
+                base = r.to(tl.int64) * C
+                acc = tl.zeros([RED_BLOCK], tl.float32)
+                new_sum = tl.zeros([RED_BLOCK], tl.float32)
+                for j in range(0, C):
+                    if REDUCTION == 0:
+                        acc += tl.load(partial_ptr + base + j, mask=rm, other=0.0, cache_modifier=".cg")
+                    if ROWSUM_OUT:
+                        new_sum += tl.load(partial_ptr + 2 * n_prog + base + j, mask=rm, other=0.0,
+                                           cache_modifier=".cg")
+                if REDUCTION == 0:
+                    tl.store(loss_ptr + r, acc, mask=rm)
+                if ROWSUM_OUT:
+                    idx = tl.load(index_ptr + r, mask=rm, other=-1)
+                    ok = rm & (idx >= 0) & (idx < N) & (new_sum == new_sum)
+                    tl.store(rowsum_ptr + tl.where(ok, idx, 0), new_sum, mask=ok)
+        tl.store(counter_ptr, 0)
 
 
 INTERPRETED = not isinstance(_alr_fwd_kernel, triton.runtime.JITFunction)
@@ -731,6 +956,8 @@ def alr_forward(
     block_k: int = 0,
     rows_per_program: int = 0,
     num_warps: int = 0,
+    split_k: int = 0,
+    row_sums: torch.Tensor | None = None,
     validated: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Host function of the forward kernel (no autograd): returns ``(loss, grad)``; updates ``bank``.
@@ -741,9 +968,20 @@ def alr_forward(
     buffers. No host synchronisation; one kernel launch for every reduction (plus the index sort when
     ``params.refine`` and not ``params.assume_unique``). ``validated``: the caller has checked the inputs and
     the output buffers already (the autograd paths and the custom ops: the checks run once per call).
+    ``split_k``: 0 picks the split-K path (two launches, one program per row chunk) where rows alone would
+    leave the GPU under-filled and K needs more than one sweep (:func:`split_chunk`); a power of two forces
+    chunks of that many columns, -1 turns it off. Never used when duplicates must be chained (refinement
+    without ``assume_unique``).
+    ``row_sums``: optional ``[N]`` fp32 tensor holding each bank row's sum (``bank.float().sum(1)``), kept
+    exact by the kernel (every bank write stores the written row's new sum). With it, paths that sweep K twice
+    (``K > 8192``: the two-sweep and split-K paths) read ``sum_k t_k`` from it instead of reading the bank row
+    an extra time: ``B*K*s_bank`` bytes less. The caller owns it: recompute it after any write to the bank
+    that does not go through this function (initialisation, loading a checkpoint, the torch backends).
     """
     if not validated:
         _check_forward_call(logits, bank, index, params, grad, loss_rows)
+    if row_sums is not None:
+        _check_row_sums(row_sums, bank, "alr_forward")
     with _device_guard(logits.device):  # Triton launches on the current CUDA device
         B, K = logits.shape
         device = logits.device
@@ -767,8 +1005,12 @@ def alr_forward(
             key, order = torch.sort(index, stable=True)
         else:
             key = order = index  # order is unused without DEDUP
-        n_prog = _cdiv(B, cfg.rows)
         align = _row_align(K, logits.stride(0), grad.stride(0), bank.stride(0))
+        chunk = 0 if dedup else split_chunk(B, K, device, split_k)
+        if chunk:
+            _launch_split(logits, bank, index, grad, loss, params, red, chunk, align, row_sums)
+            return loss, grad
+        n_prog = _cdiv(B, cfg.rows)
         if red:
             # Per-program partials: torch.empty launches nothing (caching allocator; stream-ordered, and taken
             # from the graph's private pool under CUDA graph capture). The ticket counter must be 0 on entry:
@@ -783,12 +1025,12 @@ def alr_forward(
                 bank, bank.stride(0),
                 key, order,
                 grad, grad.stride(0),
-                loss,
+                loss, loss if row_sums is None else row_sums,
                 partials, counter, _bad_index_flag(device),
                 B, bank.shape[0], K // align, params.alpha, 1.0 - params.alpha, params.lam,
                 REFINE=params.refine, HAS_ENTROPY=params.has_entropy, DEDUP=dedup, REDUCTION=red,
                 ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
-                ROW_ALIGN=align, RED_BLOCK=_red_block(cfg.num_warps),
+                ROW_ALIGN=align, RED_BLOCK=_red_block(cfg.num_warps), HAS_ROWSUM=row_sums is not None,
                 num_warps=cfg.num_warps,
             )  # fmt: skip
         except BaseException:
@@ -799,6 +1041,68 @@ def alr_forward(
                 counter.zero_()
             raise
         return loss, grad
+
+
+SPLIT_CHUNK = 4096  # columns per program on the split-K path (held in registers: 8 per thread, 16 warps)
+
+
+def split_chunk(B: int, K: int, device: torch.device, split_k: int = 0) -> int:
+    """Columns per program of the split-K path, or 0 for the one-launch kernel.
+
+    ``split_k`` 0 (auto): split when K needs the two-sweep path (``K > MAX_ONE_SWEEP_BLOCK``) and one program
+    per row would leave the device under-filled (``B`` below the programs wanted, 4 per SM; never under the
+    interpreter, where that target is 1). A power of two: chunks of that size. -1: never.
+    """
+    if split_k < 0:
+        return 0
+    if split_k:
+        if split_k & (split_k - 1):
+            raise ValueError(f"alr_forward: split_k must be 0 (auto), -1 (off) or a power of two, got {split_k}")
+        return split_k
+    if K > MAX_ONE_SWEEP_BLOCK and B < _num_programs_target(device):
+        return SPLIT_CHUNK
+    return 0
+
+
+def _launch_split(logits, bank, index, grad, loss, params: ALRParams, red: int, chunk: int, align: int,
+                  row_sums: torch.Tensor | None) -> None:
+    """The split-K path's two launches (see ``_alr_split_stats_kernel``); no host synchronisation."""
+    B, K = logits.shape
+    device = logits.device
+    C = _cdiv(K, chunk)
+    n_prog = B * C
+    num_warps = max(2, min(32, chunk // (32 * ELEMS_PER_THREAD)))
+    has_rowsum = row_sums is not None
+    stats = torch.empty((n_prog * SPLIT_STATS.value,), dtype=torch.float32, device=device)
+    partials = torch.empty((3 * n_prog,), dtype=torch.float32, device=device)
+    counter = _TICKETS.get(device)
+    _alr_split_stats_kernel[(n_prog,)](
+        logits, logits.stride(0), bank, bank.stride(0), index, stats, bank.shape[0], K // align, C,
+        HAS_ENTROPY=params.has_entropy, CHUNK=chunk, ROW_ALIGN=align, HAS_ROWSUM=has_rowsum, num_warps=num_warps,
+    )  # fmt: skip
+    try:
+        _alr_split_apply_kernel[(n_prog,)](
+            logits, logits.stride(0), bank, bank.stride(0), index, stats, grad, grad.stride(0), loss,
+            row_sums if has_rowsum else loss, partials, counter, _bad_index_flag(device), B, bank.shape[0],
+            K // align, C, params.alpha, 1.0 - params.alpha, params.lam,
+            REFINE=params.refine, HAS_ENTROPY=params.has_entropy, REDUCTION=red, CHUNK=chunk,
+            C_BLOCK=_next_pow2(C), ROW_ALIGN=align, RED_BLOCK=_red_block(num_warps), HAS_ROWSUM=has_rowsum,
+            num_warps=num_warps,
+        )  # fmt: skip
+    except BaseException:
+        if INTERPRETED:  # as in alr_forward: a failure part-way through the grid leaves the counter non-zero
+            counter.zero_()
+        raise
+
+
+def _check_row_sums(row_sums: torch.Tensor, bank: torch.Tensor, where: str) -> None:
+    N = bank.shape[0]
+    if (row_sums.shape != (N,) or row_sums.dtype != torch.float32 or not row_sums.is_contiguous()
+            or row_sums.device != bank.device):
+        raise ValueError(
+            f"{where}: row_sums must be a contiguous float32 [{N}] tensor on {bank.device} "
+            f"(bank.float().sum(1)), got {describe(row_sums)}"
+        )
 
 
 def _check_forward_call(logits, bank, index, params: ALRParams, grad, loss_rows) -> None:
@@ -861,10 +1165,11 @@ class _EagerFusedALR(torch.autograd.Function):
     device) and otherwise scales the gradient buffer in place."""
 
     @staticmethod
-    def forward(ctx, logits, bank, index, params, inplace_grad, block_k, rows):
+    def forward(ctx, logits, bank, index, params, inplace_grad, block_k, rows, row_sums=None):
         out = logits if inplace_grad else None
         loss, grad = alr_forward(
-            logits, bank, index, params, grad=out, block_k=block_k, rows_per_program=rows, validated=True
+            logits, bank, index, params, grad=out, block_k=block_k, rows_per_program=rows, row_sums=row_sums,
+            validated=True,
         )
         if inplace_grad:
             # The logits now hold the gradient: bump their version so autograd refuses a backward through
@@ -883,7 +1188,7 @@ class _EagerFusedALR(torch.autograd.Function):
         with _device_guard(grad.device):
             _launch_grad_scale(grad, grad_output, ctx.prev_grad_output)
         ctx.prev_grad_output = grad_output
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------ torch custom ops
@@ -974,6 +1279,7 @@ def fused_alr_loss(
     inplace_grad: bool = False,
     block_k: int = 0,
     rows_per_program: int = 0,
+    row_sums: torch.Tensor | None = None,
     validated: bool = False,
 ) -> torch.Tensor:
     """Fused ALR loss (differentiable w.r.t. ``logits``); updates ``bank`` in place when ``params.refine``.
@@ -991,6 +1297,8 @@ def fused_alr_loss(
             (autograd raises if something saved them), and backward can run once. Refused for a leaf tensor
             that requires grad and for logits whose rows alias (row stride 0).
         block_k, rows_per_program: override the block along K / rows per program (powers of two; 0 = auto).
+        row_sums: the bank's row sums, kept exact by the kernel (see :func:`alr_forward`): one bank read less
+            per element when K > 8192. Eager mode only (not under torch.compile).
         validated: the caller has already run :func:`alr_fast.contract.validate_inputs` and
             :func:`~alr_fast.contract.validate_fused_inputs` (``alr_loss`` and :class:`ALRLoss` do, so the
             inputs are checked once per call).
@@ -1001,13 +1309,19 @@ def fused_alr_loss(
     _check_device(logits, "fused_alr_loss")
     if inplace_grad:
         _check_inplace(logits, "fused_alr_loss")
+    if row_sums is not None:
+        _check_row_sums(row_sums, bank, "fused_alr_loss")
     if torch.compiler.is_compiling():
+        if row_sums is not None:
+            raise NotImplementedError("fused_alr_loss: row_sums is not supported under torch.compile")
         return FusedALRFunction.apply(
             logits, bank, index, params.alpha, params.lam, params.refine, params.reduction, params.assume_unique,
             bool(inplace_grad), int(block_k), int(rows_per_program),
         )  # fmt: skip
     with _device_guard(logits.device):
-        return _EagerFusedALR.apply(logits, bank, index, params, bool(inplace_grad), block_k, rows_per_program)
+        return _EagerFusedALR.apply(
+            logits, bank, index, params, bool(inplace_grad), block_k, rows_per_program, row_sums
+        )
 
 
 class ALRLoss(nn.Module):

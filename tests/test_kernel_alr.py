@@ -971,3 +971,175 @@ def test_gpu_cuda_graph_and_inductor():
 def test_interpreter_flag_matches_device():
     """Interpreter on CPU (conftest sets TRITON_INTERPRET=1 there), compiled kernels on a GPU."""
     assert INTERPRETED == (not HAS_CUDA)
+
+
+# ----------------------------------------------------------------------------------------------- split-K path
+def _split_case(B, K, logits_dtype, bank_dtype, *, seed):
+    """make_case's logits and bank with a duplicate-free index (the split path's precondition), two padded
+    rows and a non-finite row."""
+    logits, bank, _ = make_case(B, K, logits_dtype, bank_dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    index = torch.randperm(bank.shape[0], generator=g)[:B]
+    index[0] = -1
+    index[B - 2] = -3
+    logits[B // 2, K // 3] = float("nan")
+    return logits, bank, index.to(DEVICE)
+
+
+def _forward_vs_float64(logits, bank, index, params, **launch):
+    b = bank.clone()
+    loss, grad = alr_forward(logits, b, index, params, **launch)
+    ref_loss, ref_grad, ref_bank = alr_float64(
+        logits.cpu(), bank.cpu(), index.cpu(), alpha=params.alpha, lam=params.lam, refine=params.refine,
+        reduction=params.reduction,
+    )
+    ldt, bdt = logits.dtype, bank.dtype
+    torch.testing.assert_close(loss.cpu().double(), ref_loss, equal_nan=True, **_tol("loss", ldt, bdt))
+    torch.testing.assert_close(grad.cpu().double(), ref_grad, equal_nan=True, **_tol("grad", ldt, bdt))
+    torch.testing.assert_close(b.cpu().double(), ref_bank.double(), **_tol("bank", ldt, bdt))
+    return loss, grad, b
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("refine,lam", [(True, 0.0), (True, LAM), (False, LAM)], ids=["selc", "alr", "warmup"])
+@pytest.mark.parametrize("K,chunk", [(1037, 256), (300, 512), (64, 16)], ids=["K1037-C5", "K300-C1", "K64-C4"])
+def test_split_k_matches_float64(K, chunk, refine, lam, reduction):
+    """Split-K (two launches, one program per row chunk): every mode and reduction, a chunk count that is not
+    a power of two, one chunk larger than K, padded rows and a NaN row (NaN loss and gradient, no write)."""
+    logits, bank, index = _split_case(10, K, torch.float32, torch.float32, seed=K + chunk)
+    params = ALRParams(ALPHA, lam, refine, reduction, True)
+    _, grad, new_bank = _forward_vs_float64(logits, bank, index, params, split_k=chunk)
+    assert torch.isnan(grad[5]).all() and torch.equal(grad[0], torch.zeros_like(grad[0]))
+    assert torch.equal(new_bank[index[5]], bank[index[5]])  # the NaN row's bank row is not written
+    if not refine:
+        assert torch.equal(new_bank, bank)
+
+
+@pytest.mark.parametrize("logits_dtype,bank_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)],
+                         ids=["bf16-bf16", "fp16-fp32"])
+def test_split_k_low_precision(logits_dtype, bank_dtype):
+    logits, bank, index = _split_case(9, 700, logits_dtype, bank_dtype, seed=11)
+    _forward_vs_float64(logits, bank, index, ALRParams(0.9, LAM, True, "mean", True), split_k=128)
+
+
+def test_split_k_agrees_with_one_launch_kernel_and_flags_a_bad_index():
+    logits, bank, index = _split_case(8, 500, torch.float32, torch.float32, seed=3)
+    index[2] = bank.shape[0] + 4  # out of range: NaN row, no bank access, recorded for raise_on_bad_index
+    p = ALRParams(ALPHA, LAM, True, "none", True)
+    b1, b2 = bank.clone(), bank.clone()
+    l1, g1 = alr_forward(logits, b1, index, p, split_k=64)
+    with pytest.raises(IndexError, match=f"index {bank.shape[0] + 4} is out of range"):
+        kernels.raise_on_bad_index(DEVICE)
+    l2, g2 = alr_forward(logits, b2, index, p, split_k=-1)
+    with pytest.raises(IndexError):
+        kernels.raise_on_bad_index(DEVICE)
+    assert torch.isnan(l1[2]) and torch.isnan(g1[2]).all()
+    torch.testing.assert_close(l1, l2, equal_nan=True, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g1, g2, equal_nan=True, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(b1, b2, rtol=1e-6, atol=1e-7)
+
+
+def test_split_k_is_not_used_for_duplicate_chains():
+    """Refinement without assume_unique must chain duplicates: split_k is ignored there (same results as the
+    sequential float64 loop, with a row that appears three times)."""
+    logits, bank, index = make_case(16, 300, torch.float32, torch.float32, seed=4)
+    _forward_vs_float64(logits, bank, index, ALRParams(ALPHA, LAM, True, "mean", False), split_k=64)
+
+
+def test_split_chunk_choice():
+    cpu = torch.device("cpu")
+    assert kernels.split_chunk(4, 300_000, cpu) == 0  # the interpreter's target is one program: never auto
+    assert kernels.split_chunk(4, 300, cpu, 64) == 64
+    assert kernels.split_chunk(4, 300_000, cpu, -1) == 0
+    with pytest.raises(ValueError, match="split_k must be"):
+        kernels.split_chunk(4, 300, cpu, 48)
+
+
+# ------------------------------------------------------------------------------------------- row sums (sum t)
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16], ids=["bank-fp32", "bank-bf16"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("refine,lam", [(True, LAM), (False, LAM)], ids=["alr", "warmup"])
+@pytest.mark.parametrize("path", [dict(block_k=128, rows_per_program=2, split_k=-1), dict(split_k=128),
+                                  dict(block_k=1024, split_k=-1)], ids=["two-sweep", "split-k", "one-sweep"])
+def test_row_sums_replace_the_bank_read_and_stay_exact(path, refine, lam, reduction, bank_dtype):
+    """With ``row_sums`` the kernel takes sum_k t_k from it (not from the bank) and keeps it equal to the sum
+    of every written bank row as stored (rounded to the bank dtype), on every path. The bank rows of
+    make_case do not sum to 1, so a kernel that assumed 1 or read a stale sum would fail the float64 check."""
+    logits, bank, index = _split_case(10, 600, torch.float32, bank_dtype, seed=21)
+    row_sums = bank.float().sum(1)
+    b = bank.clone()
+    loss, grad = alr_forward(logits, b, index, ALRParams(ALPHA, lam, refine, reduction, True), row_sums=row_sums,
+                             **path)
+    ref_loss, ref_grad, ref_bank = alr_float64(logits.cpu(), bank.cpu(), index.cpu(), alpha=ALPHA, lam=lam,
+                                               refine=refine, reduction=reduction)
+    tol = dict(equal_nan=True)
+    torch.testing.assert_close(loss.cpu().double(), ref_loss, **tol, **_tol("loss", torch.float32, bank_dtype))
+    torch.testing.assert_close(grad.cpu().double(), ref_grad, **tol, **_tol("grad", torch.float32, bank_dtype))
+    torch.testing.assert_close(b.cpu().double(), ref_bank.double(), **_tol("bank", torch.float32, bank_dtype))
+    torch.testing.assert_close(row_sums, b.float().sum(1), rtol=2e-6, atol=2e-6)  # exact up to summation order
+
+
+def test_row_sums_chain_through_duplicates_and_a_stale_sum_shows():
+    """The duplicate chain (refinement without assume_unique) updates the sum after each occurrence; and the
+    sums really are read: a wrong one changes the gradient by (wrong - right) * p."""
+    logits, bank, index = make_case(16, 600, torch.float32, torch.float32, seed=8)
+    row_sums = bank.float().sum(1)
+    b = bank.clone()
+    params = ALRParams(ALPHA, LAM, True, "none", False)
+    _, grad = alr_forward(logits, b, index, params, row_sums=row_sums, block_k=128, rows_per_program=1)
+    _, ref_grad, ref_bank = alr_float64(logits.cpu(), bank.cpu(), index.cpu(), alpha=ALPHA, lam=LAM, refine=True,
+                                        reduction="none")
+    torch.testing.assert_close(grad.double(), ref_grad, equal_nan=True, **_tol("grad", torch.float32, torch.float32))
+    torch.testing.assert_close(row_sums, b.float().sum(1), rtol=2e-6, atol=2e-6)
+    stale = bank.float().sum(1) + 0.25
+    _, wrong = alr_forward(logits, bank.clone(), index, params, row_sums=stale, block_k=128, rows_per_program=1)
+    assert not torch.allclose(wrong, grad, equal_nan=True, atol=1e-3)
+
+
+def test_row_sums_argument_is_checked():
+    logits, bank, index = _split_case(4, 40, torch.float32, torch.float32, seed=1)
+    with pytest.raises(ValueError, match=r"row_sums must be a contiguous float32 \[\d+\]"):
+        alr_forward(logits, bank, index, ALRParams(ALPHA, LAM, True, "mean", True),
+                    row_sums=bank.sum(1).double())
+
+
+def test_row_sums_through_autograd():
+    logits, bank, index = _split_case(6, 300, torch.float32, torch.float32, seed=5)
+    row_sums = bank.float().sum(1)
+    p = ALRParams(ALPHA, LAM, True, "mean", True)
+    loss, grad, new_bank = run_fused(logits, bank, index, p, block_k=64, rows_per_program=1)
+    z = logits.clone().requires_grad_(True)
+    b = bank.clone()
+    loss2 = fused_alr_loss(z, b, index, p, block_k=64, rows_per_program=1, row_sums=row_sums)
+    loss2.backward()
+    torch.testing.assert_close(loss2.detach(), loss, equal_nan=True)
+    torch.testing.assert_close(z.grad, grad, equal_nan=True, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(b, new_bank)
+    torch.testing.assert_close(row_sums, b.float().sum(1), rtol=2e-6, atol=2e-6)
+
+
+@gpu_only
+@pytest.mark.parametrize("B,K", [(8, 262144), (64, 32000), (300, 10007)])
+def test_gpu_split_k_and_row_sums_at_large_vocab(B, K):
+    """Split-K picked by itself (few rows, K > 8192), with and without row_sums, against the one-launch
+    kernel forced (split_k=-1) and against float64 on a few rows."""
+    assert kernels.split_chunk(B, K, DEVICE) == kernels.alr_loss.SPLIT_CHUNK
+    logits, bank, index = _split_case(B, K, torch.bfloat16, torch.bfloat16, seed=B + K)
+    p = ALRParams(0.9, LAM, True, "mean", True)
+    outs = []
+    for kw in (dict(), dict(row_sums=bank.float().sum(1)), dict(split_k=-1)):
+        b = bank.clone()
+        loss, grad = alr_forward(logits, b, index, p, **kw)
+        outs.append((loss, grad.float(), b.float(), kw.get("row_sums")))
+    for loss, grad, b, rs in outs[:2]:
+        torch.testing.assert_close(loss, outs[2][0], equal_nan=True, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, outs[2][1], equal_nan=True, rtol=1.6e-2, atol=1e-5)
+        torch.testing.assert_close(b, outs[2][2], rtol=8e-3, atol=1e-6)
+        if rs is not None:
+            torch.testing.assert_close(rs, b.sum(1), rtol=2e-6, atol=2e-6)
+    rows = torch.arange(min(B, 4))
+    _, ref_grad, _ = alr_float64(logits[rows].cpu(), bank.cpu(), index[rows].cpu(), alpha=0.9, lam=LAM,
+                                 refine=True, reduction="sum")
+    n_valid = int((index >= 0).sum())
+    torch.testing.assert_close(outs[0][1][rows].cpu().double() * n_valid, ref_grad, equal_nan=True,
+                               **_tol("grad", torch.bfloat16, torch.bfloat16))

@@ -39,6 +39,15 @@ FWD_VARIANTS = [
 ]
 
 
+# Split-K (two launches): (logits, bank, REFINE, HAS_ENTROPY, REDUCTION, HAS_ROWSUM). The second launch always
+# ends with the ticket (every reduction, "none" included: the last program sums each row's chunks).
+SPLIT_VARIANTS = [
+    ("bf16", "bf16", True, True, 2, True),
+    ("fp32", "fp32", True, True, 0, False),
+    ("fp16", "fp32", False, False, 1, True),
+]
+
+
 def _reduction_ordering(ptx: str) -> dict:
     """What the single-launch reduction relies on, read off the PTX (the GPU-only part of its correctness):
     the ticket is an ``atom.global.gpu.acq_rel.add`` on an integer, a ``bar.sync`` separates the partial
@@ -99,16 +108,34 @@ def _compile_all() -> list[dict]:
         sig = {
             "logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
             "key_ptr": "*i64", "order_ptr": "*i64", "grad_ptr": f"*{logits}", "stride_gb": "i64",
-            "loss_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32" if red else "*fp32",
+            "loss_ptr": "*fp32", "rowsum_ptr": "*fp32", "partial_ptr": "*fp32",
+            "counter_ptr": "*i32" if red else "*fp32",
             "err_ptr": "*i64",
             "B": "i32", "N": "i32", "K_DIV": "i32", "alpha": "fp32", "one_minus_alpha": "fp32", "lam": "fp32",
         }  # fmt: skip
         cx = dict(REFINE=refine, HAS_ENTROPY=entropy, DEDUP=dedup, REDUCTION=red, ONE_SWEEP=cfg.one_sweep,
                   ROWS=cfg.rows, BLOCK_K=cfg.block_k, ROW_ALIGN=m._row_align(K),
-                  RED_BLOCK=m._red_block(cfg.num_warps))  # fmt: skip
+                  RED_BLOCK=m._red_block(cfg.num_warps), HAS_ROWSUM=not cfg.one_sweep)  # fmt: skip
         results.append(build(m._alr_fwd_kernel, sig, cx, cfg.num_warps, f"fwd {logits}/{bank} K={K} {cfg}"))
         results[-1]["reduction"] = red
         results[-1]["forward"] = True
+    for logits, bank, refine, entropy, red, rowsum in SPLIT_VARIANTS:
+        chunk, align = m.SPLIT_CHUNK, 8
+        num_warps = max(2, min(32, chunk // (32 * m.ELEMS_PER_THREAD)))
+        sig = {"logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
+               "index_ptr": "*i64", "stats_ptr": "*fp32", "N": "i32", "K_DIV": "i32", "C": "i32"}
+        cx = dict(HAS_ENTROPY=entropy, CHUNK=chunk, ROW_ALIGN=align, HAS_ROWSUM=rowsum)
+        results.append(build(m._alr_split_stats_kernel, sig, cx, num_warps, f"split stats {logits}/{bank}"))
+        sig = {"logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
+               "index_ptr": "*i64", "stats_ptr": "*fp32", "grad_ptr": f"*{logits}", "stride_gb": "i64",
+               "loss_ptr": "*fp32", "rowsum_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
+               "err_ptr": "*i64", "B": "i32", "N": "i32", "K_DIV": "i32", "C": "i32", "alpha": "fp32",
+               "one_minus_alpha": "fp32", "lam": "fp32"}  # fmt: skip
+        cx = dict(REFINE=refine, HAS_ENTROPY=entropy, REDUCTION=red, CHUNK=chunk, C_BLOCK=64, ROW_ALIGN=align,
+                  RED_BLOCK=m._red_block(num_warps), HAS_ROWSUM=rowsum)  # fmt: skip
+        results.append(build(m._alr_split_apply_kernel, sig, cx, num_warps, f"split apply {logits}/{bank} {red}"))
+        results[-1]["reduction"] = red
+        results[-1]["split_apply"] = True
     for dt, per_row in (("bf16", True), ("fp32", False)):
         sig = {
             "grad_ptr": f"*{dt}", "stride_gb": "i64", "go_ptr": "*fp32", "stride_go": "i64",
@@ -130,19 +157,21 @@ def test_kernels_compile_for_sm90_without_spills():
     proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == len(FWD_VARIANTS) + 2
+    assert len(results) == len(FWD_VARIANTS) + 2 * len(SPLIT_VARIANTS) + 2
     for r in results:
         assert r["spill_bytes"] == 0, r
         assert r["registers"] <= 255, r
         assert r["vector_accesses"] > 0, f"no vectorised global load/store: {r}"  # K=10: 2 x 8-byte vectors
         order = r["ordering"]
         assert not order["float_atomics"], r  # deterministic: no float atomics anywhere
-        if r.get("reduction"):  # "sum" / "mean": exactly one ticket atomic, fenced by a barrier, L1 bypassed
+        if r.get("reduction") or r.get("split_apply"):
+            # "sum" / "mean" (and every split-K second launch): exactly one ticket atomic, fenced by a barrier,
+            # partials read back with L1 bypassed
             assert order["tickets"] == 1 and order["atomics"] == 1, r
             assert order["barrier_before_ticket"] and order["cg_loads"] > 0, r
         else:
             assert order["atomics"] == 0, r
-        assert order["index_flags"] == (1 if r.get("forward") else 0), r
+        assert order["index_flags"] == (1 if r.get("forward") or r.get("split_apply") else 0), r
 
 
 if __name__ == "__main__":
