@@ -174,6 +174,8 @@ def main(argv=None) -> int:
                     help="warmup study: lam ramp of the fixed-warm-up arms (0 = the demo recipe as it was)")
     ap.add_argument("--arms", default="", help="warmup study: only these arms (e.g. alr-auto,selc; default all)")
     ap.add_argument("--stem", default="", help="output file stem (default: quality / quality_quick / warmup_study)")
+    ap.add_argument("--rerender", action="store_true",
+                    help="re-write <out>/<stem>.md and the plots from <out>/<stem>.json without training")
     if argv is None:
         argv = sys.argv[1:]
     if "--study=detection" in argv or any(a == "--study" and b == "detection" for a, b in zip(argv, argv[1:])):
@@ -183,6 +185,18 @@ def main(argv=None) -> int:
                 and not (a == "detection" and i > 0 and argv[i - 1] == "--study")]
         return detection.main(rest)
     args = ap.parse_args(argv)
+    if args.rerender:
+        stem = args.stem or {"warmup": "warmup_study", "main": "quality"}[args.study]
+        saved = json.loads((Path(args.out) / f"{stem}.json").read_text())
+        if args.study == "warmup":
+            md = warmup_report(saved["runs"], saved["meta"])
+            warmup_plot(saved["runs"], Path(args.out) / f"{stem}_curves.png")
+        else:
+            md = report(saved["runs"], saved["meta"])
+            plots(saved["runs"], Path(args.out), stem)
+        (Path(args.out) / f"{stem}.md").write_text(md)
+        print(md)
+        return 0
     if args.study == "warmup":
         return run_warmup_study(args)
 
@@ -344,6 +358,33 @@ def run_warmup_study(args) -> int:
     return 0
 
 
+def warmup_summary(records: list[dict]) -> list[str]:
+    """One line per case: SELC, ALR auto + ramp, every fixed warm-up (last-epoch test accuracy, mean ± std)."""
+    fixed_arms = sorted({r["arm"] for r in records if r["arm"].startswith("alr-fixed")},
+                        key=lambda a: int(a[len("alr-fixed"):]))
+    head = ["data", "noise (actual)", "SELC", "ALR auto + ramp", "auto switch epochs", "auto refined-label acc",
+            *[f"fixed {a[len('alr-fixed'):]}" for a in fixed_arms], "auto − best fixed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for dataset, noise in dict.fromkeys((r["dataset"], r["noise"]) for r in records):
+        g = _group(records, dataset=dataset, noise=noise)
+        by = {arm: [r for r in g if r["arm"] == arm] for arm in dict.fromkeys(r["arm"] for r in g)}
+        auto = by.get("alr-auto", [])
+        cell = {arm: fmt([r["last_test_acc"] for r in rs]) for arm, rs in by.items()}
+        fixed_means = {a: mean_std([r["last_test_acc"] for r in by[a]])[0] for a in fixed_arms if by.get(a)}
+        best = max(fixed_means, key=fixed_means.get) if fixed_means else None
+        for a in fixed_arms:
+            if a == best and a in cell:
+                cell[a] = f"**{cell[a]}**"
+        gap = (f"{100 * (mean_std([r['last_test_acc'] for r in auto])[0] - fixed_means[best]):+.1f}"
+               if auto and best else "-")
+        lines.append("| " + " | ".join([
+            dataset, f"{noise} ({100 * np.mean([r['actual_rate'] for r in g]):.0f} %)", cell.get("selc", "-"),
+            cell.get("alr-auto", "-"), ",".join(str(r["refine_from_epoch"]) for r in auto) or "-",
+            fmt([r["refined_label_acc"] for r in auto]) if auto else "-",
+            *[cell.get(a, "-") for a in fixed_arms], gap]) + " |")
+    return lines
+
+
 def warmup_report(records: list[dict], meta: dict) -> str:
     lines = ["# Warm-up study: automatic end of warm-up + lam ramp vs fixed warm-ups", "",
              f"Command: `{meta['command']}`  ", f"git {meta['git_sha'][:10]}, {meta['date_utc']} UTC, "
@@ -351,6 +392,8 @@ def warmup_report(records: list[dict], meta: dict) -> str:
              f"total {meta['total_time_s'] / 60:.1f} min.  ",
              f"Seeds {meta['seeds']} (mean ± sample std). Auto recipe: {json.dumps(meta['auto_recipe'])}; fixed "
              f"warm-ups {meta['fixed_warmups']} with a {meta['fixed_ramp_epochs']:g}-epoch lam ramp.", "",
+             "## Summary (last-epoch test accuracy, %; best fixed warm-up in bold)", "",
+             *warmup_summary(records), "", "## Every arm", "",
              "| data | noise | actual | arm | last test acc | peak test acc (oracle) | refined-label acc | refinement from "
              "epoch | seeds with a collapse flag |", "|---|---|---|---|---|---|---|---|---|"]
     cases = list(dict.fromkeys((r["dataset"], r["noise"]) for r in records))
