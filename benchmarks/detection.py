@@ -244,6 +244,7 @@ def main(argv=None) -> int:
                                  r["epochs"]), []).append(r)
         print(f"resuming: {sum(map(len, done.values()))} rows read from {partial}", flush=True)
     t0 = time.perf_counter()
+    sha = git("rev-parse", "HEAD")  # the checkout the study starts from
     rows = []
     for dataset in args.datasets.split(","):
         for kind, rate in parse_settings(args.settings):
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
                 with partial.open("a") as fh:
                     fh.writelines(json.dumps(r) + "\n" for r in new)
                 rows.extend(new)
-    meta = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "git": git("rev-parse", "HEAD"),
+    meta = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "git": sha,
             "device": f"CPU ({cpu_model()}), 1 thread", "machine": platform.machine(), "torch": torch.__version__,
             "folds": args.folds, "seeds": args.seeds, "settings": args.settings, "datasets": args.datasets,
             "total_time_s": time.perf_counter() - t0,

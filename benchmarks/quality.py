@@ -61,11 +61,15 @@ AUTO_RECIPE = {"warmup": "auto", "ramp_epochs": 5.0}
 FIXED_WARMUPS = (1, 2, 4, 10)
 
 
+GIT_SHA_AT_START = None
+
+
 def _study_meta(rt, t_start: float) -> dict:
-    """What every study's JSON records about how it was run (the keys its Markdown reports read)."""
+    """What every study's JSON records about how it was run (the keys its Markdown reports read). The git sha
+    is the checkout's when the study started (read at import), not when it ended."""
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_sha": (git("rev-parse", "HEAD") or "unknown"),
+        "git_sha": GIT_SHA_AT_START or "unknown",
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "device": str(rt.device),
         "torch": torch.__version__,
@@ -176,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stem", default="", help="output file stem (default: quality / quality_quick / warmup_study)")
     ap.add_argument("--rerender", action="store_true",
                     help="re-write <out>/<stem>.md and the plots from <out>/<stem>.json without training")
+    global GIT_SHA_AT_START
+    GIT_SHA_AT_START = git("rev-parse", "HEAD")
     if argv is None:
         argv = sys.argv[1:]
     if "--study=detection" in argv or any(a == "--study" and b == "detection" for a, b in zip(argv, argv[1:])):
