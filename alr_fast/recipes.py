@@ -183,7 +183,8 @@ RECIPES = {
 }
 
 RECIPE_SOURCES = {
-    "demo": "measured on the embedded data (benchmarks/results/demo_tuning.md)",
+    "demo": "measured on the embedded data (benchmarks/results/demo_tuning.md; warm-up: auto + lam ramp, "
+            "benchmarks/results/quality/warmup_study.md)",
     "cifar10": f"{SELC}: class-conditional_noise/train_cifar_with_SELC.py",
     "cifar100": f"{SELC}: class-conditional_noise/train_cifar_with_SELC.py",
     "animal10n": f"{SELC}: real-world_noise/train_animal10N.py",
