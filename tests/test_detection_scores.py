@@ -63,18 +63,23 @@ def test_detection_study_runs_and_resumes(tmp_path, capsys):
     second invocation reads the finished rows and trains nothing."""
     import json
 
+    import torch
     from detection import main
 
-    args = ["--datasets", "digits", "--settings", "asym-digits@0.4", "--seeds", "0", "--epochs", "2",
-            "--folds", "2", "--out", str(tmp_path)]
-    assert main(args) == 0
-    first = json.loads((tmp_path / "detection.json").read_text())["rows"]
-    assert sorted(r["detector"][:3] for r in first) == ["(a)", "(b)", "(c)", "(d)"]
-    assert all(r["noise"] == "asym-digits" and r["model"] == "mlp" for r in first)
-    passes = {r["detector"][:3]: r["sample_passes"] for r in first}
-    assert passes["(b)"] == passes["(c)"] == passes["(a)"]  # 2 folds on 1/2 of the data: one run's passes
-    capsys.readouterr()
-    assert main(args) == 0
-    assert "resuming: 4 rows" in capsys.readouterr().out
-    assert json.loads((tmp_path / "detection.json").read_text())["rows"] == first
-    assert "## Goals" in (tmp_path / "detection.md").read_text()
+    threads = torch.get_num_threads()  # the study sets 1 thread for the process; give the other tests theirs back
+    try:
+        args = ["--datasets", "digits", "--settings", "asym-digits@0.4", "--seeds", "0", "--epochs", "2",
+                "--folds", "2", "--out", str(tmp_path)]
+        assert main(args) == 0
+        first = json.loads((tmp_path / "detection.json").read_text())["rows"]
+        assert sorted(r["detector"][:3] for r in first) == ["(a)", "(b)", "(c)", "(d)"]
+        assert all(r["noise"] == "asym-digits" and r["model"] == "mlp" for r in first)
+        passes = {r["detector"][:3]: r["sample_passes"] for r in first}
+        assert passes["(b)"] == passes["(c)"] == passes["(a)"]  # 2 folds on 1/2 of the data: one run's passes
+        capsys.readouterr()
+        assert main(args) == 0
+        assert "resuming: 4 rows" in capsys.readouterr().out
+        assert json.loads((tmp_path / "detection.json").read_text())["rows"] == first
+        assert "## Goals" in (tmp_path / "detection.md").read_text()
+    finally:
+        torch.set_num_threads(threads)

@@ -109,7 +109,8 @@ def test_rerun_from_run_folder_reproduces_it(tmp_path):
     first = tmp_path / "first"
     want = train(resolve_recipe("demo", [
         "data.dataset=digits", "train.epochs=3", "method.warmup_epochs=1", "model.width=8", "train.progress=false",
-        f"train.out={first}", "train.save_every_epoch=false"]))
+        f"train.out={first}", "train.save_every_epoch=false",
+        "train.threads=1"]))  # saved in config.json: the rerun uses the same thread count, whatever this process's
     labels = np.load(first / "noisy_labels.npy")
     assert labels.dtype == np.int64 and len(labels) == json.loads((first / "noise.json").read_text())["num_samples"]
     prov = json.loads((first / "provenance.json").read_text())
