@@ -485,7 +485,10 @@ def report(records: list[dict], meta: dict) -> str:
              f"Command: `{meta['command']}`  ", f"git {meta['git_sha'][:10]}, {meta['date_utc']} UTC, "
              f"{meta['machine']}, device {meta['device']}, torch {meta['torch']}, "
              f"total {meta['total_time_s'] / 60:.1f} min.  ",
-             f"Seeds {meta['seeds']} (mean ± sample std over seeds); cleanlab with {meta['folds']}-fold CE.", ""]
+             f"Seeds {meta['seeds']} (mean ± sample std over seeds); " + (
+                 f"cleanlab with {meta['folds']}-fold CE." if any(r.get("method") == "cleanlab" for r in records)
+                 else "cleanlab not run here (--no-cleanlab; the detection study compares it: --study detection)."),
+             ""]
     main_runs = _group(records, study="main")
     cols = ("last_test_acc", "peak_test_acc", "refined_label_acc", "mislabel_precision", "mislabel_recall",
             "mislabel_f1", "memo_true", "memo_given", "memo_other")
