@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p_xval.add_argument("--method", choices=METHODS)
     p_xval.add_argument("--folds", type=int, default=5, help="number of folds K (K models, each on (K-1)/K of the data)")
     p_xval.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: --seed)")
+    p_xval.add_argument("--keep-fold-checkpoints", action="store_true",
+                        help="keep each finished fold's checkpoints/ (default: deleted once the fold's held-out "
+                             "predictions are written; they only serve resuming that fold)")
     p_xval.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     _add_common(p_xval)
 
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "crossval":
             from alr_fast.crossval import crossval
 
-            crossval(_config_from_args(args, args.recipe), args.folds, fold_seed=args.fold_seed)
+            crossval(_config_from_args(args, args.recipe), args.folds, fold_seed=args.fold_seed,
+                     keep_fold_checkpoints=args.keep_fold_checkpoints)
             shutdown_distributed()
             return 0
         from alr_fast.trainer import train

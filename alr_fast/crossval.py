@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -126,8 +127,14 @@ def _held_out_source(data, folds: np.ndarray, fold: int, rank: int, world: int, 
     return FoldSource(inner, held, batch_size, math.ceil(_owned_counts(held, world)[rank] / batch_size))
 
 
-def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=None, runtime=None) -> dict:
-    """Run the K-fold cross-fit of ``cfg`` into ``cfg.train.out``; a collective call. Returns crossval.json."""
+def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=None, runtime=None,
+             keep_fold_checkpoints: bool = False) -> dict:
+    """Run the K-fold cross-fit of ``cfg`` into ``cfg.train.out``; a collective call. Returns crossval.json.
+
+    A fold's ``checkpoints/`` (bank shards and optimizer state: several N x K arrays at scale) serve only to
+    resume that fold; once its held-out predictions and ``oos_done.json`` are written it is never retrained, so
+    they are deleted unless ``keep_fold_checkpoints``. ``model.pt`` and the fold's logs stay.
+    """
     from alr_fast.runtime import resolve_runtime
     from alr_fast.data.train_data import build_train_data
     from alr_fast.trainer import train
@@ -180,6 +187,8 @@ def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=
                     "last_test_acc": summary["last_test_acc"], "train_time_s": summary["train_time_s"]}
             done.write_text(json.dumps(info, indent=2) + "\n")
             fold_info.append(info)
+            if not keep_fold_checkpoints:
+                shutil.rmtree(fdir / "checkpoints", ignore_errors=True)
         barrier()
         del model
     result = {}

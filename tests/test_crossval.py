@@ -100,7 +100,8 @@ def _check_layout(out: Path, k_folds: int):
 def test_crossval_end_to_end_resume_cleanlab_and_two_ranks(tmp_path):
     out = tmp_path / "run"
     cli("train", *ARGS, "--out", str(out), cwd=tmp_path)  # a full run first: its CSV gains the oos columns
-    cli("crossval", *ARGS, "--folds", "2", "--out", str(out), cwd=tmp_path)
+    # --keep-fold-checkpoints: the resume below must find fold 1's checkpoints (the 2-rank run checks pruning)
+    cli("crossval", *ARGS, "--folds", "2", "--out", str(out), "--keep-fold-checkpoints", cwd=tmp_path)
     folds, labels, oos = _check_layout(out, 2)
     rows = _read_csv(out / "refined_labels.csv")
     assert len(rows) == labels.size
@@ -128,6 +129,7 @@ def test_crossval_end_to_end_resume_cleanlab_and_two_ranks(tmp_path):
     assert len(ranked) > 0 and len(batched) > 0
     assert set(np.asarray(ranked).tolist()) <= set(range(labels.size))
 
+    assert (out / "fold1" / "checkpoints").is_dir()
     # Resume: fold 1 "crashed" after training (no done marker, no parts); fold 0 must not be retrained.
     model0 = (out / "fold0" / "model.pt").stat().st_mtime_ns
     (out / "fold1" / "oos_done.json").unlink()
@@ -151,6 +153,9 @@ def test_crossval_end_to_end_resume_cleanlab_and_two_ranks(tmp_path):
     np.testing.assert_array_equal(f1, f2)
     np.testing.assert_array_equal(l1, l2)
     assert len(list((two / "fold0").glob("oos_part*.f32"))) == 2  # each rank predicted its own held-out rows
+    # By default a finished fold's checkpoints are deleted (they only serve resuming it); its model stays.
+    for f in (0, 1):
+        assert not (two / f"fold{f}" / "checkpoints").exists() and (two / f"fold{f}" / "model.pt").exists()
     r1, r2 = _read_csv(one / "refined_labels.csv"), _read_csv(two / "refined_labels.csv")
     assert list(r2[0]) == ["global_index", "given_label", "oos_label", "oos_confidence", "oos_given_prob",
                            "oos_suspect_rank"]
