@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -48,3 +49,17 @@ def run_metadata() -> dict:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_avg_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # shared machine?
     }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a study's resume file (one JSON object per line); [] if it does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    """Append finished records to a study's resume file, so an interrupted study can skip them."""
+    with Path(path).open("a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in records)

@@ -15,8 +15,9 @@ the logits (``step``), and the forward alone (``fwd``). Per (logits dtype, B, K,
 Implementations: ``eager`` (alr_fast.reference), ``compile`` (torch.compile of it), ``fused`` (default,
 duplicate-safe), ``fused_unique`` (``alr_loss(..., backend="triton", check_index=False, assume_unique=True)``,
 as the trainer calls it), ``fused_rowsum`` (the same with the bank's ``row_sums``: one bank read less per element
-where K > 8192). At large K with few rows the kernel takes its split-K path by itself. Grids: ``--grid trainer`` (B in 256/1024/4096, K in 10/14/50/100/1000), ``large``
-(B*K >= 8M: K = 1000, 32k, 262k), or explicit ``--B``/``--K``.
+where K > 8192). At large K with few rows the kernel takes its split-K path by itself. Grids: ``--grid
+trainer`` (B in 256/1024/4096, K in 10/14/50/100/1000), ``large`` (B*K >= 8M: K = 1000, 32k, 262k), or explicit
+``--B``/``--K``.
 
 Writes ``benchmarks/results/bench_loss_<device>[_tag].json`` (device, versions, git sha, command line, raw
 timings) and a markdown table generated from it. Without a GPU it times what runs (eager, compile).

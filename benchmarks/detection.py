@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import cpu_model, git  # benchmarks/ is on sys.path when run as a script
+from _common import append_jsonl, cpu_model, git, read_jsonl  # benchmarks/ is on sys.path as a script
 
 from alr_fast.crossval import crossval
 from alr_fast.recipes import demo
@@ -236,12 +236,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     partial = out / "detection.rows.jsonl"
     done: dict[tuple, list[dict]] = {}
-    if partial.exists():
-        for line in partial.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done.setdefault((r["dataset"], r["noise"], r["requested_rate"], r["seed"], r.get("folds_run", 0),
-                                 r["epochs"]), []).append(r)
+    for r in read_jsonl(partial):
+        done.setdefault((r["dataset"], r["noise"], r["requested_rate"], r["seed"], r.get("folds_run", 0),
+                         r["epochs"]), []).append(r)
+    if done:
         print(f"resuming: {sum(map(len, done.values()))} rows read from {partial}", flush=True)
     t0 = time.perf_counter()
     sha = git("rev-parse", "HEAD")  # the checkout the study starts from
@@ -255,8 +253,7 @@ def main(argv=None) -> int:
                     continue
                 new = [dict(r, folds_run=args.folds) for r in
                        run_setting(dataset, kind, rate, seed, args.folds, out, args.epochs)]
-                with partial.open("a") as fh:
-                    fh.writelines(json.dumps(r) + "\n" for r in new)
+                append_jsonl(partial, new)
                 rows.extend(new)
     meta = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "git": sha,
             "device": f"CPU ({cpu_model()}), 1 thread", "machine": platform.machine(), "torch": torch.__version__,

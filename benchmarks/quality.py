@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import git  # benchmarks/ is on sys.path when run as a script
+from _common import append_jsonl, git, read_jsonl  # benchmarks/ is on sys.path when run as a script
 
 from alr_fast.config import Config
 from alr_fast.data.train_data import TrainData, build_train_data
@@ -61,15 +61,12 @@ AUTO_RECIPE = {"warmup": "auto", "ramp_epochs": 5.0}
 FIXED_WARMUPS = (1, 2, 4, 10)
 
 
-GIT_SHA_AT_START = None
-
-
-def _study_meta(rt, t_start: float) -> dict:
-    """What every study's JSON records about how it was run (the keys its Markdown reports read). The git sha
-    is the checkout's when the study started (read at import), not when it ended."""
+def _study_meta(rt, t_start: float, git_sha: str | None) -> dict:
+    """What every study's JSON records about how it was run (the keys its Markdown reports read). ``git_sha``
+    is the checkout's when the study started (read next to ``t_start``), not when it ended."""
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_sha": GIT_SHA_AT_START or "unknown",
+        "git_sha": git_sha or "unknown",
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "device": str(rt.device),
         "torch": torch.__version__,
@@ -180,8 +177,6 @@ def main(argv=None) -> int:
     ap.add_argument("--stem", default="", help="output file stem (default: quality / quality_quick / warmup_study)")
     ap.add_argument("--rerender", action="store_true",
                     help="re-write <out>/<stem>.md and the plots from <out>/<stem>.json without training")
-    global GIT_SHA_AT_START
-    GIT_SHA_AT_START = git("rev-parse", "HEAD")
     if argv is None:
         argv = sys.argv[1:]
     if "--study=detection" in argv or any(a == "--study" and b == "detection" for a, b in zip(argv, argv[1:])):
@@ -211,7 +206,7 @@ def main(argv=None) -> int:
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve_runtime("cpu" if not torch.cuda.is_available() else "auto", "auto", "auto")
-    t_start = time.perf_counter()
+    t_start, sha = time.perf_counter(), git("rev-parse", "HEAD")
     records: list[dict] = []
 
     def log(rec):
@@ -254,7 +249,7 @@ def main(argv=None) -> int:
                              variant=f"{factor}={value}", factor=factor, value=value))
 
     meta = {
-        **_study_meta(rt, t_start),
+        **_study_meta(rt, t_start, sha),
         "seeds": seeds,
         "folds": args.folds,
     }
@@ -307,17 +302,14 @@ def run_warmup_study(args) -> int:
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve_runtime("cpu" if not torch.cuda.is_available() else "auto", "auto", "auto")
-    t_start = time.perf_counter()
+    t_start, sha = time.perf_counter(), git("rev-parse", "HEAD")
     stem = args.stem or "warmup_study"
     # Every finished run is appended to <stem>.runs.jsonl at once; a restarted study skips the runs listed there
     # (same case, seed, arm and method fields), so a long study can be interrupted and resumed.
     partial = out / f"{stem}.runs.jsonl"
-    done = {}
-    if partial.exists():
-        for line in partial.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[(r["dataset"], r["noise"], r["seed"], r["arm"], json.dumps(r["method_fields"]))] = r
+    done = {(r["dataset"], r["noise"], r["seed"], r["arm"], json.dumps(r["method_fields"])): r
+            for r in read_jsonl(partial)}
+    if done:
         print(f"resuming: {len(done)} finished runs read from {partial}", flush=True)
     records: list[dict] = []
     for dataset, kind, rate in warmup_cases(args):
@@ -344,13 +336,12 @@ def run_warmup_study(args) -> int:
                            actual_rate=data.noise_manifest["actual_rate"], method_fields=fields,
                            curves={k: [r.get(k) for r in rows] for k in CURVE_KEYS})
                 records.append(rec)
-                with partial.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
+                append_jsonl(partial, [rec])
                 print(f"[{time.perf_counter() - t_start:7.1f}s] warmup {dataset} {noise} seed={seed} {arm:12s} "
                       f"last={s['last_test_acc']:.3f} refined={s.get('refined_label_acc', 0):.3f} "
                       f"refine_from={s['refine_from_epoch']} collapse={s['collapse_epochs']}", flush=True)
     meta = {
-        **_study_meta(rt, t_start),
+        **_study_meta(rt, t_start, sha),
         "auto_recipe": AUTO_RECIPE,
         "fixed_warmups": fixed,
         "fixed_ramp_epochs": args.fixed_ramp_epochs,

@@ -1019,7 +1019,7 @@ def alr_forward(
             counter = _TICKETS.get(device)
         else:
             partials = counter = loss  # unused by the kernel ("none")
-        try:
+        with _counter_reset_on_failure(counter if red else None):
             _alr_fwd_kernel[(n_prog,)](
                 logits, logits.stride(0),
                 bank, bank.stride(0),
@@ -1033,14 +1033,21 @@ def alr_forward(
                 ROW_ALIGN=align, RED_BLOCK=_red_block(cfg.num_warps), HAS_ROWSUM=row_sums is not None,
                 num_warps=cfg.num_warps,
             )  # fmt: skip
-        except BaseException:
-            # The interpreter runs the programs inside this call: an exception (or Ctrl-C) part-way through the
-            # grid would leave the counter non-zero for the next call. On a GPU nothing has run when the launch
-            # raises (a device fault mid-kernel is fatal to the CUDA context anyway).
-            if red and INTERPRETED:
-                counter.zero_()
-            raise
         return loss, grad
+
+
+@contextlib.contextmanager
+def _counter_reset_on_failure(counter: torch.Tensor | None):
+    """Around a launch that uses a ticket counter: the interpreter runs the programs inside the call, so an
+    exception (or Ctrl-C) part-way through the grid would leave the counter non-zero for the next call; reset
+    it then. On a GPU nothing has run when the launch raises (a device fault mid-kernel is fatal to the CUDA
+    context anyway)."""
+    try:
+        yield
+    except BaseException:
+        if counter is not None and INTERPRETED:
+            counter.zero_()
+        raise
 
 
 SPLIT_CHUNK = 4096  # columns per program on the split-K path (held in registers: 8 per thread, 16 warps)
@@ -1080,7 +1087,7 @@ def _launch_split(logits, bank, index, grad, loss, params: ALRParams, red: int, 
         logits, logits.stride(0), bank, bank.stride(0), index, stats, bank.shape[0], K // align, C,
         HAS_ENTROPY=params.has_entropy, CHUNK=chunk, ROW_ALIGN=align, HAS_ROWSUM=has_rowsum, num_warps=num_warps,
     )  # fmt: skip
-    try:
+    with _counter_reset_on_failure(counter):
         _alr_split_apply_kernel[(n_prog,)](
             logits, logits.stride(0), bank, bank.stride(0), index, stats, grad, grad.stride(0), loss,
             row_sums if has_rowsum else loss, partials, counter, _bad_index_flag(device), B, bank.shape[0],
@@ -1089,10 +1096,6 @@ def _launch_split(logits, bank, index, grad, loss, params: ALRParams, red: int, 
             C_BLOCK=_next_pow2(C), ROW_ALIGN=align, RED_BLOCK=_red_block(num_warps), HAS_ROWSUM=has_rowsum,
             num_warps=num_warps,
         )  # fmt: skip
-    except BaseException:
-        if INTERPRETED:  # as in alr_forward: a failure part-way through the grid leaves the counter non-zero
-            counter.zero_()
-        raise
 
 
 def _check_row_sums(row_sums: torch.Tensor, bank: torch.Tensor, where: str) -> None:
