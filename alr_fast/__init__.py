@@ -1,8 +1,8 @@
 """alr_fast: training with noisy labels by Adaptive Label Refinement (ALR)."""
 
-from alr_fast.bank import SoftLabelBank
-from alr_fast.functional import alr_loss
-from alr_fast.noise import make_noisy_labels
+from alr_fast.loss.bank import SoftLabelBank
+from alr_fast.loss.functional import alr_loss
+from alr_fast.data.noise import make_noisy_labels
 
 __version__ = "0.1.0"
 __all__ = ["alr_loss", "SoftLabelBank", "make_noisy_labels", "__version__"]

@@ -7,10 +7,10 @@ import json
 import os
 import sys
 
-from alr_fast.checkpoint import CheckpointError
+from alr_fast.train.checkpoint import CheckpointError
 from alr_fast.config import METHODS, apply_overrides, load_config_file
 from alr_fast.recipes import RECIPES, resolve_recipe
-from alr_fast.runtime import PeerLost, Preempted, shutdown_distributed
+from alr_fast.train.runtime import PeerLost, Preempted, shutdown_distributed
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -142,18 +142,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"(and .csv, .html); any run: python -m alr_fast review RUN_DIR")
             return 0
         if args.command == "review":
-            from alr_fast.review import review_run
+            from alr_fast.labels.review import review_run
 
             review_run(args.run_dir, top=args.top, html=args.html, by=args.by, data_root=args.data_root)
             return 0
         if args.command == "crossval":
-            from alr_fast.crossval import crossval
+            from alr_fast.labels.crossval import crossval
 
             crossval(_config_from_args(args, args.recipe), args.folds, fold_seed=args.fold_seed,
                      keep_fold_checkpoints=args.keep_fold_checkpoints)
             shutdown_distributed()
             return 0
-        from alr_fast.trainer import train
+        from alr_fast.train.trainer import train
 
         cfg = _config_from_args(args, args.recipe)
         summary = train(cfg)

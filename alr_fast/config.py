@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alr_fast.noise import NOISE_KINDS
+from alr_fast.data.noise import NOISE_KINDS
 
 __all__ = [
     "Config",
@@ -47,7 +47,7 @@ def _check(cond: bool, section: str, name: str, msg: str, value) -> None:
 def auto_warmup_errors(min_epochs: int, max_epochs: int | None, stall_ratio: float, window: int,
                        patience: int) -> list[tuple[str, str, object]]:
     """The constraints on the automatic warm-up's parameters, written once for :class:`MethodConfig` (its
-    ``warmup_*`` fields) and for :class:`alr_fast.schedule.AutoWarmupRule`, which word the errors each their own
+    ``warmup_*`` fields) and for :class:`alr_fast.train.schedule.AutoWarmupRule`, which word the errors each their own
     way: ``(field, requirement, value)`` per broken one. ``max_epochs`` None: not resolved yet, not checked."""
     errors = []
     if min_epochs < 0:
@@ -72,7 +72,7 @@ class DataConfig:
     data_root: str | None = None
     """Folder of an on-disk dataset; unused by the embedded ones."""
     noise_kind: str = "sym-incl"
-    """Synthetic noise convention (alr_fast.noise), or 'none' to train on the labels as given."""
+    """Synthetic noise convention (alr_fast.data.noise), or 'none' to train on the labels as given."""
     noise_rate: float = 0.6
     """Requested noise rate in [0, 1] (meaning depends on noise_kind)."""
     noise_seed: int = 0
@@ -194,7 +194,7 @@ class MethodConfig:
     with ``--set`` and not ``method.warmup`` also sets warmup='fixed'."""
     warmup: str = "fixed"
     """When refinement starts: 'fixed' (after warmup_epochs) or 'auto' (when the training signal stalls, decided
-    once per epoch without clean labels; alr_fast/schedule.py documents the rule)."""
+    once per epoch without clean labels; alr_fast/train/schedule.py documents the rule)."""
     warmup_signal: str = "auto"
     """warmup='auto': the per-epoch metric watched - 'auto' (a noisy-validation accuracy when the metrics have
     one, else train_acc_given) or a metric name such as 'train_acc_given' or 'train_loss'."""
@@ -225,7 +225,7 @@ class MethodConfig:
         _check(self.lam >= 0.0, "method", "lam", "must be >= 0", self.lam)
         _check(self.warmup_epochs >= 0, "method", "warmup_epochs", "must be >= 0", self.warmup_epochs)
         _check_choice("method", "warmup", self.warmup, ("fixed", "auto"))
-        # The rule's own constraints (alr_fast.schedule); warmup_max_epochs = 0 means half the epochs, resolved later.
+        # The rule's own constraints (alr_fast.train.schedule); warmup_max_epochs = 0 means half the epochs, resolved later.
         for name, requirement, value in auto_warmup_errors(
             self.warmup_min_epochs, self.warmup_max_epochs or None, self.warmup_stall_ratio, self.warmup_window,
             self.warmup_patience,
@@ -243,7 +243,7 @@ class MethodConfig:
 
     def refine_at(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based) uses refinement with warmup='fixed' (with 'auto' the trainer's
-        alr_fast.schedule.RefinementSchedule decides during the run)."""
+        alr_fast.train.schedule.RefinementSchedule decides during the run)."""
         return self.name != "ce" and epoch >= self.warmup_epochs
 
 

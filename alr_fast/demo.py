@@ -65,8 +65,8 @@ def _plot(out: Path, methods: list[str]) -> None:
 
 def run_demo(cfg: Config, methods: tuple[str, ...] = METHODS) -> dict:
     from alr_fast.data.train_data import build_train_data
-    from alr_fast.runtime import resolve_runtime
-    from alr_fast.trainer import train
+    from alr_fast.train.runtime import resolve_runtime
+    from alr_fast.train.trainer import train
 
     t0 = time.perf_counter()
     out = Path(cfg.train.out)
@@ -90,7 +90,7 @@ def run_demo(cfg: Config, methods: tuple[str, ...] = METHODS) -> dict:
     }
     if rt.is_main:
         # The labels a person should look at first, from the last method's bank (ALR when it ran).
-        from alr_fast.review import review_run
+        from alr_fast.labels.review import review_run
 
         pick = "alr" if "alr" in methods else methods[-1]
         sheet = review_run(out / pick, top=40, html=True, quiet=True)

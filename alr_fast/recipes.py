@@ -56,7 +56,7 @@ def demo() -> Config:
 
     lam 1.0 was chosen by a one-seed sweep on this data (benchmarks/results/demo_tuning.md). The warm-up is
     ``warmup='auto'`` (refinement starts when the training accuracy on the given labels stops rising,
-    alr_fast.schedule.AutoWarmupRule) with lam ramped over 5 epochs: one recipe for every noise setting,
+    alr_fast.train.schedule.AutoWarmupRule) with lam ramped over 5 epochs: one recipe for every noise setting,
     measured by ``benchmarks/quality.py --study warmup``. ``warmup_epochs`` (4, the earlier fixed recipe) is
     used when ``--set method.warmup=fixed`` is given; ``--set method.warmup_epochs=N`` alone also means a fixed
     warm-up of N epochs. No noisy validation slice (data.val_fraction = 0).

@@ -12,7 +12,7 @@ the logits (``step``), and the forward alone (``fwd``). Per (logits dtype, B, K,
   measured in the same run;
 * kernel launches per call, counted with torch.profiler (CUDA only).
 
-Implementations: ``eager`` (alr_fast.reference), ``compile`` (torch.compile of it), ``fused`` (default,
+Implementations: ``eager`` (alr_fast.loss.reference), ``compile`` (torch.compile of it), ``fused`` (default,
 duplicate-safe), ``fused_unique`` (``alr_loss(..., backend="triton", check_index=False, assume_unique=True)``,
 as the trainer calls it), ``fused_rowsum`` (the same with the bank's ``row_sums``: one bank read less per element
 where K > 8192). At large K with few rows the kernel takes its split-K path by itself. Grids: ``--grid
@@ -49,8 +49,8 @@ from pathlib import Path
 import torch
 
 from _common import REPO, cpu_model, relative, run_metadata  # noqa: E402  (benchmarks/ is on sys.path)
-from alr_fast.contract import ALRParams
-from alr_fast.reference import alr_loss_reference
+from alr_fast.loss.contract import ALRParams
+from alr_fast.loss.reference import alr_loss_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ("fused", "fused_unique", "fused_rowsum", "eager", "compile")
@@ -204,8 +204,8 @@ def model_bytes(B: int, K: int, dtype: torch.dtype, bank_dtype: torch.dtype) -> 
 def make_loss_fn(impl: str, compiled_ref):
     """(logits, bank, index) -> loss with one implementation (refinement with entropy, mean reduction)."""
     if impl == "fused_rowsum":
-        from alr_fast.contract import ALRParams
-        from alr_fast.kernels import fused_alr_loss
+        from alr_fast.loss.contract import ALRParams
+        from alr_fast.loss.triton import fused_alr_loss
 
         params = ALRParams(ALPHA, LAM, True, "mean", True)
         sums: dict[int, torch.Tensor] = {}
@@ -477,7 +477,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if "--host" in sys.argv[1:]:
-        os.environ["TRITON_INTERPRET"] = "1"  # before alr_fast.kernels is imported: launches become stubbable
+        os.environ["TRITON_INTERPRET"] = "1"  # before alr_fast.loss.triton is imported: launches become stubbable
     elif os.environ.get("TRITON_INTERPRET") == "1":
         print("NOTE: TRITON_INTERPRET=1 is set: the fused path would run in the interpreter (not a benchmark).")
     sys.exit(main())

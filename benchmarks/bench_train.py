@@ -37,16 +37,16 @@ import torch
 from _common import git  # benchmarks/ is on sys.path when run as a script
 import torch.nn.functional as F
 
-from alr_fast.bank import SoftLabelBank
+from alr_fast.loss.bank import SoftLabelBank
 from alr_fast.config import apply_overrides
 from alr_fast.data.train_data import build_train_data
-from alr_fast.functional import alr_loss
-from alr_fast.models import build_model
-from alr_fast.precision import model_input
+from alr_fast.loss.functional import alr_loss
+from alr_fast.train.models import build_model
+from alr_fast.train.precision import model_input
 from alr_fast.recipes import RECIPES, get_recipe
-from alr_fast.runtime import resolve_runtime
-from alr_fast.sharding import Sharding
-from alr_fast.trainer import _ds_config, _optimizer
+from alr_fast.train.runtime import resolve_runtime
+from alr_fast.loss.sharding import Sharding
+from alr_fast.train.trainer import _ds_config, _optimizer
 
 
 class SyntheticData:

@@ -37,11 +37,11 @@ import torch
 
 from _common import append_jsonl, cpu_model, git, read_jsonl  # benchmarks/ is on sys.path as a script
 
-from alr_fast.crossval import crossval
+from alr_fast.labels.crossval import crossval
 from alr_fast.recipes import demo
-from alr_fast.runtime import resolve_runtime
+from alr_fast.train.runtime import resolve_runtime
 from alr_fast.data.train_data import build_train_data
-from alr_fast.trainer import train
+from alr_fast.train.trainer import train
 
 
 def scores(truth: np.ndarray, flagged: np.ndarray, suspicion: np.ndarray) -> dict:

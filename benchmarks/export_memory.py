@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 2 benchmarks/export_memory.py --samples 200000 --classes 1000 --out /tmp/expmem
     # the previous implementation, for comparison (any file defining write_exports with the same signature):
-    git show <rev>:alr_fast/exports.py > /tmp/old_exports.py
+    git show <rev>:alr_fast/train/exports.py > /tmp/old_exports.py
     torchrun --nproc_per_node 2 benchmarks/export_memory.py --exports-module /tmp/old_exports.py ...
 
 Each rank holds what a real run holds at export time - its float32 bank shard (N/W x K) and a model - then
@@ -55,15 +55,15 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200_000)
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--exports-module", help="a .py file with write_exports (default: alr_fast.exports)")
+    ap.add_argument("--exports-module", help="a .py file with write_exports (default: alr_fast.train.exports)")
     ap.add_argument("--json", help="append the result row to this JSON-lines file (rank 0)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if "RANK" in os.environ:
         dist.init_process_group("gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    from alr_fast.bank import SoftLabelBank
-    from alr_fast.runtime import Runtime
+    from alr_fast.loss.bank import SoftLabelBank
+    from alr_fast.train.runtime import Runtime
     from alr_fast.data.train_data import TrainData
 
     if args.exports_module:
@@ -72,9 +72,9 @@ def main() -> None:
         spec.loader.exec_module(mod)
         write_exports, impl = mod.write_exports, args.exports_module
     else:
-        from alr_fast.exports import write_exports
+        from alr_fast.train.exports import write_exports
 
-        impl = "alr_fast.exports"
+        impl = "alr_fast.train.exports"
     g = torch.Generator().manual_seed(0)
     n, k = args.samples, args.classes
     images = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=g)

@@ -37,11 +37,11 @@ from _common import append_jsonl, git, read_jsonl  # benchmarks/ is on sys.path 
 
 from alr_fast.config import Config
 from alr_fast.data.train_data import TrainData, build_train_data
-from alr_fast.metrics import label_quality
+from alr_fast.train.metrics import label_quality
 from alr_fast.recipes import demo
-from alr_fast.runtime import resolve_runtime
-from alr_fast.exports import predict_probs
-from alr_fast.trainer import train
+from alr_fast.train.runtime import resolve_runtime
+from alr_fast.train.exports import predict_probs
+from alr_fast.train.trainer import train
 
 METHODS = ("ce", "selc", "alr")
 SYM_RATES = (0.2, 0.4, 0.6, 0.8)

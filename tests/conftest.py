@@ -1,7 +1,7 @@
 """Test-session set-up.
 
 Without a GPU the Triton kernels run under the Triton interpreter, which must be switched on before any
-kernel is decorated, i.e. before ``alr_fast.kernels`` is imported (../shared/STACK.md).
+kernel is decorated, i.e. before ``alr_fast.loss.triton`` is imported (../shared/STACK.md).
 """
 
 import os

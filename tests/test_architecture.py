@@ -1,7 +1,8 @@
 """The package's import graph has no cycle, counting imports inside functions too.
 
 The graph is read from the source (``ast``), so a lazy ``import`` inside a function that closes a loop is
-caught as well as a module-level one. ``kernels/`` is installed as ``alr_fast.kernels`` and is included.
+caught as well as a module-level one. The fused kernel is a real subpackage (``alr_fast/loss/triton``).
+The packages form layers (``LAYERS``): a module may import its own layer and the layers below it, never above.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _modules() -> dict[str, Path]:
-    """Dotted module name -> source file, for alr_fast/ and kernels/ (as alr_fast.kernels)."""
+    """Dotted module name -> source file, for everything under alr_fast/."""
     found = {}
-    for base, prefix in ((ROOT / "alr_fast", "alr_fast"), (ROOT / "kernels", "alr_fast.kernels")):
-        for path in sorted(base.rglob("*.py")):
-            rel = path.relative_to(base).with_suffix("")
-            parts = [p for p in rel.parts if p != "__init__"]
-            if "kernels" in parts and prefix == "alr_fast":  # a checkout may hold a kernels symlink
-                continue
-            found[".".join([prefix, *parts])] = path
+    base = ROOT / "alr_fast"
+    for path in sorted(base.rglob("*.py")):
+        rel = path.relative_to(base).with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        found[".".join(["alr_fast", *parts])] = path
     return found
 
 
@@ -91,8 +90,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_lazy_imports():
     """The checker itself: it must see a function-level import (so it would catch a lazy cycle)."""
     graph = _import_graph()
-    assert "alr_fast.kernels.alr_loss" in graph
-    assert "alr_fast.contract" in graph["alr_fast.kernels.alr_loss"]
+    assert "alr_fast.loss.triton.alr_loss" in graph
+    assert "alr_fast.loss.contract" in graph["alr_fast.loss.triton.alr_loss"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -104,3 +103,42 @@ def test_no_import_cycle_in_the_package():
     # trainer <-> data.train_data.
     graph = {v: {w for w in ws if not v.startswith(w + ".")} for v, ws in _import_graph().items()}
     assert _cycles(graph) == []
+
+
+# Lowest first. A module may import modules of its own layer or of a lower one. The top layer holds the
+# entry points (cli, demo, launch, recipes) and the package's own __init__ (its public names).
+LAYERS = [
+    ("util", ["alr_fast.util"]),
+    ("loss", ["alr_fast.loss"]),
+    ("data", ["alr_fast.data"]),
+    ("config", ["alr_fast.config"]),
+    ("train", ["alr_fast.train"]),
+    ("labels", ["alr_fast.labels"]),
+    ("entry", ["alr_fast.recipes", "alr_fast.cli", "alr_fast.demo", "alr_fast.launch", "alr_fast.__main__"]),
+]
+
+
+def _layer(module: str) -> int:
+    if module == "alr_fast":
+        return len(LAYERS)  # the package __init__: re-exports public names from any layer
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} belongs to no layer of LAYERS (add it to one)")
+
+
+def test_every_module_has_a_layer():
+    for module in _modules():
+        _layer(module)
+
+
+def test_layers_import_only_downwards():
+    graph = {v: {w for w in ws if not v.startswith(w + ".")} for v, ws in _import_graph().items()}
+    upward = sorted(f"{v} -> {w}" for v, ws in graph.items() for w in ws if _layer(w) > _layer(v))
+    assert upward == [], "imports that go up a layer:\n" + "\n".join(upward)
+
+
+def test_layer_check_sees_an_upward_import():
+    """The checker itself: a loss module importing the trainer is flagged."""
+    assert _layer("alr_fast.train.trainer") > _layer("alr_fast.loss.functional")
+    assert _layer("alr_fast.loss.triton.alr_loss") == _layer("alr_fast.loss.bank")

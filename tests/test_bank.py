@@ -105,7 +105,7 @@ def test_reshard_rejects_incomplete_or_mismatched():
 
 
 def test_metrics_skip_unknown_clean_labels():
-    from alr_fast.metrics import label_quality, memorisation_split
+    from alr_fast.train.metrics import label_quality, memorisation_split
 
     given = torch.tensor([0, 1, 2, 3, 1])
     refined = torch.tensor([0, 2, 2, 1, 1])

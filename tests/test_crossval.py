@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from alr_fast.crossval import FoldSource, assign_folds
+from alr_fast.labels.crossval import FoldSource, assign_folds
 from alr_fast.data.loaders.arrays import ArrayLoader
-from alr_fast.exports import RowPart
+from alr_fast.train.exports import RowPart
 from conftest import free_port
 
 # scikit-learn's digits (1,438 train rows), an MLP, 2 epochs (1 warm-up), 2 folds: seconds per fold.

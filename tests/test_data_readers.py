@@ -20,7 +20,7 @@ from alr_fast.data.readers.noise_files import apply_noise_file, load_noise_file
 from alr_fast.data.readers.safe_pickle import UnsafePickleError, safe_load_numpy_pickle
 from alr_fast.data.readers.webvision import read_ilsvrc_val, read_mini_webvision, read_webvision
 from alr_fast.data.tools.fixtures import CIFAR10_NAMES, ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
-from alr_fast.noise import make_noisy_labels
+from alr_fast.data.noise import make_noisy_labels
 
 
 def _key_labels(path):

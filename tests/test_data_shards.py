@@ -1,4 +1,4 @@
-"""The one sharding rule (alr_fast.sharding.Sharding) and the one batching rule (plan.batch_bounds): uneven
+"""The one sharding rule (alr_fast.loss.sharding.Sharding) and the one batching rule (plan.batch_bounds): uneven
 shards and tiny last batches with odd N on 1, 2 and 3 ranks, through every loader, and a BatchNorm model."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 import torch
 from test_data_fixtures import BACKENDS, fixture_root
 
-from alr_fast.bank import SoftLabelBank
+from alr_fast.loss.bank import SoftLabelBank
 from alr_fast.data.loaders import build_loader
 from alr_fast.data.loaders.arrays import ArrayLoader
 from alr_fast.data.loaders.plan import EpochPlan, batch_bounds
 from alr_fast.data.readers import read_split
-from alr_fast.sharding import Sharding
+from alr_fast.loss.sharding import Sharding
 
 
 # ------------------------------------------------------------------------------------------------ Sharding

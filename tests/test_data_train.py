@@ -27,7 +27,7 @@ def _cfg(name, tmp_path, *extra, layout="a"):
     pytest.param("animal10n", "dali", [], marks=needs_dali),
 ])
 def test_two_epochs_of_training_on_a_fixture(tmp_path, name, loader, extra):
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     cfg = _cfg(name, tmp_path, f"data.loader={loader}", *extra)
     data = reader_train_data(cfg)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from alr_fast.checkpoint import complete_checkpoints
+from alr_fast.train.checkpoint import complete_checkpoints
 from conftest import free_port
 
 pytestmark = pytest.mark.slow  # end-to-end runs through the launchers: `pytest -m 'not slow'` skips them

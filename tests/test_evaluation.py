@@ -10,7 +10,8 @@ import torch
 
 from alr_fast.config import apply_overrides
 from alr_fast.data.loaders.arrays import ArrayLoader
-from alr_fast.evaluation import EvalPlan, ExcludeRows, noisy_val_rows, topk_correct
+from alr_fast.data.loaders.wrappers import ExcludeRows, noisy_val_rows
+from alr_fast.train.evaluation import EvalPlan, topk_correct
 from alr_fast.recipes import get_recipe
 
 
@@ -102,7 +103,7 @@ def _digits_data(cfg, test_shuffle_seed=None):
 
 
 def test_selection_ignores_the_test_set_and_slice_rows_are_never_trained(tmp_path):
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     cfg_a = _digits_cfg(tmp_path, "a")
     cfg_b = _digits_cfg(tmp_path, "b")
@@ -150,7 +151,7 @@ def test_clothing1m_selects_on_clean_val_and_reports_val_and_test(tmp_path):
     pytest.importorskip("nvidia.dali")
     from test_data_fixtures import fixture_root
 
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     cfg = apply_overrides(get_recipe("clothing1m"), [
         f"data.data_root={fixture_root('clothing1m')}", "model.name=small_cnn", "model.width=8", "train.epochs=2",
@@ -172,7 +173,7 @@ def test_mini_webvision_evaluates_webvision_val_and_ilsvrc_val(tmp_path):
     from test_data_fixtures import fixture_root
 
     from alr_fast.data.tools.fixtures import ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     root = fixture_root("mini-webvision")
     cfg = apply_overrides(get_recipe("mini-webvision"), [
@@ -191,7 +192,7 @@ def test_mini_webvision_evaluates_webvision_val_and_ilsvrc_val(tmp_path):
 def test_selection_survives_a_crash_and_resume(tmp_path, monkeypatch):
     """The selection state (best epoch, its rows) is checkpointed: a run killed in its last epoch and resumed
     reports the same best_* as an uninterrupted one."""
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     keep = ["train.save_every_epoch=true"]
     full = train(_digits_cfg(tmp_path, "full", *keep))
@@ -247,7 +248,7 @@ def test_noisy_val_slice_on_two_ranks_through_torchrun(tmp_path):
 
 
 def test_fill_padding_rows_copies_valid_rows_without_a_host_sync_shape():
-    from alr_fast.evaluation import fill_padding_rows
+    from alr_fast.data.loaders.wrappers import fill_padding_rows
 
     g = torch.Generator().manual_seed(0)
     for b in (1, 2, 5, 17):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from alr_fast.bank import SoftLabelBank
-from alr_fast.exports import RowPart, assemble_rows, iter_rows, predict_probs, write_exports
-from alr_fast.runtime import Runtime
+from alr_fast.loss.bank import SoftLabelBank
+from alr_fast.train.exports import RowPart, assemble_rows, iter_rows, predict_probs, write_exports
+from alr_fast.train.runtime import Runtime
 from alr_fast.data.train_data import TrainData
 
 RT = Runtime(device=torch.device("cpu"), precision="fp32", backend="torch", rank=0, world_size=1)
@@ -89,7 +89,7 @@ def test_write_exports_matches_in_memory_reference(tmp_path):
 
 
 def test_oos_columns_streamed_match_in_memory_and_replace_old_ones(tmp_path):
-    from alr_fast.exports import add_oos_columns
+    from alr_fast.train.exports import add_oos_columns
 
     rng = np.random.default_rng(5)
     n, k = 45, 6

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alr_fast import alr_loss
-from alr_fast.reference import sequential_rank
+from alr_fast.loss.reference import sequential_rank
 from reference64 import alr_oracle
 
 # Tolerance next to the dtype: math is fp32 inside and the oracle sees the rounded logits, so the loss is
@@ -249,6 +249,6 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_auto_backend_on_cpu_is_reference():
-    from alr_fast.functional import resolve_backend
+    from alr_fast.loss.functional import resolve_backend
 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"

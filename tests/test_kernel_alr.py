@@ -1,9 +1,9 @@
-"""Fused Triton ALR kernel (``alr_fast.kernels``) against an independent float64 computation.
+"""Fused Triton ALR kernel (``alr_fast.loss.triton``) against an independent float64 computation.
 
 Runs under the Triton interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU) and
 unchanged on a GPU. Every case checks the loss, the logits gradient (through autograd), the updated bank rows
 and the bank rows that must stay untouched. The float64 helper below is a plain per-row loop written from the
-specification in ``alr_fast/reference.py``; its gradient comes from float64 autograd, not from the formula the
+specification in ``alr_fast/loss/reference.py``; its gradient comes from float64 autograd, not from the formula the
 kernel uses. GPU-only checks (races at large B, bitwise reproducibility, huge shapes, launch counts, host
 syncs, CUDA graphs, torch.compile with inductor) are marked and skipped without CUDA.
 """
@@ -15,20 +15,20 @@ import math
 import pytest
 import torch
 
-from alr_fast.contract import ALRParams
-from alr_fast.functional import alr_loss
-from alr_fast.reference import alr_loss_reference
+from alr_fast.loss.contract import ALRParams
+from alr_fast.loss.functional import alr_loss
+from alr_fast.loss.reference import alr_loss_reference
 
-kernels = pytest.importorskip("alr_fast.kernels")
+kernels = pytest.importorskip("alr_fast.loss.triton")
 if not kernels.HAS_FUSED_ALR:
     pytest.skip("triton is not installed: no fused kernel", allow_module_level=True)
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from alr_fast.kernels import ALRLoss, alr_forward, fused_alr_loss, pick_config  # noqa: E402
-from alr_fast.kernels.alr_loss import INTERPRETED, _round_to  # noqa: E402
-from alr_fast.kernels import alr_loss as alr_loss_mod  # noqa: E402
+from alr_fast.loss.triton import ALRLoss, alr_forward, fused_alr_loss, pick_config  # noqa: E402
+from alr_fast.loss.triton.alr_loss import INTERPRETED, _round_to  # noqa: E402
+from alr_fast.loss.triton import alr_loss as alr_loss_mod  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -563,7 +563,7 @@ def test_functional_backend_dispatch():
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b1, b2, rtol=1e-6, atol=1e-7)
-    from alr_fast.functional import resolve_backend
+    from alr_fast.loss.functional import resolve_backend
 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     if HAS_CUDA:

@@ -77,7 +77,7 @@ def _compile_all() -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from alr_fast.kernels import alr_loss as m
+    from alr_fast.loss.triton import alr_loss as m
 
     assert not m.INTERPRETED
     m._num_programs_target = lambda device: 4 * 132  # pick_config as on an H100 SXM (132 SMs)

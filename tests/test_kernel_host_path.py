@@ -10,17 +10,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-import alr_fast.functional as functional_mod
-from alr_fast.contract import ALRParams
-from alr_fast.functional import alr_loss
-from alr_fast.reference import alr_loss_reference
+import alr_fast.loss.functional as functional_mod
+from alr_fast.loss.contract import ALRParams
+from alr_fast.loss.functional import alr_loss
+from alr_fast.loss.reference import alr_loss_reference
 
-kernels = pytest.importorskip("alr_fast.kernels")
+kernels = pytest.importorskip("alr_fast.loss.triton")
 if not kernels.HAS_FUSED_ALR:
     pytest.skip("triton is not installed: no fused kernel", allow_module_level=True)
 
-from alr_fast.kernels import alr_grad_scale, fused_alr_loss, raise_on_bad_index  # noqa: E402
-from alr_fast.kernels import alr_loss as alr_loss_mod  # noqa: E402
+from alr_fast.loss.triton import alr_grad_scale, fused_alr_loss, raise_on_bad_index  # noqa: E402
+from alr_fast.loss.triton import alr_loss as alr_loss_mod  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -77,7 +77,7 @@ def test_no_import_cycle_between_functional_and_kernels():
     import ast
     import inspect
 
-    import alr_fast.contract as contract
+    import alr_fast.loss.contract as contract
 
     def imported(module):
         tree = ast.parse(inspect.getsource(module))
@@ -87,7 +87,7 @@ def test_no_import_cycle_between_functional_and_kernels():
 
     assert not any(m.startswith("alr_fast") for m in imported(contract))
     kernel_imports = imported(alr_loss_mod)
-    assert "alr_fast.contract" in kernel_imports and "alr_fast.functional" not in kernel_imports
+    assert "alr_fast.loss.contract" in kernel_imports and "alr_fast.loss.functional" not in kernel_imports
 
 
 # ------------------------------------------------------------------------------------------ thin eager path
@@ -235,7 +235,7 @@ def test_torch_assume_unique_fast_path_equals_reference(bank_dtype, reduction, m
     """No sort, no host sync (sequential_rank is never called): the same loss, bank and gradient as the
     sequential reference on unique indices (to fp32 rounding; bank rows within 1 ulp of the bank dtype; NaN
     rows, zero rows and untouched bank rows exactly), with padded and non-finite rows (one of them first)."""
-    import alr_fast.reference as reference  # the fast path must not use its sequential machinery
+    import alr_fast.loss.reference as reference  # the fast path must not use its sequential machinery
 
     B, K, N = 40, 13, 100
     g = torch.Generator().manual_seed(17)

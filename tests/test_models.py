@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from alr_fast.models import PreActResNet, build_model, load_pretrained
+from alr_fast.train.models import PreActResNet, build_model, load_pretrained
 from alr_fast.recipes import get_recipe
 
 # (recipe, model, input size, classes): the recipe's backbone at the recipe's training crop.

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from alr_fast.noise import CIFAR10_ASYM_MAP, DIGITS_ASYM_MAP, label_hash, make_noisy_labels
+from alr_fast.data.noise import CIFAR10_ASYM_MAP, DIGITS_ASYM_MAP, label_hash, make_noisy_labels
 
 
 def clean_labels(n=20000, k=10, seed=0):

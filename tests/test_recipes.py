@@ -104,7 +104,7 @@ def _cli(*args, cwd):
 
 
 def test_rerun_from_run_folder_reproduces_it(tmp_path):
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     first = tmp_path / "first"
     want = train(resolve_recipe("demo", [

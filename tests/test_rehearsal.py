@@ -184,7 +184,7 @@ def test_refused_up_front(capsys, overrides, message):
 
 
 def test_precision_config_and_input_cast():
-    from alr_fast.precision import ds_precision_config, model_input
+    from alr_fast.train.precision import ds_precision_config, model_input
 
     bf16 = ds_precision_config("bf16")
     assert bf16["bf16"]["enabled"] and not bf16["fp16"]["enabled"] and bf16["data_types"]["buffer_dtype"] == "bf16"
@@ -204,7 +204,7 @@ def test_precision_config_and_input_cast():
 def _sync_buffers_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from alr_fast.distributed import sync_buffers
+    from alr_fast.train.distributed import sync_buffers
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -248,7 +248,7 @@ def test_sync_buffers_two_ranks(tmp_path):
 
 
 def test_sync_buffers_is_a_no_op_on_one_process():
-    from alr_fast.distributed import sync_buffers
+    from alr_fast.train.distributed import sync_buffers
 
     bn = torch.nn.BatchNorm1d(3)
     bn(torch.randn(5, 3))

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from alr_fast import cli
-from alr_fast.atomic import atomic_path, write_text_atomic
-from alr_fast.checkpoint import CheckpointError, complete_checkpoints
+from alr_fast.util.atomic import atomic_path, write_text_atomic
+from alr_fast.train.checkpoint import CheckpointError, complete_checkpoints
 from alr_fast.config import apply_overrides
 from alr_fast.recipes import get_recipe
-from alr_fast.runtime import EXIT_PREEMPTED
-from alr_fast.trainer import train
+from alr_fast.train.runtime import EXIT_PREEMPTED
+from alr_fast.train.trainer import train
 from conftest import free_port
 
 pytestmark = pytest.mark.slow  # end-to-end runs through the launchers: `pytest -m 'not slow'` skips them

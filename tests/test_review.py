@@ -12,7 +12,7 @@ from PIL import Image
 from alr_fast.cli import main
 from alr_fast.config import apply_overrides, config_to_dict
 from alr_fast.recipes import get_recipe
-from alr_fast.review import ReviewImages, review_run
+from alr_fast.labels.review import ReviewImages, review_run
 
 
 def _fake_run(run, cfg, n, k, *, oos: bool, seed=0):

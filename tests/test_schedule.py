@@ -1,4 +1,4 @@
-"""alr_fast.schedule: the automatic end of warm-up on synthetic metric sequences, the lam/alpha ramp per step,
+"""alr_fast.train.schedule: the automatic end of warm-up on synthetic metric sequences, the lam/alpha ramp per step,
 the collapse guard, and a seconds-long run where warmup='auto' switches and logs the epoch (and resumes)."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alr_fast.config import Config, DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
-from alr_fast.schedule import (
+from alr_fast.train.schedule import (
     AutoWarmupRule,
     CollapseGuard,
     RefinementSchedule,
@@ -127,7 +127,7 @@ def test_ramp_values_per_step():
 
 def test_trainer_uses_the_ramp_every_step(tmp_path, monkeypatch):
     """The loop passes the schedule's alpha/lam to the loss on every step (recorded at the call)."""
-    import alr_fast.trainer as trainer
+    import alr_fast.train.trainer as trainer
 
     calls = []
     real = trainer.alr_loss
@@ -208,7 +208,7 @@ def _rows(out):
 
 
 def test_auto_warmup_switches_logs_and_resumes(tmp_path, monkeypatch):
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     method = MethodConfig(name="alr", lam=1.0, warmup="auto", warmup_min_epochs=3, warmup_max_epochs=4,
                           ramp_epochs=1.0)
@@ -224,7 +224,7 @@ def test_auto_warmup_switches_logs_and_resumes(tmp_path, monkeypatch):
 
     # The same run crashing in epoch 2 (the rule has seen 2 epochs and not decided), then resumed: the rule's
     # state comes back from the checkpoint and the run ends exactly like the uninterrupted one.
-    from alr_fast.evaluation import EvalPlan
+    from alr_fast.train.evaluation import EvalPlan
 
     real_evaluate, calls = EvalPlan.evaluate, []
 
@@ -239,7 +239,7 @@ def test_auto_warmup_switches_logs_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="injected crash"):
         train(_digits_cfg(part, 6, method))
     monkeypatch.setattr(EvalPlan, "evaluate", real_evaluate)
-    from alr_fast.checkpoint import complete_checkpoints
+    from alr_fast.train.checkpoint import complete_checkpoints
 
     saved = json.loads((complete_checkpoints(part)[0] / "trainer.json").read_text())
     assert saved["schedule"]["warmup"]["switch_epoch"] is None and len(saved["schedule"]["warmup"]["history"]) == 2
@@ -327,7 +327,7 @@ def test_warmup_study_report_checks_each_goal():
 
 
 def test_auto_warmup_watches_the_noisy_validation_slice_when_there_is_one(tmp_path):
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     cfg = _digits_cfg(tmp_path / "val", 4, MethodConfig(name="alr", warmup="auto", warmup_max_epochs=3,
                                                         warmup_window=2))

@@ -31,8 +31,8 @@ from alr_fast.data.readers.noise_files import load_noise_file
 from alr_fast.data.readers.webvision import read_ilsvrc_val
 from alr_fast.data.readers.embedded import EMBEDDED_DATASETS, load_embedded
 from alr_fast.data.readers.records import SampleTable
-from alr_fast.evaluation import EvalSet, RemapRows, subset_table
-from alr_fast.noise import label_hash, make_noisy_labels
+from alr_fast.data.loaders.wrappers import EvalSet, RemapRows, subset_table
+from alr_fast.data.noise import label_hash, make_noisy_labels
 
 __all__ = ["BatchSource", "TrainData", "build_train_data", "reader_train_data", "on_disk_eval_sets", "TEST_SPLIT",
            "CLOTHING1M_DEFAULT_SUBSET"]
@@ -73,7 +73,7 @@ class TrainData:
     noise_manifest: dict | None = None
     extra: dict = field(default_factory=dict)
     eval_sets: list = field(default_factory=list)
-    """Evaluation sets besides the test split (alr_fast.evaluation.EvalSet), e.g. Clothing1M's clean val."""
+    """Evaluation sets besides the test split (alr_fast.train.evaluation.EvalSet), e.g. Clothing1M's clean val."""
     rows_source: Callable | None = None
     """Optional ``rows_source(rows, batch_size)``: the given global rows in index order, eval transform (the
     noisy validation slice); without it the slice is read by filtering ``predict_source``."""
@@ -195,7 +195,7 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
     def test_source(batch_size: int):
         return build_loader(test, train=False, batch_size=batch_size, exclude=exclude_test, **common)
 
-    def rows_source(rows, batch_size: int):  # the noisy validation slice (alr_fast.evaluation)
+    def rows_source(rows, batch_size: int):  # the noisy validation slice (alr_fast.train.evaluation)
         return RemapRows(build_loader(subset_table(train, rows), train=False, batch_size=batch_size,
                                       skip_unreadable=d.skip_unreadable, **common), rows)
 
@@ -204,7 +204,7 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
     spec = recipe_transform(d.dataset, train=d.augment, crop=crop)
     return TrainData(
         given_labels=train.labels,
-        clean_labels=clean if clean is not None and known.any() else None,  # -1 = unknown, see alr_fast.metrics
+        clean_labels=clean if clean is not None and known.any() else None,  # -1 = unknown, see alr_fast.train.metrics
         num_classes=train.num_classes,
         in_channels=3,
         image_size=spec.crop,

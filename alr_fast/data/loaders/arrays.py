@@ -2,9 +2,9 @@
 
 Rows, order, padding and batches come from the same :class:`alr_fast.data.loaders.plan.EpochPlan` as the
 on-disk loaders: rank r reads exactly the samples it owns (the rows its soft-label bank shard holds, see
-:mod:`alr_fast.sharding`), in a new seeded order every epoch, padded with index -1 rows (zero images) to a
+:mod:`alr_fast.loss.sharding`), in a new seeded order every epoch, padded with index -1 rows (zero images) to a
 length common to all ranks, cut by the one batching rule (no training batch of one row). Padded rows never
-reach the loss (see :mod:`alr_fast.reference`). The augmentation's randomness is derived from (seed, epoch,
+reach the loss (see :mod:`alr_fast.loss.reference`). The augmentation's randomness is derived from (seed, epoch,
 rank, step), so an epoch can be resumed at any step.
 """
 

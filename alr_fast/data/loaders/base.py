@@ -4,7 +4,7 @@ Both loaders expose the interface of :class:`alr_fast.data.loaders.arrays.ArrayL
 ``BatchSource``): ``len(loader)`` steps per epoch (the same on every rank) and ``epoch(epoch, start_step=0)``
 yielding ``(images float [b, C, H, W] normalised, index int64 [b])`` from batch ``start_step`` on (resuming
 mid-epoch); rows whose index is -1 are padding (never a duplicated sample for the loss). By default a rank
-reads only the samples it owns in the bank (:class:`alr_fast.sharding.Sharding`), cut into batches by the
+reads only the samples it owns in the bank (:class:`alr_fast.loss.sharding.Sharding`), cut into batches by the
 one rule of :func:`alr_fast.data.loaders.plan.batch_bounds` (no training batch of one row).
 Given the same table, seed, rank and world size both loaders read the same global indices in the same order,
 and a sample's random crop/flip depends only on (seed, epoch, global index), so a resumed epoch repeats the
@@ -22,7 +22,7 @@ from alr_fast.data.loaders.imagecheck import UnreadableImage, UnreadableImagesWa
 from alr_fast.data.loaders.plan import EpochPlan, Subset
 from alr_fast.data.loaders.transforms import TransformSpec
 from alr_fast.data.readers.records import SampleTable
-from alr_fast.dtypes import choose_dtype
+from alr_fast.util.dtypes import choose_dtype
 
 __all__ = ["IndexedLoader", "OUTPUT_DTYPES"]
 

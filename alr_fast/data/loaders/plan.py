@@ -1,10 +1,10 @@
 """The epoch plan of every loader: which global indices an epoch reads on each rank, in which order, cut into
 which batches; and each sample's random numbers.
 
-Sharding (``world_size`` W ranks, ownership by :class:`alr_fast.sharding.Sharding`), two modes:
+Sharding (``world_size`` W ranks, ownership by :class:`alr_fast.loss.sharding.Sharding`), two modes:
 
 * ``stick_to_shard=True`` (the default, what the trainer uses): rank r reads the samples it owns - the rows
-  its soft-label bank shard holds (:mod:`alr_fast.bank`) - in every epoch, in a new order each epoch, seeded
+  its soft-label bank shard holds (:mod:`alr_fast.loss.bank`) - in every epoch, in a new order each epoch, seeded
   by (seed, epoch, rank);
 * ``stick_to_shard=False``: a seeded permutation of all samples per epoch (seed, epoch), dealt out to the W
   ranks by the same owner rule applied to positions in the permutation, so a rank's rows move between epochs.
@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from alr_fast.sharding import Sharding
+from alr_fast.loss.sharding import Sharding
 
 __all__ = ["ClassBalancedSubset", "EpochPlan", "balanced_quotas", "batch_bounds", "sample_uniforms", "Subset"]
 

@@ -20,7 +20,7 @@ import numpy as np
 from alr_fast.data.readers.listfile import require_dir, require_file
 from alr_fast.data.readers.records import SampleTable
 from alr_fast.data.readers.safe_pickle import safe_load_numpy_pickle
-from alr_fast.noise import make_noisy_labels
+from alr_fast.data.noise import make_noisy_labels
 
 __all__ = ["read_cifar", "read_cifar_n", "apply_cifar_n", "apply_synthetic_noise", "CIFAR_N_SETS", "CIFAR_STATS"]
 
@@ -119,7 +119,7 @@ def read_cifar(
 
 
 def apply_synthetic_noise(table: SampleTable, *, kind: str, rate: float, seed: int) -> SampleTable:
-    """Corrupt the table's clean labels with :func:`alr_fast.noise.make_noisy_labels` (manifest attached)."""
+    """Corrupt the table's clean labels with :func:`alr_fast.data.noise.make_noisy_labels` (manifest attached)."""
     if table.clean_labels is None or not table.clean_known().all():
         raise ValueError(f"{table.name}/{table.split}: synthetic noise needs every clean label")
     noisy, manifest = make_noisy_labels(table.clean_labels, kind=kind, rate=rate, num_classes=table.num_classes,

@@ -54,7 +54,7 @@ class SampleTable:
     label_source: str = "dataset"
     """Where ``labels`` came from: 'dataset', a noise kind, or a noise file's path."""
     noise_manifest: dict | None = None
-    """The synthetic-noise manifest (alr_fast.noise) when labels were corrupted on load."""
+    """The synthetic-noise manifest (alr_fast.data.noise) when labels were corrupted on load."""
     extra: dict = field(default_factory=dict)
     """Dataset-specific facts worth reporting (e.g. Clothing1M's layout, list line counts)."""
 

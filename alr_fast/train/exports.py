@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from alr_fast.atomic import atomic_path, write_text_atomic
-from alr_fast.bank import SoftLabelBank
-from alr_fast.distributed import barrier
-from alr_fast.precision import model_input
-from alr_fast.runtime import Runtime
+from alr_fast.util.atomic import atomic_path, write_text_atomic
+from alr_fast.loss.bank import SoftLabelBank
+from alr_fast.train.distributed import barrier
+from alr_fast.train.precision import model_input
+from alr_fast.train.runtime import Runtime
 
 if TYPE_CHECKING:
     from alr_fast.data.train_data import TrainData
@@ -314,7 +314,7 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
     if rt.is_main:
         given = data.given_labels.astype(np.int64)
         world = rt.world_size
-        # Every file below appears complete or not at all (written aside, fsynced, renamed: alr_fast.atomic).
+        # Every file below appears complete or not at all (written aside, fsynced, renamed: alr_fast.util.atomic).
         with atomic_path(out / "pred_probs.npy") as tmp:
             predicted = assemble_rows(tmp, n, k, [RowPart.load(parts / f"pred{r}.f32") for r in range(world)],
                                       chunk_bytes=chunk_bytes)

@@ -1,4 +1,4 @@
-"""Triton kernels, installed and imported as ``alr_fast.kernels``.
+"""Triton kernels, installed and imported as ``alr_fast.loss.triton``.
 
 ``HAS_FUSED_ALR`` tells whether the fused ALR kernel is importable in this install (it needs ``triton``).
 Importing this package never fails without triton; the kernel names are then simply absent.

@@ -3,7 +3,7 @@
     python -m alr_fast crossval --recipe demo --method alr --folds 5 --out runs/xval   # or under torchrun/deepspeed
 
 The samples are split into K folds (seeded, stratified by the given label; ``folds.npy``). Fold f's model is
-an ordinary run of :func:`alr_fast.trainer.train` (``<out>/fold<f>/``), data-parallel on the same N ranks,
+an ordinary run of :func:`alr_fast.train.trainer.train` (``<out>/fold<f>/``), data-parallel on the same N ranks,
 trained on the other K-1 folds; it then predicts fold f with the eval transform. ``oos_pred_probs.npy`` [N, K]
 gathers those rows, so each sample's row comes from the one model that never saw its label - the input
 ``cleanlab.filter.find_label_issues`` is specified for. A finished fold (``fold<f>/oos_done.json``) is never
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from alr_fast.config import Config, config_to_dict, save_config
-from alr_fast.distributed import barrier
-from alr_fast.exports import (CLEANLAB_BATCHED, CLEANLAB_IN_MEMORY, RowPart, add_oos_columns, assemble_rows,
+from alr_fast.train.distributed import barrier
+from alr_fast.train.exports import (CLEANLAB_BATCHED, CLEANLAB_IN_MEMORY, RowPart, add_oos_columns, assemble_rows,
                               class_names_of, stream_predictions)
-from alr_fast.sharding import Sharding
+from alr_fast.loss.sharding import Sharding
 
 __all__ = ["assign_folds", "FoldSource", "fold_view", "crossval"]
 
@@ -135,9 +135,9 @@ def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=
     resume that fold; once its held-out predictions and ``oos_done.json`` are written it is never retrained, so
     they are deleted unless ``keep_fold_checkpoints``. ``model.pt`` and the fold's logs stay.
     """
-    from alr_fast.runtime import resolve_runtime
+    from alr_fast.train.runtime import resolve_runtime
     from alr_fast.data.train_data import build_train_data
-    from alr_fast.trainer import train
+    from alr_fast.train.trainer import train
 
     rt = runtime or resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend)
     data = data or build_train_data(cfg, rt.device)

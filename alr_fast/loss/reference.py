@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of the ALR loss: the semantics every backend must match.
 
-This file is the specification. The fused Triton kernel (``alr_fast.kernels``), the tests and the
+This file is the specification. The fused Triton kernel (``alr_fast.loss.triton``), the tests and the
 benchmarks all compare against :func:`alr_loss_reference`.
 
 Per valid row ``i`` (``index[i] >= 0``) with ``z = logits[i]`` (math in fp32), ``p = softmax(z)``:
@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alr_fast.contract import ALRParams
+from alr_fast.loss.contract import ALRParams
 
 __all__ = ["alr_loss_reference", "sequential_rank"]
 

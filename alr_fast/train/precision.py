@@ -6,7 +6,7 @@ The choice: DeepSpeed's own ``bf16`` / ``fp16`` modes, with each batch cast to t
 * the engine keeps the model's parameters in bf16/fp16 and fp32 master weights inside its optimizer (ZeRO 0, 1
   and 2 alike); gradients are all-reduced in bf16/fp16, half the bytes of fp32. Buffers (BatchNorm running
   statistics) are cast to the same dtype (``data_types.buffer_dtype``), since BatchNorm needs its weights and
-  statistics in one dtype; :func:`alr_fast.distributed.sync_buffers` averages them across ranks in fp32;
+  statistics in one dtype; :func:`alr_fast.train.distributed.sync_buffers` averages them across ranks in fp32;
 * fp16 gets DeepSpeed's dynamic loss scaling (:func:`ds_precision_config`), tested with ZeRO; autocast would
   need a separate ``GradScaler`` wired into every ZeRO stage;
 * DeepSpeed casts parameters but never inputs, so a float32 batch meets bf16 weights and the first convolution
@@ -15,7 +15,7 @@ The choice: DeepSpeed's own ``bf16`` / ``fp16`` modes, with each batch cast to t
   ``predict_probs`` and training all take the same path.
 
 The loss and the bank stay in fp32 math: ``alr_loss`` accepts bf16/fp16 logits and computes the softmax, the
-EMA update and the loss in fp32 (the kernel contract in :mod:`alr_fast.reference`); the bank's dtype is
+EMA update and the loss in fp32 (the kernel contract in :mod:`alr_fast.loss.reference`); the bank's dtype is
 ``method.bank_dtype``, independent of the model's.
 """
 

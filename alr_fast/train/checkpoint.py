@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from alr_fast.atomic import fsync_dir
-from alr_fast.distributed import all_reduce_sum, barrier
-from alr_fast.loop_state import LoopState
+from alr_fast.util.atomic import fsync_dir
+from alr_fast.train.distributed import all_reduce_sum, barrier
+from alr_fast.train.loop_state import LoopState
 
 __all__ = ["save_checkpoint", "complete_checkpoints", "verify_checkpoint", "load_checkpoint", "load_latest",
            "CheckpointError"]

@@ -1,13 +1,13 @@
 """The ALR loss contract, checked once: the hyper-parameters as one frozen type, the input checks every
 backend shares, and the backend choice.
 
-Imported by :mod:`alr_fast.functional` and by the fused kernel (``alr_fast.kernels``); it imports neither, so
+Imported by :mod:`alr_fast.loss.functional` and by the fused kernel (``alr_fast.loss.triton``); it imports neither, so
 there is no import cycle (functional -> kernels -> contract, functional -> contract).
 
 Where each check runs: :class:`ALRParams` range-checks ``alpha``/``lam``/``reduction`` when it is built (once
 per distinct setting: :meth:`ALRParams.of` caches); :func:`validate_inputs` checks the tensors once per call
 (metadata only, no device access unless ``check_index``); :func:`resolve_backend` is called once, by
-:func:`alr_fast.runtime.resolve_runtime` (or by ``alr_loss(backend="auto")`` for a library user).
+:func:`alr_fast.train.runtime.resolve_runtime` (or by ``alr_loss(backend="auto")`` for a library user).
 """
 
 from __future__ import annotations

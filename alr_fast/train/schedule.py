@@ -274,7 +274,7 @@ class RefinementSchedule:
                     if epoch - 1 not in self.collapse_epochs:
                         self.messages.append(
                             f"epoch {epoch}: collapse? {100 * share:.1f} % of the training predictions are one "
-                            f"class (limit {100 * limit:.1f} %; alr_fast/schedule.py CollapseGuard)")
+                            f"class (limit {100 * limit:.1f} %; alr_fast/train/schedule.py CollapseGuard)")
                     self.collapse_epochs.append(epoch)
         if self.mode == "auto" and self.switch_epoch is None:
             self.rule.observe(self.state, epoch, {**metrics, **extra})

@@ -1,6 +1,6 @@
 """The torch backend's fast path for ``assume_unique=True``: no sort, no host sync, closed-form gradient.
 
-Same semantics as :func:`alr_fast.reference.alr_loss_reference` when no valid index repeats (the promise an
+Same semantics as :func:`alr_fast.loss.reference.alr_loss_reference` when no valid index repeats (the promise an
 epoch permutation keeps; ``alr_loss(check_index=True)`` checks it). Where the reference builds an autograd
 graph of some twenty ops and, when refining, sorts the indices and synchronises the host to apply duplicates in
 batch order, this computes the loss and ``dL/dz`` in one forward (as the fused kernel does) and the backward
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alr_fast.contract import ALRParams
+from alr_fast.loss.contract import ALRParams
 
 __all__ = ["alr_loss_unique"]
 

@@ -4,7 +4,7 @@ Warm-up epochs train with cross-entropy on the given labels (the bank's one-hot 
 the bank and train on it (ALR; SELC when lam = 0). CE never refines.
 
 Data parallelism: rank r reads only the samples it owns (global index i with i % W == r) and holds only their
-bank rows (:mod:`alr_fast.bank`), so the per-step work is the local loss plus DeepSpeed's gradient all-reduce;
+bank rows (:mod:`alr_fast.loss.bank`), so the per-step work is the local loss plus DeepSpeed's gradient all-reduce;
 bank rows never travel during training. Once per epoch the ranks all-gather small per-sample vectors (refined
 label, prediction) for the metrics; exports and re-sharding assemble the global bank.
 """
@@ -24,21 +24,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alr_fast.bank import SoftLabelBank
-from alr_fast.atomic import atomic_path, write_text_atomic
-from alr_fast.checkpoint import complete_checkpoints, load_latest, save_checkpoint
+from alr_fast.loss.bank import SoftLabelBank
+from alr_fast.util.atomic import atomic_path, write_text_atomic
+from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
 from alr_fast.data.train_data import TrainData, build_train_data
-from alr_fast.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
-from alr_fast.evaluation import EvalPlan
-from alr_fast.exports import predict_probs, write_exports
-from alr_fast.functional import alr_loss, raise_on_bad_index
-from alr_fast.loop_state import LoopState
-from alr_fast.metrics import label_quality, memorisation_split
-from alr_fast.models import build_model
-from alr_fast.precision import ds_precision_config, model_input
-from alr_fast.runtime import PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout, resolve_runtime
-from alr_fast.schedule import RefinementSchedule, prediction_counts
+from alr_fast.train.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
+from alr_fast.train.evaluation import EvalPlan
+from alr_fast.train.exports import predict_probs, write_exports
+from alr_fast.loss.functional import alr_loss, raise_on_bad_index
+from alr_fast.train.loop_state import LoopState
+from alr_fast.train.metrics import label_quality, memorisation_split
+from alr_fast.train.models import build_model
+from alr_fast.train.precision import ds_precision_config, model_input
+from alr_fast.train.runtime import PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout, resolve_runtime
+from alr_fast.train.schedule import RefinementSchedule, prediction_counts
 
 __all__ = ["train", "predict_probs"]
 
@@ -218,7 +218,7 @@ class _Loop:
         self.steps_per_epoch = len(self.train_loader)
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
-        # When refinement starts (fixed or automatic) and the lam/alpha ramp: alr_fast/schedule.py.
+        # When refinement starts (fixed or automatic) and the lam/alpha ramp: alr_fast/train/schedule.py.
         self.sched = RefinementSchedule.from_config(cfg.method, cfg.train.epochs, self.steps_per_epoch,
                                                     data.given_labels, k)
         self.faults = _Faults.from_env(rt.rank)
@@ -347,7 +347,7 @@ class _Loop:
         train_loss = totals[0].item() / max(n_seen, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(
-                f"epoch {epoch}: training loss is {train_loss} (non-finite logits; see alr_fast.reference for how "
+                f"epoch {epoch}: training loss is {train_loss} (non-finite logits; see alr_fast.loss.reference for how "
                 "the loss treats them) - lower optim.lr or check the input data"
             )
         evals = self.plan.evaluate(self.engine.module, self.rt.device, max(cfg.train.batch_size, 256),
@@ -404,7 +404,7 @@ class _Loop:
                 f"non-finite training loss at global step {bad} (epoch {s.epoch}; detected at step {s.step}, checks "
                 f"every train.nan_check_every={self.cfg.train.nan_check_every} steps); stopping without a "
                 f"checkpoint: the newest, {newest[0] if newest else 'none'}, is from before it. Lower optim.lr or "
-                "check the input data (alr_fast.reference: non-finite logits give a NaN loss)"
+                "check the input data (alr_fast.loss.reference: non-finite logits give a NaN loss)"
             )
         return stop < 0
 

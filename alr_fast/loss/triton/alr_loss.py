@@ -1,6 +1,6 @@
 """Fused ALR loss: softmax, soft-label bank update, CE + entropy loss and logits gradient in one pass.
 
-Semantics are exactly those of :func:`alr_fast.reference.alr_loss_reference` (the specification). Per valid
+Semantics are exactly those of :func:`alr_fast.loss.reference.alr_loss_reference` (the specification). Per valid
 row ``i`` (``index[i] >= 0``), ``z = logits[i]`` (math in fp32), ``p = softmax(z)``, ``t = bank[index[i]]``:
 
 * refinement (``REFINE``): ``t_new = alpha t + (1 - alpha) p`` is written into ``bank[index[i]]`` (rounded to
@@ -83,8 +83,8 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from alr_fast.contract import REDUCTIONS as _REDUCTION_NAMES
-from alr_fast.contract import ALRParams, describe, validate_fused_inputs, validate_inputs
+from alr_fast.loss.contract import REDUCTIONS as _REDUCTION_NAMES
+from alr_fast.loss.contract import ALRParams, describe, validate_fused_inputs, validate_inputs
 
 __all__ = [
     "ALRLoss",
@@ -99,7 +99,7 @@ __all__ = [
     "INTERPRETED",
 ]
 
-REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the kernel's codes for alr_fast.contract.REDUCTIONS
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the kernel's codes for alr_fast.loss.contract.REDUCTIONS
 assert set(REDUCTIONS) == set(_REDUCTION_NAMES)
 
 # Block-size heuristics. NOT yet timed on a GPU (no GPU in the session that wrote them). Checked only by
@@ -1143,7 +1143,7 @@ def _check_device(logits: torch.Tensor, where: str) -> None:
     if logits.device.type != "cuda" and not INTERPRETED:
         raise ValueError(
             f"{where}: tensors on {logits.device} need a CUDA device, or TRITON_INTERPRET=1 set before "
-            "alr_fast.kernels is imported (the Triton interpreter, for tests)"
+            "alr_fast.loss.triton is imported (the Triton interpreter, for tests)"
         )
 
 
@@ -1287,7 +1287,7 @@ def fused_alr_loss(
 ) -> torch.Tensor:
     """Fused ALR loss (differentiable w.r.t. ``logits``); updates ``bank`` in place when ``params.refine``.
 
-    Same semantics as :func:`alr_fast.reference.alr_loss_reference`. The index range is not checked on the
+    Same semantics as :func:`alr_fast.loss.reference.alr_loss_reference`. The index range is not checked on the
     host (that would sync): an index ``>= N`` never touches the bank, gets a NaN loss and gradient row and is
     recorded for :func:`raise_on_bad_index` (``alr_fast.alr_loss(check_index=True)`` checks before the launch).
 
@@ -1302,8 +1302,8 @@ def fused_alr_loss(
         block_k, rows_per_program: override the block along K / rows per program (powers of two; 0 = auto).
         row_sums: the bank's row sums, kept exact by the kernel (see :func:`alr_forward`): one bank read less
             per element when K > 8192. Eager mode only (not under torch.compile).
-        validated: the caller has already run :func:`alr_fast.contract.validate_inputs` and
-            :func:`~alr_fast.contract.validate_fused_inputs` (``alr_loss`` and :class:`ALRLoss` do, so the
+        validated: the caller has already run :func:`alr_fast.loss.contract.validate_inputs` and
+            :func:`~alr_fast.loss.contract.validate_fused_inputs` (``alr_loss`` and :class:`ALRLoss` do, so the
             inputs are checked once per call).
     """
     if not validated:

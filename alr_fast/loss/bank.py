@@ -1,6 +1,6 @@
 """The soft-label bank: one row of class probabilities per training sample, addressed by global index.
 
-Sharded across data-parallel ranks by the project's one rule (:class:`alr_fast.sharding.Sharding`: rank r of W
+Sharded across data-parallel ranks by the project's one rule (:class:`alr_fast.loss.sharding.Sharding`: rank r of W
 owns the samples whose global index i has ``i % W == r``, stored at local row ``i // W``). The data loaders give
 each rank only the samples it owns, so no bank row ever travels between ranks during training; the global bank
 is assembled only for checkpoints' re-sharding and for exports. With W = 1 the local row is the global index.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alr_fast.dtypes import choose_dtype
-from alr_fast.sharding import Sharding
+from alr_fast.util.dtypes import choose_dtype
+from alr_fast.loss.sharding import Sharding
 
 __all__ = ["SoftLabelBank"]
 

@@ -1,14 +1,14 @@
 """Public functional API: :func:`alr_loss`, input validation and backend dispatch.
 
 The semantics (padded rows, duplicates, non-finite logits, reductions) are specified in
-:mod:`alr_fast.reference`; every backend implements exactly those.
+:mod:`alr_fast.loss.reference`; every backend implements exactly those.
 """
 
 from __future__ import annotations
 
 import torch
 
-from alr_fast.contract import (  # noqa: F401  (re-exported: the public names of the contract)
+from alr_fast.loss.contract import (  # noqa: F401  (re-exported: the public names of the contract)
     BACKENDS,
     BANK_DTYPES,
     LOGIT_DTYPES,
@@ -19,8 +19,8 @@ from alr_fast.contract import (  # noqa: F401  (re-exported: the public names of
     validate_fused_inputs,
     validate_inputs,
 )
-from alr_fast.reference import alr_loss_reference
-from alr_fast.torch_fast import alr_loss_unique
+from alr_fast.loss.reference import alr_loss_reference
+from alr_fast.loss.torch_fast import alr_loss_unique
 
 __all__ = ["alr_loss", "raise_on_bad_index", "ALRParams", "resolve_backend", "validate_inputs", "describe", "LOGIT_DTYPES", "BANK_DTYPES",
            "BACKENDS", "REDUCTIONS"]
@@ -52,19 +52,19 @@ def alr_loss(
         backend: ``"torch"`` (reference), ``"triton"`` (fused kernel) or ``"auto"``.
         check_index: verify ``index < N``, and with ``assume_unique`` that no valid index repeats (one host
             sync on CUDA). Without it the fused kernel still never reads or writes out of bounds: an index
-            ``>= N`` gets a NaN row and sets a device flag (:func:`alr_fast.kernels.raise_on_bad_index`).
+            ``>= N`` gets a NaN row and sets a device flag (:func:`alr_fast.loss.triton.raise_on_bad_index`).
         assume_unique: promise that no index repeats in the batch: the fused kernel skips the device sort it
             needs for the sequential duplicate semantics, and the torch backend skips its sort and host sync
             (results are undefined if the promise is broken; ``check_index`` detects it).
 
-    Semantics of duplicates and non-finite logits: see :mod:`alr_fast.reference`.
+    Semantics of duplicates and non-finite logits: see :mod:`alr_fast.loss.reference`.
     """
     params = ALRParams.of(alpha, lam, refine, reduction, assume_unique)  # range checks: once per setting
     validate_inputs(logits, bank, index, check_index=check_index, assume_unique=assume_unique)  # once per call
     if backend != "torch" and backend != "triton":  # the trainer passes its Runtime's resolved backend
         backend = resolve_backend(backend, logits.device, logits.dtype)
     if backend == "triton":
-        from alr_fast.kernels.alr_loss import fused_alr_loss
+        from alr_fast.loss.triton.alr_loss import fused_alr_loss
 
         validate_fused_inputs(logits, bank, "alr_loss")
         return fused_alr_loss(logits, bank, index, params, validated=True)
@@ -79,6 +79,6 @@ def raise_on_bad_index(backend: str, device: torch.device, n_rows: int) -> None:
     so call it where the loop synchronises anyway (the trainer: once per epoch). No-op for the torch backend,
     which checks before it indexes (``check_index``) or raises from the indexing itself."""
     if backend == "triton":
-        from alr_fast.kernels.alr_loss import raise_on_bad_index as check_flag
+        from alr_fast.loss.triton.alr_loss import raise_on_bad_index as check_flag
 
         check_flag(device, n_rows)

@@ -146,7 +146,7 @@ def shutdown_distributed() -> None:
 
 def resolve_runtime(device: str, precision: str, backend: str,
                     collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> Runtime:
-    from alr_fast.contract import resolve_backend  # the backend is decided here, once; alr_loss takes it as is
+    from alr_fast.loss.contract import resolve_backend  # the backend is decided here, once; alr_loss takes it as is
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -4,7 +4,7 @@ Rank ``r`` of ``W`` owns the samples whose global index ``i`` has ``i % W == r``
 row ``i // W`` (so the local rows of a rank are its owned indices in ascending order). Everything that depends
 on ownership asks a :class:`Sharding`:
 
-* the soft-label bank (:mod:`alr_fast.bank`): which rows a rank holds, global -> local row, re-sharding a bank
+* the soft-label bank (:mod:`alr_fast.loss.bank`): which rows a rank holds, global -> local row, re-sharding a bank
   saved with another world size;
 * the epoch plan of every loader (:mod:`alr_fast.data.loaders.plan`): which rows a rank reads, so no rank ever
   reads a sample whose bank row it does not hold and no bank row travels between ranks while training.

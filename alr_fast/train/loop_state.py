@@ -1,6 +1,6 @@
 """The training loop's resumable state, in one object: where the loop is, what it has accumulated, what it logged.
 
-A restart restores exactly this (plus the engine and the bank, which :mod:`alr_fast.checkpoint` saves beside
+A restart restores exactly this (plus the engine and the bank, which :mod:`alr_fast.train.checkpoint` saves beside
 it), so an interrupted run continues where it stopped. Two parts:
 
 * **shared** (the same on every rank, rank 0 writes it into ``trainer.json``): position in the run, metric rows,
@@ -62,9 +62,9 @@ class LoopState:
     best_acc: float = -1.0
     best_epoch: int = -1
     selection: dict = field(default_factory=dict)
-    """Model selection so far (alr_fast.evaluation.EvalPlan.state_dict)."""
+    """Model selection so far (alr_fast.train.evaluation.EvalPlan.state_dict)."""
     schedule: dict = field(default_factory=dict)
-    """alr_fast.schedule.RefinementSchedule.state_dict(): the automatic warm-up rule's memory, collapse flags."""
+    """alr_fast.train.schedule.RefinementSchedule.state_dict(): the automatic warm-up rule's memory, collapse flags."""
     # This rank's accumulators of the running epoch (device tensors, no host sync per step).
     loss_sum: torch.Tensor | None = None
     """float64 scalar: sum over valid rows of the batch-mean loss x valid rows."""

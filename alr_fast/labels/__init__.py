@@ -1,0 +1,1 @@
+"""What to do with the labels after training: cross-fitted out-of-sample probabilities and the review sheet."""
