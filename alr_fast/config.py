@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alr_fast.data.noise import NOISE_KINDS
+from alr_fast.loss.contract import ALRParamError, ALRParams
 
 __all__ = [
     "Config",
@@ -247,8 +248,12 @@ class MethodConfig:
 
     def __post_init__(self):
         _check_choice("method", "name", self.name, METHODS)
-        _check(0.0 <= self.alpha <= 1.0, "method", "alpha", "must be in [0, 1]", self.alpha)
-        _check(self.lam >= 0.0, "method", "lam", "must be >= 0", self.lam)
+        # alpha and lam: the loss contract's own check (the only one), here when the config is built, not at the
+        # first training step after the model and DeepSpeed were built.
+        try:
+            ALRParams(self.alpha, self.lam)
+        except ALRParamError as e:
+            raise ValueError(f"config method.{e.field}: {e.requirement}, got {e.value!r}") from None
         _check(self.warmup_epochs >= 0, "method", "warmup_epochs", "must be >= 0", self.warmup_epochs)
         _check_choice("method", "warmup", self.warmup, ("fixed", "auto"))
         # The rule's own constraints (alr_fast.train.schedule); warmup_max_epochs = 0 means half the epochs, resolved later.
@@ -268,10 +273,12 @@ class MethodConfig:
         """The entropy weight actually used: 0 for SELC (by definition) and for CE."""
         return self.lam if self.name == "alr" else 0.0
 
-    def refine_at(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) uses refinement with warmup='fixed' (with 'auto' the trainer's
-        alr_fast.train.schedule.RefinementSchedule decides during the run)."""
-        return self.name != "ce" and epoch >= self.warmup_epochs
+    @property
+    def loss_params(self) -> ALRParams:
+        """The refinement-phase loss parameters (``alpha``, :attr:`effective_lam`): what
+        :class:`alr_fast.train.schedule.RefinementSchedule` starts from; it decides per step which epochs refine
+        and how the ramp scales them."""
+        return ALRParams.of(self.alpha, self.effective_lam)
 
 
 @dataclass

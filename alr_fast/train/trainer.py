@@ -285,7 +285,6 @@ class _Loop:
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
         cfg, engine, bank, s = self.cfg, self.engine, self.bank, self.state
-        refine = self.sched.refine_at(epoch)
         n_local = bank.num_samples
         s.epoch = epoch
         s.start_epoch()
@@ -304,11 +303,11 @@ class _Loop:
             local = bank.local_index(idx)
             if s.step + 1 == self.faults.nan_at_step:
                 x = x * float("nan")  # fault injection for the non-finite-loss test
-            alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
+            p = self.sched.params(s.step, epoch)  # ALRParams: warm-up or refinement, lam/alpha ramp; no sync
             logits = engine(model_input(x, engine.module))
             # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
             # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
-            loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
+            loss = alr_loss(logits, bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
                             backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
             engine.backward(loss)
             engine.step()

@@ -2,7 +2,7 @@
 
 A :class:`SampleTable` holds either image files (``paths`` relative to ``image_root``) or an in-memory array
 (``images``, CIFAR). Row ``i`` of every array is the sample with global index ``i``: the position in the
-dataset's documented order (../shared/DATASETS.md), which addresses the soft-label bank, noise files and
+dataset's documented order (docs/datasets.md), which addresses the soft-label bank, noise files and
 exports. Readers never reorder or drop rows; loaders skip rows (unreadable images, a per-epoch subset) by
 leaving their indices out of an epoch, so the index of every other sample stays the same.
 """
