@@ -403,13 +403,11 @@ def _check_type(where: str, tp, value):
     if ok is False:
         name = getattr(tp, "__name__", str(tp))
         raise ValueError(f"config {where}: expected {name}, got {type(value).__name__} {_short_repr(value)}")
-    if tp is float:
+    if tp is float:  # finiteness: the section's own range check, then Config's (every float field)
         try:
             value = float(value)
         except OverflowError:
             raise ValueError(f"config {where}: must be a finite number, got {_short_repr(value)}") from None
-        if not math.isfinite(value):
-            raise ValueError(f"config {where}: must be a finite number, got {value!r}")
     return value
 
 
@@ -528,10 +526,7 @@ def _coerce(section: str, name: str, tp, raw: str):
         if tp is int:
             return int(raw)
         if tp is float:
-            value = float(raw)
-            if not math.isfinite(value):
-                raise ValueError("must be a finite number")
-            return value
+            return float(raw)
         if origin is tuple:
             return tuple(int(x) for x in raw.split(",") if x.strip())
         return raw
