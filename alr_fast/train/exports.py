@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from alr_fast.util.atomic import atomic_path, write_text_atomic
+from alr_fast.util.atomic import atomic_path, os_error, write_text_atomic
 from alr_fast.loss.bank import SoftLabelBank
-from alr_fast.train.distributed import barrier
+from alr_fast.train.distributed import all_reduce_sum, barrier
 from alr_fast.train.precision import model_input
 from alr_fast.train.runtime import Runtime
 
@@ -290,88 +290,107 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
         shutil.rmtree(parts, ignore_errors=True)
         parts.mkdir(parents=True, exist_ok=True)
     barrier()
-    stream_predictions(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), rt,
-                       parts / f"pred{rt.rank}.f32")
-    # The bank's rows, float32, a chunk at a time (a bf16 bank is never copied whole).
-    given_local = bank.given
-    step = _chunk_rows(k, chunk_bytes)
-    refined_l, conf_l, mass_l = [], [], []
-    with open(parts / f"soft{rt.rank}.f32", "wb") as f:
-        for a in range(0, bank.num_samples, step):
-            soft = bank.soft[a:a + step].float()
-            f.write(soft.cpu().numpy().tobytes())
-            conf, ref = soft.max(dim=1)
-            refined_l.append(ref.cpu())
-            conf_l.append(conf.cpu())
-            mass_l.append(soft.gather(1, given_local[a:a + step, None]).squeeze(1).cpu())
-    RowPart(bank.global_index.cpu().numpy().astype(np.int64), parts / f"soft{rt.rank}.f32").save()
-    cat = (lambda xs, dt: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=dt))
-    np.savez(parts / f"bank{rt.rank}.npz", index=bank.global_index.cpu().numpy(),
-             refined=cat(refined_l, np.int64), confidence=cat(conf_l, np.float32), given_mass=cat(mass_l, np.float32))
-    del refined_l, conf_l, mass_l
-    barrier()
+    error = None
+    try:  # every rank writes its part files; a rank that fails (disk full) makes every rank stop, parts removed
+        stream_predictions(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), rt,
+                           parts / f"pred{rt.rank}.f32")
+        # The bank's rows, float32, a chunk at a time (a bf16 bank is never copied whole).
+        given_local = bank.given
+        step = _chunk_rows(k, chunk_bytes)
+        refined_l, conf_l, mass_l = [], [], []
+        with open(parts / f"soft{rt.rank}.f32", "wb") as f:
+            for a in range(0, bank.num_samples, step):
+                soft = bank.soft[a:a + step].float()
+                f.write(soft.cpu().numpy().tobytes())
+                conf, ref = soft.max(dim=1)
+                refined_l.append(ref.cpu())
+                conf_l.append(conf.cpu())
+                mass_l.append(soft.gather(1, given_local[a:a + step, None]).squeeze(1).cpu())
+        RowPart(bank.global_index.cpu().numpy().astype(np.int64), parts / f"soft{rt.rank}.f32").save()
+        cat = (lambda xs, dt: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=dt))
+        np.savez(parts / f"bank{rt.rank}.npz", index=bank.global_index.cpu().numpy(),
+                 refined=cat(refined_l, np.int64), confidence=cat(conf_l, np.float32), given_mass=cat(mass_l, np.float32))
+        del refined_l, conf_l, mass_l
+    except OSError as e:
+        error = os_error(e, parts)
+    if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
+        if rt.is_main:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise error or OSError(f"exports: another rank could not write its part files in {parts} (see its message)")
     info = {}
     if rt.is_main:
-        given = data.given_labels.astype(np.int64)
-        world = rt.world_size
-        # Every file below appears complete or not at all (written aside, fsynced, renamed: alr_fast.util.atomic).
-        with atomic_path(out / "pred_probs.npy") as tmp:
-            predicted = assemble_rows(tmp, n, k, [RowPart.load(parts / f"pred{r}.f32") for r in range(world)],
-                                      chunk_bytes=chunk_bytes)
-        with atomic_path(out / "soft_labels.npy") as tmp:
-            assemble_rows(tmp, n, k, [RowPart.load(parts / f"soft{r}.f32") for r in range(world)],
-                          chunk_bytes=chunk_bytes)
-        refined = np.zeros(n, dtype=np.int64)
-        confidence = np.zeros(n, dtype=np.float32)
-        given_mass = np.zeros(n, dtype=np.float32)
-        for r in range(world):
-            with np.load(parts / f"bank{r}.npz") as z:
-                rows = z["index"]
-                refined[rows], confidence[rows], given_mass[rows] = z["refined"], z["confidence"], z["given_mass"]
-        # Suspicion: soft-label mass that moved away from the given label; rank 1 = most suspect (ties by index).
-        order = np.lexsort((np.arange(n), given_mass))
-        suspect_rank = np.empty(n, dtype=np.int64)
-        suspect_rank[order] = np.arange(1, n + 1)
-        del order
-        oos = _oos_columns(out, given, chunk_bytes)
-        _write_csv(out / "refined_labels.csv",
-                   ["global_index", "given_label", "refined_label", "confidence", "suspect_rank"],
-                   lambda a, b: list(zip(range(a, b), given[a:b].tolist(), refined[a:b].tolist(),
-                                         (f"{c:.6f}" for c in confidence[a:b].tolist()), suspect_rank[a:b].tolist())),
-                   n, oos)
-        with atomic_path(out / "labels.npy") as tmp:
-            np.save(tmp, given)
-        names = class_names_of(data)
-        write_text_atomic(out / "class_names.json", json.dumps(names) + "\n")
-        shutil.rmtree(parts, ignore_errors=True)
-        files = {
-            "pred_probs.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
-                               "what": "softmax of the final model (eval transform) on the samples it trained on; "
-                                       "NOT valid input for cleanlab.filter.find_label_issues (use a crossval's "
-                                       "oos_pred_probs.npy); rows of images skipped as unreadable are 0"},
-            "soft_labels.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
-                                "what": f"the bank's soft labels (stored as "
-                                        f"{str(bank.soft.dtype).replace('torch.', '')}), one row per sample"},
-            "labels.npy": {"kind": "given", "shape": [n], "dtype": "int64", "what": "the given (noisy) labels"},
-            "refined_labels.csv": {"kind": "in-sample" + (" + out-of-sample (oos_* columns)" if oos else ""),
-                                   "what": "per sample: given label, the bank's refined label, its mass, and the "
-                                           "suspect rank (1 = least bank mass left on the given label)"},
-            "class_names.json": {"kind": "names", "what": "the class of each probability column, in order"},
-        }
-        info = {
-            "num_samples": n,
-            "num_classes": k,
-            "num_changed": int((refined != given).sum()),
-            "num_unpredicted": int(n - predicted.sum()),
-            "files": files,
-        }
-        if oos:
-            files["oos_pred_probs.npy"] = {"kind": "out-of-sample", "what": "see crossval.json"}
-            info["cleanlab"] = CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy")
-            info["cleanlab_batched"] = CLEANLAB_BATCHED.format(probs="oos_pred_probs.npy")
-        else:
-            info["cleanlab"] = ("run `python -m alr_fast crossval --out <this folder> ...` for out-of-sample "
-                                "probabilities, then: " + CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy"))
-        write_text_atomic(out / "exports.json", json.dumps(info, indent=2) + "\n")
-    barrier()
+        try:
+            info = _assemble(out, parts, bank, data, rt, n, k, chunk_bytes)
+        except OSError as e:
+            error = e
+        finally:  # on success and on failure (a full disk): no part file is left behind
+            shutil.rmtree(parts, ignore_errors=True)
+    if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
+        raise error or OSError(f"exports: rank 0 could not write the exports in {out} (see its message)")
+    return info
+
+
+def _assemble(out: Path, parts: Path, bank: SoftLabelBank, data: "TrainData", rt: Runtime, n: int, k: int,
+              chunk_bytes: int) -> dict:
+    """Rank 0: every export from the part files, each written atomically."""
+    given = data.given_labels.astype(np.int64)
+    world = rt.world_size
+    # Every file below appears complete or not at all (written aside, fsynced, renamed: alr_fast.util.atomic).
+    with atomic_path(out / "pred_probs.npy") as tmp:
+        predicted = assemble_rows(tmp, n, k, [RowPart.load(parts / f"pred{r}.f32") for r in range(world)],
+                                  chunk_bytes=chunk_bytes)
+    with atomic_path(out / "soft_labels.npy") as tmp:
+        assemble_rows(tmp, n, k, [RowPart.load(parts / f"soft{r}.f32") for r in range(world)],
+                      chunk_bytes=chunk_bytes)
+    refined = np.zeros(n, dtype=np.int64)
+    confidence = np.zeros(n, dtype=np.float32)
+    given_mass = np.zeros(n, dtype=np.float32)
+    for r in range(world):
+        with np.load(parts / f"bank{r}.npz") as z:
+            rows = z["index"]
+            refined[rows], confidence[rows], given_mass[rows] = z["refined"], z["confidence"], z["given_mass"]
+    # Suspicion: soft-label mass that moved away from the given label; rank 1 = most suspect (ties by index).
+    order = np.lexsort((np.arange(n), given_mass))
+    suspect_rank = np.empty(n, dtype=np.int64)
+    suspect_rank[order] = np.arange(1, n + 1)
+    del order
+    oos = _oos_columns(out, given, chunk_bytes)
+    _write_csv(out / "refined_labels.csv",
+               ["global_index", "given_label", "refined_label", "confidence", "suspect_rank"],
+               lambda a, b: list(zip(range(a, b), given[a:b].tolist(), refined[a:b].tolist(),
+                                     (f"{c:.6f}" for c in confidence[a:b].tolist()), suspect_rank[a:b].tolist())),
+               n, oos)
+    with atomic_path(out / "labels.npy") as tmp:
+        np.save(tmp, given)
+    names = class_names_of(data)
+    write_text_atomic(out / "class_names.json", json.dumps(names) + "\n")
+    files = {
+        "pred_probs.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
+                           "what": "softmax of the final model (eval transform) on the samples it trained on; "
+                                   "NOT valid input for cleanlab.filter.find_label_issues (use a crossval's "
+                                   "oos_pred_probs.npy); rows of images skipped as unreadable are 0"},
+        "soft_labels.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
+                            "what": f"the bank's soft labels (stored as "
+                                    f"{str(bank.soft.dtype).replace('torch.', '')}), one row per sample"},
+        "labels.npy": {"kind": "given", "shape": [n], "dtype": "int64", "what": "the given (noisy) labels"},
+        "refined_labels.csv": {"kind": "in-sample" + (" + out-of-sample (oos_* columns)" if oos else ""),
+                               "what": "per sample: given label, the bank's refined label, its mass, and the "
+                                       "suspect rank (1 = least bank mass left on the given label)"},
+        "class_names.json": {"kind": "names", "what": "the class of each probability column, in order"},
+    }
+    info = {
+        "num_samples": n,
+        "num_classes": k,
+        "num_changed": int((refined != given).sum()),
+        "num_unpredicted": int(n - predicted.sum()),
+        "files": files,
+    }
+    if oos:
+        files["oos_pred_probs.npy"] = {"kind": "out-of-sample", "what": "see crossval.json"}
+        info["cleanlab"] = CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy")
+        info["cleanlab_batched"] = CLEANLAB_BATCHED.format(probs="oos_pred_probs.npy")
+    else:
+        info["cleanlab"] = ("run `python -m alr_fast crossval --out <this folder> ...` for out-of-sample "
+                            "probabilities, then: " + CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy"))
+    write_text_atomic(out / "exports.json", json.dumps(info, indent=2) + "\n")
     return info
