@@ -224,9 +224,9 @@ class RefinementSchedule:
         self.mode, self.alpha, self.lam = mode, float(alpha), float(lam)
         self.rule = rule or AutoWarmupRule()
         self.guard = guard or CollapseGuard()
-        self.ramp_steps = round(ramp_epochs * steps_per_epoch)
+        self.ramp_epochs = float(ramp_epochs)
         self.ramp_alpha = bool(ramp_alpha)
-        self.steps_per_epoch = int(steps_per_epoch)
+        self.set_steps_per_epoch(steps_per_epoch)
         self.label_prior_max = float(label_prior_max)
         self.state = WarmupState()
         if mode == "fixed":
@@ -253,6 +253,11 @@ class RefinementSchedule:
                    rule=rule, ramp_epochs=method.ramp_epochs, ramp_alpha=method.ramp_alpha,
                    steps_per_epoch=steps_per_epoch,
                    label_prior_max=prior)
+
+    def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
+        """Steps (loss calls) per epoch: the unit of the ramp (``ramp_epochs`` x this many steps)."""
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.ramp_steps = round(self.ramp_epochs * self.steps_per_epoch)
 
     # -- per step ---------------------------------------------------------------------------------------------
     @property
