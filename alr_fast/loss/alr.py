@@ -38,6 +38,7 @@ import torch
 
 from alr_fast.loss.bank import SoftLabelBank
 from alr_fast.loss.bank_export import BANK_FILES, assemble_bank_files, write_bank_part
+from alr_fast.loss.contract import ALRParamError, ALRParams
 from alr_fast.loss.functional import alr_loss, raise_on_bad_index, resolve_backend
 from alr_fast.loss.schedule import WARMUP_DEFAULTS, AutoWarmupRule, RefinementSchedule, prediction_counts
 from alr_fast.util.atomic import write_text_atomic
@@ -98,10 +99,10 @@ class ALR:
                  check_index: bool | None = None, _schedule: RefinementSchedule | None = None):
         if method not in METHODS:
             raise ValueError(f"ALR: method must be one of {METHODS}, got {method!r}")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"ALR: alpha must be in [0, 1], got {alpha}")
-        if float(lam) < 0.0:
-            raise ValueError(f"ALR: lam must be >= 0, got {lam}")
+        try:  # the loss contract's own range check of alpha and lam (the only one)
+            base = ALRParams.of(float(alpha), float(lam) if method == "alr" else 0.0)
+        except ALRParamError as e:
+            raise ValueError(f"ALR: {e.field} {e.requirement}, got {e.value!r}") from None
         if float(ramp_epochs) < 0.0:
             raise ValueError(f"ALR: ramp_epochs must be >= 0, got {ramp_epochs}")
         labels = torch.as_tensor(labels)
@@ -143,8 +144,7 @@ class ALR:
             params.setdefault("min_epochs", min(WARMUP_DEFAULTS["min_epochs"], params["max_epochs"]))
             mode = "never" if method == "ce" else ("auto" if warmup == "auto" else "fixed")
             self.schedule = RefinementSchedule(
-                mode, alpha=alpha, lam=lam if method == "alr" else 0.0,
-                warmup_epochs=warmup if isinstance(warmup, int) else 0, rule=AutoWarmupRule(**params),
+                mode, base, warmup_epochs=warmup if isinstance(warmup, int) else 0, rule=AutoWarmupRule(**params),
                 ramp_epochs=ramp_epochs, ramp_alpha=ramp_alpha, steps_per_epoch=steps_per_epoch or 1,
                 label_prior_max=float(_global_prior_max(labels, int(num_classes))))
         self.steps_per_epoch = steps_per_epoch
@@ -261,8 +261,8 @@ class ALR:
         if check is None:  # the fused kernel flags bad rows on the device; the torch path must check first
             check = logits.device.type == "cpu" or _resolved(self.backend, logits.device, logits.dtype) != "triton"
         local = self._local_rows(index, check)
-        alpha, lam = self.schedule.coefficients(step)  # Python floats, no sync
-        loss = alr_loss(logits, self.bank.soft, local, alpha=alpha, lam=lam, refine=self.schedule.refine_at(epoch),
+        p = self.schedule.params(step, epoch)  # warm-up or refinement, the lam/alpha ramp: Python floats, no sync
+        loss = alr_loss(logits, self.bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
                         reduction=reduction, backend=self.backend, check_index=check,
                         assume_unique=self.assume_unique)
         if track:
