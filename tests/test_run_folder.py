@@ -259,3 +259,23 @@ def test_a_planted_folder_with_a_consistent_manifest_never_runs(finished, tmp_pa
         assert f"refusing checkpoint {planted}: {planted}/trainer.json: {what}" in captured.err
         assert "ckpt_000005_step_000000046" in captured.out  # resumed from the genuine newest one
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("stage, saved_world, world, refused", [
+    (1, 2, 1, True), (2, 2, 3, True), (2, 2, 2, False), (0, 2, 1, False)])
+def test_zero_checkpoint_on_another_world_size_is_a_clear_error(tmp_path, stage, saved_world, world, refused):
+    """Not re-partitioned (issue 22 item 2 is open): a clear error before DeepSpeed's ZeRORuntimeException."""
+    from alr_fast.train.checkpoint import load_checkpoint
+
+    class Engine:
+        def load_checkpoint(self, *a, **kw):
+            raise AssertionError("reached DeepSpeed's loader")
+
+    state = {"world_size": saved_world, "config": {"train": {"zero_stage": stage}}}
+    if refused:
+        with pytest.raises(CheckpointError, match=rf"written by {saved_world} ranks with ZeRO stage {stage}, .*"
+                                                  rf"resumes only on {saved_world} ranks, not {world}"):
+            load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)
+    else:
+        with pytest.raises(AssertionError, match="reached DeepSpeed's loader"):
+            load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)

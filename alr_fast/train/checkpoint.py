@@ -314,12 +314,21 @@ def verify_checkpoint(path: Path, *, authenticate: bool = True) -> tuple[dict | 
 
 def load_checkpoint(path: Path, trainer_state: dict, engine, bank, state: LoopState, *, rank: int,
                     world_size: int) -> None:
-    """Restore engine, bank (re-sharding if the world size changed) and ``state`` from a verified checkpoint."""
+    """Restore engine, bank (re-sharding if the world size changed) and ``state`` from a verified checkpoint.
+
+    A ZeRO 1/2 checkpoint holds the optimizer state partitioned over the ranks that wrote it; DeepSpeed's loader
+    does not re-partition it, so it resumes only on that many ranks (a clear error here, before DeepSpeed's)."""
+    saved_world = int(trainer_state["world_size"])
+    saved_stage = int(((trainer_state.get("config") or {}).get("train") or {}).get("zero_stage", 0))
+    if saved_world != world_size and saved_stage >= 1:
+        raise CheckpointError(
+            f"{path}: written by {saved_world} ranks with ZeRO stage {saved_stage}, whose optimizer state is "
+            f"partitioned over those ranks; it resumes only on {saved_world} ranks, not {world_size} (ZeRO 0 "
+            "checkpoints resume on any number of ranks)")
     load_path, _ = engine.load_checkpoint(str(path), tag="engine", load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
     if load_path is None:
         raise CheckpointError(f"{path}/engine: DeepSpeed found no checkpoint to load")
-    saved_world = int(trainer_state["world_size"])
     shard_files = [path / f"bank_rank{r}.pt" for r in range(saved_world)]
     if saved_world == world_size:
         bank.load_state_dict(torch.load(shard_files[rank], map_location=bank.soft.device, weights_only=True))
