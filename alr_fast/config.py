@@ -26,12 +26,15 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "METHODS",
+    "DEMO_METHODS",
     "override_keys",
     "load_config_file",
     "provenance",
 ]
 
-METHODS = ("ce", "selc", "alr")
+METHODS = ("ce", "selc", "alr", "elr", "gce", "sce", "bootstrap")
+DEMO_METHODS = ("ce", "selc", "alr")
+"""What the demo compares by default (`python -m alr_fast demo --methods` takes any of METHODS)."""
 
 
 def _check_choice(section: str, name: str, value, choices) -> None:
@@ -182,7 +185,9 @@ class OptimConfig:
 @dataclass
 class MethodConfig:
     name: str = "alr"
-    """'ce' (cross-entropy on the given labels throughout), 'selc' (ALR with lam = 0) or 'alr'."""
+    """'ce' (cross-entropy on the given labels throughout), 'selc' (ALR with lam = 0), 'alr', or a loss-based
+    baseline: 'elr', 'gce', 'sce', 'bootstrap' (alr_fast.loss.baselines; their fields are elr_*, gce_*, sce_*,
+    bootstrap_*). Every method but 'ce' trains with cross-entropy on the given labels during the warm-up."""
     alpha: float = 0.9
     """EMA momentum of the soft labels: t <- alpha t + (1 - alpha) p. Assumption from SELC's public code
     (0.9; 0.8 for Clothing1M), not from the ALR paper."""
@@ -214,6 +219,22 @@ class MethodConfig:
     """Refinement epochs over which lam rises linearly (per step) from lam/steps to lam (0 = full lam at once)."""
     ramp_alpha: bool = False
     """Also ramp the EMA step: alpha goes from 1 (soft labels frozen) to alpha over the same ramp."""
+    elr_beta: float = 0.7
+    """'elr': EMA momentum of the target, t <- beta t + (1 - beta) p. Assumption: ELR's CIFAR-10 value (Liu et al.
+    2020, beta = 0.7)."""
+    elr_lam: float = 3.0
+    """'elr': weight of the regulariser lam * log(1 - <p, t>). Assumption: ELR's CIFAR-10 value (lambda = 3)."""
+    gce_q: float = 0.7
+    """'gce': exponent q of (1 - p_y^q) / q, in (0, 1]. Assumption: GCE's CIFAR value (Zhang & Sabuncu 2018)."""
+    sce_alpha: float = 0.1
+    """'sce': weight of the cross-entropy. Assumption: SCE's CIFAR-10 value (Wang et al. 2019, alpha = 0.1)."""
+    sce_beta: float = 1.0
+    """'sce': weight of the reverse cross-entropy. Assumption: SCE's CIFAR-10 value (beta = 1.0)."""
+    sce_log_zero: float = -4.0
+    """'sce': A, the value of log 0 in the reverse cross-entropy (< 0). SCE's value: A = -4."""
+    bootstrap_beta: float = 0.95
+    """'bootstrap': weight of the given label in the target beta y + (1 - beta) p. Assumption: Reed et al.'s
+    (2015) soft bootstrapping value, 0.95."""
     bank_dtype: str = "float32"
     """Storage dtype of the soft-label bank: 'float32' or 'bfloat16'."""
     backend: str = "auto"
@@ -233,6 +254,13 @@ class MethodConfig:
             or_zero = " (or 0)" if name == "max_epochs" else ""
             raise ValueError(f"config method.warmup_{name}: {requirement}{or_zero}, got {value!r}")
         _check(self.ramp_epochs >= 0.0, "method", "ramp_epochs", "must be >= 0", self.ramp_epochs)
+        _check(0.0 <= self.elr_beta <= 1.0, "method", "elr_beta", "must be in [0, 1]", self.elr_beta)
+        _check(self.elr_lam >= 0.0, "method", "elr_lam", "must be >= 0", self.elr_lam)
+        _check(0.0 < self.gce_q <= 1.0, "method", "gce_q", "must be in (0, 1]", self.gce_q)
+        _check(self.sce_alpha >= 0.0, "method", "sce_alpha", "must be >= 0", self.sce_alpha)
+        _check(self.sce_beta >= 0.0, "method", "sce_beta", "must be >= 0", self.sce_beta)
+        _check(self.sce_log_zero < 0.0, "method", "sce_log_zero", "must be < 0", self.sce_log_zero)
+        _check(0.0 <= self.bootstrap_beta <= 1.0, "method", "bootstrap_beta", "must be in [0, 1]", self.bootstrap_beta)
         _check_choice("method", "bank_dtype", self.bank_dtype, ("float32", "bfloat16"))
         _check_choice("method", "backend", self.backend, ("auto", "torch", "triton"))
 

@@ -1,7 +1,10 @@
-"""The one training loop: CE, SELC and ALR on any dataset, driving a DeepSpeed engine on 1..N ranks.
+"""The one training loop: CE, SELC, ALR and the loss-based baselines (ELR, GCE, SCE, soft bootstrapping) on any
+dataset, driving a DeepSpeed engine on 1..N ranks.
 
 Warm-up epochs train with cross-entropy on the given labels (the bank's one-hot rows); later epochs refine
-the bank and train on it (ALR; SELC when lam = 0). CE never refines.
+the bank and train on it (ALR; SELC when lam = 0), or train with the baseline's loss (ELR keeps its running
+average of the predictions in the bank; GCE, SCE and bootstrapping leave the bank at the given labels). CE
+never refines.
 
 Data parallelism: rank r reads only the samples it owns (global index i with i % W == r) and holds only their
 bank rows (:mod:`alr_fast.loss.bank`), so the per-step work is the local loss plus DeepSpeed's gradient all-reduce;
@@ -32,7 +35,7 @@ from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.train.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
 from alr_fast.train.evaluation import EvalPlan
 from alr_fast.train.exports import predict_probs, write_exports
-from alr_fast.loss.functional import alr_loss, raise_on_bad_index
+from alr_fast.loss.functional import alr_loss, bootstrap_loss, elr_loss, gce_loss, raise_on_bad_index, sce_loss
 from alr_fast.train.loop_state import LoopState
 from alr_fast.train.metrics import label_quality, memorisation_split
 from alr_fast.train.models import build_model
@@ -282,6 +285,30 @@ class _Loop:
         for r in self.state.rows:  # rewrite what a resumed run already logged, so the file matches an uninterrupted run
             self.metrics_file.write(json.dumps(r) + "\n")
 
+    def loss(self, logits: torch.Tensor, local: torch.Tensor, refine: bool, alpha: float, lam: float) -> torch.Tensor:
+        """The step's loss for ``method.name`` (local bank rows ``local``, -1 = padding). Warm-up (``refine``
+        False) is cross-entropy on the given labels for every method: ALR/SELC/CE against the bank's one-hot rows
+        (untouched until refinement starts), ELR as its own warm-up branch, and GCE, SCE and bootstrapping
+        through :func:`alr_fast.loss.functional.alr_loss`'s warm-up."""
+        m, bank, rt = self.cfg.method, self.bank, self.rt
+        # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
+        # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
+        common = dict(backend=rt.backend, check_index=self.check_index)
+        if m.name in ("ce", "selc", "alr") or not refine:
+            return alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
+                            assume_unique=True, **common)
+        labels = torch.where(local >= 0, bank.given[local.clamp_min(0)], -1)
+        if m.name == "elr":
+            return elr_loss(logits, bank.soft, local, labels, beta=m.elr_beta, lam=m.elr_lam, assume_unique=True,
+                            **common)
+        if m.name == "gce":
+            return gce_loss(logits, labels, q=m.gce_q, **common)
+        if m.name == "sce":
+            return sce_loss(logits, labels, alpha=m.sce_alpha, beta=m.sce_beta, log_zero=m.sce_log_zero, **common)
+        if m.name == "bootstrap":
+            return bootstrap_loss(logits, labels, beta=m.bootstrap_beta, **common)
+        raise ValueError(f"config method.name: no loss for {m.name!r}")
+
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
         cfg, engine, bank, s = self.cfg, self.engine, self.bank, self.state
@@ -306,10 +333,7 @@ class _Loop:
                 x = x * float("nan")  # fault injection for the non-finite-loss test
             alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
             logits = engine(model_input(x, engine.module))
-            # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
-            # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
-            loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
-                            backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
+            loss = self.loss(logits, local, refine, alpha, lam)
             engine.backward(loss)
             engine.step()
             s.step += 1
