@@ -59,6 +59,7 @@ __all__ = [
     "sce_loss_reference",
     "bootstrap_loss_reference",
     "validate_labels",
+    "BaselineParamError",
 ]
 
 BASELINES = ("elr", "gce", "sce", "bootstrap")
@@ -69,16 +70,40 @@ ELR_CLAMP = 1e-4
 """ELR's clamp of the predictions, ``[eps, 1 - eps]``: the authors' code (``torch.clamp(y_pred, 1e-4, 1 - 1e-4)``)."""
 
 
-def _check_reduction(where: str, reduction: str) -> None:
+class BaselineParamError(ValueError):
+    """A hyper-parameter a baseline's params refuse; ``field`` names it ('beta', 'lam', 'q', 'alpha', 'log_zero' or
+    'reduction') so that a caller holding it under another name (the config's ``method.elr_beta``) can say where
+    it came from."""
+
+    def __init__(self, where: str, field: str, requirement: str, value):
+        self.where, self.field, self.requirement, self.value = where, field, requirement, value
+        super().__init__(f"{where}: {field} {requirement}, got {value!r}")
+
+
+def _number(where: str, field: str, value, lo: float, hi: float, *, lo_open: bool = False,
+            hi_open: bool = False) -> float:
+    """``value`` as a float in the interval, or :class:`BaselineParamError` naming the field."""
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    requirement = (f"must be in {left}{lo:g}, {hi:g}{right}" if math.isfinite(lo) and math.isfinite(hi) else
+                   f"must be a finite number {'>' if lo_open else '>='} {lo:g}" if math.isfinite(lo) else
+                   f"must be a finite number {'<' if hi_open else '<='} {hi:g}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise BaselineParamError(where, field, requirement, value) from None
+    ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+    if not ok:
+        raise BaselineParamError(where, field, requirement, value)
+    return x
+
+
+def _reduction(where: str, reduction) -> str:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise BaselineParamError(where, "reduction", f"must be one of {REDUCTIONS}", reduction)
+    return reduction
 
 
-def _finite(where: str, name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{where}: {name} must be a finite number, got {value}")
-    return value
+_INF = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +120,9 @@ class ELRParams:
     assume_unique: bool = False
 
     def __post_init__(self) -> None:
-        beta, lam = _finite("elr_loss", "beta", self.beta), _finite("elr_loss", "lam", self.lam)
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"elr_loss: beta must be in [0, 1], got {self.beta}")
-        if lam < 0.0:
-            raise ValueError(f"elr_loss: lam must be >= 0, got {self.lam}")
-        _check_reduction("elr_loss", self.reduction)
-        object.__setattr__(self, "beta", beta)
-        object.__setattr__(self, "lam", lam)
+        object.__setattr__(self, "beta", _number("elr_loss", "beta", self.beta, 0.0, 1.0))
+        object.__setattr__(self, "lam", _number("elr_loss", "lam", self.lam, 0.0, _INF))
+        _reduction("elr_loss", self.reduction)
         object.__setattr__(self, "refine", bool(self.refine))
         object.__setattr__(self, "assume_unique", bool(self.assume_unique))
 
@@ -114,11 +134,8 @@ class GCEParams:
     reduction: str = "mean"
 
     def __post_init__(self) -> None:
-        q = _finite("gce_loss", "q", self.q)
-        if not 0.0 < q <= 1.0:
-            raise ValueError(f"gce_loss: q must be in (0, 1], got {self.q}")
-        _check_reduction("gce_loss", self.reduction)
-        object.__setattr__(self, "q", q)
+        object.__setattr__(self, "q", _number("gce_loss", "q", self.q, 0.0, 1.0, lo_open=True))
+        _reduction("gce_loss", self.reduction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +149,11 @@ class SCEParams:
     reduction: str = "mean"
 
     def __post_init__(self) -> None:
-        alpha, beta = _finite("sce_loss", "alpha", self.alpha), _finite("sce_loss", "beta", self.beta)
-        log_zero = _finite("sce_loss", "log_zero", self.log_zero)
-        if alpha < 0.0 or beta < 0.0:
-            raise ValueError(f"sce_loss: alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
-        if log_zero >= 0.0:
-            raise ValueError(f"sce_loss: log_zero (A) must be < 0, got {self.log_zero}")
-        _check_reduction("sce_loss", self.reduction)
-        object.__setattr__(self, "alpha", alpha)
-        object.__setattr__(self, "beta", beta)
-        object.__setattr__(self, "log_zero", log_zero)
+        object.__setattr__(self, "alpha", _number("sce_loss", "alpha", self.alpha, 0.0, _INF))
+        object.__setattr__(self, "beta", _number("sce_loss", "beta", self.beta, 0.0, _INF))
+        object.__setattr__(self, "log_zero", _number("sce_loss", "log_zero", self.log_zero, -_INF, 0.0,
+                                                     hi_open=True))
+        _reduction("sce_loss", self.reduction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +163,8 @@ class BootstrapParams:
     reduction: str = "mean"
 
     def __post_init__(self) -> None:
-        beta = _finite("bootstrap_loss", "beta", self.beta)
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"bootstrap_loss: beta must be in [0, 1], got {self.beta}")
-        _check_reduction("bootstrap_loss", self.reduction)
-        object.__setattr__(self, "beta", beta)
+        object.__setattr__(self, "beta", _number("bootstrap_loss", "beta", self.beta, 0.0, 1.0))
+        _reduction("bootstrap_loss", self.reduction)
 
 
 def validate_labels(logits, labels, *, where: str, check_values: bool = True, valid=None) -> None:

@@ -44,12 +44,14 @@ guard does not change training.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from alr_fast.config import MethodConfig, auto_warmup_errors
+from alr_fast.loss.contract import ALRParams
 
 __all__ = [
     "AutoWarmupRule",
@@ -192,12 +194,16 @@ class RefinementSchedule:
     'never' (CE) never refines.
     """
 
-    def __init__(self, mode: str, *, alpha: float, lam: float, warmup_epochs: int = 0,
+    def __init__(self, mode: str, params: ALRParams, *, warmup_epochs: int = 0,
                  rule: AutoWarmupRule | None = None, ramp_epochs: float = 0.0, ramp_alpha: bool = False,
                  steps_per_epoch: int = 1, label_prior_max: float = 0.0, guard: CollapseGuard | None = None):
+        """``params``: the refinement-phase loss parameters (alpha, lam; validated when they were built, e.g.
+        by the config: :attr:`alr_fast.config.MethodConfig.loss_params`)."""
         if mode not in ("fixed", "auto", "never"):
             raise ValueError(f"RefinementSchedule: mode must be 'fixed', 'auto' or 'never', got {mode!r}")
-        self.mode, self.alpha, self.lam = mode, float(alpha), float(lam)
+        if not isinstance(params, ALRParams):
+            raise TypeError(f"RefinementSchedule: params must be an ALRParams, got {type(params).__name__}")
+        self.mode, self.base = mode, params
         self.rule = rule or AutoWarmupRule()
         self.guard = guard or CollapseGuard()
         self.ramp_steps = round(ramp_epochs * steps_per_epoch)
@@ -225,7 +231,7 @@ class RefinementSchedule:
                               max_epochs=max_epochs, min_rise=method.warmup_min_rise,
                               stall_ratio=method.warmup_stall_ratio, window=method.warmup_window,
                               patience=method.warmup_patience)
-        return cls(mode, alpha=method.alpha, lam=method.effective_lam, warmup_epochs=method.warmup_epochs,
+        return cls(mode, method.loss_params, warmup_epochs=method.warmup_epochs,
                    rule=rule, ramp_epochs=method.ramp_epochs, ramp_alpha=method.ramp_alpha,
                    steps_per_epoch=steps_per_epoch,
                    label_prior_max=prior)
@@ -238,13 +244,15 @@ class RefinementSchedule:
     def refine_at(self, epoch: int) -> bool:
         return self.mode != "never" and self.switch_epoch is not None and epoch >= self.switch_epoch
 
-    def coefficients(self, step: int) -> tuple[float, float]:
-        """(alpha, lam) for global step ``step`` (plain floats: no sync). Outside refinement they are unused."""
-        if self.switch_epoch is None or self.mode == "never":
-            return self.alpha, self.lam
-        r = ramp_factor(step, self.switch_epoch * self.steps_per_epoch, self.ramp_steps)
-        alpha = 1.0 - r * (1.0 - self.alpha) if self.ramp_alpha else self.alpha
-        return alpha, r * self.lam
+    def params(self, step: int, epoch: int) -> ALRParams:
+        """The loss parameters of global step ``step`` in epoch ``epoch``: ``refine`` (warm-up or not), and alpha
+        and lam with the ramp applied (Python arithmetic: no tensor, no host sync). Outside refinement alpha and
+        lam are unused by the loss."""
+        alpha, lam = self.base.alpha, self.base.lam
+        if self.switch_epoch is not None and self.mode != "never":
+            r = ramp_factor(step, self.switch_epoch * self.steps_per_epoch, self.ramp_steps)
+            alpha, lam = (1.0 - r * (1.0 - alpha) if self.ramp_alpha else alpha), r * lam
+        return dataclasses.replace(self.base, alpha=alpha, lam=lam, refine=self.refine_at(epoch))
 
     # -- per epoch --------------------------------------------------------------------------------------------
     def end_epoch(self, epoch: int, metrics: dict, counts: torch.Tensor | None = None) -> dict:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from alr_fast.loss.bank import SoftLabelBank
+from alr_fast.loss.contract import ALRParams
 from alr_fast.util.atomic import atomic_path, write_text_atomic
 from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint
 from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
@@ -285,17 +286,18 @@ class _Loop:
         for r in self.state.rows:  # rewrite what a resumed run already logged, so the file matches an uninterrupted run
             self.metrics_file.write(json.dumps(r) + "\n")
 
-    def loss(self, logits: torch.Tensor, local: torch.Tensor, refine: bool, alpha: float, lam: float) -> torch.Tensor:
-        """The step's loss for ``method.name`` (local bank rows ``local``, -1 = padding). Warm-up (``refine``
-        False) is cross-entropy on the given labels for every method: ALR/SELC/CE against the bank's one-hot rows
-        (untouched until refinement starts), ELR as its own warm-up branch, and GCE, SCE and bootstrapping
-        through :func:`alr_fast.loss.functional.alr_loss`'s warm-up."""
-        m, bank, rt = self.cfg.method, self.bank, self.rt
+    def loss(self, logits: torch.Tensor, local: torch.Tensor, p: ALRParams) -> torch.Tensor:
+        """The step's loss for ``method.name`` (local bank rows ``local``, -1 = padding; ``p``: the schedule's
+        parameters of this step). Warm-up (``p.refine`` False) is cross-entropy on the given labels for every
+        method: :func:`alr_fast.loss.functional.alr_loss`'s warm-up against the bank's rows, which hold the
+        one-hot given labels until refinement starts. Then ALR/SELC refine the bank; ELR keeps its running average
+        of the predictions there; GCE, SCE and bootstrapping have no per-sample state and leave it as it is."""
+        m, bank = self.cfg.method, self.bank
         # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
         # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
-        common = dict(backend=rt.backend, check_index=self.check_index)
-        if m.name in ("ce", "selc", "alr") or not refine:
-            return alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
+        common = dict(backend=self.rt.backend, check_index=self.check_index)
+        if m.name in ("ce", "selc", "alr") or not p.refine:
+            return alr_loss(logits, bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
                             assume_unique=True, **common)
         labels = torch.where(local >= 0, bank.given[local.clamp_min(0)], -1)
         if m.name == "elr":
@@ -312,7 +314,6 @@ class _Loop:
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
         cfg, engine, bank, s = self.cfg, self.engine, self.bank, self.state
-        refine = self.sched.refine_at(epoch)
         n_local = bank.num_samples
         s.epoch = epoch
         s.start_epoch()
@@ -331,9 +332,9 @@ class _Loop:
             local = bank.local_index(idx)
             if s.step + 1 == self.faults.nan_at_step:
                 x = x * float("nan")  # fault injection for the non-finite-loss test
-            alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
+            p = self.sched.params(s.step, epoch)  # ALRParams: warm-up or refinement, lam/alpha ramp; no sync
             logits = engine(model_input(x, engine.module))
-            loss = self.loss(logits, local, refine, alpha, lam)
+            loss = self.loss(logits, local, p)
             engine.backward(loss)
             engine.step()
             s.step += 1
