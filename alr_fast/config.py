@@ -17,6 +17,7 @@ from pathlib import Path
 from alr_fast.data.noise import NOISE_KINDS
 from alr_fast.loss.baselines import BaselineParamError, BootstrapParams, ELRParams, GCEParams, SCEParams
 from alr_fast.loss.contract import ALRParamError, ALRParams
+from alr_fast.loss.schedule import WARMUP_DEFAULTS, auto_warmup_errors
 
 __all__ = [
     "Config",
@@ -73,25 +74,6 @@ def _check_choice(section: str, name: str, value, choices) -> None:
 def _check(cond: bool, section: str, name: str, msg: str, value) -> None:
     if not cond:
         raise ValueError(f"config {section}.{name}: {msg}, got {value!r}")
-
-
-def auto_warmup_errors(min_epochs: int, max_epochs: int | None, stall_ratio: float, window: int,
-                       patience: int) -> list[tuple[str, str, object]]:
-    """The constraints on the automatic warm-up's parameters, written once for :class:`MethodConfig` (its
-    ``warmup_*`` fields) and for :class:`alr_fast.train.schedule.AutoWarmupRule`, which word the errors each their own
-    way: ``(field, requirement, value)`` per broken one. ``max_epochs`` None: not resolved yet, not checked."""
-    errors = []
-    if min_epochs < 0:
-        errors.append(("min_epochs", "must be >= 0", min_epochs))
-    if max_epochs is not None and max_epochs < max(min_epochs, 1):
-        errors.append(("max_epochs", f"must be >= the fewest warm-up epochs ({min_epochs}) and >= 1", max_epochs))
-    if not 0.0 <= stall_ratio < 1.0:
-        errors.append(("stall_ratio", "must be in [0, 1)", stall_ratio))
-    if window < 1:
-        errors.append(("window", "must be >= 1", window))
-    if patience < 1:
-        errors.append(("patience", "must be >= 1", patience))
-    return errors
 
 
 @dataclass
@@ -227,21 +209,21 @@ class MethodConfig:
     with ``--set`` and not ``method.warmup`` also sets warmup='fixed'."""
     warmup: str = "fixed"
     """When refinement starts: 'fixed' (after warmup_epochs) or 'auto' (when the training signal stalls, decided
-    once per epoch without clean labels; alr_fast/train/schedule.py documents the rule)."""
-    warmup_signal: str = "auto"
+    once per epoch without clean labels; alr_fast/loss/schedule.py documents the rule)."""
+    warmup_signal: str = WARMUP_DEFAULTS["signal"]
     """warmup='auto': the per-epoch metric watched - 'auto' (a noisy-validation accuracy when the metrics have
     one, else train_acc_given) or a metric name such as 'train_acc_given' or 'train_loss'."""
-    warmup_min_epochs: int = 1
+    warmup_min_epochs: int = WARMUP_DEFAULTS["min_epochs"]
     """warmup='auto': fewest warm-up epochs."""
-    warmup_max_epochs: int = 0
+    warmup_max_epochs: int = WARMUP_DEFAULTS["max_epochs"]
     """warmup='auto': refinement starts at this epoch at the latest (0 = half of train.epochs)."""
-    warmup_min_rise: float = 0.05
+    warmup_min_rise: float = WARMUP_DEFAULTS["min_rise"]
     """warmup='auto': the signal must first rise this much above its epoch-0 value (learning has started)."""
-    warmup_stall_ratio: float = 0.3
+    warmup_stall_ratio: float = WARMUP_DEFAULTS["stall_ratio"]
     """warmup='auto': stalled when the signal's smoothed per-epoch gain is <= this x its largest gain so far."""
-    warmup_window: int = 1
+    warmup_window: int = WARMUP_DEFAULTS["window"]
     """warmup='auto': epochs over which the gain is averaged (smooths a noisy plateau)."""
-    warmup_patience: int = 1
+    warmup_patience: int = WARMUP_DEFAULTS["patience"]
     """warmup='auto': consecutive stalled epochs before refinement starts."""
     ramp_epochs: float = 0.0
     """Refinement epochs over which lam rises linearly (per step) from lam/steps to lam (0 = full lam at once)."""
@@ -278,7 +260,7 @@ class MethodConfig:
             raise ValueError(f"config method.{e.field}: {e.requirement}, got {e.value!r}") from None
         _check(self.warmup_epochs >= 0, "method", "warmup_epochs", "must be >= 0", self.warmup_epochs)
         _check_choice("method", "warmup", self.warmup, ("fixed", "auto"))
-        # The rule's own constraints (alr_fast.train.schedule); warmup_max_epochs = 0 means half the epochs, resolved later.
+        # The rule's own constraints (alr_fast.loss.schedule); warmup_max_epochs = 0 means half the epochs, resolved later.
         for name, requirement, value in auto_warmup_errors(
             self.warmup_min_epochs, self.warmup_max_epochs or None, self.warmup_stall_ratio, self.warmup_window,
             self.warmup_patience,
@@ -307,7 +289,7 @@ class MethodConfig:
     @property
     def loss_params(self) -> ALRParams:
         """The refinement-phase loss parameters (``alpha``, :attr:`effective_lam`): what
-        :class:`alr_fast.train.schedule.RefinementSchedule` starts from; it decides per step which epochs refine
+        :class:`alr_fast.loss.schedule.RefinementSchedule` starts from; it decides per step which epochs refine
         and how the ramp scales them."""
         return ALRParams.of(self.alpha, self.effective_lam)
 

@@ -323,3 +323,44 @@ def test_config_fields_and_errors():
                          ("bootstrap_beta", -0.1), ("sce_alpha", -1.0)):
         with pytest.raises(ValueError, match=f"config method.{field}"):
             MethodConfig(name="gce", **{field: value})
+
+
+def test_triton_backend_is_refused_with_a_clear_error():
+    z, y = torch.zeros(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="gce_loss: backend='triton': this loss has no fused kernel"):
+        gce_loss(z, y, q=0.7, backend="triton")
+
+
+# --- the public ALR object runs them too ---------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["elr", "gce", "sce", "bootstrap"])
+def test_alr_object_runs_each_baseline(method):
+    """warmup=1: epoch 0 is cross-entropy on the given labels, epoch 1 the method's loss on the same rows as the
+    functional API (global indices, padding -1); only ELR writes the bank."""
+    from alr_fast import ALR
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 5, (20,), generator=g)
+    obj = ALR(labels, 5, method=method, warmup=1, hparams={"gce_q": 0.5, "elr_lam": 2.0})
+    index = torch.tensor([4, 17, -1, 0, 9])
+    z = torch.randn(5, 5, generator=g)
+    valid_labels = torch.where(index >= 0, labels[index.clamp_min(0)], -1)
+    warm = obj(z, index)
+    ce = torch.nn.functional.cross_entropy(z[index >= 0], valid_labels[index >= 0])
+    torch.testing.assert_close(warm, ce)
+    obj.end_epoch()
+    bank = obj.bank.soft.clone()
+    got = obj(z, index)
+    if method == "elr":
+        want = elr_loss(z, bank, index, valid_labels, beta=0.7, lam=2.0, backend="torch")
+        torch.testing.assert_close(obj.bank.soft, bank)  # the reference call above wrote the same rows
+        assert not torch.equal(bank, torch.nn.functional.one_hot(labels, 5).float())
+    else:
+        fn, _, hp = STATELESS[method]
+        hp = {**hp, "q": 0.5} if method == "gce" else hp
+        want = fn(z, valid_labels, backend="torch", **hp)
+        assert torch.equal(obj.bank.soft, torch.nn.functional.one_hot(labels, 5).float())  # no state
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="gce_q"):
+        ALR(labels, 5, method="gce", hparams={"gce_q": 2.0})
+    with pytest.raises(ValueError, match="unknown hparams"):
+        ALR(labels, 5, method="gce", hparams={"q": 0.5})

@@ -96,18 +96,16 @@ def raise_on_bad_index(backend: str, device: torch.device, n_rows: int) -> None:
 
 
 # --- the loss-based baselines (specification: alr_fast.loss.baselines) --------------------------------------------
+# backend: 'auto' and 'torch' run the reference on any device; there is no fused kernel for them yet ('triton' is
+# refused with an error saying so).
 def _baseline_backend(backend: str, logits: torch.Tensor, where: str) -> str:
+    """The baselines run on the torch path (plain PyTorch autograd, :mod:`alr_fast.loss.baselines`) on every
+    device: there is no fused kernel for them yet, so ``'auto'`` means ``'torch'`` and ``'triton'`` is refused."""
     if backend not in BACKENDS:
         raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        backend = resolve_backend(backend, logits.device, logits.dtype)
-    else:
-        resolve_backend(backend, logits.device, logits.dtype)  # backend='triton' without triton: a clear error
     if backend == "triton":
-        if logits.dtype == torch.float64:
-            raise TypeError(f"{where}: logits dtype torch.float64 is not supported by the fused kernel (it computes "
-                            "in fp32); use backend='torch' for float64")
-    return backend
+        raise ValueError(f"{where}: backend='triton': this loss has no fused kernel (yet); use 'torch' or 'auto'")
+    return "torch"
 
 
 def elr_loss(logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, *, beta: float,
@@ -123,11 +121,7 @@ def elr_loss(logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, labe
     params = ELRParams(beta, lam, refine, reduction, assume_unique)
     validate_inputs(logits, bank, index, where="elr_loss", check_index=check_index, assume_unique=assume_unique)
     validate_labels(logits, labels, where="elr_loss", check_values=check_index, valid=index >= 0)
-    if _baseline_backend(backend, logits, "elr_loss") == "triton":
-        from alr_fast.loss.triton.baselines import fused_elr_loss
-
-        validate_fused_inputs(logits, bank, "elr_loss")
-        return fused_elr_loss(logits, bank, index, labels, params)
+    _baseline_backend(backend, logits, "elr_loss")
     return elr_loss_reference(logits, bank, index, labels, params)
 
 
@@ -137,10 +131,7 @@ def gce_loss(logits: torch.Tensor, labels: torch.Tensor, *, q: float, reduction:
     ``check_index``: check every label ``< K`` (one host sync on CUDA). Semantics: :mod:`alr_fast.loss.baselines`."""
     params = GCEParams(q, reduction)
     validate_labels(logits, labels, where="gce_loss", check_values=check_index)
-    if _baseline_backend(backend, logits, "gce_loss") == "triton":
-        from alr_fast.loss.triton.baselines import fused_gce_loss
-
-        return fused_gce_loss(logits, labels, params)
+    _baseline_backend(backend, logits, "gce_loss")
     return gce_loss_reference(logits, labels, params)
 
 
@@ -150,10 +141,7 @@ def sce_loss(logits: torch.Tensor, labels: torch.Tensor, *, alpha: float, beta: 
     ``labels`` ``[B]`` int64, ``-1`` = padding. Semantics: :mod:`alr_fast.loss.baselines`."""
     params = SCEParams(alpha, beta, log_zero, reduction)
     validate_labels(logits, labels, where="sce_loss", check_values=check_index)
-    if _baseline_backend(backend, logits, "sce_loss") == "triton":
-        from alr_fast.loss.triton.baselines import fused_sce_loss
-
-        return fused_sce_loss(logits, labels, params)
+    _baseline_backend(backend, logits, "sce_loss")
     return sce_loss_reference(logits, labels, params)
 
 
@@ -164,8 +152,5 @@ def bootstrap_loss(logits: torch.Tensor, labels: torch.Tensor, *, beta: float, r
     Semantics: :mod:`alr_fast.loss.baselines`."""
     params = BootstrapParams(beta, reduction)
     validate_labels(logits, labels, where="bootstrap_loss", check_values=check_index)
-    if _baseline_backend(backend, logits, "bootstrap_loss") == "triton":
-        from alr_fast.loss.triton.baselines import fused_bootstrap_loss
-
-        return fused_bootstrap_loss(logits, labels, params)
+    _baseline_backend(backend, logits, "bootstrap_loss")
     return bootstrap_loss_reference(logits, labels, params)
