@@ -21,18 +21,20 @@ else PY=python; fi
 OUT=${MUTATION_OUT:-$ROOT/benchmarks/results/mutation}
 WORK=${MUTATION_WORK:-${TMPDIR:-/tmp}/alr_fast_mutation}
 
-# key -> files mutated (mutmut only_mutate globs, space separated) | tests run against them (pytest arguments)
+# key -> files mutated (mutmut only_mutate globs) | the fast tests run against them (pytest paths or node ids;
+# end-to-end training runs and the loaders' image decoding are left out: they would cost minutes per mutant)
+S=tests/test_data_shards.py; SC=tests/test_schedule.py; EV=tests/test_evaluation.py
 declare -A MODULES=(
   [reference]="alr_fast/loss/reference.py|tests/test_functional.py tests/test_grad_output.py"
   [torch_fast]="alr_fast/loss/torch_fast.py|tests/test_functional.py tests/test_grad_output.py"
   [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/triton/alr_loss.py|tests/test_functional.py tests/test_grad_output.py tests/test_loss_api.py tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
-  [sharding]="alr_fast/loss/sharding.py|tests/test_data_shards.py tests/test_bank.py"
+  [sharding]="alr_fast/loss/sharding.py|$S::test_sharding_matches_the_rule_written_out $S::test_sharding_rejects_bad_ranks $S::test_bank_plan_and_resharding_agree_on_ownership $S::test_array_loader_odd_n_every_sample_every_epoch_no_batch_of_one tests/test_bank.py tests/test_sharding.py"
   [bank]="alr_fast/loss/bank.py|tests/test_bank.py"
   [metrics]="alr_fast/train/metrics.py|tests/test_metrics.py tests/test_bank.py"
-  [schedule]="alr_fast/train/schedule.py|tests/test_schedule.py"
+  [schedule]="alr_fast/train/schedule.py|$SC::test_plateau_fires_at_the_first_flat_epoch $SC::test_peak_of_a_noisy_validation_accuracy $SC::test_noisy_plateau_window_smooths_the_wiggles $SC::test_no_stall_means_max_epochs_and_no_rise_means_no_stall $SC::test_min_epochs_and_loss_signals $SC::test_resume_in_the_middle_gives_the_same_decision $SC::test_rule_errors_name_the_problem $SC::test_ramp_values_per_step $SC::test_prediction_counts_match_numpy $SC::test_collapse_guard_flags_a_jump_and_reports_it_once $SC::test_config_fields_are_validated tests/test_schedule_units.py"
   [noise]="alr_fast/data/noise.py|tests/test_noise.py"
   [exports]="alr_fast/train/exports.py|tests/test_exports.py"
-  [evaluation]="alr_fast/train/evaluation.py|tests/test_evaluation.py"
+  [evaluation]="alr_fast/train/evaluation.py|$EV::test_topk_hand_computed $EV::test_topk_matches_a_sort_reference $EV::test_noisy_val_rows_are_stratified_deterministic_and_proper $EV::test_noisy_val_slice_is_disjoint_from_training_rows $EV::test_selection_state_tie_and_no_validation_split $EV::test_fill_padding_rows_copies_valid_rows_without_a_host_sync_shape tests/test_evaluation_units.py"
 )
 ORDER=(metrics sharding noise schedule evaluation exports bank torch_fast reference loss_api)
 
@@ -80,12 +82,15 @@ PYEOF
     # A mutant whose tests take 5x their normal time + 20 s (an endless loop, a huge batch) counts as a timeout.
     echo "timeout_multiplier = 5.0"
     echo "timeout_constant = 20.0"  # the machine may be busy: a slow start is not a timeout
+    # Workers are forked from a server that has imported the tests but run no torch op (a process forked
+    # after torch started its thread pool can deadlock); one torch thread per worker for the same reason.
+    echo "process_isolation = forkserver"
     printf 'pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -q\n    -m\n    not slow and not gpu\n'
   } >"$dir/setup.cfg"
   echo "== $key: mutating $files; tests: $tests (scratch: $dir)"
   start=$(date +%s)
   # mutmut puts mutants/ first on sys.path; a PYTHONPATH pointing at a checkout would shadow it.
-  (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut run >"$dir/run.log" 2>&1) || {
+  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run >"$dir/run.log" 2>&1) || {
     echo "mutation.sh: mutmut run failed for $key (see $dir/run.log)" >&2; tail -20 "$dir/run.log" >&2; exit 1; }
   secs=$(( $(date +%s) - start ))
   (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut results --all true) | sed 's/^ *//' | sort -V >"$OUT/$key.txt"
