@@ -4,7 +4,7 @@
 
     alr = ALR(train_labels, num_classes=10)            # method 'alr', automatic warm-up, lam ramped over 5 epochs
     for epoch in range(epochs):
-        for x, y, index in loader:                     # index: the samples' GLOBAL indices (alr_fast.data)
+        for x, y, index in loader:                     # index: the samples' GLOBAL indices (alr_fast.WithIndex)
             loss = alr(model(x), index)                # cross-entropy in warm-up, then ALR; updates the rows
             loss.backward(); opt.step(); opt.zero_grad()
         alr.end_epoch()                                # decides the end of warm-up; returns the epoch's signals
@@ -15,7 +15,7 @@ The trainer (:mod:`alr_fast.train.trainer`) runs this same object; docs/own-loop
 **Ranks.** Under data parallelism each rank builds the object from the *same* full label vector; it keeps
 only the rows the project's owner rule gives it (:class:`alr_fast.loss.sharding.Sharding`: global index ``i``
 belongs to rank ``i % W``) and is called with global indices. The loader must give each rank only the samples it
-owns (:class:`alr_fast.data.OwnerSampler` does). An index this rank does not own is refused: on the CPU at once
+owns (:class:`alr_fast.OwnerSampler` does). An index this rank does not own is refused: on the CPU at once
 (``IndexError`` naming it and its owner); on CUDA without a per-step host sync: the row is sent out of range,
 so the fused kernel masks it (NaN loss, bank untouched) and sets a device flag that :meth:`ALR.end_epoch` (or
 :meth:`ALR.check_indices`) reads and turns into the same ``IndexError``.
@@ -105,7 +105,7 @@ class ALR:
         backend: ``'auto'`` (the fused Triton kernel for CUDA logits, the torch path otherwise), ``'torch'``,
             ``'triton'``.
         assume_unique: promise that an index never repeats within a batch (true with
-            :class:`alr_fast.data.OwnerSampler`): the fast paths skip a sort. Default False: repeats are
+            :class:`alr_fast.OwnerSampler`): the fast paths skip a sort. Default False: repeats are
             handled sequentially, as :mod:`alr_fast.loss.reference` specifies.
         check_index: check indices on the host every call (default: on the CPU only; on CUDA the device flag
             checked by :meth:`end_epoch` covers out-of-range and foreign indices without a per-step sync).
@@ -259,7 +259,7 @@ class ALR:
                 raise IndexError(
                     f"ALR: rank {self.rank} of {self.world_size} got global index {i}, which rank "
                     f"{i % self.world_size} owns (owner rule: index % world_size); give each rank only its own "
-                    "samples (alr_fast.data.OwnerSampler)")
+                    "samples (alr_fast.OwnerSampler)")
         if self.world_size == 1:
             return index
         local = bank.local_index(index)
@@ -322,7 +322,7 @@ class ALR:
                 f"ALR: rank {self.rank} of {self.world_size} was given a global index it does not own or that "
                 f"is out of range (>= {self.num_samples}) since the last check ({e}); those rows got a NaN loss "
                 "and their bank rows were not touched. Give each rank only its own samples "
-                "(alr_fast.data.OwnerSampler)") from None
+                "(alr_fast.OwnerSampler)") from None
 
     def end_epoch(self, metrics: dict | None = None, *, epoch: int | None = None,
                   counts: torch.Tensor | None = None) -> dict:
