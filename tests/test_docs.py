@@ -71,7 +71,9 @@ def test_readme_demo_table_is_the_committed_run():
         "README's demo table differs from benchmarks/results/demo/summary.json: run python scripts/gen_demo_table.py")
 
 
-def test_readme_python_examples_run_as_written():
+def test_readme_python_examples_run_as_written(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    assert blocks, "README.md has no python example"
+    monkeypatch.chdir(tmp_path)  # the examples write relative paths (runs/...)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})

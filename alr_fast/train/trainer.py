@@ -1,7 +1,10 @@
-"""The one training loop: CE, SELC and ALR on any dataset, driving a DeepSpeed engine on 1..N ranks.
+"""The one training loop: CE, SELC, ALR and the loss-based baselines (ELR, GCE, SCE, soft bootstrapping) on any
+dataset, driving a DeepSpeed engine on 1..N ranks.
 
 Warm-up epochs train with cross-entropy on the given labels (the bank's one-hot rows); later epochs refine
-the bank and train on it (ALR; SELC when lam = 0). CE never refines.
+the bank and train on it (ALR; SELC when lam = 0), or train with the baseline's loss (ELR keeps its running
+average of the predictions in the bank; GCE, SCE and bootstrapping leave the bank at the given labels). CE
+never refines. The loss of every method is :class:`alr_fast.loss.alr.ALR`'s.
 
 Data parallelism: rank r reads only the samples it owns (global index i with i % W == r) and holds only their
 bank rows (:mod:`alr_fast.loss.bank`), so the per-step work is the local loss plus DeepSpeed's gradient all-reduce;
