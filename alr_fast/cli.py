@@ -172,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(2)
-    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, NotADirectoryError,
-            FloatingPointError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, NotImplementedError, OSError, FloatingPointError, CheckpointError) as e:
+        # OSError: a full disk reads "writing <path>: No space left on device" (alr_fast.util.atomic).
+        text = e.strerror if isinstance(e, OSError) and e.strerror and "writing " in e.strerror else e
+        print(f"error: {text}", file=sys.stderr)
         return 2
 
 

@@ -150,12 +150,19 @@ def baselines_report(records: list[dict], meta: dict) -> str:
              f"{meta['machine']}, device {meta['device']}, torch {meta['torch']}, "
              f"total {meta['total_time_s'] / 60:.1f} min (this invocation).  ",
              f"Seeds requested {meta['seeds']}, seeds with at least one run {seeds_done}; mean ± sample std over "
-             f"the seeds each cell has (n in the last table). Noisy validation slice: data.val_fraction = "
+             f"the seeds each cell has (which seeds: the last table; '(1 seed)': a single run). Best mean of a row "
+             f"in bold. Noisy validation slice: data.val_fraction = "
              f"{meta['val_fraction']} (stratified on the given labels, never trained on) for every arm.  ",
              "Arms: " + "; ".join(f"{a} {json.dumps(f)}" for a, f in meta["arms"].items()) + ". Everything else is "
              "the demo recipe (alr_fast.recipes.demo: SGD, cosine, 40 epochs, batch 128); the baselines' own "
              "hyper-parameters are the MethodConfig defaults (their papers' CIFAR values).", ""]
-    cases = list(dict.fromkeys((r["dataset"], r["noise"]) for r in records))
+    setting_order = {f"{k}@{r:g}": i for i, (k, r) in enumerate(BASELINE_SETTINGS)}
+    cases = sorted(dict.fromkeys((r["dataset"], r["noise"]) for r in records),
+                   key=lambda c: (c[0], setting_order.get(c[1], len(setting_order)), c[1]))
+
+    def cell(values: list[float]) -> str:  # one seed: no spread to show
+        return fmt(values) if len(values) > 1 else f"{100 * values[0]:.1f} (1 seed)"
+
     for title, key in (("Last-epoch test accuracy (%)", "last_test_acc"),
                        ("Validation-selected test accuracy (%; epoch of best noisy-validation accuracy)",
                         "best_test_acc")):
@@ -171,8 +178,8 @@ def baselines_report(records: list[dict], meta: dict) -> str:
                 if not ga:
                     cells.append("-")
                     continue
-                cell = fmt([r[key] for r in ga])
-                cells.append(f"**{cell}**" if mean_std([r[key] for r in ga])[0] == best else cell)
+                text = cell([r[key] for r in ga])
+                cells.append(f"**{text}**" if mean_std([r[key] for r in ga])[0] == best else text)
             lines.append(f"| {dataset} | {noise} ({100 * np.mean([r['actual_rate'] for r in g]):.0f} %) | "
                          + " | ".join(cells) + " |")
         lines.append("")
@@ -186,7 +193,7 @@ def baselines_report(records: list[dict], meta: dict) -> str:
             cells = []
             for a in bank_arms:
                 ga = _group(g, arm=a)
-                cells += ([fmt([r["refined_label_acc"] for r in ga]), fmt([r["mislabel_f1"] for r in ga])]
+                cells += ([cell([r["refined_label_acc"] for r in ga]), cell([r["mislabel_f1"] for r in ga])]
                           if ga else ["-", "-"])
             lines.append(f"| {dataset} | {noise} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -209,7 +216,9 @@ def baselines_plot(records: list[dict], path: Path) -> None:
     arms = list(dict.fromkeys(r["arm"] for r in records))
     fig, axes = plt.subplots(2, len(datasets), figsize=(7 * len(datasets), 7), squeeze=False)
     for col, dataset in enumerate(datasets):
-        noises = list(dict.fromkeys(r["noise"] for r in records if r["dataset"] == dataset))
+        order = {f"{k}@{r:g}": i for i, (k, r) in enumerate(BASELINE_SETTINGS)}
+        noises = sorted(dict.fromkeys(r["noise"] for r in records if r["dataset"] == dataset),
+                        key=lambda n: (order.get(n, len(order)), n))
         for row, (key, what) in enumerate((("last_test_acc", "last epoch"), ("best_test_acc", "validation-selected"))):
             ax = axes[row][col]
             width = 0.8 / max(len(arms), 1)

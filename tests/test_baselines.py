@@ -364,3 +364,33 @@ def test_alr_object_runs_each_baseline(method):
         ALR(labels, 5, method="gce", hparams={"gce_q": 2.0})
     with pytest.raises(ValueError, match="unknown hparams"):
         ALR(labels, 5, method="gce", hparams={"q": 0.5})
+
+
+def test_baselines_study_report_on_hand_made_rows(tmp_path):
+    """benchmarks/quality.py --study baselines: the tables' cells (mean ± std over seeds, one seed marked, best in
+    bold, bank columns only for ELR/ALR, which seeds each cell has) and the plot, on rows whose values are known."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    def row(arm, seed, last, best, refined=0.5, f1=0.0, noise="sym-incl@0.4"):
+        return {"dataset": "digits", "noise": noise, "seed": seed, "arm": arm, "actual_rate": 0.36,
+                "last_test_acc": last, "best_test_acc": best, "refined_label_acc": refined, "mislabel_f1": f1}
+
+    runs = [row("elr", 0, 0.90, 0.91, 0.93, 0.80), row("elr", 1, 0.94, 0.93, 0.95, 0.84), row("gce", 0, 0.80, 0.95),
+            row("alr", 0, 0.91, 0.90, 0.97, 0.9), row("ce", 0, 0.70, 0.75, noise="pair@0.45")]
+    meta = {"command": "x", "git_sha": "abc", "date_utc": "d", "machine": "m", "device": "cpu", "torch": "t",
+            "total_time_s": 60.0, "seeds": [0, 1, 2], "val_fraction": 0.1, "arms": {"elr": {}, "gce": {}}}
+    md = quality.baselines_report(runs, meta)
+    lines = md.splitlines()
+    last = next(line for line in lines if line.startswith("| digits | sym-incl@0.4") and "92.0" in line)
+    assert "| **92.0 ± 2.8** | 80.0 (1 seed) | 91.0 (1 seed) | - |" in last  # elr: mean of 0.90 and 0.94
+    best = [line for line in lines if line.startswith("| digits | sym-incl@0.4")][1]
+    assert "**95.0 (1 seed)**" in best and "92.0 ± 1.4" in best  # validation-selected: gce best
+    bank = [line for line in lines if line.startswith("| digits | sym-incl@0.4")][2]
+    assert bank == "| digits | sym-incl@0.4 | 94.0 ± 1.4 | 82.0 ± 2.8 | 97.0 (1 seed) | 90.0 (1 seed) |"
+    assert "| digits | sym-incl@0.4 | 0,1 | 0 | 0 | - |" in md and "| digits | pair@0.45 | - | - | - | 0 |" in md
+    quality.baselines_plot(runs, tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 1000

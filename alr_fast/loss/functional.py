@@ -75,7 +75,7 @@ def alr_loss(
     if backend != "torch" and backend != "triton":  # the trainer passes its Runtime's resolved backend
         backend = resolve_backend(backend, logits.device, logits.dtype)
     if backend == "triton":
-        from alr_fast.loss.triton.alr_loss import fused_alr_loss
+        from alr_fast.loss.triton import fused_alr_loss
 
         validate_fused_inputs(logits, bank, "alr_loss")
         return fused_alr_loss(logits, bank, index, params, validated=True)
@@ -90,7 +90,7 @@ def raise_on_bad_index(backend: str, device: torch.device, n_rows: int) -> None:
     so call it where the loop synchronises anyway (the trainer: once per epoch). No-op for the torch backend,
     which checks before it indexes (``check_index``) or raises from the indexing itself."""
     if backend == "triton":
-        from alr_fast.loss.triton.alr_loss import raise_on_bad_index as check_flag
+        from alr_fast.loss.triton import raise_on_bad_index as check_flag
 
         check_flag(device, n_rows)
 
