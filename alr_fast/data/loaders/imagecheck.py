@@ -16,7 +16,29 @@ import numpy as np
 
 from alr_fast.data.readers.records import SampleTable
 
-__all__ = ["UnreadableImage", "image_problem", "scan_images", "UnreadableImagesWarning"]
+__all__ = ["UnreadableImage", "image_problem", "scan_images", "UnreadableImagesWarning", "rgb_image"]
+
+
+def rgb_image(im, *, exif_transpose: bool = False):
+    """A PIL image as 8-bit RGB, the way both the torchvision loader and the review sheet read images.
+
+    Grayscale, palette, RGBA/LA (alpha dropped, as torchvision's loader does), CMYK and YCbCr go through PIL's
+    ``convert('RGB')``. 16-bit and 32-bit integer images (PIL modes ``I;16*`` and ``I``, e.g. 16-bit PNG or
+    TIFF) are scaled to 8 bits first (``v >> 8`` for 16-bit data), where a plain ``convert`` would saturate
+    every value above 255 to white; float images (mode ``F``) are clipped to [0, 255]. With
+    ``exif_transpose`` the EXIF orientation tag is applied first (a photo taken sideways comes out upright).
+    """
+    from PIL import Image, ImageOps
+
+    if exif_transpose:
+        im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        a = a >> 8 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else a
+        im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
 
 
 class UnreadableImagesWarning(UserWarning):
@@ -66,11 +88,18 @@ def scan_images(table: SampleTable, indices: np.ndarray | None = None, *, worker
     if table.paths is None:
         return []
     idx = table.global_index if indices is None else np.asarray(indices, dtype=np.int64)
-    paths = [str(table.path(int(i))) for i in idx]
+    paths, escaped = [], {}
+    for i in idx.tolist():
+        try:
+            paths.append(str(table.open_path(i)))
+        except ValueError as e:  # a symlink out of a confined table's root
+            paths.append(str(table.path(i)))
+            escaped[i] = f"refused: {str(e).split(': ', 1)[1]}"
     chunks = [paths[s : s + chunk] for s in range(0, len(paths), chunk)]
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = [r for part in pool.map(_problems, chunks) for r in part]
     else:
         results = [r for part in map(_problems, chunks) for r in part]
+    results = [escaped.get(i, r) for i, r in zip(idx.tolist(), results)]
     return [UnreadableImage(int(i), p, table.where(int(i)), r) for i, p, r in zip(idx.tolist(), paths, results) if r]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from alr_fast.data.loaders.base import IndexedLoader
+from alr_fast.data.loaders.imagecheck import rgb_image
 from alr_fast.data.loaders.plan import EpochPlan
 from alr_fast.data.loaders.transforms import TransformSpec, build_torchvision_transform
 from alr_fast.data.readers.records import SampleTable
@@ -40,10 +41,10 @@ class IndexedImageDataset(torch.utils.data.Dataset):
 
         if self.table.images is not None:
             return Image.fromarray(self.table.images[index])
-        path = self.table.path(index)
+        path = self.table.open_path(index)
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                return rgb_image(im, exif_transpose=self.spec.exif_transpose)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{self.table.where(index)}: listed image {path} (global index {index}) does not exist; run "

@@ -57,6 +57,10 @@ class SampleTable:
     """The synthetic-noise manifest (alr_fast.data.noise) when labels were corrupted on load."""
     extra: dict = field(default_factory=dict)
     """Dataset-specific facts worth reporting (e.g. Clothing1M's layout, list line counts)."""
+    confined: bool = False
+    """Whether :meth:`open_path` also refuses a file whose real path (symlinks resolved) leaves ``image_root``
+    (the user's own datasets: imagefolder, manifest). The benchmark readers keep the lexical check only, so a
+    symlinked image folder pointing elsewhere keeps working for them."""
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -121,6 +125,19 @@ class SampleTable:
         if self.paths is None or self.image_root is None:
             raise TypeError(f"{self.name}/{self.split} is held in memory; it has no image paths")
         return self.image_root / self.paths[index]
+
+    def open_path(self, index: int) -> Path:
+        """The path a loader or checker opens for sample ``index``: :meth:`path`, and for a ``confined`` table
+        only if its real path lies under the real ``image_root`` (else a ValueError naming the file)."""
+        path = self.path(index)
+        if self.confined:
+            import os
+
+            real, top = os.path.realpath(path), os.path.realpath(self.image_root)
+            if not real.startswith(top.rstrip(os.sep) + os.sep):
+                raise ValueError(f"{self.where(index)}: {path} resolves to {real}, outside the dataset root {top} "
+                                 "(a symlink leading out of the root is refused)")
+        return path
 
     def where(self, index: int) -> str:
         """'file:line' (or 'name/split[index]') describing where sample ``index`` was listed."""

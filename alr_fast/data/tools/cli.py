@@ -17,7 +17,7 @@ from pathlib import Path
 
 from alr_fast.data.readers import DATASET_NAMES
 from alr_fast.data.readers.webvision import WEBVISION_SOURCES
-from alr_fast.data.tools.fixtures import CLOTHING1M_LAYOUTS, FIXTURE_DATASETS, make_fixture
+from alr_fast.data.tools.fixtures import CLOTHING1M_LAYOUTS, FIXTURE_DATASETS, MANIFEST_FORMATS, make_fixture
 
 __all__ = ["add_data_parser", "run_data_command", "main"]
 
@@ -58,6 +58,8 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     check.add_argument("--noise-file", type=Path, default=None,
                        help="labels to import for train (.json/.npy/.npz/.csv)")
     check.add_argument("--noise-key", default=None, help="array name inside a .npz / key of a JSON object")
+    check.add_argument("--manifest", default=None,
+                       help="manifest dataset: the manifest file (default: the one manifest.csv/.tsv/.jsonl in ROOT)")
     check.add_argument("--workers", type=_positive, default=1, help="processes decoding images (default 1)")
     check.add_argument("--max-images", type=_positive, default=None,
                        help="check an evenly spaced sample of at most this many images per split (default: all)")
@@ -71,6 +73,8 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     fixture.add_argument("--layout", choices=CLOTHING1M_LAYOUTS, default="a",
                          help="Clothing1M layout: a = .txt and 0..9/ in the root, b = annotations/ + images/, "
                               "c = .txt and images/ in the root (default a)")
+    fixture.add_argument("--format", choices=MANIFEST_FORMATS, default="csv",
+                         help="manifest fixture: manifest.csv, .tsv or .jsonl (default csv)")
     fixture.add_argument("--seed", type=int, default=0)
     fixture.add_argument("--num-train", type=_positive, default=None)
     fixture.add_argument("--num-test", type=_positive, default=None)
@@ -87,7 +91,7 @@ def run_data_command(args: argparse.Namespace) -> int:
             args.dataset, args.root, splits=args.splits, source=args.source, ilsvrc_list=args.ilsvrc_list,
             ilsvrc_root=args.ilsvrc_root, cifar_n=args.cifar_n, label_set=args.label_set,
             noise_file=args.noise_file, noise_key=args.noise_key, workers=args.workers,
-            max_images=args.max_images, samples=args.samples,
+            max_images=args.max_images, samples=args.samples, manifest=args.manifest,
         )
         if args.unreadable_out is not None:
             args.unreadable_out.write_text(json.dumps(unreadable) + "\n")
@@ -99,7 +103,7 @@ def run_data_command(args: argparse.Namespace) -> int:
         return 0 if summary["usable"] else 1
     if args.data_command == "make-fixture":
         root = make_fixture(args.dataset, args.out, seed=args.seed, layout=args.layout, num_train=args.num_train,
-                            num_test=args.num_test, image_size=args.image_size)
+                            num_test=args.num_test, image_size=args.image_size, manifest_format=args.format)
         out = {"dataset": args.dataset, "root": str(root)}
         if args.dataset in ("webvision", "mini-webvision"):
             out["ilsvrc_list"] = str(root / "ilsvrc2012_val_list.txt")
