@@ -235,9 +235,11 @@ _CACHE: dict = {}
 
 def _parse_manifest(path: Path) -> dict:
     """Every row of the manifest: columns as lists, line numbers, and the ignored columns. Cached per
-    (path, size, mtime) so reading several splits parses the file once."""
+    (path, size, mtime, and those of the class file) so reading several splits parses the file once."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    names = path.parent / CLASS_NAMES_FILE
+    nst = names.stat() if names.is_file() else None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, nst and (nst.st_size, nst.st_mtime_ns))
     if key in _CACHE:
         return _CACHE[key]
     fmt = _format(path)
@@ -246,7 +248,8 @@ def _parse_manifest(path: Path) -> dict:
     ignored: set[str] = set()
     if fmt in ("csv", "tsv"):
         text = read_text_lines(path)
-        reader = csv.reader(text, delimiter="," if fmt == "csv" else "\t")
+        sep = "," if fmt == "csv" else "\t"
+        reader = csv.reader(text, delimiter=sep)
         header = next(reader, None)
         if header is None:
             raise ValueError(f"{path}: empty manifest (no header row)")
@@ -258,16 +261,32 @@ def _parse_manifest(path: Path) -> dict:
         pos = {c: header.index(c) for c in cols if c in header}
         ignored = set(header) - set(cols)
         width = len(header)
-        for row in reader:
-            lineno = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != width:
-                raise ValueError(f"{path}:{lineno}: {len(row)} fields, header has {width} ({header}); quote a path "
-                                 'containing the delimiter ("a,b.jpg")')
+        body = text[1:]
+        if not any('"' in t for t in body) and all(t.strip() for t in body):
+            # Fast path (no quoting, no blank line): one split per line, straight into the columns.
+            take = [(cols[c], pos[c]) for c in cols if c in pos]
+            for n, t in enumerate(body):
+                f = t.split(sep)
+                if len(f) != width:
+                    raise ValueError(f"{path}:{n + 2}: {len(f)} fields, header has {width} ({header}); quote a path "
+                                     'containing the delimiter ("a,b.jpg")')
+                for out, k in take:
+                    out.append(f[k].strip())
             for c in cols:
-                cols[c].append(row[pos[c]].strip() if c in pos else "")
-            lines.append(lineno)
+                if c not in pos:
+                    cols[c] = [""] * len(body)
+            lines = list(range(2, len(body) + 2))
+        else:
+            for row in reader:
+                lineno = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != width:
+                    raise ValueError(f"{path}:{lineno}: {len(row)} fields, header has {width} ({header}); quote a "
+                                     'path containing the delimiter ("a,b.jpg")')
+                for c in cols:
+                    cols[c].append(row[pos[c]].strip() if c in pos else "")
+                lines.append(lineno)
     else:
         for lineno, line in enumerate(read_text_lines(path), start=1):
             if not line.strip():
@@ -319,8 +338,8 @@ def _class_map(path: Path, parsed: dict) -> dict:
             raise ValueError(f"{names_file}: class names repeat")
         source = str(names_file)
     else:
-        every = [s for s in labels_text] + [s for s in clean_text if s]
-        ints = [_is_int(s) for s in every]
+        every = labels_text + [s for s in clean_text if s]
+        ints = list(map(_is_int, every))
         if all(ints):
             names = [str(i) for i in range(max(int(s) for s in every) + 1)]
             source = "integer labels (num_classes = largest label + 1)"
@@ -335,6 +354,9 @@ def _class_map(path: Path, parsed: dict) -> dict:
     k = len(names)
 
     def ids(texts: list[str], column: str, allow_empty: bool) -> np.ndarray:
+        fast = np.fromiter((index.get(s, -2) for s in texts), dtype=np.int64, count=len(texts))
+        if not (fast == -2).any():
+            return fast
         out = np.empty(len(texts), dtype=np.int64)
         for i, s in enumerate(texts):
             if not s and allow_empty:
@@ -381,7 +403,8 @@ def read_manifest(root: str | Path, split: str = "train", *, manifest: str | Pat
     first: dict[str, int] = {}
     dup = 0
     all_paths, all_labels = cols["path"], parsed["labels"]
-    for i, p in enumerate(all_paths):
+    unique = len(set(all_paths)) == len(all_paths) and "" not in all_paths  # fast path: nothing to report
+    for i, p in enumerate([] if unique else all_paths):
         if not p:
             raise ValueError(f"{path}:{lines[i]}: empty path")
         j = first.setdefault(p, i)
@@ -390,7 +413,8 @@ def read_manifest(root: str | Path, split: str = "train", *, manifest: str | Pat
                 raise ValueError(f"{path}:{lines[i]}: path {p!r} has label {all_labels[i]} here and {all_labels[j]} "
                                  f"at line {lines[j]}")
             dup += 1
-    _check_utf8_paths(path, lines, all_paths)
+    if parsed["format"] == "jsonl":
+        _check_utf8_paths(path, lines, all_paths)
     paths = [all_paths[i].replace("\\", "/") if os.sep == "\\" else all_paths[i] for i in rows.tolist()]
     clean = parsed["clean"][rows]
     extra = {"manifest": str(path), "format": parsed["format"], "class_names_from": parsed["class_names_from"],
