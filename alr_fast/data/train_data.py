@@ -55,8 +55,8 @@ class BatchSource(Protocol):
 class TrainData:
     """A dataset as the loop sees it: labels by global index and factories for this rank's loaders.
 
-    ``train_source(rank, world, batch_size, seed)`` must yield only indices the rank owns (i % world == rank)
-    or -1; ``predict_source(rank, world, batch_size)`` the same rows in a fixed order with the eval transform.
+    ``train_source(rank, world, batch_size, seed)`` must yield only indices the rank owns
+    (``Sharding(rank, world, sharding_blocks)``) or -1; ``predict_source(rank, world, batch_size)`` the same rows in a fixed order with the eval transform.
     """
 
     given_labels: np.ndarray
@@ -74,6 +74,9 @@ class TrainData:
     extra: dict = field(default_factory=dict)
     eval_sets: list = field(default_factory=list)
     """Evaluation sets besides the test split (alr_fast.train.evaluation.EvalSet), e.g. Clothing1M's clean val."""
+    sharding_blocks: tuple[int, ...] | None = None
+    """Tar shards: the first global index of each shard, then N: the bank and the loaders own whole shards
+    (alr_fast.loss.sharding); None: the strided rule."""
     rows_source: Callable | None = None
     """Optional ``rows_source(rows, batch_size)``: the given global rows in index order, eval transform (the
     noisy validation slice); without it the slice is read by filtering ``predict_source``."""
@@ -236,6 +239,7 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
         noise_manifest=train.noise_manifest,
         eval_sets=on_disk_eval_sets(cfg, device, crop=crop),
         rows_source=rows_source,
+        sharding_blocks=train.shard_blocks,
         extra={
             "dataset": d.dataset,
             "class_names": list(train.class_names),

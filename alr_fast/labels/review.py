@@ -108,9 +108,12 @@ class ReviewImages:
 
         from alr_fast.data.loaders.imagecheck import rgb_image
 
-        with Image.open(self.table.open_path(i)) as im:
+        import io
+
+        source = io.BytesIO(self.table.read_bytes(i)) if self.table.tar is not None else self.table.open_path(i)
+        with Image.open(source) as im:
             # Upright as the user's own data is trained (EXIF applied); the benchmark datasets as published.
-            im = rgb_image(im, exif_transpose=self.table.confined)
+            im = rgb_image(im, exif_transpose=self.table.confined or self.table.tar is not None)
             im.thumbnail((160, 160))
             return np.asarray(im)
 

@@ -38,6 +38,7 @@ class SoftLabelBank(nn.Module):
         *,
         rank: int = 0,
         world_size: int = 1,
+        blocks: tuple[int, ...] | None = None,
     ):
         """``given_labels`` are the labels of *all* N samples; this bank keeps the rows rank ``rank`` owns."""
         super().__init__()
@@ -50,7 +51,8 @@ class SoftLabelBank(nn.Module):
             )
         if num_classes < 2:
             raise ValueError(f"SoftLabelBank: num_classes must be >= 2, got {num_classes}")
-        self.sharding = Sharding(rank, world_size)  # checks 0 <= rank < world_size
+        # checks 0 <= rank < world_size; blocks: shard-contiguous ownership (tar shards), see sharding.py
+        self.sharding = Sharding(rank, world_size, blocks if world_size > 1 else None)
         given_labels = given_labels.long()
         if given_labels.numel() and (int(given_labels.min()) < 0 or int(given_labels.max()) >= num_classes):
             bad = int(torch.nonzero((given_labels < 0) | (given_labels >= num_classes))[0])

@@ -210,7 +210,7 @@ class _Loop:
                                                     config=_ds_config(cfg, rt))
         apply_collective_timeout(rt.device, cfg.train.collective_timeout_s)  # DeepSpeed's own groups too
         self.bank = SoftLabelBank(torch.from_numpy(data.given_labels), k, cfg.method.bank_dtype, rank=rt.rank,
-                                  world_size=rt.world_size).to(rt.device)
+                                  world_size=rt.world_size, blocks=data.sharding_blocks).to(rt.device)
         self.given = torch.from_numpy(data.given_labels)
         self.clean = torch.from_numpy(data.clean_labels) if data.clean_labels is not None else None
         self.train_loader = self.plan.wrap_train(

@@ -224,6 +224,8 @@ class _EpochFeed:
         self.batches: list[np.ndarray] = []
 
     def _read(self, index: int) -> np.ndarray:
+        if self.table.tar is not None:  # a member of a tar shard, read by offset from this rank's shards
+            return np.frombuffer(self.table.read_bytes(index), dtype=np.uint8)
         path = self.table.open_path(index)
         try:
             return np.fromfile(path, dtype=np.uint8)
@@ -338,7 +340,7 @@ class DaliLoader(IndexedLoader):
         try:
             return step()
         except RuntimeError as e:
-            from alr_fast.data.loaders.imagecheck import image_problem
+            from alr_fast.data.loaders.imagecheck import bytes_problem, image_problem
 
             self.close()  # a failed pipeline is not reusable
             text = str(e)
@@ -347,7 +349,8 @@ class DaliLoader(IndexedLoader):
             if self.table.paths is not None:
                 for i in upcoming.tolist():
                     try:
-                        problem = image_problem(str(self.table.open_path(i)))
+                        problem = (bytes_problem(self.table.read_bytes(i)) if self.table.tar is not None
+                                   else image_problem(str(self.table.open_path(i))))
                     except ValueError as refused:
                         problem = str(refused)
                     if problem is not None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from alr_fast.data.readers.records import SampleTable
 
-__all__ = ["UnreadableImage", "image_problem", "scan_images", "UnreadableImagesWarning", "rgb_image"]
+__all__ = ["UnreadableImage", "image_problem", "bytes_problem", "scan_images", "UnreadableImagesWarning", "rgb_image"]
 
 
 def rgb_image(im, *, exif_transpose: bool = False):
@@ -61,11 +61,20 @@ class UnreadableImage:
         return f"{self.where}: index {self.index}: {self.path}: {self.reason}"
 
 
-def image_problem(path: str) -> str | None:
-    """None if ``path`` exists and decodes, else a short reason."""
+def bytes_problem(data: bytes) -> str | None:
+    """None if the encoded image ``data`` (a tar member) decodes, else a short reason."""
+    import io
+
+    if not data:
+        return "does not decode (empty member)"
+    return image_problem(io.BytesIO(data))
+
+
+def image_problem(path) -> str | None:
+    """None if ``path`` (or a file object) exists and decodes, else a short reason."""
     from PIL import Image, UnidentifiedImageError
 
-    if not os.path.isfile(path):
+    if isinstance(path, str) and not os.path.isfile(path):
         return "missing (no such file)"
     try:
         with Image.open(path) as im:
@@ -88,6 +97,9 @@ def scan_images(table: SampleTable, indices: np.ndarray | None = None, *, worker
     if table.paths is None:
         return []
     idx = table.global_index if indices is None else np.asarray(indices, dtype=np.int64)
+    if table.tar is not None:  # tar members: read by offset here, decoded in this process
+        return [UnreadableImage(i, str(table.path(i)), table.where(i), r) for i in idx.tolist()
+                if (r := bytes_problem(table.read_bytes(i)))]
     paths, escaped = [], {}
     for i in idx.tolist():
         try:

@@ -41,6 +41,16 @@ class IndexedImageDataset(torch.utils.data.Dataset):
 
         if self.table.images is not None:
             return Image.fromarray(self.table.images[index])
+        if self.table.tar is not None:  # a member of a tar shard, read by offset
+            import io
+
+            path = self.table.path(index)
+            try:
+                with Image.open(io.BytesIO(self.table.read_bytes(index))) as im:
+                    return rgb_image(im, exif_transpose=self.spec.exif_transpose)
+            except (OSError, UnidentifiedImageError) as e:
+                raise OSError(f"{path} (global index {index}) does not decode ({e}); run `python -m alr_fast data "
+                              "check`, or pass skip_unreadable=True to leave such images out") from e
         path = self.table.open_path(index)
         try:
             with Image.open(path) as im:

@@ -13,9 +13,10 @@ webvision          train (source google / flickr / all), val       :func:`webvis
 mini-webvision     train, val (labels < 50)                        :func:`webvision.read_mini_webvision`
 imagefolder        train (+ val, test with split folders)          :func:`generic.read_imagefolder`
 manifest           train, val, test as the ``split`` column says   :func:`generic.read_manifest`
+webdataset         train (+ val, test with split folders)          :func:`tarshards.read_webdataset`
 =================  ==============================================  ==============================
 
-``imagefolder`` and ``manifest`` are the user's own data (:mod:`.generic`); their splits depend on what is on
+``imagefolder``, ``manifest`` (:mod:`.generic`) and ``webdataset`` (:mod:`.tarshards`) are the user's own data; their splits depend on what is on
 disk: :func:`dataset_splits` says which exist.
 
 ILSVRC-2012 val (same classes, explicit list) is :func:`webvision.read_ilsvrc_val`. Label
@@ -34,11 +35,12 @@ from alr_fast.data.readers.generic import (SPLIT_NAMES, imagefolder_splits, mani
                                            read_manifest)
 from alr_fast.data.readers.noise_files import apply_noise_file
 from alr_fast.data.readers.records import SampleTable
+from alr_fast.data.readers.tarshards import read_webdataset, webdataset_splits
 from alr_fast.data.readers.webvision import read_mini_webvision, read_webvision
 
 __all__ = ["DATASET_NAMES", "DATASET_SPLITS", "TRAIN_SPLIT", "GENERIC_NAMES", "read_split", "dataset_splits"]
 
-GENERIC_NAMES = ("imagefolder", "manifest")
+GENERIC_NAMES = ("imagefolder", "manifest", "webdataset")
 """The user's own data forms (their splits depend on what is on disk)."""
 DATASET_NAMES = ("cifar10", "cifar100", "animal10n", "clothing1m", "webvision", "mini-webvision", *GENERIC_NAMES)
 DATASET_SPLITS = {
@@ -50,6 +52,7 @@ DATASET_SPLITS = {
     "mini-webvision": ("train", "val"),
     "imagefolder": SPLIT_NAMES,
     "manifest": SPLIT_NAMES,
+    "webdataset": SPLIT_NAMES,
 }
 """The splits a dataset can have (the user's own data: :func:`dataset_splits` says which it has)."""
 
@@ -60,6 +63,8 @@ def dataset_splits(name: str, root: str | Path, *, manifest: str | Path | None =
         return imagefolder_splits(root)
     if name == "manifest":
         return manifest_splits(root, manifest)
+    if name == "webdataset":
+        return webdataset_splits(root)
     return DATASET_SPLITS[name]
 TRAIN_SPLIT = "train"
 
@@ -104,6 +109,8 @@ def read_split(
         table = read_imagefolder(root, split)
     elif name == "manifest":
         table = read_manifest(root, split, manifest=manifest)
+    elif name == "webdataset":
+        table = read_webdataset(root, split)
     elif name == "webvision":
         table = read_webvision(root, split, source=source)
     else:

@@ -6,6 +6,7 @@ Wire into the main CLI with ``add_data_parser(subparsers)`` and dispatch ``args.
 * ``data check --dataset NAME --root DIR``: prints a JSON summary; exit 0 only if the dataset is usable,
   1 if not (errors listed in the summary), 2 for bad arguments.
 * ``data make-fixture --dataset NAME --out DIR``: writes a small dataset in NAME's layout with real JPEGs.
+* ``data index --dataset webdataset --root DIR``: indexes tar shards once (alr_fast/data/readers/tarshards.py).
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     check.add_argument("--unreadable-out", type=Path, default=None,
                        help="write {split: [global indices]} of unreadable images here (JSON; for exclude=)")
 
+    index = sub.add_parser("index", help="webdataset: index the tar shards once (writes ROOT/wds_index_<split>.npz)")
+    index.add_argument("--dataset", required=True, choices=["webdataset"])
+    index.add_argument("--root", required=True, type=Path, help="the folder holding the shards (or train/ val/ test/)")
+
     fixture = sub.add_parser("make-fixture", help="write a small dataset in NAME's exact layout (real JPEGs)")
     fixture.add_argument("--dataset", required=True, choices=FIXTURE_DATASETS)
     fixture.add_argument("--out", required=True, type=Path)
@@ -101,6 +106,16 @@ def run_data_command(args: argparse.Namespace) -> int:
         print(f"data check: {args.dataset} at {args.root}: {'usable' if summary['usable'] else 'NOT usable'}",
               file=sys.stderr)
         return 0 if summary["usable"] else 1
+    if args.data_command == "index":
+        from alr_fast.data.readers.tarshards import index_webdataset
+
+        summary = index_webdataset(args.root)
+        print(json.dumps(summary, indent=2))
+        for split, info in summary["splits"].items():
+            skipped = ", ".join(f"{n} {kind}" for kind, n in info["skipped"].items()) or "nothing"
+            print(f"data index: {split}: {info['samples']} samples in {info['shards']} shards; skipped: {skipped}",
+                  file=sys.stderr)
+        return 0
     if args.data_command == "make-fixture":
         root = make_fixture(args.dataset, args.out, seed=args.seed, layout=args.layout, num_train=args.num_train,
                             num_test=args.num_test, image_size=args.image_size, manifest_format=args.format)

@@ -20,7 +20,7 @@ __all__ = ["make_fixture", "FIXTURE_DATASETS", "MANIFEST_FORMATS", "OWN_CLASSES"
            "ILSVRC_DIR_NAME"]
 
 FIXTURE_DATASETS = ("cifar10", "cifar100", "animal10n", "clothing1m", "webvision", "mini-webvision", "imagefolder",
-                    "manifest")
+                    "manifest", "webdataset")
 MANIFEST_FORMATS = ("csv", "tsv", "jsonl")
 OWN_CLASSES = ["cat", "dog", "guinea pig", "café, crème"]
 """Class names of the imagefolder / manifest fixtures: a space, a comma and non-ASCII letters, as real ones have."""
@@ -301,6 +301,43 @@ def _manifest(out: Path, rng: np.random.Generator, fmt: str, num_train: int, num
     return out
 
 
+def _webdataset(out: Path, rng: np.random.Generator, num_train: int, num_test: int, size) -> Path:
+    """train/ and test/ folders of tar shards 000000.tar, ... of unequal sizes (KEY.jpg + KEY.cls, KEY.json
+    metadata beside), class_names.json in the root."""
+    import io
+    import tarfile
+
+    k = len(OWN_CLASSES)
+    (out).mkdir(parents=True, exist_ok=True)
+    (out / "class_names.json").write_text(json.dumps(OWN_CLASSES, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def member(tar, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    for split, n in (("train", num_train), ("test", num_test)):
+        labels = _balanced_labels(rng, n, k)
+        # shard sizes vary (as the tail shard of a real export): cut points drawn at random, at least 1 per shard
+        shards = max(1, min(5, n // 2)) if split == "train" else 1
+        cuts = np.sort(rng.choice(np.arange(1, n), size=shards - 1, replace=False)) if shards > 1 else []
+        bounds = [0, *[int(c) for c in cuts], n]
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for s in range(len(bounds) - 1):
+            with tarfile.open(out / split / f"{s:06d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+                for i in range(bounds[s], bounds[s + 1]):
+                    buf = io.BytesIO()
+                    from PIL import Image
+
+                    Image.fromarray(photo_patch(rng, *_random_size(rng, size, (64, 96)))).save(buf, format="JPEG",
+                                                                                              quality=90)
+                    key = f"sample{i:06d}"
+                    member(tar, f"{key}.jpg", buf.getvalue())
+                    member(tar, f"{key}.cls", str(int(labels[i])).encode())
+                    member(tar, f"{key}.json", json.dumps({"index": i}).encode())
+    return out
+
+
 def make_fixture(
     name: str,
     out_dir: str | Path,
@@ -337,6 +374,8 @@ def make_fixture(
         root = _imagefolder(out, rng, num_train or 40, num_test or 12, image_size)
     elif name == "manifest":
         root = _manifest(out, rng, manifest_format, num_train or 40, num_test or 12, image_size)
+    elif name == "webdataset":
+        root = _webdataset(out, rng, num_train or 40, num_test or 12, image_size)
     else:
         root = _webvision(out, rng, num_train or 60, num_test or 24, image_size)
     (out / "FIXTURE.json").write_text(json.dumps({
