@@ -13,7 +13,7 @@ checkpoints).
 How a fold trains on a subset without touching the loaders or the bank: the fold's TrainData is the full
 dataset with its loaders wrapped by :class:`FoldSource`, which drops held-out rows from every batch and refills
 batches from the following ones, so the model never computes on a held-out sample and every rank takes the
-same number of steps. Indices stay global, so the bank's owner rule (i % W == r) is unchanged; the bank rows of
+same number of steps. Indices stay global, so the bank's owner rule (alr_fast.loss.sharding) is unchanged; the bank rows of
 held-out samples stay their one-hot given labels (a fold's per-epoch label metrics count them as unchanged).
 """
 

@@ -1,7 +1,8 @@
 """The soft-label bank: one row of class probabilities per training sample, addressed by global index.
 
 Sharded across data-parallel ranks by the project's one rule (:class:`alr_fast.loss.sharding.Sharding`: rank r of W
-owns the samples whose global index i has ``i % W == r``, stored at local row ``i // W``). The data loaders give
+owns the samples whose global index i has ``i % W == r``, stored at local row ``i // W``; for tar shards, with
+``blocks``, a contiguous run of whole shards). The data loaders give
 each rank only the samples it owns, so no bank row ever travels between ranks during training; the global bank
 is assembled only for checkpoints' re-sharding and for exports. With W = 1 the local row is the global index.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from alr_fast.data.loaders.base import IndexedLoader
-from alr_fast.data.loaders.imagecheck import rgb_image
+from alr_fast.data.loaders.imagecheck import ImageTooLarge, open_image, rgb_image
 from alr_fast.data.loaders.plan import EpochPlan
 from alr_fast.data.loaders.transforms import TransformSpec, build_torchvision_transform
 from alr_fast.data.readers.records import SampleTable
@@ -53,8 +53,13 @@ class IndexedImageDataset(torch.utils.data.Dataset):
                               "check`, or pass skip_unreadable=True to leave such images out") from e
         path = self.table.open_path(index)
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 return rgb_image(im, exif_transpose=self.spec.exif_transpose)
+        except ImageTooLarge as e:
+            raise OSError(
+                f"{self.table.where(index)}: image {path} (global index {index}) is {e}; run "
+                "`python -m alr_fast data check`, or pass skip_unreadable=True to leave such images out"
+            ) from None
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{self.table.where(index)}: listed image {path} (global index {index}) does not exist; run "
