@@ -31,8 +31,17 @@ def _open_shard(path: Path):
         if len(_SHARDS) >= 64:
             for old in list(_SHARDS)[:32]:
                 _SHARDS.pop(old).close()
+        if not _SHARDS:
+            import atexit
+
+            atexit.register(_close_shards)
         f = _SHARDS[key] = open(path, "rb")
     return f
+
+
+def _close_shards() -> None:
+    while _SHARDS:
+        _SHARDS.popitem()[1].close()
 
 UNKNOWN_LABEL = -1
 """Value of ``clean_labels[i]`` when sample i's clean label is not known (e.g. most of Clothing1M's train)."""
