@@ -37,9 +37,9 @@ is an error. *Global index* = position among the split's rows in file order. The
 different labels is an error naming both lines; with the same label it is kept (two rows) and counted
 (``extra['duplicate_paths']``).
 
-Both forms confine image paths to the root: lexically where the table is built (no absolute path, no ``..``),
-and by real path where a file is opened (:meth:`SampleTable.open_path`: a symlink leading outside the root is
-refused, naming the file), so a manifest of millions of rows is read without a ``stat`` per row.
+Both forms confine image paths to the root where the table is built (:class:`SampleTable`'s check, shared
+by every reader: no absolute path, no ``..``, no symlink leading out of the root, naming file:line), and
+again by real path where a file is opened (:meth:`SampleTable.open_path`).
 """
 
 from __future__ import annotations
