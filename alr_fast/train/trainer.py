@@ -1,7 +1,10 @@
-"""The one training loop: CE, SELC and ALR on any dataset, driving a DeepSpeed engine on 1..N ranks.
+"""The one training loop: CE, SELC, ALR and the loss-based baselines (ELR, GCE, SCE, soft bootstrapping) on any
+dataset, driving a DeepSpeed engine on 1..N ranks.
 
 Warm-up epochs train with cross-entropy on the given labels (the bank's one-hot rows); later epochs refine
-the bank and train on it (ALR; SELC when lam = 0). CE never refines.
+the bank and train on it (ALR; SELC when lam = 0), or train with the baseline's loss (ELR keeps its running
+average of the predictions in the bank; GCE, SCE and bootstrapping leave the bank at the given labels). CE
+never refines. The loss of every method is :class:`alr_fast.loss.alr.ALR`'s.
 
 Data parallelism: rank r reads only the samples it owns (global index i with i % W == r; for tar shards, whole
 shards: alr_fast.loss.sharding) and holds only their
@@ -27,9 +30,9 @@ import torch
 
 from alr_fast.loss.alr import ALR
 from alr_fast.loss.bank import SoftLabelBank
-from alr_fast.util.atomic import atomic_path, write_text_atomic
-from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint
-from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
+from alr_fast.util.atomic import atomic_path, torch_save, write_text_atomic
+from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint, saved_config
+from alr_fast.config import Config, config_to_dict, provenance, resume_differences, save_config
 from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.train.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
 from alr_fast.train.evaluation import EvalPlan
@@ -52,6 +55,8 @@ def _ds_config(cfg: Config, rt: Runtime) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,  # DeepSpeed's per-step timers synchronise; off by default
         "zero_optimization": {"stage": cfg.train.zero_stage},
+        # DeepSpeed's default, written out: every step clips the gradients' global L2 norm to 1.0.
+        "gradient_clipping": 1.0,
         # ZeRO 1/2 partition torch.optim.SGD/AdamW state like any other optimizer's (tests/test_rehearsal.py).
         "zero_allow_untested_optimizer": True,
         **ds_precision_config(rt.precision),
@@ -120,7 +125,8 @@ def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -
         axes[1].set_title("clean labels unknown: no memorisation split")
     axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -193,15 +199,23 @@ class _Loop:
         self.data = data = data or build_train_data(cfg, rt.device)
         self.plan = EvalPlan.build(cfg, data, rt.device)  # evaluation sets, noisy validation slice, selection
         self.out = out = Path(cfg.train.out)
+        if cfg.train.resume:  # before anything is written: the run folder keeps describing its checkpoints
+            self.check_resume_config()
+        error = None
         if rt.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.json")
-            if data.noise_manifest is not None:
-                (out / "noise.json").write_text(json.dumps(data.noise_manifest, indent=2) + "\n")
-            # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
-            np.save(out / "noisy_labels.npy", np.asarray(data.given_labels, dtype=np.int64))
-            (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
-        barrier()
+            try:  # each file whole or absent (alr_fast.util.atomic); a full disk is named with the path
+                out.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, out / "config.json")
+                if data.noise_manifest is not None:
+                    write_text_atomic(out / "noise.json", json.dumps(data.noise_manifest, indent=2) + "\n")
+                # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
+                with atomic_path(out / "noisy_labels.npy") as tmp:
+                    np.save(tmp, np.asarray(data.given_labels, dtype=np.int64))
+                write_text_atomic(out / "provenance.json", json.dumps(provenance(), indent=2) + "\n")
+            except OSError as e:
+                error = e
+        if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
+            raise error or OSError(f"rank 0 could not write the run folder {out} (see its message)")
 
         torch.manual_seed(cfg.train.seed)
         k = data.num_classes
@@ -237,6 +251,16 @@ class _Loop:
         self._open_sinks()
         self.t_run = time.perf_counter()
 
+    def check_resume_config(self) -> None:
+        """--resume with a config that differs (beyond train.*) from the newest checkpoint's: refused, naming the
+        fields, before the run folder is touched."""
+        newest = complete_checkpoints(self.out)
+        saved = saved_config(newest[0]) if newest else None
+        diffs = resume_differences(saved, self.cfg) if saved is not None else []
+        if diffs:
+            raise ValueError(f"{newest[0]}/trainer.json: the checkpoint was written with a different config "
+                             f"(only train.* fields may change on resume): {'; '.join(diffs)}")
+
     def resume(self) -> None:
         cfg, rt = self.cfg, self.rt
         found = load_latest(self.out, self.engine, self.bank, self.state, rank=rt.rank, world_size=rt.world_size,
@@ -251,10 +275,10 @@ class _Loop:
             self.state.step = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         if self.state.selection:
             self.plan.load_state_dict(self.state.selection)
-        only_train = lambda d: {k: v for k, v in d.items() if k != "train"}  # noqa: E731
-        if only_train(config_to_dict(config_from_dict(saved["config"]))) != only_train(config_to_dict(cfg)):
+        diffs = resume_differences(saved["config"], cfg)
+        if diffs:
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
-                             "(only train.* fields may change on resume)")
+                             f"(only train.* fields may change on resume): {'; '.join(diffs)}")
         self.sched.load_state_dict(self.state.schedule)
         if rt.is_main:
             s = self.state
@@ -263,8 +287,18 @@ class _Loop:
 
     def save(self) -> None:
         """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it). Callers have
-        just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss."""
+        just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss; and weights,
+        buffers or bank rows that are not finite (an update that overflowed after a finite loss) stop the run
+        instead of being checkpointed."""
         sync_buffers(self.engine.module)  # the engine saves rank 0's module: make it every rank's
+        finite = all(bool(torch.isfinite(t).all()) for t in (*self.engine.module.state_dict().values(),
+                                                               self.bank.soft) if t.is_floating_point())
+        if int(all_reduce_sum(torch.tensor(int(not finite), device=self.rt.device)).item()):
+            s, newest = self.state, complete_checkpoints(self.out)
+            raise FloatingPointError(
+                f"non-finite weights or soft labels after global step {s.step} (epoch {s.epoch}); stopping without "
+                f"a checkpoint: the newest complete checkpoint, {newest[0] if newest else 'none'}, was written "
+                "before them. Lower optim.lr or check the input data")
         self.state.schedule = self.sched.state_dict()
         save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
                         rank=self.rt.rank, world_size=self.rt.world_size, keep=self.cfg.train.keep_checkpoints)
@@ -283,9 +317,13 @@ class _Loop:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tb"))
-        self.metrics_file = open(self.out / "metrics.jsonl", "w")
-        for r in self.state.rows:  # rewrite what a resumed run already logged, so the file matches an uninterrupted run
-            self.metrics_file.write(json.dumps(r) + "\n")
+        # metrics.jsonl is rewritten whole (atomically) after every epoch: a resumed run's file matches an
+        # uninterrupted run's, and a crash or a full disk leaves the previous complete version.
+        self.metrics_file = self.out / "metrics.jsonl"
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in self.state.rows))
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
@@ -353,7 +391,7 @@ class _Loop:
                                    lambda: _autocast(self.rt))
         if self.plan.observe(epoch, evals) and self.rt.is_main:
             with atomic_path(self.out / "model_best.pt") as tmp:  # selected on validation
-                torch.save(self.engine.module.state_dict(), tmp)
+                torch_save(self.engine.module.state_dict(), tmp)
         s.selection = self.plan.state_dict()
         row = {
             "epoch": epoch,
@@ -433,8 +471,7 @@ class _Loop:
 
     def _log(self, epoch: int, row: dict) -> None:
         if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps(row) + "\n")
-            self.metrics_file.flush()
+            self._write_metrics()
         if self.tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -446,7 +483,7 @@ class _Loop:
                                       refresh=False)
 
     def close_sinks(self) -> None:
-        for sink in (self.progress, self.metrics_file, self.tb):
+        for sink in (self.progress, self.tb):
             if sink is not None:
                 sink.close()
 
@@ -486,7 +523,7 @@ class _Loop:
         if rt.is_main:
             summary["num_changed"] = exports.get("num_changed")
             with atomic_path(self.out / "model.pt") as tmp:
-                torch.save(engine.module.state_dict(), tmp)
+                torch_save(engine.module.state_dict(), tmp)
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
             warm = self.sched.switch_epoch if cfg.method.name != "ce" else None
             _plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
