@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,82 @@ def test_deepspeed_launcher_two_ranks(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and len(set(summary["rank_weight_digests"])) == 1
     assert proc.stdout.count('"method": "alr"') == 1  # the summary is printed by rank 0 only
+
+
+# --- ZeRO 1/2 checkpoints resumed on another number of ranks (issue 22 item 2) ---------------------------------
+# The probe resumes through the trainer itself (_Loop: load_latest, the re-partition), then gathers the state the
+# run's first step would start from and rank 0 writes it: the test compares it with what the 2-rank run saved.
+PROBE = """
+import sys
+import torch
+from alr_fast.config import apply_overrides, load_config_file
+from alr_fast.train.checkpoint import full_optimizer_state
+from alr_fast.train.trainer import _Loop
+
+loop = _Loop(apply_overrides(load_config_file(sys.argv[1]), ["train.resume=true"]), None, None)
+full = full_optimizer_state(loop.engine)
+if loop.rt.rank == 0:
+    module = {k: v.detach().cpu().clone() for k, v in loop.engine.module.named_parameters()}
+    torch.save({"full": full, "module": module, "step": loop.state.step, "epoch": loop.state.epoch}, sys.argv[2])
+"""
+# ZeRO 1 with AdamW (moments and a step counter), ZeRO 2 with SGD (momentum): bf16 weights, fp32 masters.
+ZERO_RUNS = {1: ["--set", "optim.optimizer=adamw", "--set", "optim.lr=0.01"], 2: []}
+
+
+@pytest.fixture(scope="module", params=sorted(ZERO_RUNS))
+def zero_two_rank_run(request, tmp_path_factory):
+    stage = request.param
+    tmp = tmp_path_factory.mktemp(f"zero{stage}")
+    args = [*BASE, "--set", "train.precision=bf16", "--set", f"train.zero_stage={stage}", *ZERO_RUNS[stage]]
+    torchrun(2, [*args, "--epochs", "2", "--out", str(tmp / "run")], tmp)
+    return stage, tmp, args
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_zero_checkpoint_resumes_exactly_on_another_world_size(zero_two_rank_run, world):
+    stage, tmp, _ = zero_two_rank_run
+    run_dir = tmp / "run"
+    ckpt = complete_checkpoints(run_dir)[0]
+    saved = torch.load(ckpt / "zero_full_state.pt", weights_only=True)
+    # The probe resumes a copy of the run folder (a resume writes into the folder it resumes).
+    copy = tmp / f"on{world}"
+    shutil.copytree(run_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["train"]["out"] = str(copy)
+    (copy / "config.json").write_text(json.dumps(config))
+    probe = tmp / f"probe{world}.py"
+    probe.write_text(PROBE)
+    cmd = [str(probe), str(copy / "config.json"), str(tmp / f"state{world}.pt")]
+    if world == 1:
+        run([sys.executable, *cmd], tmp)
+    else:
+        run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
+             str(free_port()), *cmd], tmp)
+    got = torch.load(tmp / f"state{world}.pt", weights_only=True)
+    assert got["epoch"] == 2
+    (g_saved,), (g_got,) = saved["groups"], got["full"]["groups"]
+    keys = {1: ["exp_avg", "exp_avg_sq"], 2: ["momentum_buffer"]}[stage]
+    assert sorted(g_saved["state"]) == keys and sorted(g_got["state"]) == keys
+    assert g_got["names"] == g_saved["names"] and len(g_saved["names"]) >= 4
+    for name in g_saved["names"]:
+        master = g_saved["fp32"][name]
+        assert master.dtype == torch.float32 and torch.equal(g_got["fp32"][name], master), name
+        # Not a bf16 value: the fp32 master carries bits the bf16 weights do not (what a 2 -> n resume keeps).
+        assert not torch.equal(master, master.bfloat16().float()), name
+        assert got["module"][name].dtype == torch.bfloat16 and torch.equal(got["module"][name], master.bfloat16())
+        for k in keys:
+            value = g_saved["state"][k][name]
+            assert value.abs().sum() > 0 and torch.equal(g_got["state"][k][name], value), (name, k)
+    if stage == 1:  # AdamW's step counter: the 2-rank run's 2 x 12 steps (ceil(ceil(1438 / 2) / 64) per epoch)
+        assert float(g_saved["step"]) == 24 and torch.equal(g_got["step"], g_saved["step"])
+    # The saved file agrees with DeepSpeed's own module file (bf16 weights = the masters cast).
+    module = torch.load(ckpt / "engine" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert all(torch.equal(module[n], g_saved["fp32"][n].bfloat16()) for n in g_saved["names"])
+    if stage == 2 and world == 1:  # and the resumed run trains on to the end (one stage: both re-partition alike)
+        _, _, args = zero_two_rank_run
+        proc = single([*args, "--epochs", "3", "--out", str(copy), "--resume"], tmp)
+        assert "world size 2 -> 1" in proc.stdout
+        summary = json.loads((copy / "summary.json").read_text())
+        assert summary["world_size"] == 1 and summary["epochs"] == 3
+        rows = [json.loads(x) for x in (copy / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [0, 1, 2] and all(math.isfinite(r["train_loss"]) for r in rows)

@@ -261,21 +261,30 @@ def test_a_planted_folder_with_a_consistent_manifest_never_runs(finished, tmp_pa
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("stage, saved_world, world, refused", [
-    (1, 2, 1, True), (2, 2, 3, True), (2, 2, 2, False), (0, 2, 1, False)])
-def test_zero_checkpoint_on_another_world_size_is_a_clear_error(tmp_path, stage, saved_world, world, refused):
-    """Not re-partitioned (issue 22 item 2 is open): a clear error before DeepSpeed's ZeRORuntimeException."""
+@pytest.mark.parametrize("stage, saved_world, world, has_full, expect", [
+    (1, 2, 1, False, "refused"), (2, 2, 3, False, "refused"),  # an older checkpoint without zero_full_state.pt
+    (1, 2, 1, True, "module only"), (2, 2, 3, True, "module only"),  # re-partitioned from zero_full_state.pt
+    (2, 2, 2, True, "deepspeed"), (2, 2, 2, False, "deepspeed"), (0, 2, 1, False, "deepspeed")])
+def test_zero_checkpoint_on_another_world_size_takes_the_full_state(tmp_path, stage, saved_world, world, has_full,
+                                                                    expect):
+    """Which loader a checkpoint takes (the end-to-end re-partition: tests/test_distributed.py): DeepSpeed's own
+    files on the same world size or for ZeRO 0; on another world size a ZeRO 1/2 engine loads the module only and
+    the optimizer from zero_full_state.pt; an older checkpoint without that file is a clear error."""
     from alr_fast.train.checkpoint import load_checkpoint
 
     class Engine:
         def load_checkpoint(self, *a, **kw):
-            raise AssertionError("reached DeepSpeed's loader")
+            raise AssertionError(f"reached DeepSpeed's loader with {kw}")
 
-    state = {"world_size": saved_world, "config": {"train": {"zero_stage": stage}}}
-    if refused:
-        with pytest.raises(CheckpointError, match=rf"written by {saved_world} ranks with ZeRO stage {stage}, .*"
-                                                  rf"resumes only on {saved_world} ranks, not {world}"):
+    manifest = {"zero_full_state.pt": {}} if has_full else {}
+    state = {"world_size": saved_world, "config": {"train": {"zero_stage": stage}}, "manifest": manifest}
+    if expect == "refused":
+        with pytest.raises(CheckpointError, match=rf"written by {saved_world} ranks with ZeRO stage {stage} by an "
+                                                  rf"older alr_fast, without zero_full_state.pt; .*resumes only on "
+                                                  rf"{saved_world} ranks, not {world}"):
             load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)
-    else:
-        with pytest.raises(AssertionError, match="reached DeepSpeed's loader"):
-            load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)
+        return
+    module_only = expect == "module only"
+    with pytest.raises(AssertionError, match=rf"'load_optimizer_states': {not module_only}, .*"
+                                             rf"'load_module_only': {module_only}"):
+        load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)

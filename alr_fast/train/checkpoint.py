@@ -3,6 +3,8 @@
 Layout of one checkpoint, ``<out>/checkpoints/ckpt_<write sequence, 6 digits>_step_<global step, 9 digits>/``::
 
     engine/                 DeepSpeed's save_checkpoint (weights, optimizer; per-rank files for ZeRO >= 1)
+    zero_full_state.pt      ZeRO 1/2 only: every parameter's whole fp32 master weight and optimizer state
+                            (momentum, Adam moments, step), gathered from the partitions: any world size loads it
     bank_rank<r>.pt         rank r's bank shard (soft, given, global_index): any world size can re-shard it
     rank<r>.pt              rank r's part of the LoopState: the running epoch's accumulators and RNG states
     trainer.json            the shared LoopState, world size, config, and the manifest (sha256 + size of every
@@ -32,6 +34,14 @@ anything is unpickled; a checkpoint without it, or signed with another key, is r
 who can write the run folder but not read the key cannot make alr_fast unpickle their files; someone who can read
 the key (the same user) can, as they could run code anyway. The key must be the same for the writer and the
 resumer (a job on another machine: copy it, or point ``ALR_FAST_CHECKPOINT_KEY`` at a shared copy).
+
+**Any world size.** The bank shards are re-sharded by the owner rule. ZeRO 0 engine files hold the whole
+optimizer state. ZeRO 1/2 engine files hold it partitioned over the ranks that wrote them, which DeepSpeed's
+loader refuses on another number of ranks; so those checkpoints also hold ``zero_full_state.pt`` (plain tensors,
+gathered with DeepSpeed's ``safe_get_full_fp32_param`` / ``safe_get_full_optimizer_state``), and a resume on
+another number of ranks loads the module weights from ``engine/`` and every parameter's fp32 master weight and
+optimizer state from that file into the new partitions: the same values, bit for bit. On the same number of
+ranks DeepSpeed's own files are loaded, as before.
 """
 
 from __future__ import annotations
@@ -52,10 +62,11 @@ from alr_fast.util.atomic import fsync_dir, torch_save
 from alr_fast.train.distributed import all_reduce_sum, barrier
 from alr_fast.train.loop_state import LoopState
 
-__all__ = ["save_checkpoint", "complete_checkpoints", "verify_checkpoint", "load_checkpoint", "load_latest",
+__all__ = ["save_checkpoint", "full_optimizer_state", "load_full_optimizer_state", "complete_checkpoints", "verify_checkpoint", "load_checkpoint", "load_latest",
            "CheckpointError", "saved_config", "REFUSED", "checkpoint_key_path"]
 
 COMPLETE = "COMPLETE"
+FULL_STATE = "zero_full_state.pt"
 TRAINER = "trainer.json"
 _NAME = re.compile(r"^ckpt_(\d{6,})_step_(\d{9,})$")
 _PART = "manifest_rank{}.json"
@@ -162,7 +173,14 @@ def save_checkpoint(out: Path, engine, bank, state: LoopState, *, config: dict, 
         engine.save_checkpoint(str(tmp), tag="engine", save_latest=False)
     except (OSError, RuntimeError) as e:  # torch.save (inside DeepSpeed) reports a full disk as a RuntimeError
         error = f"{tmp}/engine: {_describe_write_error(e, tmp)}"
+    full = None
+    # ZeRO 1/2: collective gathers (every rank takes part, rank 0 writes), only if every rank's engine files were
+    # written. The same answer on every rank: the engine's config is.
+    if _zero_partitions(engine) is not None and _all_ok(error is None, device):
+        full = full_optimizer_state(engine)
     try:
+        if error is None and full is not None and rank == 0:
+            torch_save(full, tmp / FULL_STATE)
         if error is None:
             torch_save(bank.state_dict(), tmp / f"bank_rank{rank}.pt")
             torch_save(state.rank_dict(), tmp / f"rank{rank}.pt")
@@ -316,19 +334,24 @@ def load_checkpoint(path: Path, trainer_state: dict, engine, bank, state: LoopSt
                     world_size: int) -> None:
     """Restore engine, bank (re-sharding if the world size changed) and ``state`` from a verified checkpoint.
 
-    A ZeRO 1/2 checkpoint holds the optimizer state partitioned over the ranks that wrote it; DeepSpeed's loader
-    does not re-partition it, so it resumes only on that many ranks (a clear error here, before DeepSpeed's)."""
+    A ZeRO 1/2 checkpoint holds DeepSpeed's optimizer files partitioned over the ranks that wrote it, which
+    DeepSpeed loads only on that many ranks; on another number of ranks the module weights come from ``engine/``
+    and the fp32 master weights and optimizer state from ``zero_full_state.pt``, re-partitioned here."""
     saved_world = int(trainer_state["world_size"])
     saved_stage = int(((trainer_state.get("config") or {}).get("train") or {}).get("zero_stage", 0))
-    if saved_world != world_size and saved_stage >= 1:
+    repartition = saved_world != world_size and saved_stage >= 1
+    if repartition and FULL_STATE not in (trainer_state.get("manifest") or {}):
         raise CheckpointError(
-            f"{path}: written by {saved_world} ranks with ZeRO stage {saved_stage}, whose optimizer state is "
-            f"partitioned over those ranks; it resumes only on {saved_world} ranks, not {world_size} (ZeRO 0 "
-            "checkpoints resume on any number of ranks)")
-    load_path, _ = engine.load_checkpoint(str(path), tag="engine", load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
+            f"{path}: written by {saved_world} ranks with ZeRO stage {saved_stage} by an older alr_fast, without "
+            f"{FULL_STATE}; its optimizer state is partitioned over those ranks, so it resumes only on "
+            f"{saved_world} ranks, not {world_size}")
+    load_path, _ = engine.load_checkpoint(str(path), tag="engine", load_optimizer_states=not repartition,
+                                          load_lr_scheduler_states=False, load_module_only=repartition)
     if load_path is None:
         raise CheckpointError(f"{path}/engine: DeepSpeed found no checkpoint to load")
+    if repartition:
+        full = torch.load(path / FULL_STATE, map_location="cpu", weights_only=True)
+        load_full_optimizer_state(engine, full, source=path / FULL_STATE)
     shard_files = [path / f"bank_rank{r}.pt" for r in range(saved_world)]
     if saved_world == world_size:
         bank.load_state_dict(torch.load(shard_files[rank], map_location=bank.soft.device, weights_only=True))
@@ -339,6 +362,110 @@ def load_checkpoint(path: Path, trainer_state: dict, engine, bank, state: LoopSt
         bank.load_rows_from(shards)
         rank_state = None
     state.load(trainer_state, rank_state)
+
+
+_SCALER_FIELDS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
+
+
+def _zero_partitions(engine):
+    """(DeepSpeed's optimizer, the torch optimizer inside it, the model's parameters per group, the flat fp32
+    partition of each group on this rank) for a ZeRO 1/2 engine; None for anything else."""
+    stage = getattr(engine, "zero_optimization_stage", None)
+    if stage is None or stage() not in (1, 2):
+        return None
+    opt = engine.optimizer
+    for groups, flats in (("bit16_groups", "single_partition_of_fp32_groups"),  # DeepSpeedZeroOptimizer
+                          ("bf16_groups", "fp32_groups_flat_partition")):  # BF16_Optimizer (ZeRO 1, fp32 grads)
+        if hasattr(opt, groups) and hasattr(opt, flats):
+            return opt, opt.optimizer, getattr(opt, groups), getattr(opt, flats)
+    raise CheckpointError(f"ZeRO stage {stage()}: DeepSpeed optimizer {type(opt).__name__} has no fp32 partitions "
+                          "alr_fast knows how to gather")
+
+
+def _link_state(groups, flats, base) -> None:
+    """Point every parameter's fragment mapping at the current optimizer state tensors (DeepSpeed links them
+    once, after the first step; a loaded state_dict replaces the tensors)."""
+    from deepspeed.utils import lazy_init_hp_params_optimizer_state
+
+    for lp_group, flat in zip(groups, flats):
+        lazy_init_hp_params_optimizer_state(lp_group, flat, base.state)
+
+
+def full_optimizer_state(engine) -> dict | None:
+    """Collective (every rank calls it): the whole fp32 master weight and optimizer state of every parameter of
+    a ZeRO 1/2 engine, gathered from the ranks' partitions, as plain CPU tensors keyed by parameter name; None
+    for other engines. A form that does not depend on the number of ranks (see :func:`load_full_optimizer_state`)."""
+    found = _zero_partitions(engine)
+    if found is None:
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    opt, base, groups, flats = found
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    _link_state(groups, flats, base)
+    out = {"groups": []}
+    for lp_group, flat in zip(groups, flats):
+        state = base.state.get(flat, {})
+        # The partition-shaped entries (momentum_buffer; exp_avg, exp_avg_sq): the same keys on every rank.
+        keys = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.shape == flat.shape)
+        group = {"names": [names[id(p)] for p in lp_group], "fp32": {}, "state": {k: {} for k in keys}}
+        if "step" in state:
+            group["step"] = torch.as_tensor(state["step"]).detach().to("cpu", copy=True)
+        for p, name in zip(lp_group, group["names"]):
+            group["fp32"][name] = safe_get_full_fp32_param(p).detach().to("cpu", copy=True)
+            for k in keys:
+                group["state"][k][name] = safe_get_full_optimizer_state(p, k).detach().to("cpu", copy=True)
+        out["groups"].append(group)
+    scaler = getattr(opt, "loss_scaler", None)  # fp16's dynamic loss scale; bf16 and fp32 have a constant 1
+    out["loss_scaler"] = {f: float(getattr(scaler, f)) for f in _SCALER_FIELDS
+                          if isinstance(getattr(scaler, f, None), (int, float))}
+    return out
+
+
+def load_full_optimizer_state(engine, full: dict, *, source) -> None:
+    """Put a :func:`full_optimizer_state` (written by any number of ranks) into this ZeRO 1/2 engine: each rank
+    copies its partition's fragment of every fp32 master weight and optimizer state, and the model's
+    low-precision weights become the masters cast to their dtype, as after a DeepSpeed step. Exact (copies)."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    found = _zero_partitions(engine)
+    if found is None:
+        raise CheckpointError(f"{source}: a ZeRO 1/2 optimizer state, but this run's engine is not ZeRO 1/2")
+    opt, base, groups, flats = found
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    saved = full.get("groups", [])
+    if len(saved) != len(groups):
+        raise CheckpointError(f"{source}: {len(saved)} parameter groups, this model's optimizer has {len(groups)}")
+    for group, lp_group, flat in zip(saved, groups, flats):
+        want = [names[id(p)] for p in lp_group]
+        if group["names"] != want:
+            raise CheckpointError(f"{source}: parameters {group['names'][:5]}... differ from this model's "
+                                  f"{want[:5]}...")
+        state = base.state[flat]
+        for k in group["state"]:  # a fresh engine has no state yet (torch creates it at the first step)
+            if not (torch.is_tensor(state.get(k)) and state[k].shape == flat.shape):
+                state[k] = torch.zeros_like(flat)
+        if "step" in group:
+            old = state.get("step")
+            state["step"] = group["step"].to(old.device if torch.is_tensor(old) else "cpu", copy=True)
+    _link_state(groups, flats, base)
+    opt._hp_optimizer_states_linked = True  # linked above, to these tensors; DeepSpeed would relink at step 1
+    with torch.no_grad():
+        for group, lp_group, flat in zip(saved, groups, flats):
+            for p, name in zip(lp_group, group["names"]):
+                master = group["fp32"][name]
+                if master.shape != p.shape:
+                    raise CheckpointError(f"{source}: {name} has shape {tuple(master.shape)}, this model's "
+                                          f"{tuple(p.shape)}")
+                master = master.to(flat.device)
+                safe_set_full_fp32_param(p, master)
+                p.data.copy_(master.to(p.dtype))
+                for k, values in group["state"].items():
+                    safe_set_full_optimizer_state(p, values[name].to(flat.device), k)
+    scaler = getattr(opt, "loss_scaler", None)
+    for f, v in full.get("loss_scaler", {}).items():
+        if isinstance(getattr(scaler, f, None), (int, float)):
+            setattr(scaler, f, type(getattr(scaler, f))(v))
 
 
 def load_latest(out: Path, engine, bank, state: LoopState, *, rank: int, world_size: int,
