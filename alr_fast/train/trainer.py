@@ -54,6 +54,8 @@ def _ds_config(cfg: Config, rt: Runtime) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,  # DeepSpeed's per-step timers synchronise; off by default
         "zero_optimization": {"stage": cfg.train.zero_stage},
+        # DeepSpeed's default, written out: every step clips the gradients' global L2 norm to 1.0.
+        "gradient_clipping": 1.0,
         # ZeRO 1/2 partition torch.optim.SGD/AdamW state like any other optimizer's (tests/test_rehearsal.py).
         "zero_allow_untested_optimizer": True,
         **ds_precision_config(rt.precision),
