@@ -109,6 +109,8 @@ class ALR:
             handled sequentially, as :mod:`alr_fast.loss.reference` specifies.
         check_index: check indices on the host every call (default: on the CPU only; on CUDA the device flag
             checked by :meth:`end_epoch` covers out-of-range and foreign indices without a per-step sync).
+        shard_blocks: tar-shard datasets only: the first global index of each shard, then N; the bank then owns
+            whole shards per rank (:class:`alr_fast.loss.sharding.Sharding`); default: the strided rule.
     """
 
     def __init__(self, labels, num_classes: int | None = None, *, method: str = "alr", alpha: float = 0.9,
@@ -117,6 +119,7 @@ class ALR:
                  rank: int | None = None, world_size: int | None = None, device=None,
                  bank_dtype: str | torch.dtype = "float32", backend: str = "auto", assume_unique: bool = False,
                  check_index: bool | None = None, hparams: dict | None = None,
+                 shard_blocks: tuple[int, ...] | None = None,
                  _schedule: RefinementSchedule | None = None):
         if method not in METHODS:
             raise ValueError(f"ALR: method must be one of {METHODS}, got {method!r}")
@@ -152,7 +155,8 @@ class ALR:
         self.backend, self.assume_unique = backend, bool(assume_unique)
         self._check_index = check_index
         self._labels_all = labels.cpu().numpy().astype(np.int64)  # the given labels by global index (exports)
-        self.bank = SoftLabelBank(labels.to(device), int(num_classes), bank_dtype, rank=rank, world_size=world_size)
+        self.bank = SoftLabelBank(labels.to(device), int(num_classes), bank_dtype, rank=rank, world_size=world_size,
+                                  blocks=shard_blocks)
         self.sharding = self.bank.sharding
         if _schedule is not None:
             self.schedule = _schedule
@@ -186,7 +190,8 @@ class ALR:
     @classmethod
     def from_config(cls, method_cfg, labels, num_classes: int, *, epochs: int, steps_per_epoch: int,
                     rank: int = 0, world_size: int = 1, device=None, backend: str = "auto",
-                    assume_unique: bool = False, check_index: bool | None = None) -> "ALR":
+                    assume_unique: bool = False, check_index: bool | None = None,
+                    shard_blocks: tuple[int, ...] | None = None) -> "ALR":
         """From a :class:`alr_fast.config.MethodConfig` (the trainer's way: same schedule rules, same bank)."""
         sched = RefinementSchedule.from_config(method_cfg, epochs, steps_per_epoch, np.asarray(labels), num_classes)
         hparams = {k: getattr(method_cfg, k) for k in BASELINE_DEFAULTS}
@@ -195,7 +200,7 @@ class ALR:
                    ramp_epochs=method_cfg.ramp_epochs, ramp_alpha=method_cfg.ramp_alpha, epochs=epochs,
                    steps_per_epoch=steps_per_epoch, rank=rank, world_size=world_size, device=device,
                    bank_dtype=method_cfg.bank_dtype, backend=backend, assume_unique=assume_unique,
-                   check_index=check_index, _schedule=sched)
+                   check_index=check_index, shard_blocks=shard_blocks, _schedule=sched)
 
     # -- properties ---------------------------------------------------------------------------------------------
     @property
@@ -258,7 +263,8 @@ class ALR:
                     raise IndexError(f"ALR: index {i} is out of range for {self.num_samples} training samples")
                 raise IndexError(
                     f"ALR: rank {self.rank} of {self.world_size} got global index {i}, which rank "
-                    f"{i % self.world_size} owns (owner rule: index % world_size); give each rank only its own "
+                    f"{int(bank.sharding.owner(np.int64(i)))} owns (owner rule: alr_fast.loss.sharding); give each "
+                    "rank only its own "
                     "samples (alr_fast.OwnerSampler)")
         if self.world_size == 1:
             return index
