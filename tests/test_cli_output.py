@@ -32,3 +32,5 @@ def test_train_json_stdout_is_only_the_summary(tmp_path):
     summary = json.loads(proc.stdout)  # the whole of stdout parses
     assert summary == json.loads((out / "summary.json").read_text()) | {"num_changed": summary["num_changed"]}
     assert summary["epochs"] == 2
+    # One refinement epoch changes few labels or none: the summary says so when none changed.
+    assert (summary["refinement_note"] is not None) == (summary["num_changed"] == 0)
