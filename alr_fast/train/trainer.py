@@ -41,7 +41,8 @@ from alr_fast.train.loop_state import LoopState
 from alr_fast.train.metrics import label_quality, memorisation_split, refinement_note
 from alr_fast.train.models import build_model
 from alr_fast.train.precision import ds_precision_config, model_input
-from alr_fast.train.runtime import PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout, resolve_runtime
+from alr_fast.train.runtime import (PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout,
+                                    quiet_deepspeed_import, resolve_runtime)
 from alr_fast.loss.schedule import prediction_counts
 
 __all__ = ["train", "predict_probs"]
@@ -182,6 +183,7 @@ class _Loop:
     """
 
     def __init__(self, cfg: Config, data: TrainData | None, runtime: Runtime | None):
+        quiet_deepspeed_import()  # DeepSpeed's start-up warnings off at the default verbosity
         import deepspeed
 
         if cfg.train.threads:
