@@ -187,3 +187,16 @@ def test_device_branch_mean_without_bad_rows(monkeypatch):
                                        lam=0.4, refine=True, reduction="mean")
     np.testing.assert_allclose(float(loss.detach()), ref_loss, rtol=2e-5)
     np.testing.assert_allclose(z.grad.numpy(), ref_grad, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("go", [1.0, 2.0, 0.5, -1.0, 0.0])
+def test_scalar_grad_output_values(go):
+    """The backward's early exit (grad_output exactly 1 on a CPU: the saved gradient is final) must not be
+    taken for any other value: 2, 1/2 (what grad_accum=2 feeds), -1, 0."""
+    logits, bank, index = _case(torch.float64, seed=8)
+    z = logits.clone().requires_grad_(True)
+    loss = alr_loss_unique(z, bank.double().clone(), index, ALRParams(0.7, 0.4, True, "mean", True))
+    loss.backward(torch.tensor(go, dtype=torch.float64))
+    _, ref_grad, _ = alr_oracle(logits.numpy(), bank.double().numpy(), index.numpy(), alpha=0.7, lam=0.4,
+                                refine=True, reduction="mean")
+    np.testing.assert_allclose(z.grad.numpy(), go * ref_grad, rtol=1e-12, atol=1e-15)
