@@ -208,3 +208,65 @@ def test_each_rank_opens_only_its_training_shards(tmp_path):
             assert opened.get(rank, set()) == mine, (world, r, sorted(opened.get(rank, set())), sorted(mine))
         if world > 1:  # every training shard opened by exactly one rank
             assert sorted(p for r in opened.values() for p in r) == sorted(set(shards) & set().union(*opened.values()))
+
+
+def test_review_of_a_tar_shard_run_shows_member_images_and_class_names(tmp_path):
+    import csv as csvmod
+
+    from alr_fast.cli import main
+    from alr_fast.config import apply_overrides, config_to_dict
+    from alr_fast.labels.review import review_run
+    from alr_fast.recipes import get_recipe
+
+    root = tmp_path / "wds"
+    assert main(["data", "make-fixture", "--dataset", "webdataset", "--out", str(root), "--num-train", "9",
+                 "--num-test", "3", "--image-size", "24x20"]) == 0
+    index_webdataset(root)
+    t = read_webdataset(root)
+    cfg = apply_overrides(get_recipe("own-data"), ["data.dataset=webdataset", f"data.data_root={root}"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    with open(run / "refined_labels.csv", "w", newline="") as f:
+        w = csvmod.writer(f)
+        w.writerow(["global_index", "given_label", "refined_label", "confidence", "suspect_rank"])
+        for i in range(9):
+            w.writerow([i, int(t.labels[i]), (int(t.labels[i]) + 1) % 4, "0.9", 9 - i])
+    review_run(run, top=3, quiet=True)
+    rows = list(csvmod.DictReader(open(run / "review.csv", encoding="utf-8")))
+    assert [int(r["global_index"]) for r in rows] == [8, 7, 6]
+    for r in rows:
+        i = int(r["global_index"])
+        shard, member = r["path"].rsplit(":", 1)
+        assert Path(shard) == root / t.tar["shards"][int(t.tar["shard"][i])] and member == t.paths[i].split(":")[1]
+        assert r["given_name"] == t.class_names[int(t.labels[i])]  # the real names from class_names.json
+        with tarfile.open(shard) as tar:
+            assert t.read_bytes(i) == tar.extractfile(member).read()
+
+
+def test_data_check_of_tar_shards(tmp_path, capsys):
+    from alr_fast.cli import main
+
+    root = tmp_path / "wds"
+    assert main(["data", "make-fixture", "--dataset", "webdataset", "--out", str(root), "--num-train", "7",
+                 "--num-test", "3", "--image-size", "24x20"]) == 0
+    assert main(["data", "check", "--dataset", "webdataset", "--root", str(root)]) == 1  # not indexed yet
+    assert "run `python -m alr_fast data index" in capsys.readouterr().err
+    assert main(["data", "index", "--dataset", "webdataset", "--root", str(root)]) == 0
+    assert "train: 7 samples in" in capsys.readouterr().err
+    assert main(["data", "check", "--dataset", "webdataset", "--root", str(root)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    train = summary["splits"]["train"]
+    assert summary["usable"] and train["images_checked"] == 7 and sum(train["per_class"].values()) == 7
+    assert summary["layout"]["train"]["skipped"] == {"other_member": 7}  # the KEY.json members, counted
+    # a member that does not decode is reported with its shard:member
+    t = read_webdataset(root)
+    shard = root / t.tar["shards"][0]
+    raw = bytearray(shard.read_bytes())
+    off = int(t.tar["offset"][0])
+    raw[off: off + int(t.tar["size"][0])] = b"\0" * int(t.tar["size"][0])
+    shard.write_bytes(bytes(raw))
+    index_webdataset(root)
+    assert main(["data", "check", "--dataset", "webdataset", "--root", str(root)]) == 1
+    bad = json.loads(capsys.readouterr().out)["splits"]["train"]["unreadable_examples"]
+    assert [b["index"] for b in bad] == [0] and bad[0]["path"].endswith(f"{t.paths[0]}")

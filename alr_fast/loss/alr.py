@@ -295,6 +295,8 @@ class ALR:
         p = self.schedule.params(step, epoch)  # warm-up or refinement, the lam/alpha ramp: Python floats, no sync
         baseline = self._baseline if p.refine else None
         if check is None:  # the fused kernel flags bad rows on the device; the torch path must check first
+            # (baselines: their kernels raise no device flag for a bad row, so their rows are checked on the host,
+            # one sync per step on CUDA)
             check = (logits.device.type == "cpu" or baseline is not None
                      or _resolved(self.backend, logits.device, logits.dtype) != "triton")
         local = self._local_rows(index, check)
@@ -302,9 +304,12 @@ class ALR:
             loss = alr_loss(logits, self.bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
                             reduction=reduction, backend=self.backend, check_index=check,
                             assume_unique=self.assume_unique)
-        else:  # the baselines have no fused kernel: the torch path, after the host check of the rows above
+        else:  # a baseline (fused kernel or reference: alr_fast.loss.functional), rows checked on the host above
             labels = torch.where(local >= 0, self.bank.given[local.clamp_min(0)], -1)
-            loss = baseline(logits, self.bank.soft, local, labels, reduction=reduction, check_index=check,
+            # 'auto' unless 'torch' was asked for: the fused kernel where it applies (K <= its MAX_K, ELR with
+            # assume_unique), else the reference, instead of refusing the call
+            loss = baseline(logits, self.bank.soft, local, labels, reduction=reduction,
+                            backend="torch" if self.backend == "torch" else "auto", check_index=check,
                             assume_unique=self.assume_unique)
         if track:
             with torch.no_grad():
@@ -483,7 +488,7 @@ def _baseline_loss(method: str, h: dict):
         if method == "elr":
             ELRParams(h["elr_beta"], h["elr_lam"])
             return lambda z, bank, rows, y, **kw: elr_loss(z, bank, rows, y, beta=h["elr_beta"], lam=h["elr_lam"],
-                                                           backend="torch", **kw)
+                                                           **kw)
         kw_of = {"gce": (lambda: GCEParams(h["gce_q"]), gce_loss, {"q": h["gce_q"]}),
                  "sce": (lambda: SCEParams(h["sce_alpha"], h["sce_beta"], h["sce_log_zero"]), sce_loss,
                          {"alpha": h["sce_alpha"], "beta": h["sce_beta"], "log_zero": h["sce_log_zero"]}),
@@ -498,7 +503,7 @@ def _baseline_loss(method: str, h: dict):
         check()
     except BaselineParamError as e:
         raise ValueError(f"ALR: {method}_{e.field} {e.requirement}, got {e.value!r}") from None
-    return lambda z, bank, rows, y, *, assume_unique, **kw: fn(z, y, backend="torch", **params, **kw)
+    return lambda z, bank, rows, y, *, assume_unique, **kw: fn(z, y, **params, **kw)
 
 
 def _resolved(backend: str, device: torch.device, dtype: torch.dtype | None) -> str:

@@ -64,7 +64,7 @@ class LoopState:
     selection: dict = field(default_factory=dict)
     """Model selection so far (alr_fast.train.evaluation.EvalPlan.state_dict)."""
     schedule: dict = field(default_factory=dict)
-    """alr_fast.train.schedule.RefinementSchedule.state_dict(): the automatic warm-up rule's memory, collapse flags."""
+    """alr_fast.loss.schedule.RefinementSchedule.state_dict(): the automatic warm-up rule's memory, collapse flags."""
     # This rank's accumulators of the running epoch (device tensors, no host sync per step).
     loss_sum: torch.Tensor | None = None
     """float64 scalar: sum over valid rows of the batch-mean loss x valid rows."""

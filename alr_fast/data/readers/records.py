@@ -35,7 +35,8 @@ def _open_shard(path: Path):
             import atexit
 
             atexit.register(_close_shards)
-        f = _SHARDS[key] = open(path, "rb")
+        # Unbuffered: a member is one read of its exact bytes (a buffer would only hold bytes of other members).
+        f = _SHARDS[key] = open(path, "rb", buffering=0)
     return f
 
 
