@@ -5,6 +5,7 @@ import json
 import pytest
 
 from alr_fast.config import Config, MethodConfig, TrainConfig, apply_overrides, config_from_dict, config_to_dict
+from alr_fast.loss.contract import ALRParamError, ALRParams
 from alr_fast.recipes import RECIPES, get_recipe
 
 
@@ -34,7 +35,12 @@ def test_overrides_are_typed():
     "override, match",
     [
         ("method.alpha=1.2", r"method.alpha: must be in \[0, 1\]"),
-        ("method.name=elr", "method.name: must be one of"),
+        ("method.alpha=nan", r"method.alpha: must be in \[0, 1\], got nan"),
+        ("method.alpha=-0.1", r"method.alpha: must be in \[0, 1\], got -0.1"),
+        ("method.lam=inf", r"method.lam: must be a finite number >= 0, got inf"),
+        ("method.lam=nan", r"method.lam: must be a finite number >= 0, got nan"),
+        ("method.lam=-1e-9", r"method.lam: must be a finite number >= 0"),
+        ("method.name=mixup", "method.name: must be one of"),
         ("train.epochs=0", "train.epochs: must be >= 1"),
         ("train.epochs=ten", "train.epochs='ten'"),
         ("data.augment=maybe", "expected true/false"),
@@ -55,9 +61,40 @@ def test_method_semantics():
     assert MethodConfig(name="selc", lam=0.7).effective_lam == 0.0
     assert MethodConfig(name="ce", lam=0.7).effective_lam == 0.0
     assert MethodConfig(name="alr", lam=0.7).effective_lam == 0.7
-    m = MethodConfig(name="alr", warmup_epochs=3)
-    assert [m.refine_at(e) for e in range(5)] == [False, False, False, True, True]
-    assert not any(MethodConfig(name="ce").refine_at(e) for e in range(50))
+    # The loss parameters the schedule starts from are the contract's type, built from the validated fields.
+    assert MethodConfig(name="alr", alpha=0.8, lam=0.7).loss_params == ALRParams(0.8, 0.7)
+    assert MethodConfig(name="selc", alpha=0.8, lam=0.7).loss_params == ALRParams(0.8, 0.0)
+
+
+def test_alpha_and_lam_are_checked_by_the_loss_contract_when_the_config_is_built():
+    """One validator: the config refuses exactly what ALRParams refuses (values at and just past the bounds),
+    naming the config field, before any model or engine exists."""
+    for alpha in (0.0, 1.0, 0.5):
+        assert MethodConfig(alpha=alpha).alpha == alpha
+    for alpha in (-1e-12, 1.0 + 1e-12, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"^config method\.alpha: must be in \[0, 1\]"):
+            MethodConfig(alpha=alpha)
+        with pytest.raises(ALRParamError):
+            ALRParams(alpha, 0.0)
+    for lam in (-1e-12, float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match=r"^config method\.lam: must be a finite number >= 0"):
+            MethodConfig(lam=lam)
+        with pytest.raises(ALRParamError):
+            ALRParams(0.5, lam)
+    # CE and SELC ignore lam, but a bad value is still a bad config.
+    with pytest.raises(ValueError, match=r"method\.lam"):
+        MethodConfig(name="selc", lam=float("inf"))
+
+
+def test_cli_refuses_a_bad_lam_at_once(tmp_path):
+    """`python -m alr_fast config --set method.lam=inf` stops with exit 2 naming the field (no model built)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "alr_fast", "config", "--set", "method.lam=inf"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "method.lam" in r.stderr and "finite" in r.stderr
 
 
 def test_ce_may_have_any_warmup():

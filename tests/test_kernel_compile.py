@@ -135,6 +135,10 @@ def _compile_all() -> list[dict]:
                              f"red={red} B={B} K={K} rows={cfg.rows} block={cfg.block_k} warps={cfg.num_warps}"))
         results[-1]["reduction"] = red
         results[-1]["forward"] = True
+        # A vector access needs more than 4 bytes per aligned group: ROW_ALIGN elements of the wider dtype
+        # (K = 10 gives groups of 2: bf16/bf16 rows are read 4 bytes at a time, fp32 ones as 8-byte vectors).
+        size = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+        results[-1]["vector_expected"] = m.row_align(K) * max(size[logits], size[bank]) > 4
     for logits, bank, refine, entropy, red in SPLIT_VARIANTS:
         chunk, align = m.SPLIT_CHUNK, 8
         num_warps = m.split_num_warps(chunk)
@@ -183,8 +187,8 @@ def test_kernels_compile_for_sm90_without_spills():
     for r in results:
         assert r["spill_bytes"] == 0, r
         assert r["registers"] <= 255, r
-        if r["name"] != "count_valid":  # (the count reads int64 scalars: 8 bytes each, nothing to vectorise)
-            assert r["vector_accesses"] > 0, f"no vectorised global load/store: {r}"  # K=10: 2 x 8-byte vectors
+        if r.get("vector_expected", r["name"] != "count_valid"):  # count_valid: int64 scalars, nothing to vectorise
+            assert r["vector_accesses"] > 0, f"no vectorised global load/store: {r}"
         order = r["ordering"]
         assert not order["float_atomics"], r  # deterministic: no float atomics anywhere
         if r.get("reduction") or r.get("split_apply"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from alr_fast.config import Config, DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
+from alr_fast.loss.contract import ALRParams
 from alr_fast.train.schedule import (
     AutoWarmupRule,
     CollapseGuard,
@@ -112,31 +113,49 @@ def test_ramp_values_per_step():
     assert [ramp_factor(s, 8, 4) for s in range(6, 14)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
     assert [ramp_factor(s, 8, 0) for s in (7, 8, 9)] == [0, 1, 1]
     # warm-up 2 epochs of 4 steps, ramp over 1.5 epochs = 6 steps; lam 0.6, alpha 0.9
-    sch = RefinementSchedule("fixed", alpha=0.9, lam=0.6, warmup_epochs=2, ramp_epochs=1.5, steps_per_epoch=4)
+    sch = RefinementSchedule("fixed", ALRParams(0.9, 0.6), warmup_epochs=2, ramp_epochs=1.5, steps_per_epoch=4)
     assert [sch.refine_at(e) for e in range(4)] == [False, False, True, True]
-    lams = [sch.coefficients(s)[1] for s in range(8, 16)]
+    lams = [sch.params(s, s // 4).lam for s in range(8, 16)]
     np.testing.assert_allclose(lams, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6], rtol=1e-12)
-    assert all(sch.coefficients(s)[0] == 0.9 for s in range(8, 16))
-    sch = RefinementSchedule("fixed", alpha=0.9, lam=0.6, warmup_epochs=2, ramp_epochs=1.5, steps_per_epoch=4,
+    assert all(sch.params(s, s // 4).alpha == 0.9 for s in range(8, 16))
+    assert [sch.params(s, s // 4).refine for s in range(4, 12)] == [False] * 4 + [True] * 4
+    sch = RefinementSchedule("fixed", ALRParams(0.9, 0.6), warmup_epochs=2, ramp_epochs=1.5, steps_per_epoch=4,
                              ramp_alpha=True)
-    alphas = [sch.coefficients(s)[0] for s in range(8, 16)]
+    alphas = [sch.params(s, s // 4).alpha for s in range(8, 16)]
     np.testing.assert_allclose(alphas, [1 - 0.1 * k / 6 for k in (1, 2, 3, 4, 5, 6, 6, 6)], rtol=1e-12)
-    never = RefinementSchedule("never", alpha=0.9, lam=0.0, warmup_epochs=0)
+    never = RefinementSchedule("never", ALRParams(0.9, 0.0), warmup_epochs=0)
     assert not any(never.refine_at(e) for e in range(10))
+    assert not any(never.params(s, s).refine for s in range(10))
+
+
+def test_schedule_from_config_refines_from_the_fixed_warmup_and_never_for_ce():
+    """(Was MethodConfig.refine_at, a copy of this rule; the schedule is the one place it lives.)"""
+    sch = RefinementSchedule.from_config(MethodConfig(name="alr", warmup_epochs=3), epochs=10, steps_per_epoch=2)
+    assert [sch.refine_at(e) for e in range(5)] == [False, False, False, True, True]
+    assert [sch.params(2 * e, e).refine for e in range(5)] == [False, False, False, True, True]
+    assert sch.params(6, 3) == ALRParams(0.9, 0.3, refine=True)
+    ce = RefinementSchedule.from_config(MethodConfig(name="ce", warmup_epochs=3), epochs=50, steps_per_epoch=1)
+    assert not any(ce.refine_at(e) for e in range(50))
+    selc = RefinementSchedule.from_config(MethodConfig(name="selc", lam=0.7), epochs=10, steps_per_epoch=1)
+    assert selc.params(9, 9).lam == 0.0  # SELC = ALR with lam 0, whatever method.lam says
+    with pytest.raises(TypeError, match="params must be an ALRParams"):
+        RefinementSchedule("fixed", 0.9)
 
 
 def test_trainer_uses_the_ramp_every_step(tmp_path, monkeypatch):
-    """The loop passes the schedule's alpha/lam to the loss on every step (recorded at the call)."""
+    """The loop passes the schedule's alpha/lam to the loss on every step (recorded at the call: the trainer's
+    loss goes through the public ALR object, which calls alr_loss)."""
+    import alr_fast.loss.alr as alr_module
     import alr_fast.train.trainer as trainer
 
     calls = []
-    real = trainer.alr_loss
+    real = alr_module.alr_loss
 
     def spy(logits, bank, index, *, alpha, lam, refine, **kw):
         calls.append((alpha, lam, refine))
         return real(logits, bank, index, alpha=alpha, lam=lam, refine=refine, **kw)
 
-    monkeypatch.setattr(trainer, "alr_loss", spy)
+    monkeypatch.setattr(alr_module, "alr_loss", spy)
     cfg = _digits_cfg(tmp_path / "ramp", epochs=3, method=MethodConfig(name="alr", alpha=0.8, lam=0.5,
                       warmup_epochs=1, ramp_epochs=1.0, ramp_alpha=True))
     summary = trainer.train(cfg)
@@ -166,7 +185,7 @@ def _counts(hist, agree):
 
 
 def test_collapse_guard_flags_a_jump_and_reports_it_once():
-    sch = RefinementSchedule("fixed", alpha=0.9, lam=1.0, warmup_epochs=1, label_prior_max=0.1,
+    sch = RefinementSchedule("fixed", ALRParams(0.9, 1.0), warmup_epochs=1, label_prior_max=0.1,
                              guard=CollapseGuard(ratio=2.0, min_jump=0.05))
     row = sch.end_epoch(0, {}, _counts([12] + [9] * 9 + [0] * 0, 30))  # warm-up: share 12/93
     assert "collapse" not in row and row["train_acc_given"] == pytest.approx(30 / 93)
@@ -182,7 +201,7 @@ def test_collapse_guard_flags_a_jump_and_reports_it_once():
     uniform = sch.end_epoch(4, {}, _counts([10] * 10, 10))
     assert uniform["collapse"] is False and uniform["pred_classes_eff"] == pytest.approx(10.0)
     # No warm-up at all: the given labels' largest class share (0.1) is the reference, limit 0.2.
-    cold = RefinementSchedule("fixed", alpha=0.9, lam=1.0, warmup_epochs=0, label_prior_max=0.1)
+    cold = RefinementSchedule("fixed", ALRParams(0.9, 1.0), warmup_epochs=0, label_prior_max=0.1)
     assert cold.end_epoch(0, {}, _counts([19] + [9] * 9, 0))["collapse"] is False  # 19 %
     assert cold.end_epoch(1, {}, _counts([21] + [9] * 9, 0))["collapse"] is True  # 21 %
 

@@ -5,7 +5,9 @@ Imported by :mod:`alr_fast.loss.functional` and by the fused kernel (``alr_fast.
 there is no import cycle (functional -> kernels -> contract, functional -> contract).
 
 Where each check runs: :class:`ALRParams` range-checks ``alpha``/``lam``/``reduction`` when it is built (once
-per distinct setting: :meth:`ALRParams.of` caches); :func:`validate_inputs` checks the tensors once per call
+per distinct setting: :meth:`ALRParams.of` caches); it is the only range check of ``alpha``/``lam`` in the
+project: :class:`alr_fast.config.MethodConfig` validates ``method.alpha``/``method.lam`` by building one (so a bad
+value fails when the config is built, naming the field), and the trainer's schedule hands the loss one per step; :func:`validate_inputs` checks the tensors once per call
 (metadata only, no device access unless ``check_index``); :func:`resolve_backend` is called once, by
 :func:`alr_fast.train.runtime.resolve_runtime` (or by ``alr_loss(backend="auto")`` for a library user).
 """
@@ -21,6 +23,7 @@ import torch
 
 __all__ = [
     "ALRParams",
+    "ALRParamError",
     "validate_inputs",
     "validate_fused_inputs",
     "resolve_backend",
@@ -36,6 +39,16 @@ LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 BANK_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 BACKENDS = ("auto", "torch", "triton")
 REDUCTIONS = ("mean", "sum", "none")
+
+
+class ALRParamError(ValueError):
+    """A hyper-parameter :class:`ALRParams` refuses; ``field`` names it ('alpha', 'lam' or 'reduction') so that a
+    caller holding the value under another name (the config's ``method.lam``) can say where it came from."""
+
+    def __init__(self, field: str, requirement: str, value):
+        self.field, self.requirement, self.value = field, requirement, value
+        shown = repr(value) if isinstance(value, str) else value
+        super().__init__(f"alr_loss: {field} {requirement}, got {shown}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +69,11 @@ class ALRParams:
     def __post_init__(self) -> None:
         alpha, lam = float(self.alpha), float(self.lam)
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alr_loss: alpha must be in [0, 1], got {self.alpha}")
+            raise ALRParamError("alpha", "must be in [0, 1]", self.alpha)
         if not math.isfinite(lam) or lam < 0.0:
-            raise ValueError(f"alr_loss: lam must be a finite number >= 0, got {self.lam}")
+            raise ALRParamError("lam", "must be a finite number >= 0", self.lam)
         if self.reduction not in REDUCTIONS:
-            raise ValueError(f"alr_loss: reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+            raise ALRParamError("reduction", f"must be one of {REDUCTIONS}", self.reduction)
         object.__setattr__(self, "alpha", alpha)
         object.__setattr__(self, "lam", lam)
         object.__setattr__(self, "refine", bool(self.refine))

@@ -1,7 +1,10 @@
-"""The one training loop: CE, SELC and ALR on any dataset, driving a DeepSpeed engine on 1..N ranks.
+"""The one training loop: CE, SELC, ALR and the loss-based baselines (ELR, GCE, SCE, soft bootstrapping) on any
+dataset, driving a DeepSpeed engine on 1..N ranks.
 
 Warm-up epochs train with cross-entropy on the given labels (the bank's one-hot rows); later epochs refine
-the bank and train on it (ALR; SELC when lam = 0). CE never refines.
+the bank and train on it (ALR; SELC when lam = 0), or train with the baseline's loss (ELR keeps its running
+average of the predictions in the bank; GCE, SCE and bootstrapping leave the bank at the given labels). CE
+never refines. The loss of every method is :class:`alr_fast.loss.alr.ALR`'s.
 
 Data parallelism: rank r reads only the samples it owns (global index i with i % W == r) and holds only their
 bank rows (:mod:`alr_fast.loss.bank`), so the per-step work is the local loss plus DeepSpeed's gradient all-reduce;
@@ -24,21 +27,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alr_fast.loss.alr import ALR
 from alr_fast.loss.bank import SoftLabelBank
-from alr_fast.util.atomic import atomic_path, write_text_atomic
-from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint
-from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
+from alr_fast.util.atomic import atomic_path, torch_save, write_text_atomic
+from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint, saved_config
+from alr_fast.config import Config, config_to_dict, provenance, resume_differences, save_config
 from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.train.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
 from alr_fast.train.evaluation import EvalPlan
 from alr_fast.train.exports import predict_probs, write_exports
-from alr_fast.loss.functional import alr_loss, raise_on_bad_index
 from alr_fast.train.loop_state import LoopState
 from alr_fast.train.metrics import label_quality, memorisation_split
 from alr_fast.train.models import build_model
 from alr_fast.train.precision import ds_precision_config, model_input
 from alr_fast.train.runtime import PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout, resolve_runtime
-from alr_fast.train.schedule import RefinementSchedule, prediction_counts
+from alr_fast.loss.schedule import prediction_counts
 
 __all__ = ["train", "predict_probs"]
 
@@ -119,7 +122,8 @@ def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -
         axes[1].set_title("clean labels unknown: no memorisation split")
     axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -192,15 +196,23 @@ class _Loop:
         self.data = data = data or build_train_data(cfg, rt.device)
         self.plan = EvalPlan.build(cfg, data, rt.device)  # evaluation sets, noisy validation slice, selection
         self.out = out = Path(cfg.train.out)
+        if cfg.train.resume:  # before anything is written: the run folder keeps describing its checkpoints
+            self.check_resume_config()
+        error = None
         if rt.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.json")
-            if data.noise_manifest is not None:
-                (out / "noise.json").write_text(json.dumps(data.noise_manifest, indent=2) + "\n")
-            # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
-            np.save(out / "noisy_labels.npy", np.asarray(data.given_labels, dtype=np.int64))
-            (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
-        barrier()
+            try:  # each file whole or absent (alr_fast.util.atomic); a full disk is named with the path
+                out.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, out / "config.json")
+                if data.noise_manifest is not None:
+                    write_text_atomic(out / "noise.json", json.dumps(data.noise_manifest, indent=2) + "\n")
+                # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
+                with atomic_path(out / "noisy_labels.npy") as tmp:
+                    np.save(tmp, np.asarray(data.given_labels, dtype=np.int64))
+                write_text_atomic(out / "provenance.json", json.dumps(provenance(), indent=2) + "\n")
+            except OSError as e:
+                error = e
+        if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
+            raise error or OSError(f"rank 0 could not write the run folder {out} (see its message)")
 
         torch.manual_seed(cfg.train.seed)
         k = data.num_classes
@@ -209,8 +221,6 @@ class _Loop:
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model),
                                                     config=_ds_config(cfg, rt))
         apply_collective_timeout(rt.device, cfg.train.collective_timeout_s)  # DeepSpeed's own groups too
-        self.bank = SoftLabelBank(torch.from_numpy(data.given_labels), k, cfg.method.bank_dtype, rank=rt.rank,
-                                  world_size=rt.world_size).to(rt.device)
         self.given = torch.from_numpy(data.given_labels)
         self.clean = torch.from_numpy(data.clean_labels) if data.clean_labels is not None else None
         self.train_loader = self.plan.wrap_train(
@@ -218,9 +228,15 @@ class _Loop:
         self.steps_per_epoch = len(self.train_loader)
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
-        # When refinement starts (fixed or automatic) and the lam/alpha ramp: alr_fast/train/schedule.py.
-        self.sched = RefinementSchedule.from_config(cfg.method, cfg.train.epochs, self.steps_per_epoch,
-                                                    data.given_labels, k)
+        # The public ALR object (alr_fast/loss/alr.py) is the loss, this rank's bank rows and the schedule (when
+        # refinement starts, fixed or automatic, and the lam/alpha ramp: alr_fast/loss/schedule.py). assume_unique:
+        # every loader yields a permutation of the rank's rows (padding is -1), so an index never repeats within a
+        # batch and the fused kernel can skip its duplicate-ordering sort.
+        self.alr = ALR.from_config(cfg.method, torch.from_numpy(data.given_labels), k, epochs=cfg.train.epochs,
+                                   steps_per_epoch=self.steps_per_epoch, rank=rt.rank, world_size=rt.world_size,
+                                   device=rt.device, backend=rt.backend, assume_unique=True,
+                                   check_index=self.check_index)
+        self.bank, self.sched = self.alr.bank, self.alr.schedule
         self.faults = _Faults.from_env(rt.rank)
         self.signals = StopSignals()
         self.stopping = False
@@ -231,6 +247,16 @@ class _Loop:
             self.resume()
         self._open_sinks()
         self.t_run = time.perf_counter()
+
+    def check_resume_config(self) -> None:
+        """--resume with a config that differs (beyond train.*) from the newest checkpoint's: refused, naming the
+        fields, before the run folder is touched."""
+        newest = complete_checkpoints(self.out)
+        saved = saved_config(newest[0]) if newest else None
+        diffs = resume_differences(saved, self.cfg) if saved is not None else []
+        if diffs:
+            raise ValueError(f"{newest[0]}/trainer.json: the checkpoint was written with a different config "
+                             f"(only train.* fields may change on resume): {'; '.join(diffs)}")
 
     def resume(self) -> None:
         cfg, rt = self.cfg, self.rt
@@ -246,10 +272,10 @@ class _Loop:
             self.state.step = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         if self.state.selection:
             self.plan.load_state_dict(self.state.selection)
-        only_train = lambda d: {k: v for k, v in d.items() if k != "train"}  # noqa: E731
-        if only_train(config_to_dict(config_from_dict(saved["config"]))) != only_train(config_to_dict(cfg)):
+        diffs = resume_differences(saved["config"], cfg)
+        if diffs:
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
-                             "(only train.* fields may change on resume)")
+                             f"(only train.* fields may change on resume): {'; '.join(diffs)}")
         self.sched.load_state_dict(self.state.schedule)
         if rt.is_main:
             s = self.state
@@ -258,8 +284,18 @@ class _Loop:
 
     def save(self) -> None:
         """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it). Callers have
-        just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss."""
+        just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss; and weights,
+        buffers or bank rows that are not finite (an update that overflowed after a finite loss) stop the run
+        instead of being checkpointed."""
         sync_buffers(self.engine.module)  # the engine saves rank 0's module: make it every rank's
+        finite = all(bool(torch.isfinite(t).all()) for t in (*self.engine.module.state_dict().values(),
+                                                               self.bank.soft) if t.is_floating_point())
+        if int(all_reduce_sum(torch.tensor(int(not finite), device=self.rt.device)).item()):
+            s, newest = self.state, complete_checkpoints(self.out)
+            raise FloatingPointError(
+                f"non-finite weights or soft labels after global step {s.step} (epoch {s.epoch}); stopping without "
+                f"a checkpoint: the newest complete checkpoint, {newest[0] if newest else 'none'}, was written "
+                "before them. Lower optim.lr or check the input data")
         self.state.schedule = self.sched.state_dict()
         save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
                         rank=self.rt.rank, world_size=self.rt.world_size, keep=self.cfg.train.keep_checkpoints)
@@ -278,14 +314,17 @@ class _Loop:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tb"))
-        self.metrics_file = open(self.out / "metrics.jsonl", "w")
-        for r in self.state.rows:  # rewrite what a resumed run already logged, so the file matches an uninterrupted run
-            self.metrics_file.write(json.dumps(r) + "\n")
+        # metrics.jsonl is rewritten whole (atomically) after every epoch: a resumed run's file matches an
+        # uninterrupted run's, and a crash or a full disk leaves the previous complete version.
+        self.metrics_file = self.out / "metrics.jsonl"
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in self.state.rows))
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
         cfg, engine, bank, s = self.cfg, self.engine, self.bank, self.state
-        refine = self.sched.refine_at(epoch)
         n_local = bank.num_samples
         s.epoch = epoch
         s.start_epoch()
@@ -299,17 +338,12 @@ class _Loop:
             lr = _lr_at(cfg, epoch, i, self.steps_per_epoch)
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
-            if self.check_index and not bool(bank.owns(idx).all()):
-                raise RuntimeError(f"rank {self.rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
             if s.step + 1 == self.faults.nan_at_step:
                 x = x * float("nan")  # fault injection for the non-finite-loss test
-            alpha, lam = self.sched.coefficients(s.step)  # warm-up end and lam/alpha ramp: Python floats, no sync
             logits = engine(model_input(x, engine.module))
-            # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
-            # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
-            loss = alr_loss(logits, bank.soft, local, alpha=alpha, lam=lam, refine=refine,
-                            backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
+            # Global indices; refuses one this rank does not own. Warm-up end and lam/alpha ramp: no sync.
+            loss = self.alr(logits, idx, step=s.step, epoch=epoch, track=False)
             engine.backward(loss)
             engine.step()
             s.step += 1
@@ -342,7 +376,7 @@ class _Loop:
         sync_buffers(self.engine.module)  # BatchNorm statistics: one set on every rank before eval and checkpoint
         cfg, s, bank = self.cfg, self.state, self.bank
         totals = all_reduce_sum(torch.stack([s.loss_sum, s.seen.double()]))
-        raise_on_bad_index(self.rt.backend, self.rt.device, bank.num_samples)  # names a masked index >= N
+        self.alr.check_indices()  # names a masked index (>= N or another rank's) of the fused kernel
         n_seen = int(totals[1].item())
         train_loss = totals[0].item() / max(n_seen, 1)
         if not math.isfinite(train_loss):
@@ -354,7 +388,7 @@ class _Loop:
                                    lambda: _autocast(self.rt))
         if self.plan.observe(epoch, evals) and self.rt.is_main:
             with atomic_path(self.out / "model_best.pt") as tmp:  # selected on validation
-                torch.save(self.engine.module.state_dict(), tmp)
+                torch_save(self.engine.module.state_dict(), tmp)
         s.selection = self.plan.state_dict()
         row = {
             "epoch": epoch,
@@ -369,7 +403,7 @@ class _Loop:
         }
         # Automatic end of warm-up and collapse guard: K + 2 numbers reduced once per epoch.
         counts = all_reduce_sum(prediction_counts(s.train_pred[: bank.num_samples], bank.given, bank.num_classes))
-        row.update(self.sched.end_epoch(epoch, row, counts))
+        row.update(self.alr.end_epoch(row, epoch=epoch, counts=counts))
         for msg in self.sched.messages if self.rt.is_main else ():
             print(f"[alr_fast] {msg}", flush=True)
         if self.clean is not None:
@@ -434,8 +468,7 @@ class _Loop:
 
     def _log(self, epoch: int, row: dict) -> None:
         if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps(row) + "\n")
-            self.metrics_file.flush()
+            self._write_metrics()
         if self.tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -447,7 +480,7 @@ class _Loop:
                                       refresh=False)
 
     def close_sinks(self) -> None:
-        for sink in (self.progress, self.metrics_file, self.tb):
+        for sink in (self.progress, self.tb):
             if sink is not None:
                 sink.close()
 
@@ -487,7 +520,7 @@ class _Loop:
         if rt.is_main:
             summary["num_changed"] = exports.get("num_changed")
             with atomic_path(self.out / "model.pt") as tmp:
-                torch.save(engine.module.state_dict(), tmp)
+                torch_save(engine.module.state_dict(), tmp)
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
             warm = self.sched.switch_epoch if cfg.method.name != "ce" else None
             _plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
