@@ -42,7 +42,7 @@ def dry_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
     env.update(PYTHON=sys.executable, TIER_A_S="300", TIER_B_S="300", TIER_C_S="120")
     proc = subprocess.run(["bash", str(tree / "benchmarks" / "gpu_evidence.sh"), str(out), "--dry-run"],
-                          cwd=tree, capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
+                          cwd=tree, capture_output=True, text=True, timeout=1800, env=env)  # fmt: skip
     return tree, out, proc
 
 
