@@ -41,9 +41,10 @@ if [[ ${1:-} == --prepare ]]; then
   # pydantic and pydantic-core must match: take the pair this python has (DeepSpeed installed and tested here).
   pyd=$("$PY" -c 'import pydantic; print(pydantic.VERSION)')
   pyd_core=$("$PY" -c 'import pydantic_core; print(pydantic_core.__version__)')
-  # Pure-Python deps once; compiled ones (msgpack, pydantic-core, psutil) for every CPython the image may have.
+  # Pure-Python deps once (with setuptools>=77, wheel and packaging: the offline project build); compiled ones
+  # (msgpack, pydantic-core, psutil) for every CPython the image may have.
   "$PY" -m pip download --quiet --no-deps -d .whl einops hjson ninja py-cpuinfo "pydantic==$pyd" annotated-types \
-    typing-inspection typing-extensions nvidia-ml-py "setuptools>=77" wheel
+    typing-inspection typing-extensions nvidia-ml-py "setuptools>=77" wheel packaging
   for v in 3.10 3.11 3.12 3.13; do
     "$PY" -m pip download --quiet --no-deps -d .whl --only-binary=:all: --python-version "$v" \
       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
