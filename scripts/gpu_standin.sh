@@ -47,7 +47,8 @@ mkdir -p "$WORK/tree"
 (cd "$REPO" && git ls-files -z | xargs -0 cp --parents -t "$WORK/tree")
 cp -r "$REPO/.whl" "$WORK/tree/.whl"
 du -sm "$WORK/tree/.whl" | awk '{print "carried .whl/: " $1 " MiB"}'
-SHA=$(git -C "$REPO" rev-parse HEAD)$([[ -n $(git -C "$REPO" status --porcelain --untracked-files=no) ]] && echo -dirty)
+SHA=$(git -C "$REPO" rev-parse HEAD)
+[[ -z $(git -C "$REPO" status --porcelain --untracked-files=no) ]] || SHA="$SHA-dirty"
 
 log "gpu_evidence.sh --dry-run in the copy (python: the stand-in venv)"
 rc=0
