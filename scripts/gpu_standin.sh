@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A stand-in of the GPU machine, on a CPU: rehearses benchmarks/gpu_evidence.sh the way the device runs it.
 #   1. a venv OUTSIDE the repository with exactly the device's torch 2.11.0, triton 3.6.0 and torchvision 0.26.0
-#      (PyPI's CUDA builds: they import and run on a machine without a GPU) plus numpy and pytest; nothing of
+#      (PyPI's CUDA builds: they import and run on a machine without a GPU) plus numpy (< 2.4, see below) and
+#      pytest; nothing of
 #      ours (no deepspeed, no DALI, no project install);
 #   2. .whl/ built by `gpu_evidence.sh --prepare` if absent (DeepSpeed and its pure-Python deps);
 #   3. a copy of the tracked tree (git ls-files, working-tree content) plus .whl/: what the device receives;
@@ -32,6 +33,11 @@ if ! "$VENV/bin/python" -c "import torch, triton, torchvision as tv; assert torc
   "$PYBASE" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet "torch===$TORCH" "triton==$TRITON" "torchvision===$TORCHVISION" numpy pytest
 fi
+# triton 3.6's interpreter turns 1-element arrays into ints with int(), which numpy >= 2.4 refuses ("only
+# 0-dimensional arrays can be converted"): every interpreted launch with a loop over a scalar argument fails.
+# The device runs compiled kernels (numpy plays no part there); the stand-in keeps numpy below 2.4.
+"$VENV/bin/python" -c "import numpy; assert tuple(map(int, numpy.__version__.split('.')[:2])) < (2, 4)" 2> /dev/null \
+  || "$VENV/bin/python" -m pip install --quiet "numpy<2.4"
 "$VENV/bin/python" -c "import sys, torch, triton, torchvision; print('stand-in venv: python', sys.version.split()[0], \
 'torch', torch.__version__, 'cuda build', torch.version.cuda, 'triton', triton.__version__, 'torchvision', \
 torchvision.__version__, 'cuda available', torch.cuda.is_available())"
