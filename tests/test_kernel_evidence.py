@@ -40,7 +40,7 @@ def dry_run(tmp_path_factory):
     tree = _tracked_copy(tmp_path_factory.mktemp("device_tree"))
     out = tmp_path_factory.mktemp("evidence")
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
-    env.update(PYTHON=sys.executable, TIER_A_S="300", TIER_B_S="300", TIER_C_S="120")
+    env.update(PYTHON=sys.executable, TIER_A_S="1200", TIER_B_S="600", TIER_C_S="300")
     proc = subprocess.run(["bash", str(tree / "benchmarks" / "gpu_evidence.sh"), str(out), "--dry-run"],
                           cwd=tree, capture_output=True, text=True, timeout=1800, env=env)  # fmt: skip
     return tree, out, proc
