@@ -9,7 +9,8 @@
 #   a        correctness on the hardware: bench_loss --oracle-only (float64 oracle, every dtype/mode/reduction,
 #            duplicate indices, NaN rows) and the GPU-only kernel tests (pytest -m gpu)
 #   b        timing: bench_loss (CUDA-graph replay, L2 flushed; vs F.cross_entropy, the eager reference,
-#            torch.compile of the unique fast path; the fused kernel as the trainer calls it; split-K check)
+#            torch.compile of the unique fast path; the fused kernel as the trainer calls it; split-K check),
+#            and bench_baselines.py (the baselines' fused kernels vs eager; GPU run only)
 #   c        end to end: ResNet-50 bf16 images/s, CE vs ALR, torchvision loader (bench_train.py, DeepSpeed).
 #            DALI "mixed" cannot be measured there: its wheels (~476 MB) exceed the 64 MiB that travel.
 #
@@ -192,6 +193,9 @@ if [[ $DRY == 1 ]]; then
 else
   run_step b "$TIER_B_S" tier_b_bench_loss "$PY" benchmarks/bench_loss.py --grid trainer --grid large \
     --dtypes bf16 --no-oracle --split-check --out "$OUT" --tag grid || rc=$?
+  # The baselines' fused kernels (ELR, GCE, SCE, bootstrapping) vs eager; it has no CPU dry run.
+  run_step b 45 tier_b_bench_baselines "$PY" benchmarks/bench_baselines.py --B 1024 4096 --K 10 1000 \
+    --dtypes bf16 --out "$OUT" || rc=$?
 fi
 finish_tier b $rc $start
 

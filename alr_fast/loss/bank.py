@@ -1,7 +1,8 @@
 """The soft-label bank: one row of class probabilities per training sample, addressed by global index.
 
 Sharded across data-parallel ranks by the project's one rule (:class:`alr_fast.loss.sharding.Sharding`: rank r of W
-owns the samples whose global index i has ``i % W == r``, stored at local row ``i // W``). The data loaders give
+owns the samples whose global index i has ``i % W == r``, stored at local row ``i // W``; for tar shards, with
+``blocks``, a contiguous run of whole shards). The data loaders give
 each rank only the samples it owns, so no bank row ever travels between ranks during training; the global bank
 is assembled only for checkpoints' re-sharding and for exports. With W = 1 the local row is the global index.
 
@@ -38,6 +39,7 @@ class SoftLabelBank(nn.Module):
         *,
         rank: int = 0,
         world_size: int = 1,
+        blocks: tuple[int, ...] | None = None,
     ):
         """``given_labels`` are the labels of *all* N samples; this bank keeps the rows rank ``rank`` owns."""
         super().__init__()
@@ -50,7 +52,8 @@ class SoftLabelBank(nn.Module):
             )
         if num_classes < 2:
             raise ValueError(f"SoftLabelBank: num_classes must be >= 2, got {num_classes}")
-        self.sharding = Sharding(rank, world_size)  # checks 0 <= rank < world_size
+        # checks 0 <= rank < world_size; blocks: shard-contiguous ownership (tar shards), see sharding.py
+        self.sharding = Sharding(rank, world_size, blocks if world_size > 1 else None)
         given_labels = given_labels.long()
         if given_labels.numel() and (int(given_labels.min()) < 0 or int(given_labels.max()) >= num_classes):
             bad = int(torch.nonzero((given_labels < 0) | (given_labels >= num_classes))[0])
