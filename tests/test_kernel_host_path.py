@@ -332,9 +332,9 @@ def test_mean_count_from_the_caller_or_the_prepass(path, assume_unique):
     loss2, grad2 = alr_forward(logits, bank.clone(), index, p, n_valid=2 * (index >= 0).sum(), **path)
     assert torch.equal(loss2, outs[0][0])  # the loss is reduced by the last program from its own count
     torch.testing.assert_close(grad2 * 2, outs[0][1], rtol=1e-6, atol=0)
-    through_autograd = logits.clone().requires_grad_(True)
+    through_autograd = logits.clone().requires_grad_(True)  # (autograd takes the default launch path)
     fused_alr_loss(through_autograd, bank.clone(), index, p, n_valid=(index >= 0).sum()).backward()
-    assert torch.equal(through_autograd.grad, outs[0][1])
+    torch.testing.assert_close(through_autograd.grad, outs[0][1], rtol=1e-5, atol=1e-7)
 
 
 def test_mean_count_argument_is_checked():
