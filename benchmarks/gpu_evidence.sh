@@ -28,9 +28,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 PY=${PYTHON:-python3}
 DS_VERSION=0.19.8
-# DeepSpeed's runtime dependencies that a torch image may lack (torch, numpy, packaging, tqdm are there).
+# DeepSpeed's runtime dependencies that a torch image may lack (torch, numpy and packaging are there; tqdm came
+# with timm/lightning on the device but not in the stand-in's bare venv: it travels too).
 DS_DEPS=(einops hjson msgpack ninja psutil py-cpuinfo pydantic pydantic-core annotated-types typing-inspection
-         typing-extensions nvidia-ml-py)
+         typing-extensions nvidia-ml-py tqdm)
 WHL_LIMIT_MB=48  # of the 64 MiB that may travel besides the tracked tree
 
 if [[ ${1:-} == --prepare ]]; then
@@ -45,7 +46,7 @@ if [[ ${1:-} == --prepare ]]; then
   # Pure-Python deps once (with setuptools>=77, wheel and packaging: the offline project build); compiled ones
   # (msgpack, pydantic-core, psutil) for every CPython the image may have.
   "$PY" -m pip download --quiet --no-deps -d .whl einops hjson ninja py-cpuinfo "pydantic==$pyd" annotated-types \
-    typing-inspection typing-extensions nvidia-ml-py "setuptools>=77" wheel packaging
+    typing-inspection typing-extensions nvidia-ml-py tqdm "setuptools>=77" wheel packaging
   for v in 3.10 3.11 3.12 3.13; do
     "$PY" -m pip download --quiet --no-deps -d .whl --only-binary=:all: --python-version "$v" \
       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
