@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alr_fast.data.noise import NOISE_KINDS
 from alr_fast.loss.contract import ALRParamError, ALRParams
+from alr_fast.loss.schedule import WARMUP_DEFAULTS, auto_warmup_errors
 
 __all__ = [
     "Config",
@@ -30,9 +32,34 @@ __all__ = [
     "override_keys",
     "load_config_file",
     "provenance",
+    "resume_differences",
 ]
 
 METHODS = ("ce", "selc", "alr")
+
+MAX_COLLECTIVE_TIMEOUT_S = 7 * 24 * 3600.0
+"""Upper bound of train.collective_timeout_s (a week; the process group stores it in milliseconds)."""
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A --config file larger than this (1 MiB) is refused: a config is a few kB."""
+
+MAX_CONFIG_DEPTH = 4
+"""Deepest nesting of objects/arrays in a --config file (a config needs 3: sections, fields, tuples)."""
+
+MAX_NUMBER_DIGITS = 30
+"""A number in a --config file with more digits than this is refused (no field needs more)."""
+
+
+def _check_finite(cfg) -> None:
+    """Every float field of every section is finite (NaN and +-inf pass most range checks silently)."""
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"config {section.name}.{f.name}: must be a finite number, got {value!r}")
 
 
 def _check_choice(section: str, name: str, value, choices) -> None:
@@ -43,25 +70,6 @@ def _check_choice(section: str, name: str, value, choices) -> None:
 def _check(cond: bool, section: str, name: str, msg: str, value) -> None:
     if not cond:
         raise ValueError(f"config {section}.{name}: {msg}, got {value!r}")
-
-
-def auto_warmup_errors(min_epochs: int, max_epochs: int | None, stall_ratio: float, window: int,
-                       patience: int) -> list[tuple[str, str, object]]:
-    """The constraints on the automatic warm-up's parameters, written once for :class:`MethodConfig` (its
-    ``warmup_*`` fields) and for :class:`alr_fast.train.schedule.AutoWarmupRule`, which word the errors each their own
-    way: ``(field, requirement, value)`` per broken one. ``max_epochs`` None: not resolved yet, not checked."""
-    errors = []
-    if min_epochs < 0:
-        errors.append(("min_epochs", "must be >= 0", min_epochs))
-    if max_epochs is not None and max_epochs < max(min_epochs, 1):
-        errors.append(("max_epochs", f"must be >= the fewest warm-up epochs ({min_epochs}) and >= 1", max_epochs))
-    if not 0.0 <= stall_ratio < 1.0:
-        errors.append(("stall_ratio", "must be in [0, 1)", stall_ratio))
-    if window < 1:
-        errors.append(("window", "must be >= 1", window))
-    if patience < 1:
-        errors.append(("patience", "must be >= 1", patience))
-    return errors
 
 
 @dataclass
@@ -195,21 +203,21 @@ class MethodConfig:
     with ``--set`` and not ``method.warmup`` also sets warmup='fixed'."""
     warmup: str = "fixed"
     """When refinement starts: 'fixed' (after warmup_epochs) or 'auto' (when the training signal stalls, decided
-    once per epoch without clean labels; alr_fast/train/schedule.py documents the rule)."""
-    warmup_signal: str = "auto"
+    once per epoch without clean labels; alr_fast/loss/schedule.py documents the rule)."""
+    warmup_signal: str = WARMUP_DEFAULTS["signal"]
     """warmup='auto': the per-epoch metric watched - 'auto' (a noisy-validation accuracy when the metrics have
     one, else train_acc_given) or a metric name such as 'train_acc_given' or 'train_loss'."""
-    warmup_min_epochs: int = 1
+    warmup_min_epochs: int = WARMUP_DEFAULTS["min_epochs"]
     """warmup='auto': fewest warm-up epochs."""
-    warmup_max_epochs: int = 0
+    warmup_max_epochs: int = WARMUP_DEFAULTS["max_epochs"]
     """warmup='auto': refinement starts at this epoch at the latest (0 = half of train.epochs)."""
-    warmup_min_rise: float = 0.05
+    warmup_min_rise: float = WARMUP_DEFAULTS["min_rise"]
     """warmup='auto': the signal must first rise this much above its epoch-0 value (learning has started)."""
-    warmup_stall_ratio: float = 0.3
+    warmup_stall_ratio: float = WARMUP_DEFAULTS["stall_ratio"]
     """warmup='auto': stalled when the signal's smoothed per-epoch gain is <= this x its largest gain so far."""
-    warmup_window: int = 1
+    warmup_window: int = WARMUP_DEFAULTS["window"]
     """warmup='auto': epochs over which the gain is averaged (smooths a noisy plateau)."""
-    warmup_patience: int = 1
+    warmup_patience: int = WARMUP_DEFAULTS["patience"]
     """warmup='auto': consecutive stalled epochs before refinement starts."""
     ramp_epochs: float = 0.0
     """Refinement epochs over which lam rises linearly (per step) from lam/steps to lam (0 = full lam at once)."""
@@ -230,7 +238,7 @@ class MethodConfig:
             raise ValueError(f"config method.{e.field}: {e.requirement}, got {e.value!r}") from None
         _check(self.warmup_epochs >= 0, "method", "warmup_epochs", "must be >= 0", self.warmup_epochs)
         _check_choice("method", "warmup", self.warmup, ("fixed", "auto"))
-        # The rule's own constraints (alr_fast.train.schedule); warmup_max_epochs = 0 means half the epochs, resolved later.
+        # The rule's own constraints (alr_fast.loss.schedule); warmup_max_epochs = 0 means half the epochs, resolved later.
         for name, requirement, value in auto_warmup_errors(
             self.warmup_min_epochs, self.warmup_max_epochs or None, self.warmup_stall_ratio, self.warmup_window,
             self.warmup_patience,
@@ -238,6 +246,7 @@ class MethodConfig:
             or_zero = " (or 0)" if name == "max_epochs" else ""
             raise ValueError(f"config method.warmup_{name}: {requirement}{or_zero}, got {value!r}")
         _check(self.ramp_epochs >= 0.0, "method", "ramp_epochs", "must be >= 0", self.ramp_epochs)
+        _check(self.warmup_min_rise >= 0.0, "method", "warmup_min_rise", "must be >= 0", self.warmup_min_rise)
         _check_choice("method", "bank_dtype", self.bank_dtype, ("float32", "bfloat16"))
         _check_choice("method", "backend", self.backend, ("auto", "torch", "triton"))
 
@@ -249,7 +258,7 @@ class MethodConfig:
     @property
     def loss_params(self) -> ALRParams:
         """The refinement-phase loss parameters (``alpha``, :attr:`effective_lam`): what
-        :class:`alr_fast.train.schedule.RefinementSchedule` starts from; it decides per step which epochs refine
+        :class:`alr_fast.loss.schedule.RefinementSchedule` starts from; it decides per step which epochs refine
         and how the ramp scales them."""
         return ALRParams.of(self.alpha, self.effective_lam)
 
@@ -312,8 +321,8 @@ class TrainConfig:
         _check(self.global_batch_size >= 0, "train", "global_batch_size", "must be >= 0", self.global_batch_size)
         _check(self.zero_stage in (0, 1, 2), "train", "zero_stage", "must be 0, 1 or 2", self.zero_stage)
         _check(self.save_every >= 0, "train", "save_every", "must be >= 0", self.save_every)
-        _check(self.collective_timeout_s > 0, "train", "collective_timeout_s", "must be > 0",
-               self.collective_timeout_s)
+        _check(0 < self.collective_timeout_s <= MAX_COLLECTIVE_TIMEOUT_S, "train", "collective_timeout_s",
+               f"must be in (0, {MAX_COLLECTIVE_TIMEOUT_S:g}] seconds", self.collective_timeout_s)
         _check(self.nan_check_every >= 1, "train", "nan_check_every", "must be >= 1", self.nan_check_every)
         # A checkpoint inside an accumulation window would lose the window's partial gradient on resume.
         _check(self.save_every % self.grad_accum == 0, "train", "save_every",
@@ -332,6 +341,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        _check_finite(self)
         if self.method.name != "ce" and self.method.warmup == "auto":
             if self.method.warmup_max_epochs >= self.train.epochs or self.train.epochs < 2:
                 raise ValueError(
@@ -370,10 +380,31 @@ def _check_type(where: str, tp, value):
         if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return tuple(value)
         ok = False
+    if isinstance(value, _HugeNumber):
+        raise ValueError(f"config {where}: a number with {len(value)} digits (at most {MAX_NUMBER_DIGITS})")
     if ok is False:
         name = getattr(tp, "__name__", str(tp))
-        raise ValueError(f"config {where}: expected {name}, got {type(value).__name__} {value!r}")
-    return float(value) if tp is float else value
+        raise ValueError(f"config {where}: expected {name}, got {type(value).__name__} {_short_repr(value)}")
+    if tp is float:  # finiteness: the section's own range check, then Config's (every float field)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError(f"config {where}: must be a finite number, got {_short_repr(value)}") from None
+    return value
+
+
+class _HugeNumber(str):
+    """A number literal of a --config file too long to be a config value (kept as text for the error)."""
+
+
+def _short_repr(value, n: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
+def _json_number(text: str, convert):
+    return _HugeNumber(text) if len(text) > MAX_NUMBER_DIGITS else convert(text)
+
 
 
 def config_from_dict(d: dict, *, source: str = "config") -> Config:
@@ -401,12 +432,18 @@ def config_from_dict(d: dict, *, source: str = "config") -> Config:
             hint = "; ".join(f"{name}.{x}: did you mean {name}.{g[0]}?" for x, g in guesses.items() if g)
             raise ValueError(f"{source}: unknown field(s) {sorted(f'{name}.{x}' for x in extra)}"
                              f"{' (' + hint + ')' if hint else ''}; {name} has {sorted(hints)}")
-        values = {k: _check_type(f"{name}.{k}", hints[k], v) for k, v in given.items()}
-        sections[name] = cls(**values)
+        try:
+            values = {k: _check_type(f"{name}.{k}", hints[k], v) for k, v in given.items()}
+            sections[name] = cls(**values)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}" if source != "config" else str(e)) from None
     recipe = d.get("recipe", "custom")
     if not isinstance(recipe, str):
-        raise ValueError(f"{source}: recipe must be a string, got {recipe!r}")
-    return Config(recipe=recipe, **sections)
+        raise ValueError(f"{source}: recipe must be a string, got {_short_repr(recipe)}")
+    try:
+        return Config(recipe=recipe, **sections)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}" if source != "config" else str(e)) from None
 
 
 def load_config_file(path: str | Path) -> Config:
@@ -414,8 +451,34 @@ def load_config_file(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than a config can be ({MAX_CONFIG_BYTES} at most)")
+    raw = path.read_bytes()
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x}); save the file as UTF-8") from None
+    # Nesting is bounded before parsing (json's recursive parser would hit the recursion limit), counting
+    # brackets outside strings.
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > MAX_CONFIG_DEPTH:
+        raise ValueError(f"{path}: objects/arrays nested {deepest} deep; a config has at most {MAX_CONFIG_DEPTH}")
+    try:
+        d = json.loads(text, parse_int=lambda t: _json_number(t, int), parse_float=lambda t: _json_number(t, float),
+                       parse_constant=float)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     return config_from_dict(d, source=str(path))
@@ -476,7 +539,21 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+    """Write ``cfg`` as JSON, atomically (the old file or the new one, never a part)."""
+    from alr_fast.util.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(config_to_dict(cfg), indent=2) + "\n")
+
+
+def resume_differences(saved: dict, cfg: Config) -> list[str]:
+    """The fields other than ``train.*`` (which may change on resume) where ``cfg`` differs from a checkpoint's
+    saved config dict, as ``section.field: saved X, now Y``."""
+    old = config_to_dict(config_from_dict(saved, source="the checkpoint's config"))
+    new = config_to_dict(cfg)
+    diffs = [f"recipe: saved {old['recipe']!r}, now {new['recipe']!r}"] if old["recipe"] != new["recipe"] else []
+    return diffs + [f"{section}.{name}: saved {_short_repr(value)}, now {_short_repr(new[section][name])}"
+                    for section, fields in old.items() if isinstance(fields, dict) and section != "train"
+                    for name, value in fields.items() if new[section][name] != value]
 
 
 def provenance() -> dict:

@@ -1,7 +1,8 @@
 """Test-session set-up.
 
 Without a GPU the Triton kernels run under the Triton interpreter, which must be switched on before any
-kernel is decorated, i.e. before ``alr_fast.loss.triton`` is imported (../shared/STACK.md).
+kernel is decorated, i.e. before ``alr_fast.loss.triton`` is imported (Triton reads the variable when
+``@triton.jit`` wraps a function).
 """
 
 import os

@@ -143,17 +143,19 @@ def test_schedule_from_config_refines_from_the_fixed_warmup_and_never_for_ce():
 
 
 def test_trainer_uses_the_ramp_every_step(tmp_path, monkeypatch):
-    """The loop passes the schedule's alpha/lam to the loss on every step (recorded at the call)."""
+    """The loop passes the schedule's alpha/lam to the loss on every step (recorded at the call: the trainer's
+    loss goes through the public ALR object, which calls alr_loss)."""
+    import alr_fast.loss.alr as alr_module
     import alr_fast.train.trainer as trainer
 
     calls = []
-    real = trainer.alr_loss
+    real = alr_module.alr_loss
 
     def spy(logits, bank, index, *, alpha, lam, refine, **kw):
         calls.append((alpha, lam, refine))
         return real(logits, bank, index, alpha=alpha, lam=lam, refine=refine, **kw)
 
-    monkeypatch.setattr(trainer, "alr_loss", spy)
+    monkeypatch.setattr(alr_module, "alr_loss", spy)
     cfg = _digits_cfg(tmp_path / "ramp", epochs=3, method=MethodConfig(name="alr", alpha=0.8, lam=0.5,
                       warmup_epochs=1, ramp_epochs=1.0, ramp_alpha=True))
     summary = trainer.train(cfg)

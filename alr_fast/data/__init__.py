@@ -8,6 +8,8 @@
   ``build_loader`` picks the backend.
 * :mod:`alr_fast.data.train_data` - the dataset as the training loop sees it (``TrainData``,
   ``build_train_data``).
+* :mod:`alr_fast.data.indexed` - for a user's own loop: ``WithIndex`` (a dataset that also yields the global
+  index) and ``OwnerSampler`` / ``OwnerBatchSampler`` (each rank its own samples, by the owner rule).
 * :mod:`alr_fast.data.tools` - ``python -m alr_fast data {check, make-fixture}``.
 
 Import from the module that defines a name; this package re-exports nothing.

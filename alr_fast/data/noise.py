@@ -1,6 +1,6 @@
 """Synthetic label noise with named conventions, and a manifest that records exactly what was done.
 
-Conventions (see ../shared/DATASETS.md; the published codebases differ, so each kind names its own):
+Conventions (the published codebases differ, so each kind names its own; docs/datasets.md lists the kinds):
 
 * ``sym-incl``  symmetric, inclusive (DivideMix/SELC/ELR): a random subset of ``round(rate * N)`` samples
   gets a label drawn uniformly from all K classes, so the true label can come back; the expected flip rate

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alr_fast.util.atomic import atomic_path, write_text_atomic
+
 __all__ = ["review_run", "suspects", "ReviewImages"]
 
 
@@ -91,9 +93,9 @@ class ReviewImages:
             return self.arrays[i]
         if self.table.images is not None:
             return self.table.images[i]
-        from PIL import Image
+        from alr_fast.data.loaders.imagecheck import open_image
 
-        with Image.open(self.table.path(i)) as im:
+        with open_image(self.table.path(i)) as im:
             im = im.convert("RGB")
             im.thumbnail((160, 160))
             return np.asarray(im)
@@ -102,6 +104,12 @@ class ReviewImages:
 def _names(run: Path, fallback: list[str]) -> list[str]:
     p = run / "class_names.json"
     return json.loads(p.read_text()) if p.exists() else fallback
+
+
+def _cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ (or a tab / carriage return) would be
+    read as a formula (``=HYPERLINK(...)``), so it gets a leading apostrophe (OWASP's CSV-injection advice)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _short(s: str, n: int = 14) -> str:
@@ -123,11 +131,14 @@ def _plot(rows: list[dict], images: list[np.ndarray], names: list[str], path: Pa
         gray = img.shape[-1] == 1
         ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, interpolation="nearest")
         ax.set_title(f"#{r['rank']}  i={r['global_index']}", fontsize=7, color="0.35", loc="left")
+        # parse_math=False: a class name is text, never mathtext ('cls_$5' would not render at all).
         ax.text(0.5, -0.04, f"{_short(names[r['given_label']])} → {_short(names[r['suggested_label']])}\n"
-                f"{r['confidence']:.0%}", transform=ax.transAxes, ha="center", va="top", fontsize=9)
-    fig.suptitle(title + "\ngiven label → suggested label, confidence", fontsize=10)
+                f"{r['confidence']:.0%}", transform=ax.transAxes, ha="center", va="top", fontsize=9,
+                parse_math=False)
+    fig.suptitle(title + "\ngiven label → suggested label, confidence", fontsize=10, parse_math=False)
     fig.tight_layout(h_pad=2.2)
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
 
@@ -153,13 +164,14 @@ def _html(rows: list[dict], images: list[np.ndarray], names: list[str], paths: l
             f"<div>#{r['rank']} &middot; i={r['global_index']}<br><b>{html.escape(names[r['given_label']])}</b> &rarr; "
             f"<b>{html.escape(names[r['suggested_label']])}</b> ({r['confidence']:.0%}){gp}<br>"
             f'<span class="p">{html.escape(p)}</span></div></div>')
-    path.write_text(
+    write_text_atomic(
+        path,
         "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
         "body{font-family:sans-serif;margin:1em}.g{display:flex;flex-wrap:wrap;gap:10px}"
         ".c{width:170px;font-size:12px;border:1px solid #ddd;padding:4px}.c img{max-width:160px;max-height:160px;"
         "image-rendering:pixelated}.p{color:#888;font-size:10px;word-break:break-all}</style></head><body><h2>"
         + html.escape(title) + "</h2><p>given label &rarr; suggested label (confidence); most suspect first.</p>"
-        "<div class='g'>" + "".join(cells) + "</div></body></html>\n", encoding="utf-8")
+        "<div class='g'>" + "".join(cells) + "</div></body></html>\n")
 
 
 def review_run(run_dir: str | Path, *, top: int = 100, html: bool = False, by: str = "auto",
@@ -182,14 +194,14 @@ def review_run(run_dir: str | Path, *, top: int = 100, html: bool = False, by: s
     title = f"{run.name}: {len(rows)} most suspect labels of {cfg.data.dataset}, ranked by {how}"
     out = {"png": run / "review.png", "csv": run / "review.csv", "by": by, "rows": rows}
     _plot(rows, images, names, out["png"], title)
-    with open(out["csv"], "w", newline="") as f:
+    with atomic_path(out["csv"]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["rank", "global_index", "given_label", "given_name", "suggested_label", "suggested_name",
                     "confidence", "given_prob", "path"])
         for r, p in zip(rows, paths):
-            w.writerow([r["rank"], r["global_index"], r["given_label"], names[r["given_label"]], r["suggested_label"],
-                        names[r["suggested_label"]], f"{r['confidence']:.6f}",
-                        "" if r["given_prob"] is None else f"{r['given_prob']:.6f}", p])
+            w.writerow([r["rank"], r["global_index"], r["given_label"], _cell(names[r["given_label"]]),
+                        r["suggested_label"], _cell(names[r["suggested_label"]]), f"{r['confidence']:.6f}",
+                        "" if r["given_prob"] is None else f"{r['given_prob']:.6f}", _cell(p)])
     if html:
         out["html"] = run / "review.html"
         _html(rows, images, names, paths, title, out["html"])

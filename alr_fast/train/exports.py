@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -24,7 +23,17 @@ import numpy as np
 import torch
 
 from alr_fast.util.atomic import atomic_path, write_text_atomic
+from alr_fast.util.rowfiles import (  # noqa: F401  (re-exported: the trainer's export names)
+    CHUNK_BYTES,
+    RowPart,
+    assemble_rows,
+    chunk_rows,
+    iter_rows,
+    npy_layout,
+    write_csv,
+)
 from alr_fast.loss.bank import SoftLabelBank
+from alr_fast.loss.bank_export import assemble_bank_files, write_bank_part
 from alr_fast.train.distributed import barrier
 from alr_fast.train.precision import autocast, model_input
 from alr_fast.train.runtime import Runtime
@@ -35,9 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["predict_probs", "stream_predictions", "write_exports", "RowPart", "assemble_rows", "iter_rows",
            "npy_layout", "class_names_of", "CHUNK_BYTES", "CLEANLAB_IN_MEMORY", "CLEANLAB_BATCHED",
            "add_oos_columns"]
-
-CHUNK_BYTES = 64 * 2**20
-"""Rows of a probability file handled at once by the assembler and the CSV writers (64 MiB of float32)."""
 
 CLEANLAB_IN_MEMORY = ("from cleanlab.filter import find_label_issues; "
                       "issues = find_label_issues(np.load('labels.npy'), np.load('{probs}'), "
@@ -73,22 +79,6 @@ def predict_probs(model: torch.nn.Module, source, rt: Runtime) -> tuple[torch.Te
     return torch.cat(idxs), torch.cat(probs)
 
 
-@dataclass
-class RowPart:
-    """Rows of an [N, K] float32 file held by one writer: ``index[j]`` is the global row of the j-th row stored in
-    the raw (headerless, C-order) float32 file ``path``."""
-
-    index: np.ndarray
-    path: Path
-
-    def save(self) -> None:
-        np.save(self.path.with_suffix(".index.npy"), self.index)
-
-    @classmethod
-    def load(cls, path: Path) -> "RowPart":
-        return cls(np.load(path.with_suffix(".index.npy")), path)
-
-
 def stream_predictions(model: torch.nn.Module, source, rt: Runtime, path: Path) -> RowPart:
     """Predict ``source`` and append each batch's probabilities to the raw file ``path`` as it comes (memory:
     one batch); returns the part (its index is also saved next to it)."""
@@ -100,97 +90,6 @@ def stream_predictions(model: torch.nn.Module, source, rt: Runtime, path: Path) 
     part = RowPart(np.concatenate(index) if index else np.zeros(0, dtype=np.int64), Path(path))
     part.save()
     return part
-
-
-def _read_raw_rows(f, k: int, start: int, count: int) -> np.ndarray:
-    """Rows [start, start + count) of a raw float32 [*, k] file, read (not mapped)."""
-    f.seek(start * k * 4)
-    out = np.fromfile(f, dtype=np.float32, count=count * k)
-    if out.size != count * k:
-        raise ValueError(f"{f.name}: expected {count} rows of {k} float32 from row {start}, the file is short")
-    return out.reshape(count, k)
-
-
-def _runs(positions: np.ndarray) -> list[tuple[int, int, int]]:
-    """Sorted positions -> (first position, count, offset into ``positions``) of each run of consecutive ones."""
-    if positions.size == 0:
-        return []
-    breaks = np.nonzero(np.diff(positions) != 1)[0] + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [positions.size]])
-    return [(int(positions[s]), int(e - s), int(s)) for s, e in zip(starts, ends)]
-
-
-def _write_npy_header(f, shape: tuple[int, ...], dtype=np.float32) -> None:
-    np.lib.format.write_array_header_1_0(
-        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
-
-
-def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, byte offset of the data) of a C-order ``.npy`` file."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        if fortran:
-            raise ValueError(f"{path}: Fortran-order arrays are not supported here")
-        return tuple(shape), dtype, f.tell()
-
-
-def _chunk_rows(k: int, chunk_bytes: int, itemsize: int = 4) -> int:
-    return max(1, chunk_bytes // max(1, k * itemsize))
-
-
-def assemble_rows(out_path: Path, num_rows: int, k: int, parts: list[RowPart], *,
-                  chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
-    """Write the float32 ``.npy`` [num_rows, k] whose rows come from ``parts``, one chunk of global rows at a
-    time (rows no part holds are 0). Returns the bool [num_rows] mask of rows written. A row held by two parts
-    is an error."""
-    order = [np.argsort(p.index, kind="stable") for p in parts]
-    sorted_idx = [p.index[o] for p, o in zip(parts, order)]
-    for p, s in zip(parts, sorted_idx):
-        if s.size and (s[0] < 0 or s[-1] >= num_rows):
-            raise ValueError(f"{p.path}: global index outside [0, {num_rows})")
-        if s.size > 1 and (np.diff(s) == 0).any():
-            raise ValueError(f"{p.path}: a global index appears twice")
-    filled = np.zeros(num_rows, dtype=bool)
-    step = _chunk_rows(k, chunk_bytes)
-    files = [open(p.path, "rb") for p in parts]
-    try:
-        with open(out_path, "wb") as out:
-            _write_npy_header(out, (num_rows, k))
-            for a in range(0, num_rows, step):
-                b = min(num_rows, a + step)
-                buf = np.zeros((b - a, k), dtype=np.float32)
-                for f, o, s in zip(files, order, sorted_idx):
-                    lo, hi = np.searchsorted(s, [a, b])
-                    if lo == hi:
-                        continue
-                    rows = s[lo:hi]
-                    if filled[rows].any():
-                        raise ValueError(f"rows of {out_path.name} held by two parts (first: {int(rows[filled[rows]][0])})")
-                    filled[rows] = True
-                    pos = o[lo:hi]
-                    by_pos = np.argsort(pos, kind="stable")
-                    for first, count, off in _runs(pos[by_pos]):
-                        buf[rows[by_pos[off:off + count]] - a] = _read_raw_rows(f, k, first, count)
-                out.write(buf.tobytes())
-    finally:
-        for f in files:
-            f.close()
-    return filled
-
-
-def iter_rows(path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, rows) of a 2-D ``.npy`` in chunks of about ``chunk_bytes``, read without mapping the file."""
-    shape, dtype, offset = npy_layout(path)
-    n, k = shape
-    step = _chunk_rows(k, chunk_bytes, dtype.itemsize)
-    with open(path, "rb") as f:
-        for a in range(0, n, step):
-            b = min(n, a + step)
-            f.seek(offset + a * k * dtype.itemsize)
-            yield a, np.fromfile(f, dtype=dtype, count=(b - a) * k).reshape(b - a, k)
 
 
 def class_names_of(data: "TrainData") -> list[str]:
@@ -231,19 +130,6 @@ def _oos_columns(out: Path, given: np.ndarray, chunk_bytes: int) -> tuple[list[s
     return header, rows_of
 
 
-def _write_csv(path: Path, header: list[str], columns, n: int, extra=None, block: int = 65536) -> None:
-    """A CSV of n rows written ``block`` rows at a time; ``columns(a, b)`` gives rows [a, b) as tuples."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header + (extra[0] if extra else []))
-        for a in range(0, n, block):
-            b = min(n, a + block)
-            rows = columns(a, b)
-            if extra:
-                rows = [list(r) + list(e) for r, e in zip(rows, extra[1](a, b))]
-            w.writerows(rows)
-
-
 def add_oos_columns(out: Path, given: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> None:
     """(rank 0) Add the out-of-sample columns to ``<out>/refined_labels.csv`` (created with the given labels
     only when no training run wrote one here); streamed, the CSV is never held in memory."""
@@ -254,7 +140,7 @@ def add_oos_columns(out: Path, given: np.ndarray, *, chunk_bytes: int = CHUNK_BY
     csv_path = out / "refined_labels.csv"
     n = given.shape[0]
     if not csv_path.exists():
-        _write_csv(csv_path, ["global_index", "given_label"],
+        write_csv(csv_path, ["global_index", "given_label"],
                    lambda a, b: [(i, int(g)) for i, g in zip(range(a, b), given[a:b].tolist())], n, extra)
         return
     with open(csv_path, newline="") as f:
@@ -271,7 +157,7 @@ def add_oos_columns(out: Path, given: np.ndarray, *, chunk_bytes: int = CHUNK_BY
                 rows.append([r[i] for i in keep])
             return rows
 
-        _write_csv(csv_path, [header[i] for i in keep], columns, n, extra)
+        write_csv(csv_path, [header[i] for i in keep], columns, n, extra)
 
 
 def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt: Runtime, batch_size: int, *,
@@ -287,23 +173,7 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
     barrier()
     stream_predictions(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), rt,
                        parts / f"pred{rt.rank}.f32")
-    # The bank's rows, float32, a chunk at a time (a bf16 bank is never copied whole).
-    given_local = bank.given
-    step = _chunk_rows(k, chunk_bytes)
-    refined_l, conf_l, mass_l = [], [], []
-    with open(parts / f"soft{rt.rank}.f32", "wb") as f:
-        for a in range(0, bank.num_samples, step):
-            soft = bank.soft[a:a + step].float()
-            f.write(soft.cpu().numpy().tobytes())
-            conf, ref = soft.max(dim=1)
-            refined_l.append(ref.cpu())
-            conf_l.append(conf.cpu())
-            mass_l.append(soft.gather(1, given_local[a:a + step, None]).squeeze(1).cpu())
-    RowPart(bank.global_index.cpu().numpy().astype(np.int64), parts / f"soft{rt.rank}.f32").save()
-    cat = (lambda xs, dt: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=dt))
-    np.savez(parts / f"bank{rt.rank}.npz", index=bank.global_index.cpu().numpy(),
-             refined=cat(refined_l, np.int64), confidence=cat(conf_l, np.float32), given_mass=cat(mass_l, np.float32))
-    del refined_l, conf_l, mass_l
+    write_bank_part(parts, bank, chunk_bytes=chunk_bytes)  # soft labels, refined label, given-label mass
     barrier()
     info = {}
     if rt.is_main:
@@ -313,29 +183,9 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
         with atomic_path(out / "pred_probs.npy") as tmp:
             predicted = assemble_rows(tmp, n, k, [RowPart.load(parts / f"pred{r}.f32") for r in range(world)],
                                       chunk_bytes=chunk_bytes)
-        with atomic_path(out / "soft_labels.npy") as tmp:
-            assemble_rows(tmp, n, k, [RowPart.load(parts / f"soft{r}.f32") for r in range(world)],
-                          chunk_bytes=chunk_bytes)
-        refined = np.zeros(n, dtype=np.int64)
-        confidence = np.zeros(n, dtype=np.float32)
-        given_mass = np.zeros(n, dtype=np.float32)
-        for r in range(world):
-            with np.load(parts / f"bank{r}.npz") as z:
-                rows = z["index"]
-                refined[rows], confidence[rows], given_mass[rows] = z["refined"], z["confidence"], z["given_mass"]
-        # Suspicion: soft-label mass that moved away from the given label; rank 1 = most suspect (ties by index).
-        order = np.lexsort((np.arange(n), given_mass))
-        suspect_rank = np.empty(n, dtype=np.int64)
-        suspect_rank[order] = np.arange(1, n + 1)
-        del order
         oos = _oos_columns(out, given, chunk_bytes)
-        _write_csv(out / "refined_labels.csv",
-                   ["global_index", "given_label", "refined_label", "confidence", "suspect_rank"],
-                   lambda a, b: list(zip(range(a, b), given[a:b].tolist(), refined[a:b].tolist(),
-                                         (f"{c:.6f}" for c in confidence[a:b].tolist()), suspect_rank[a:b].tolist())),
-                   n, oos)
-        with atomic_path(out / "labels.npy") as tmp:
-            np.save(tmp, given)
+        refined = assemble_bank_files(out, parts, given, k, world, extra_columns=oos,
+                                      chunk_bytes=chunk_bytes)  # soft_labels.npy, labels.npy, refined_labels.csv
         names = class_names_of(data)
         write_text_atomic(out / "class_names.json", json.dumps(names) + "\n")
         shutil.rmtree(parts, ignore_errors=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alr_fast.loss.alr import ALR
 from alr_fast.loss.bank import SoftLabelBank
 from alr_fast.util.atomic import atomic_path, write_text_atomic
 from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint
@@ -29,7 +30,6 @@ from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.train.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
 from alr_fast.train.evaluation import EvalPlan
 from alr_fast.train.exports import predict_probs, write_exports
-from alr_fast.loss.functional import alr_loss, raise_on_bad_index
 from alr_fast.train.loop_state import EpochAccumulators, LoopState
 from alr_fast.train.metrics import label_quality, memorisation_split
 from alr_fast.train.models import build_model
@@ -38,7 +38,7 @@ from alr_fast.train.plots import plot_curves
 from alr_fast.train.precision import autocast, ds_precision_config, model_input
 from alr_fast.train.runtime import (PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout,
                                     is_collective_failure, resolve_runtime)
-from alr_fast.train.schedule import RefinementSchedule, prediction_counts
+from alr_fast.loss.schedule import prediction_counts
 
 __all__ = ["train", "predict_probs"]
 
@@ -131,8 +131,6 @@ class _Loop:
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model),
                                                     config=_ds_config(cfg, rt))
         apply_collective_timeout(rt.device, cfg.train.collective_timeout_s)  # DeepSpeed's own groups too
-        self.bank = SoftLabelBank(torch.from_numpy(data.given_labels), k, cfg.method.bank_dtype,
-                                  sharding=rt.sharding).to(rt.device)
         self.given = torch.from_numpy(data.given_labels)
         self.clean = torch.from_numpy(data.clean_labels) if data.clean_labels is not None else None
         self.train_loader = self.plan.wrap_train(
@@ -140,9 +138,15 @@ class _Loop:
         self.steps_per_epoch = len(self.train_loader)
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
-        # When refinement starts (fixed or automatic) and the lam/alpha ramp: alr_fast/train/schedule.py.
-        self.sched = RefinementSchedule.from_config(cfg.method, cfg.train.epochs, self.steps_per_epoch,
-                                                    data.given_labels, k)
+        # The public ALR object (alr_fast/loss/alr.py) is the loss, this rank's bank rows and the schedule (when
+        # refinement starts, fixed or automatic, and the lam/alpha ramp: alr_fast/loss/schedule.py). assume_unique:
+        # every loader yields a permutation of the rank's rows (padding is -1), so an index never repeats within a
+        # batch and the fused kernel can skip its duplicate-ordering sort.
+        self.alr = ALR.from_config(cfg.method, torch.from_numpy(data.given_labels), k, epochs=cfg.train.epochs,
+                                   steps_per_epoch=self.steps_per_epoch, rank=rt.rank, world_size=rt.world_size,
+                                   device=rt.device, backend=rt.backend, assume_unique=True,
+                                   check_index=self.check_index)
+        self.bank, self.sched = self.alr.bank, self.alr.schedule
         self.faults = faults.from_env(rt.rank)  # None unless a reliability test asks (alr_fast/train/faults.py)
         self.signals = StopSignals()
         self.stopping = False
@@ -222,17 +226,12 @@ class _Loop:
             lr = _lr_at(cfg, epoch, i, self.steps_per_epoch)
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
-            if self.check_index and not bool(((idx < 0) | bank.owns(idx)).all()):  # padding is -1
-                raise RuntimeError(f"rank {self.rt.rank}: the loader yielded an index this rank does not own")
             local = bank.local_index(idx)
             if self.faults is not None:
                 x = self.faults.batch(s.step + 1, x)
-            p = self.sched.params(s.step, epoch)  # ALRParams: warm-up or refinement, lam/alpha ramp; no sync
             logits = engine(model_input(x, engine.module))
-            # assume_unique: every loader yields a permutation of the rank's rows (padding is -1), so an index
-            # never repeats within a batch and the fused kernel can skip its duplicate-ordering sort.
-            loss = alr_loss(logits, bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
-                            backend=self.rt.backend, check_index=self.check_index, assume_unique=True)
+            # Global indices; refuses one this rank does not own. Warm-up end and lam/alpha ramp: no sync.
+            loss = self.alr(logits, idx, step=s.step, epoch=epoch, track=False)
             engine.backward(loss)
             engine.step()
             s.step += 1
@@ -267,7 +266,7 @@ class _Loop:
         sync_buffers(self.engine.module)  # BatchNorm statistics: one set on every rank before eval and checkpoint
         cfg, s, bank = self.cfg, self.state, self.bank
         totals = all_reduce_sum(torch.stack([self.acc.loss_sum, self.acc.seen.double()]))
-        raise_on_bad_index(self.rt.backend, self.rt.device, bank.num_samples)  # names a masked index >= N
+        self.alr.check_indices()  # names a masked index (>= N or another rank's) of the fused kernel
         n_seen = int(totals[1].item())
         train_loss = totals[0].item() / max(n_seen, 1)
         if not math.isfinite(train_loss):
@@ -294,7 +293,7 @@ class _Loop:
         # Automatic end of warm-up and collapse guard: K + 2 numbers reduced once per epoch.
         counts = all_reduce_sum(prediction_counts(self.acc.train_pred[: bank.num_samples], bank.given,
                                                   bank.num_classes))
-        row.update(self.sched.end_epoch(epoch, row, counts))
+        row.update(self.alr.end_epoch(row, epoch=epoch, counts=counts))
         for msg in self.sched.messages if self.rt.is_main else ():
             print(f"[alr_fast] {msg}", flush=True)
         if self.clean is not None:

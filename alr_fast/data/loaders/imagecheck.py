@@ -4,6 +4,11 @@ Each image is opened with PIL and fully decoded in JPEG draft mode (DCT scaling 
 every entropy-coded byte is still read, so truncated or corrupt streams fail, at a fraction of the cost of a
 full decode). PIL is stricter than DALI's decoder here: DALI decodes some corrupt streams with only a
 warning, so a file PIL rejects is skipped by both loaders.
+
+An image of more than :data:`MAX_IMAGE_PIXELS` pixels (PIL's decompression-bomb limit, 89,478,485: e.g.
+9459 x 9459; a dataset image is a few megapixels) is unreadable like any other: named, reported by
+``data check``, left out with ``skip_unreadable`` and an error naming it otherwise. The size is read from the
+header, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -16,7 +21,35 @@ import numpy as np
 
 from alr_fast.data.readers.records import SampleTable
 
-__all__ = ["UnreadableImage", "image_problem", "scan_images", "UnreadableImagesWarning"]
+__all__ = ["UnreadableImage", "image_problem", "scan_images", "UnreadableImagesWarning", "MAX_IMAGE_PIXELS",
+           "open_image"]
+
+MAX_IMAGE_PIXELS = 89_478_485
+"""Largest image (width x height) alr_fast decodes: PIL's default ``Image.MAX_IMAGE_PIXELS``."""
+
+
+class ImageTooLarge(OSError):
+    """An image over :data:`MAX_IMAGE_PIXELS` (refused before decoding)."""
+
+
+def open_image(path):
+    """``PIL.Image.open(path)``, refusing an image over :data:`MAX_IMAGE_PIXELS` with :class:`ImageTooLarge`
+    (PIL itself only warns up to twice its limit and raises a non-OSError above it)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"too large ({e})") from None
+    if im.width * im.height > MAX_IMAGE_PIXELS:
+        w, h = im.width, im.height
+        im.close()
+        raise ImageTooLarge(f"too large ({w} x {h} = {w * h} pixels; the limit is {MAX_IMAGE_PIXELS})")
+    return im
 
 
 class UnreadableImagesWarning(UserWarning):
@@ -41,15 +74,17 @@ class UnreadableImage:
 
 def image_problem(path: str) -> str | None:
     """None if ``path`` exists and decodes, else a short reason."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not os.path.isfile(path):
         return "missing (no such file)"
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
+    except ImageTooLarge as e:
+        return str(e)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         # PIL reports truncation / corrupt data as OSError, bad headers as UnidentifiedImageError/SyntaxError.
         return f"does not decode ({type(e).__name__}: {e})"

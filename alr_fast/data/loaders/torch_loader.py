@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from alr_fast.data.loaders.base import IndexedLoader
+from alr_fast.data.loaders.imagecheck import ImageTooLarge, open_image
 from alr_fast.data.loaders.plan import EpochPlan
 from alr_fast.data.loaders.transforms import TransformSpec, build_torchvision_transform
 from alr_fast.data.readers.records import SampleTable
@@ -42,8 +43,13 @@ class IndexedImageDataset(torch.utils.data.Dataset):
             return Image.fromarray(self.table.images[index])
         path = self.table.path(index)
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 return im.convert("RGB")
+        except ImageTooLarge as e:
+            raise OSError(
+                f"{self.table.where(index)}: image {path} (global index {index}) is {e}; run "
+                "`python -m alr_fast data check`, or pass skip_unreadable=True to leave such images out"
+            ) from None
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{self.table.where(index)}: listed image {path} (global index {index}) does not exist; run "

@@ -9,7 +9,7 @@ A :class:`TransformSpec` says what a sample goes through, in this order:
 4. ``flip``: horizontal flip with probability 1/2;
 5. normalisation ``(x / 255 - mean) / std`` per channel, NCHW, then the requested float dtype.
 
-Recipes (../shared/DATASETS.md): CIFAR: pad 4 + random crop 32 + flip, eval as is. ANIMAL-10N (64 x 64
+Recipes (docs/datasets.md): CIFAR: pad 4 + random crop 32 + flip, eval as is. ANIMAL-10N (64 x 64
 images): flip only (the resize/crop to 64 is the identity on the real data and guards against odd sizes).
 Clothing1M: resize 256 -> random crop 224 -> flip; eval resize 256 -> center crop 224. WebVision /
 mini-WebVision / ILSVRC val: random-resized crop 224 + flip; eval resize 256 -> center crop 224 (for

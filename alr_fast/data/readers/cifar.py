@@ -1,6 +1,6 @@
 """CIFAR-10 / CIFAR-100 (python pickle version), synthetic noise, and CIFAR-10N / CIFAR-100N label files.
 
-Layouts (../shared/DATASETS.md): ``cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` and
+Layouts (docs/datasets.md): ``cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` and
 ``cifar-100-python/{train, test, meta}``; ``root`` may be that folder or its parent. Global index of the train
 split = data_batch_1..5 concatenated (torchvision's order, used by every public noise file). Images are held
 in memory as uint8 [N, 32, 32, 3].

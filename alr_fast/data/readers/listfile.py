@@ -1,9 +1,13 @@
 """Annotation-file parsing shared by the readers: whitespace-only splitting, errors that name file and line.
 
 Keys may contain commas (Clothing1M: ``images/2/26/3761328114,905362226.jpg``), so a line is split on
-whitespace only, never on commas. Blank lines are skipped; their line numbers still count. Files are UTF-8
-(a leading byte-order mark, as Windows editors write, is accepted); a line that does not decode is an error
-naming the file and line. A key listed twice with different labels is an error naming both lines.
+whitespace only, never on commas. Blank lines are skipped; their line numbers still count. Lines end at
+``\n`` (a ``\r`` before it is dropped) and at nothing else, so line numbers are the ones editors show (a form
+feed or U+2028 inside a line does not start a new one). Files are UTF-8 (a leading byte-order mark, as Windows
+editors write, is accepted); a line that does not decode is an error naming the file and line. Labels are
+ASCII decimal integers (``+3``, ``1_2``, ``٣`` or ``５`` are refused). A key listed twice is an error naming
+both lines, whatever its labels (it would silently become two samples). A key longer than
+:data:`MAX_KEY_CHARS` is an error (no file system has such paths).
 
 Listed image paths are checked where every reader's table is built (:class:`records.SampleTable`): relative,
 no ``..``, so no list file reaches outside the dataset root. :func:`resolve_keys` picks, among the layouts
@@ -12,12 +16,18 @@ users actually have, the image folder and key form under which the listed files 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["require_dir", "require_file", "read_keys", "read_key_labels", "read_lines", "read_text_lines",
            "resolve_keys"]
+
+MAX_KEY_CHARS = 4096
+"""Longest key accepted (PATH_MAX on Linux)."""
+
+_LABEL = re.compile(r"-?[0-9]+")
 
 PROBE_KEYS = 32
 """Listed keys probed (spread over the list) to find the layout under which the images exist."""
@@ -43,12 +53,32 @@ def read_text_lines(path: Path) -> list[str]:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
-        return raw.decode("utf-8").splitlines()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         lineno = raw.count(b"\n", 0, e.start) + 1
         column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
         raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {column}); save the "
                          "file as UTF-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def show(text: str, n: int = 120) -> str:
+    """``repr(text)``, cut to about ``n`` characters (a hostile line can be megabytes long)."""
+    return repr(text) if len(text) <= n else f"{text[:n]!r}... ({len(text)} characters)"
+
+
+def _check_key(path: Path, lineno: int, key: str, first: dict, label: int | None = None) -> None:
+    if len(key) > MAX_KEY_CHARS:
+        raise ValueError(f"{path}:{lineno}: key of {len(key)} characters (at most {MAX_KEY_CHARS}): {show(key, 60)}")
+    seen_label, seen = first.setdefault(key, (label, lineno))
+    if seen_label != label:
+        raise ValueError(f"{path}:{lineno}: key {show(key)} has label {label} here and {seen_label} at line {seen}")
+    if seen != lineno:
+        raise ValueError(f"{path}:{lineno}: key {show(key)} is listed twice (also at line {seen}); each sample "
+                         "must be listed once")
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
@@ -59,10 +89,12 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
 def read_keys(path: Path) -> tuple[list[str], np.ndarray]:
     """A key list (one key per line): ``(keys, 1-based line numbers int32)``."""
     keys, lines = [], []
+    first: dict[str, tuple] = {}
     for lineno, text in read_lines(path):
         parts = text.split()
         if len(parts) != 1:
-            raise ValueError(f"{path}:{lineno}: expected one '<key>' per line, got {text!r}")
+            raise ValueError(f"{path}:{lineno}: expected one '<key>' per line, got {show(text)}")
+        _check_key(path, lineno, parts[0], first)
         keys.append(parts[0])
         lines.append(lineno)
     return keys, np.asarray(lines, dtype=np.int32)
@@ -71,21 +103,19 @@ def read_keys(path: Path) -> tuple[list[str], np.ndarray]:
 def read_key_labels(path: Path, num_classes: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """A '<key> <label>' file: ``(keys, labels int64, 1-based line numbers int32)``; labels in [0, K)."""
     keys, labels, lines = [], [], []
-    first: dict[str, tuple[int, int]] = {}
+    first: dict[str, tuple] = {}
     for lineno, text in read_lines(path):
         parts = text.split()
         if len(parts) != 2:
-            raise ValueError(f"{path}:{lineno}: expected '<key> <label>', got {text!r}")
+            raise ValueError(f"{path}:{lineno}: expected '<key> <label>', got {show(text)}")
         key, label_text = parts
-        try:
-            label = int(label_text)
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: label {label_text!r} is not an integer (line {text!r})") from None
+        if not _LABEL.fullmatch(label_text) or len(label_text) > 18:
+            raise ValueError(f"{path}:{lineno}: label {show(label_text, 40)} is not an integer written with the "
+                             f"digits 0-9 (line {show(text)})")
+        label = int(label_text)
         if not 0 <= label < num_classes:
-            raise ValueError(f"{path}:{lineno}: label {label} outside [0, {num_classes}) (line {text!r})")
-        seen = first.setdefault(key, (label, lineno))
-        if seen[0] != label:
-            raise ValueError(f"{path}:{lineno}: key {key!r} has label {label} here and {seen[0]} at line {seen[1]}")
+            raise ValueError(f"{path}:{lineno}: label {label} outside [0, {num_classes}) (line {show(text)})")
+        _check_key(path, lineno, key, first, label)
         keys.append(key)
         labels.append(label)
         lines.append(lineno)

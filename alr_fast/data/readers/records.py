@@ -2,7 +2,7 @@
 
 A :class:`SampleTable` holds either image files (``paths`` relative to ``image_root``) or an in-memory array
 (``images``, CIFAR). Row ``i`` of every array is the sample with global index ``i``: the position in the
-dataset's documented order (../shared/DATASETS.md), which addresses the soft-label bank, noise files and
+dataset's documented order (docs/datasets.md), which addresses the soft-label bank, noise files and
 exports. Readers never reorder or drop rows; loaders skip rows (unreadable images, a per-epoch subset) by
 leaving their indices out of an epoch, so the index of every other sample stays the same.
 """
@@ -10,6 +10,7 @@ leaving their indices out of an epoch, so the index of every other sample stays 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,9 +87,11 @@ class SampleTable:
             raise ValueError(f"{self.where(bad)}: label {self.labels[bad]} outside [0, {k})")
 
     def _check_paths_stay_under_root(self) -> None:
-        """A listed path must name a file under ``image_root``: relative, without ``..`` (a hostile or broken
-        list file must not make the loaders read, or ``data check`` probe, files elsewhere). Lexical, so a
-        symlinked image folder inside the root keeps working."""
+        """A listed path must name a file under ``image_root``: relative, without ``..``, and, resolved
+        (``realpath``: symbolic links followed), still under ``realpath(image_root)``, so a hostile or broken list
+        file, or a link inside the dataset, cannot make the loaders read, or ``data check`` probe, files elsewhere.
+        ``image_root`` itself may be a link (an image folder kept on another disk); links below it must point
+        inside it. Costs one ``realpath`` per listed folder and one ``lstat`` per listed file."""
         for i, p in enumerate(self.paths):
             # Fast path: nearly every path has no '..', no leading separator and no drive letter.
             if ".." not in p and not p.startswith(("/", "\\", "~")) and ":" not in p[:2]:
@@ -102,6 +105,22 @@ class SampleTable:
                 continue
             raise ValueError(f"{self.where(i)}: path {p!r} {why}; listed paths must stay under the dataset root "
                              f"{self.image_root}")
+        if self.image_root is None or not Path(self.image_root).is_dir():
+            return
+        base = os.path.realpath(self.image_root)
+        inside = lambda q: q == base or q.startswith(base.rstrip(os.sep) + os.sep)  # noqa: E731
+        folders: dict[str, bool] = {}
+        for i, p in enumerate(self.paths):
+            folder, _, _ = p.rpartition("/")
+            ok = folders.get(folder)
+            if ok is None:
+                ok = folders[folder] = inside(os.path.realpath(os.path.join(self.image_root, folder)))
+            full = os.path.join(self.image_root, p)
+            if ok and not os.path.islink(full):
+                continue
+            if not ok or not inside(os.path.realpath(full)):
+                raise ValueError(f"{self.where(i)}: path {p!r} leads outside the dataset root through a symbolic "
+                                 f"link (to {os.path.realpath(full)}); listed paths must stay under {base}")
 
     # ----------------------------------------------------------------------------------------------- views
     def __len__(self) -> int:

@@ -1,0 +1,93 @@
+"""Data helpers for a user's loop: WithIndex, OwnerSampler, OwnerBatchSampler (alr_fast/data/indexed.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from alr_fast.data.indexed import OwnerBatchSampler, OwnerSampler, WithIndex
+from alr_fast.data.loaders.arrays import ArrayLoader
+
+
+@pytest.mark.parametrize("n,world", [(1, 1), (10, 1), (11, 2), (7, 3), (2, 3), (101, 4)])
+def test_every_rank_reads_its_own_rows_once_with_padding_and_equal_steps(n, world):
+    for epoch in (0, 1):
+        seen, lengths = [], []
+        for r in range(world):
+            s = OwnerSampler(n, rank=r, world_size=world, seed=5)
+            s.set_epoch(epoch)
+            rows = list(s)
+            lengths.append(len(rows))
+            assert len(rows) == len(s)
+            real = [i for i in rows if i >= 0]
+            assert all(i % world == r for i in real)  # the owner rule
+            assert len(real) == len(set(real))  # padding, never a repeat
+            assert all(i == -1 for i in rows[len(real):])  # padding at the end
+            seen += real
+        assert sorted(seen) == list(range(n))  # every sample exactly once per epoch
+        assert len(set(lengths)) == 1  # every rank the same number of steps
+
+
+def test_order_is_deterministic_per_epoch_and_changes_between_epochs():
+    a, b = OwnerSampler(50, seed=1), OwnerSampler(50, seed=1)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first and sorted(list(a)) == sorted(first)
+    assert list(OwnerSampler(50, seed=2)) != first
+    assert list(OwnerSampler(50, shuffle=False)) == list(range(50))
+
+
+def test_batch_sampler_gives_the_trainers_batches():
+    """Same seed and rank: the in-memory trainer loader's index batches, epoch by epoch (so a user's loop can
+    be compared with `alr_fast train`), and never a batch of one row."""
+    images = torch.zeros(23, 1, 2, 2, dtype=torch.uint8)
+    for world in (1, 2):
+        for r in range(world):
+            ours = OwnerBatchSampler(23, 4, rank=r, world_size=world, seed=3)
+            theirs = ArrayLoader(images, batch_size=4, mean=(0.0,), std=(1.0,), shuffle=True, seed=3, rank=r,
+                                 world_size=world)
+            assert len(ours) == len(theirs)
+            for epoch in (0, 2):
+                ours.set_epoch(epoch)
+                got = list(ours)
+                want = [idx.tolist() for _, idx in theirs.epoch(epoch)]
+                assert got == want
+                assert min(len(b) for b in got) >= 2
+
+
+def test_with_index_serves_tuples_dicts_and_padding_through_a_dataloader():
+    x = torch.arange(12, dtype=torch.float32).view(6, 2) + 1
+    y = torch.arange(6)
+    ds = WithIndex(TensorDataset(x, y))
+    loader = DataLoader(ds, batch_size=4, sampler=OwnerSampler(ds, rank=1, world_size=4, shuffle=False))
+    (bx, by, bi), = list(loader)
+    assert bi.tolist() == [1, 5]
+    torch.testing.assert_close(bx, x[[1, 5]])
+    s = OwnerSampler(ds, rank=3, world_size=4)  # owns only sample 3: a padding row joins it
+    xs, ys, idx = next(iter(DataLoader(ds, batch_size=2, sampler=s)))
+    assert sorted(idx.tolist()) == [-1, 3]
+    pad = idx.tolist().index(-1)
+    assert torch.all(xs[pad] == 0) and int(ys[pad]) == 0
+
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"pixel_values": torch.full((2,), float(i + 1)), "labels": i}
+
+    d = WithIndex(Dicts())
+    assert d[2]["index"] == 2 and d[-1]["index"] == -1 and torch.all(d[-1]["pixel_values"] == 0)
+    assert WithIndex([10, 20])[1] == (20, 1)
+    with pytest.raises(IndexError, match=r"index 3 outside \[0, 3\)"):
+        d[3]
+
+
+def test_rank_defaults_to_one_process_and_bad_rank_is_named():
+    assert OwnerSampler(4).plan.world_size == 1
+    with pytest.raises(ValueError, match="rank 2 outside"):
+        OwnerSampler(4, rank=2, world_size=2)
+    assert np.all(np.diff(list(OwnerSampler(9, shuffle=False, rank=1, world_size=3))) == 3)
