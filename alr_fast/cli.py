@@ -8,7 +8,7 @@ import os
 import sys
 
 from alr_fast.train.checkpoint import CheckpointError
-from alr_fast.config import METHODS, apply_overrides, load_config_file
+from alr_fast.config import DEMO_METHODS, METHODS, apply_overrides, load_config_file
 from alr_fast.recipes import RECIPES, resolve_recipe
 from alr_fast.train.runtime import PeerLost, Preempted, shutdown_distributed
 
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p_demo = sub.add_parser("demo", help="CE vs SELC vs ALR on embedded real MNIST digits (CPU, ~1-2 min)")
     _add_common(p_demo)
-    p_demo.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of ce,selc,alr")
+    p_demo.add_argument("--methods", default=",".join(DEMO_METHODS),
+                        help=f"comma-separated, from {','.join(METHODS)} (default {','.join(DEMO_METHODS)})")
 
     p_train = sub.add_parser("train", help="one run of one method from a recipe")
     p_train.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
@@ -174,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(2)
-    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, NotADirectoryError,
-            FloatingPointError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, NotImplementedError, OSError, FloatingPointError, CheckpointError) as e:
+        # OSError: a full disk reads "writing <path>: No space left on device" (alr_fast.util.atomic).
+        text = e.strerror if isinstance(e, OSError) and e.strerror and "writing " in e.strerror else e
+        print(f"error: {text}", file=sys.stderr)
         return 2
 
 

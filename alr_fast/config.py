@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alr_fast.data.noise import NOISE_KINDS
+from alr_fast.loss.baselines import BaselineParamError, BootstrapParams, ELRParams, GCEParams, SCEParams
 from alr_fast.loss.contract import ALRParamError, ALRParams
 from alr_fast.loss.schedule import WARMUP_DEFAULTS, auto_warmup_errors
 
@@ -29,13 +30,16 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "METHODS",
+    "DEMO_METHODS",
     "override_keys",
     "load_config_file",
     "provenance",
     "resume_differences",
 ]
 
-METHODS = ("ce", "selc", "alr")
+METHODS = ("ce", "selc", "alr", "elr", "gce", "sce", "bootstrap")
+DEMO_METHODS = ("ce", "selc", "alr")
+"""What the demo compares by default (`python -m alr_fast demo --methods` takes any of METHODS)."""
 
 MAX_COLLECTIVE_TIMEOUT_S = 7 * 24 * 3600.0
 """Upper bound of train.collective_timeout_s (a week; the process group stores it in milliseconds)."""
@@ -191,7 +195,9 @@ class OptimConfig:
 @dataclass
 class MethodConfig:
     name: str = "alr"
-    """'ce' (cross-entropy on the given labels throughout), 'selc' (ALR with lam = 0) or 'alr'."""
+    """'ce' (cross-entropy on the given labels throughout), 'selc' (ALR with lam = 0), 'alr', or a loss-based
+    baseline: 'elr', 'gce', 'sce', 'bootstrap' (alr_fast.loss.baselines; their fields are elr_*, gce_*, sce_*,
+    bootstrap_*). Every method but 'ce' trains with cross-entropy on the given labels during the warm-up."""
     alpha: float = 0.9
     """EMA momentum of the soft labels: t <- alpha t + (1 - alpha) p. Assumption from SELC's public code
     (0.9; 0.8 for Clothing1M), not from the ALR paper."""
@@ -223,6 +229,22 @@ class MethodConfig:
     """Refinement epochs over which lam rises linearly (per step) from lam/steps to lam (0 = full lam at once)."""
     ramp_alpha: bool = False
     """Also ramp the EMA step: alpha goes from 1 (soft labels frozen) to alpha over the same ramp."""
+    elr_beta: float = 0.7
+    """'elr': EMA momentum of the target, t <- beta t + (1 - beta) p. Assumption: ELR's CIFAR-10 value (Liu et al.
+    2020, beta = 0.7)."""
+    elr_lam: float = 3.0
+    """'elr': weight of the regulariser lam * log(1 - <p, t>). Assumption: ELR's CIFAR-10 value (lambda = 3)."""
+    gce_q: float = 0.7
+    """'gce': exponent q of (1 - p_y^q) / q, in (0, 1]. Assumption: GCE's CIFAR value (Zhang & Sabuncu 2018)."""
+    sce_alpha: float = 0.1
+    """'sce': weight of the cross-entropy. Assumption: SCE's CIFAR-10 value (Wang et al. 2019, alpha = 0.1)."""
+    sce_beta: float = 1.0
+    """'sce': weight of the reverse cross-entropy. Assumption: SCE's CIFAR-10 value (beta = 1.0)."""
+    sce_log_zero: float = -4.0
+    """'sce': A, the value of log 0 in the reverse cross-entropy (< 0). SCE's value: A = -4."""
+    bootstrap_beta: float = 0.95
+    """'bootstrap': weight of the given label in the target beta y + (1 - beta) p. Assumption: Reed et al.'s
+    (2015) soft bootstrapping value, 0.95."""
     bank_dtype: str = "float32"
     """Storage dtype of the soft-label bank: 'float32' or 'bfloat16'."""
     backend: str = "auto"
@@ -247,6 +269,15 @@ class MethodConfig:
             raise ValueError(f"config method.warmup_{name}: {requirement}{or_zero}, got {value!r}")
         _check(self.ramp_epochs >= 0.0, "method", "ramp_epochs", "must be >= 0", self.ramp_epochs)
         _check(self.warmup_min_rise >= 0.0, "method", "warmup_min_rise", "must be >= 0", self.warmup_min_rise)
+        # The baselines' hyper-parameters: their params' own checks (alr_fast.loss.baselines), named as fields here.
+        for prefix, build in (("elr_", lambda: ELRParams(self.elr_beta, self.elr_lam)),
+                              ("gce_", lambda: GCEParams(self.gce_q)),
+                              ("sce_", lambda: SCEParams(self.sce_alpha, self.sce_beta, self.sce_log_zero)),
+                              ("bootstrap_", lambda: BootstrapParams(self.bootstrap_beta))):
+            try:
+                build()
+            except BaselineParamError as e:
+                raise ValueError(f"config method.{prefix}{e.field}: {e.requirement}, got {e.value!r}") from None
         _check_choice("method", "bank_dtype", self.bank_dtype, ("float32", "bfloat16"))
         _check_choice("method", "backend", self.backend, ("auto", "torch", "triton"))
 

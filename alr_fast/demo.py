@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from alr_fast.config import Config
-from alr_fast.config import METHODS
+from alr_fast.config import DEMO_METHODS
 
 __all__ = ["run_demo", "format_table"]
 
@@ -63,7 +63,7 @@ def _plot(out: Path, methods: list[str]) -> None:
     plt.close(fig)
 
 
-def run_demo(cfg: Config, methods: tuple[str, ...] = METHODS) -> dict:
+def run_demo(cfg: Config, methods: tuple[str, ...] = DEMO_METHODS) -> dict:
     from alr_fast.data.train_data import build_train_data
     from alr_fast.train.runtime import numerics, resolve_runtime
     from alr_fast.train.trainer import train

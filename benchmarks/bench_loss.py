@@ -14,8 +14,7 @@ the logits (``step``), and the forward alone (``fwd``). Per (logits dtype, B, K,
 
 Implementations: ``eager`` (alr_fast.loss.reference), ``compile`` (torch.compile of it), ``fused`` (default,
 duplicate-safe), ``fused_unique`` (``alr_loss(..., backend="triton", check_index=False, assume_unique=True)``,
-as the trainer calls it), ``fused_rowsum`` (the same with the bank's ``row_sums``: one bank read less per element
-where K > 8192). At large K with few rows the kernel takes its split-K path by itself. Grids: ``--grid
+as the trainer calls it). At large K with few rows the kernel takes its split-K path by itself. Grids: ``--grid
 trainer`` (B in 256/1024/4096, K in 10/14/50/100/1000), ``large`` (B*K >= 8M: K = 1000, 32k, 262k), or explicit
 ``--B``/``--K``.
 
@@ -53,7 +52,7 @@ from alr_fast.loss.contract import ALRParams
 from alr_fast.loss.reference import alr_loss_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-IMPLS = ("fused", "fused_unique", "fused_rowsum", "eager", "compile")
+IMPLS = ("fused", "fused_unique", "eager", "compile")
 ALPHA, LAM = 0.7, 0.4  # refinement with entropy: the most work per row
 REFINE = ALRParams(ALPHA, LAM, refine=True)
 GRIDS = {
@@ -203,21 +202,7 @@ def model_bytes(B: int, K: int, dtype: torch.dtype, bank_dtype: torch.dtype) -> 
 
 def make_loss_fn(impl: str, compiled_ref):
     """(logits, bank, index) -> loss with one implementation (refinement with entropy, mean reduction)."""
-    if impl == "fused_rowsum":
-        from alr_fast.loss.contract import ALRParams
-        from alr_fast.loss.triton import fused_alr_loss
-
-        params = ALRParams(ALPHA, LAM, True, "mean", True)
-        sums: dict[int, torch.Tensor] = {}
-
-        def loss_fn(z, bank, index):
-            # fused_unique plus the bank's row sums (kept exact by the kernel): no bank read for sum_k t_k
-            # on the paths that sweep K twice (K > 8192); the same kernel as fused_unique below that.
-            rs = sums.get(bank.data_ptr())
-            if rs is None:
-                rs = sums[bank.data_ptr()] = bank.float().sum(1)
-            return fused_alr_loss(z, bank, index, params, row_sums=rs)
-    elif impl in ("fused", "fused_unique"):
+    if impl in ("fused", "fused_unique"):
         from alr_fast import alr_loss
 
         unique = impl == "fused_unique"

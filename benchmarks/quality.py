@@ -16,6 +16,7 @@ recipe (the warm-up ablation uses fixed lengths; the recipe itself decides with 
     python benchmarks/quality.py --quick         # one seed, 60 % symmetric, MNIST-5k, with cleanlab (~1-2 min)
     python benchmarks/quality.py --study warmup  # auto warm-up + lam ramp vs fixed warm-ups (see run_warmup_study)
     python benchmarks/quality.py --study detection  # mislabel detection (benchmarks/detection.py; its options)
+    python benchmarks/quality.py --study baselines  # ELR, GCE, SCE, soft bootstrapping vs ALR and CE
 
 Writes ``<out>/quality.json`` (every run's summary), ``<out>/quality.md`` (tables + goal checks) and PNG plots.
 """
@@ -59,6 +60,181 @@ WARMUP_SETTINGS = [("sym-incl", r) for r in SYM_RATES] + [("asym-digits", ASYM_R
 AUTO_RECIPE = {"warmup": "auto", "ramp_epochs": 5.0}
 """The recipe under test: the demo's (alpha 0.9, lam 1.0, 40 epochs) with warmup='auto' and a 5-epoch lam ramp."""
 FIXED_WARMUPS = (1, 2, 4, 10)
+
+
+# --- baselines study: ELR, GCE, SCE, soft bootstrapping against ALR and CE in the same trainer --------------------
+BASELINE_SETTINGS = [("sym-incl", r) for r in SYM_RATES] + [("asym-digits", ASYM_RATE), ("pair", 0.45)]
+BASELINE_ARMS: list[tuple[str, dict]] = [
+    # Each baseline at its paper's CIFAR values (alr_fast.config.MethodConfig defaults: elr_*, gce_*, sce_*,
+    # bootstrap_*), from the first epoch: none of the four papers has a warm-up.
+    ("elr", {"name": "elr", "warmup": "fixed", "warmup_epochs": 0}),
+    ("gce", {"name": "gce", "warmup": "fixed", "warmup_epochs": 0}),
+    ("sce", {"name": "sce", "warmup": "fixed", "warmup_epochs": 0}),
+    ("bootstrap", {"name": "bootstrap", "warmup": "fixed", "warmup_epochs": 0}),
+    ("alr", {"name": "alr"}),  # the demo recipe as it is: auto warm-up + 5-epoch lam ramp
+    ("ce", {"name": "ce"}),
+]
+BASELINE_VAL_FRACTION = 0.1
+"""Noisy validation slice (data.val_fraction) of every arm in the baselines study: selects the reported
+validation-selected model; the test split is never consulted for it."""
+BASELINE_THREADS = 1
+"""torch threads per run in the baselines study (it ran on a 2-core machine shared with other jobs, where two
+threads per run spent their time waiting for each other)."""
+BANK_ARMS = ("elr", "alr")
+"""Arms whose bank holds something other than the given labels (refined-label accuracy and mislabel F1 mean
+something only there)."""
+
+
+def run_baselines_study(args) -> int:
+    """Every arm of BASELINE_ARMS on --datasets x BASELINE_SETTINGS x --seeds, seed by seed (seed 0 of every
+    setting first, so an interrupted study has whole seeds). Resumable: each finished run is appended to
+    <stem>.runs.jsonl and skipped on restart."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = [(a, f) for a, f in BASELINE_ARMS if not args.arms or a in args.arms.split(",")]
+    out, runs = Path(args.out), Path(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    rt = resolve_runtime("cpu" if not torch.cuda.is_available() else "auto", "auto", "auto")
+    t_start, sha = time.perf_counter(), git("rev-parse", "HEAD")
+    stem = args.stem or "baselines"
+    partial = out / f"{stem}.runs.jsonl"
+    done = {(r["dataset"], r["noise"], r["seed"], r["arm"], json.dumps(r["method_fields"])): r
+            for r in read_jsonl(partial)}
+    if done:
+        print(f"resuming: {len(done)} finished runs read from {partial}", flush=True)
+    cases = ([c for c in warmup_cases(args)] if args.cases else
+             [(d, k, r) for d in args.datasets.split(",") for k, r in BASELINE_SETTINGS])
+    records: list[dict] = []
+    for seed in seeds:
+        for dataset, kind, rate in cases:
+            noise = f"{kind}@{rate:g}"
+            cfg = data = None
+            for arm, fields in arms:
+                key = (dataset, noise, seed, arm, json.dumps(fields))
+                if key in done:
+                    records.append(done[key])
+                    continue
+                if data is None:
+                    cfg = base_config(dataset, kind, rate, seed, runs)
+                    cfg.data.val_fraction = BASELINE_VAL_FRACTION
+                    cfg.train.threads = BASELINE_THREADS
+                    data = build_train_data(cfg)
+                c = copy.deepcopy(cfg)
+                for name, value in fields.items():
+                    setattr(c.method, name, value)
+                c.train.out = str(runs / "baselines" / dataset / noise / f"seed{seed}" / arm)
+                s = train(c, data, runtime=rt)
+                rows = [json.loads(line) for line in (Path(c.train.out) / "metrics.jsonl").read_text().splitlines()]
+                rec = dict(s, study="baselines", dataset=dataset, noise=noise, seed=seed, arm=arm,
+                           actual_rate=data.noise_manifest["actual_rate"], method_fields=fields,
+                           curves={k: [r.get(k) for r in rows] for k in CURVE_KEYS})
+                records.append(rec)
+                append_jsonl(partial, [rec])
+                print(f"[{time.perf_counter() - t_start:7.1f}s] baselines {dataset} {noise} seed={seed} {arm:10s} "
+                      f"last={s['last_test_acc']:.3f} val-selected={s.get('best_test_acc', float('nan')):.3f} "
+                      f"refined={s.get('refined_label_acc', 0):.3f}", flush=True)
+    meta = {**_study_meta(rt, t_start, sha), "seeds": seeds, "val_fraction": BASELINE_VAL_FRACTION,
+            "threads": BASELINE_THREADS, "arms": {a: f for a, f in arms}}
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    md = baselines_report(records, meta)
+    (out / f"{stem}.md").write_text(md)
+    baselines_plot(records, out / f"{stem}.png")
+    print(md)
+    return 0
+
+
+def baselines_report(records: list[dict], meta: dict) -> str:
+    arms = list(dict.fromkeys(r["arm"] for r in records))
+    seeds_done = sorted({r["seed"] for r in records})
+    lines = ["# Baselines study: ELR, GCE, SCE and soft bootstrapping against ALR and CE", "",
+             f"Command: `{meta['command']}`  ", f"git {meta['git_sha'][:10]}, {meta['date_utc']} UTC, "
+             f"{meta['machine']}, device {meta['device']}, torch {meta['torch']}, "
+             f"total {meta['total_time_s'] / 60:.1f} min (this invocation).  ",
+             f"Seeds requested {meta['seeds']}, seeds with at least one run {seeds_done}; mean ± sample std over "
+             f"the seeds each cell has (which seeds: the last table; '(1 seed)': a single run). Best mean of a row "
+             f"in bold. Noisy validation slice: data.val_fraction = "
+             f"{meta['val_fraction']} (stratified on the given labels, never trained on) for every arm.  ",
+             "Arms: " + "; ".join(f"{a} {json.dumps(f)}" for a, f in meta["arms"].items()) + ". Everything else is "
+             "the demo recipe (alr_fast.recipes.demo: SGD, cosine, 40 epochs, batch 128); the baselines' own "
+             "hyper-parameters are the MethodConfig defaults (their papers' CIFAR values).", ""]
+    setting_order = {f"{k}@{r:g}": i for i, (k, r) in enumerate(BASELINE_SETTINGS)}
+    cases = sorted(dict.fromkeys((r["dataset"], r["noise"]) for r in records),
+                   key=lambda c: (c[0], setting_order.get(c[1], len(setting_order)), c[1]))
+
+    def cell(values: list[float]) -> str:  # one seed: no spread to show
+        return fmt(values) if len(values) > 1 else f"{100 * values[0]:.1f} (1 seed)"
+
+    for title, key in (("Last-epoch test accuracy (%)", "last_test_acc"),
+                       ("Validation-selected test accuracy (%; epoch of best noisy-validation accuracy)",
+                        "best_test_acc")):
+        lines += [f"## {title}", "", "| data | noise (actual) | " + " | ".join(arms) + " |",
+                  "|" + "---|" * (len(arms) + 2)]
+        for dataset, noise in cases:
+            g = _group(records, dataset=dataset, noise=noise)
+            cells = []
+            best = max((mean_std([r[key] for r in _group(g, arm=a)])[0] for a in arms if _group(g, arm=a)),
+                       default=None)
+            for a in arms:
+                ga = _group(g, arm=a)
+                if not ga:
+                    cells.append("-")
+                    continue
+                text = cell([r[key] for r in ga])
+                cells.append(f"**{text}**" if mean_std([r[key] for r in ga])[0] == best else text)
+            lines.append(f"| {dataset} | {noise} ({100 * np.mean([r['actual_rate'] for r in g]):.0f} %) | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    bank_arms = [a for a in arms if a in BANK_ARMS]
+    if bank_arms:
+        lines += ["## Refined-label accuracy and mislabel F1 (%; methods with a bank)", "",
+                  "| data | noise | " + " | ".join(f"{a} refined acc | {a} F1" for a in bank_arms) + " |",
+                  "|" + "---|" * (2 * len(bank_arms) + 2)]
+        for dataset, noise in cases:
+            g = _group(records, dataset=dataset, noise=noise)
+            cells = []
+            for a in bank_arms:
+                ga = _group(g, arm=a)
+                cells += ([cell([r["refined_label_acc"] for r in ga]), cell([r["mislabel_f1"] for r in ga])]
+                          if ga else ["-", "-"])
+            lines.append(f"| {dataset} | {noise} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Runs per cell", "", "| data | noise | " + " | ".join(arms) + " |", "|" + "---|" * (len(arms) + 2)]
+    for dataset, noise in cases:
+        g = _group(records, dataset=dataset, noise=noise)
+        lines.append(f"| {dataset} | {noise} | " + " | ".join(
+            ",".join(str(r["seed"]) for r in _group(g, arm=a)) or "-" for a in arms) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def baselines_plot(records: list[dict], path: Path) -> None:
+    """Last-epoch and validation-selected test accuracy per setting and arm (mean ± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    arms = list(dict.fromkeys(r["arm"] for r in records))
+    fig, axes = plt.subplots(2, len(datasets), figsize=(7 * len(datasets), 7), squeeze=False)
+    for col, dataset in enumerate(datasets):
+        order = {f"{k}@{r:g}": i for i, (k, r) in enumerate(BASELINE_SETTINGS)}
+        noises = sorted(dict.fromkeys(r["noise"] for r in records if r["dataset"] == dataset),
+                        key=lambda n: (order.get(n, len(order)), n))
+        for row, (key, what) in enumerate((("last_test_acc", "last epoch"), ("best_test_acc", "validation-selected"))):
+            ax = axes[row][col]
+            width = 0.8 / max(len(arms), 1)
+            for i, a in enumerate(arms):
+                stats = [mean_std([r[key] for r in _group(records, dataset=dataset, noise=n, arm=a)])
+                         if _group(records, dataset=dataset, noise=n, arm=a) else (np.nan, 0.0) for n in noises]
+                xs = np.arange(len(noises)) + (i - (len(arms) - 1) / 2) * width
+                ax.bar(xs, [m for m, _ in stats], width, yerr=[s for _, s in stats], capsize=2, label=a)
+            ax.set_xticks(np.arange(len(noises)), noises, fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{dataset}: test accuracy, {what}")
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _study_meta(rt, t_start: float, git_sha: str | None) -> dict:
@@ -162,10 +338,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/quality")
     ap.add_argument("--runs", default="runs/quality", help="scratch folder for the individual runs")
-    ap.add_argument("--study", choices=("main", "warmup", "detection"), default="main",
+    ap.add_argument("--study", choices=("main", "warmup", "detection", "baselines"), default="main",
                     help="main: CE/SELC/ALR/cleanlab over noise rates (+ ablations); warmup: auto warm-up + lam "
                          "ramp vs fixed warm-ups; detection: mislabel detection, ALR vs cleanlab on cross-fit "
-                         "probabilities (benchmarks/detection.py, which takes the remaining arguments)")
+                         "probabilities (benchmarks/detection.py, which takes the remaining arguments); baselines: "
+                         "ELR/GCE/SCE/bootstrapping vs ALR and CE (run_baselines_study)")
     ap.add_argument("--cases", default="",
                     help="warmup study: comma-separated dataset:kind@rate (e.g. digits:sym-incl@0.8) instead of "
                          "the full grid (--datasets x sym 20/40/60/80, asym 40, pair 45)")
@@ -173,7 +350,8 @@ def main(argv=None) -> int:
                     help="warmup study: the fixed warm-up lengths (epochs) to compare against")
     ap.add_argument("--fixed-ramp-epochs", type=float, default=0.0,
                     help="warmup study: lam ramp of the fixed-warm-up arms (0 = the demo recipe as it was)")
-    ap.add_argument("--arms", default="", help="warmup study: only these arms (e.g. alr-auto,selc; default all)")
+    ap.add_argument("--arms", default="", help="warmup/baselines study: only these arms (e.g. alr-auto,selc; default "
+                                               "all)")
     ap.add_argument("--stem", default="", help="output file stem (default: quality / quality_quick / warmup_study)")
     ap.add_argument("--rerender", action="store_true",
                     help="re-write <out>/<stem>.md and the plots from <out>/<stem>.json without training")
@@ -187,9 +365,12 @@ def main(argv=None) -> int:
         return detection.main(rest)
     args = ap.parse_args(argv)
     if args.rerender:
-        stem = args.stem or {"warmup": "warmup_study", "main": "quality"}[args.study]
+        stem = args.stem or {"warmup": "warmup_study", "main": "quality", "baselines": "baselines"}[args.study]
         saved = json.loads((Path(args.out) / f"{stem}.json").read_text())
-        if args.study == "warmup":
+        if args.study == "baselines":
+            md = baselines_report(saved["runs"], saved["meta"])
+            baselines_plot(saved["runs"], Path(args.out) / f"{stem}.png")
+        elif args.study == "warmup":
             md = warmup_report(saved["runs"], saved["meta"])
             warmup_plot(saved["runs"], Path(args.out) / f"{stem}_curves.png")
         else:
@@ -200,6 +381,8 @@ def main(argv=None) -> int:
         return 0
     if args.study == "warmup":
         return run_warmup_study(args)
+    if args.study == "baselines":
+        return run_baselines_study(args)
 
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     datasets = ["mnist5k"] if args.quick else args.datasets.split(",")

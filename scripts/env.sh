@@ -12,8 +12,9 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   echo "[env] creating $VENV (torch, torchvision, triton, deepspeed, DALI: ~5 GB, a few minutes the first time)" >&2
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  # The constraints pin the tested versions; the extras add DALI, pytest, cleanlab and timm.
-  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[dali,test,bench,timm]" >&2
+  # The constraints pin the tested versions; every extra of pyproject.toml is installed (train, demo, dali, test,
+  # bench, timm): the core alone (torch, numpy) is what `pip install alr_fast` gives a user's own loop.
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[train,demo,dali,test,bench,timm]" >&2
   # DeepSpeed JIT-compiles its CPU shared-memory comm op on first use (~30 s); build it now, once per machine,
   # so the first run is not slowed down. Cached under ~/.cache/torch_extensions.
   "$VENV/bin/python" - >&2 <<'PYEOF'

@@ -7,6 +7,7 @@ kernel is decorated, i.e. before ``alr_fast.loss.triton`` is imported (Triton re
 
 import os
 import socket
+import tempfile
 
 import torch
 
@@ -18,6 +19,11 @@ if not HAS_CUDA:
 # from the environment would make them join the wrong one.
 for _var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
     os.environ.pop(_var, None)
+
+# Checkpoint manifests are signed with a key kept outside the run folder (alr_fast/train/checkpoint.py; by default
+# in ~/.config): the tests, and the launchers they start, use a key of their own.
+os.environ.setdefault("ALR_FAST_CHECKPOINT_KEY",
+                      os.path.join(tempfile.mkdtemp(prefix="alr_fast_test_key_"), "checkpoint.key"))
 
 # Keep CPU tests quick and reproducible on a 2-core machine.
 torch.set_num_threads(min(2, torch.get_num_threads()))

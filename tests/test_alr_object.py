@@ -205,7 +205,7 @@ def test_export_writes_the_trainers_files_from_every_rank(tmp_path):
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="method must be one of"):
-        ALR(torch.tensor([0, 1]), 2, method="sce")
+        ALR(torch.tensor([0, 1]), 2, method="mixup")
     with pytest.raises(ValueError, match="1-D integer vector"):
         ALR(torch.tensor([0.0, 1.0]), 2)
     with pytest.raises(ValueError, match="warmup must be 'auto' or a number"):

@@ -40,7 +40,7 @@ def test_overrides_are_typed():
         ("method.lam=inf", r"method.lam: must be a finite number >= 0, got inf"),
         ("method.lam=nan", r"method.lam: must be a finite number >= 0, got nan"),
         ("method.lam=-1e-9", r"method.lam: must be a finite number >= 0"),
-        ("method.name=elr", "method.name: must be one of"),
+        ("method.name=mixup", "method.name: must be one of"),
         ("train.epochs=0", "train.epochs: must be >= 1"),
         ("train.epochs=ten", "train.epochs='ten'"),
         ("data.augment=maybe", "expected true/false"),

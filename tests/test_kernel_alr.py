@@ -27,8 +27,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from alr_fast.loss.triton import ALRLoss, alr_forward, fused_alr_loss, pick_config  # noqa: E402
-from alr_fast.loss.triton.alr_loss import INTERPRETED, _round_to  # noqa: E402
-from alr_fast.loss.triton import alr_loss as alr_loss_mod  # noqa: E402
+from alr_fast.loss.triton import alr_kernels, heuristics, reduction  # noqa: E402
+from alr_fast.loss.triton.rows import INTERPRETED, round_to  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -345,22 +345,21 @@ def test_poisoned_output_buffers(K, launch, refine):
     torch.testing.assert_close(grad.cpu().double(), ref_grad, **_tol("grad", logits.dtype, bank.dtype))
 
 
+@pytest.mark.parametrize("launch", [dict(), dict(block_k=8, rows_per_program=1)], ids=["one-sweep", "two-sweep"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_inplace_grad(reduction):
-    """inplace_grad=True writes dL/dz into the logits buffer; the gradient is the same as the default path."""
+def test_gradient_into_the_logits_buffer(reduction, launch):
+    """alr_forward(grad=logits) writes dL/dz over the logits it reads (both sweeps read a block before its
+    gradient is stored); the results equal those with a separate gradient buffer."""
     B, K = 16, 21
     logits, bank, index = make_case(B, K, torch.float32, torch.float32, seed=23)
-    ref_loss, ref_grad, ref_bank = run_fused(logits, bank, index, ALRParams(ALPHA, LAM, reduction=reduction))
-    leaf = logits.clone().requires_grad_(True)
-    z = leaf * 1.0  # a non-leaf, like a network output
-    buf_ptr = z.data_ptr()
+    params = ALRParams(ALPHA, LAM, reduction=reduction)
+    ref_loss, ref_grad = alr_forward(logits, ref_bank := bank.clone(), index, params, **launch)
+    z = logits.clone()
     bank2 = bank.clone()
-    loss = fused_alr_loss(z, bank2, index, ALRParams(ALPHA, LAM, reduction=reduction), inplace_grad=True)
-    assert not torch.equal(z.detach(), logits)  # the logits buffer was overwritten by the forward
-    loss.backward(torch.ones_like(loss))
-    torch.testing.assert_close(loss.detach(), ref_loss, rtol=0, atol=0)
-    torch.testing.assert_close(leaf.grad, ref_grad, rtol=1e-6, atol=1e-7)
-    assert z.data_ptr() == buf_ptr
+    loss, grad = alr_forward(z, bank2, index, params, grad=z, **launch)
+    assert grad.data_ptr() == z.data_ptr() and not torch.equal(z, logits)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
     assert torch.equal(bank2, ref_bank)
 
 
@@ -403,7 +402,7 @@ def test_empty_batch(reduction):
 # programs (one or two rows each) and a tiny summation block, so the last program loops over several blocks.
 def _counter() -> int:
     """The ticket counter the next launch on this device (and current stream) will use: must be 0."""
-    return int(alr_loss_mod._TICKETS.get(DEVICE))
+    return int(reduction.TICKETS.get(DEVICE))
 
 
 def _unique_case(B, K, seed, *, n_pad, dtype=torch.float32):
@@ -418,7 +417,7 @@ def _unique_case(B, K, seed, *, n_pad, dtype=torch.float32):
 @pytest.fixture
 def small_red_block(monkeypatch):
     """The last program sums 8 partials per loop step (instead of 128 * num_warps)."""
-    monkeypatch.setattr(alr_loss_mod, "_red_block", lambda num_warps: 8)
+    monkeypatch.setattr(heuristics, "red_block", lambda num_warps: 8)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -517,7 +516,7 @@ def test_interpreter_failure_mid_grid_resets_the_counter(monkeypatch):
     """Under the interpreter the programs run inside the launch call: an exception after some programs drew
     tickets must not leave the counter non-zero for the next call."""
     logits, bank, index = _unique_case(16, 5, seed=89, n_pad=2)
-    original = alr_loss_mod._alr_rows
+    original = alr_kernels._alr_rows
     calls = {"n": 0}
 
     def failing(*args):
@@ -526,10 +525,10 @@ def test_interpreter_failure_mid_grid_resets_the_counter(monkeypatch):
             raise RuntimeError("injected failure in program 5")
         return original(*args)
 
-    monkeypatch.setattr(alr_loss_mod, "_alr_rows", failing)
+    monkeypatch.setattr(alr_kernels, "_alr_rows", failing)
     with pytest.raises(Exception, match="injected failure"):
         alr_forward(logits, bank.clone(), index, ALRParams(ALPHA, LAM, assume_unique=True), rows_per_program=1)
-    monkeypatch.setattr(alr_loss_mod, "_alr_rows", original)
+    monkeypatch.setattr(alr_kernels, "_alr_rows", original)
     assert _counter() == 0
     check_against_float64(logits, bank, index, alpha=ALPHA, lam=LAM, refine=True, reduction="mean",
                           assume_unique=True, rows_per_program=1)  # fmt: skip
@@ -541,7 +540,7 @@ def test_only_the_last_ticket_reduces_and_resets():
     program alone must reduce and reset, after which the remaining c programs leave the counter at c. (A
     kernel in which every program reduces, or which keys on another ticket, ends elsewhere.)"""
     logits, bank, index = _unique_case(16, 5, seed=97, n_pad=2)
-    counter = alr_loss_mod._TICKETS.get(DEVICE)
+    counter = reduction.TICKETS.get(DEVICE)
     try:
         counter.fill_(5)
         alr_forward(logits, bank.clone(), index, ALRParams(ALPHA, LAM, assume_unique=True), rows_per_program=1)
@@ -604,8 +603,8 @@ def test_input_errors_name_the_argument():
         fused_alr_loss(logits, bank, index, ALRParams(1.5, 0.0))
     with pytest.raises(ValueError, match="block_k"):
         fused_alr_loss(logits, bank, index, p, block_k=48)
-    with pytest.raises(ValueError, match="inplace_grad"):
-        fused_alr_loss(logits.t().contiguous().t(), bank, index, p, inplace_grad=True)
+    with pytest.raises(TypeError, match="inplace_grad"):
+        fused_alr_loss(logits, bank, index, p, inplace_grad=True)  # removed: no caller (KERNEL_NOTES)
     with pytest.raises(ValueError, match="must not require grad"):
         fused_alr_loss(logits, bank.clone().requires_grad_(True), index, p)
 
@@ -614,11 +613,11 @@ def test_input_errors_name_the_argument():
 def _cast_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offs, mask=offs < n)
-    tl.store(y_ptr + offs, _round_to(x, y_ptr.dtype.element_ty), mask=offs < n)
+    tl.store(y_ptr + offs, round_to(x, y_ptr.dtype.element_ty), mask=offs < n)
 
 
 def test_store_rounding_matches_torch_bit_for_bit():
-    """_round_to (used for every bf16/fp16 store) is round-to-nearest-even like torch's casts, on every
+    """round_to (used for every bf16/fp16 store) is round-to-nearest-even like torch's casts, on every
     exact bf16 tie, inf, NaN, signed zero and subnormal, under the interpreter as on a GPU."""
     ties = ((torch.arange(2**16, dtype=torch.int32) << 16) | 0x8000).view(torch.float32)  # halfway cases
     special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-40, -3e-39, 3.3e38])
@@ -678,8 +677,7 @@ def test_training_run_matches_reference_step_by_step():
 
 def test_custom_ops_registered_and_opcheck():
     """The ops are registered (bank declared mutated) and pass torch.library.opcheck."""
-    for name in ("fused_alr_fwd", "fused_alr_fwd_inplace_grad"):
-        assert hasattr(torch.ops.alr_fast, name)
+    assert hasattr(torch.ops.alr_fast, "fused_alr_fwd")
     schema = torch.ops.alr_fast.fused_alr_fwd.default._schema
     assert [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write] == ["bank"]
     logits, bank, index = make_case(8, 6, torch.float32, torch.float32, seed=47)
@@ -688,11 +686,6 @@ def test_custom_ops_registered_and_opcheck():
             torch.ops.alr_fast.fused_alr_fwd.default,
             (logits, bank.clone(), index, ALPHA, LAM, refine, reduction, False, 0, 0),
         )
-    z = logits.clone()
-    torch.library.opcheck(
-        torch.ops.alr_fast.fused_alr_fwd_inplace_grad.default,
-        (z, bank.clone(), index, ALPHA, LAM, True, "sum", True, 0, 0),
-    )
 
 
 def test_torch_compile_traces_through_the_custom_op():
@@ -864,7 +857,7 @@ def test_gpu_single_launch_reduction_bitwise_and_complete(B, K, rows, reduction)
             first[rep % 2] = loss.clone()
             torch.testing.assert_close(loss.double(), want, rtol=2e-6, atol=0)
         assert torch.equal(loss, first[rep % 2]), (rep, loss, first[rep % 2])
-    assert int(alr_loss_mod._TICKETS.get(DEVICE)) == 0
+    assert int(reduction.TICKETS.get(DEVICE)) == 0
 
 
 @gpu_only
@@ -882,7 +875,7 @@ def test_gpu_concurrent_streams_use_separate_counters():
     for st in streams:
         st.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(st):
-            counters.append(alr_loss_mod._TICKETS.get(DEVICE))
+            counters.append(reduction.TICKETS.get(DEVICE))
     assert counters[0].data_ptr() != counters[1].data_ptr()
     results = [[], []]
     starts = [torch.cuda.Event(enable_timing=True) for _ in streams]
@@ -1055,88 +1048,23 @@ def test_split_chunk_choice():
         kernels.split_chunk(4, 300, cpu, 48)
 
 
-# ------------------------------------------------------------------------------------------- row sums (sum t)
-@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16], ids=["bank-fp32", "bank-bf16"])
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-@pytest.mark.parametrize("refine,lam", [(True, LAM), (False, LAM)], ids=["alr", "warmup"])
-@pytest.mark.parametrize("path", [dict(block_k=128, rows_per_program=2, split_k=-1), dict(split_k=128),
-                                  dict(block_k=1024, split_k=-1)], ids=["two-sweep", "split-k", "one-sweep"])
-def test_row_sums_replace_the_bank_read_and_stay_exact(path, refine, lam, reduction, bank_dtype):
-    """With ``row_sums`` the kernel takes sum_k t_k from it (not from the bank) and keeps it equal to the sum
-    of every written bank row as stored (rounded to the bank dtype), on every path. The bank rows of
-    make_case do not sum to 1, so a kernel that assumed 1 or read a stale sum would fail the float64 check."""
-    logits, bank, index = _split_case(10, 600, torch.float32, bank_dtype, seed=21)
-    row_sums = bank.float().sum(1)
-    b = bank.clone()
-    loss, grad = alr_forward(logits, b, index, ALRParams(ALPHA, lam, refine, reduction, True), row_sums=row_sums,
-                             **path)
-    ref_loss, ref_grad, ref_bank = alr_float64(logits.cpu(), bank.cpu(), index.cpu(), alpha=ALPHA, lam=lam,
-                                               refine=refine, reduction=reduction)
-    tol = dict(equal_nan=True)
-    torch.testing.assert_close(loss.cpu().double(), ref_loss, **tol, **_tol("loss", torch.float32, bank_dtype))
-    torch.testing.assert_close(grad.cpu().double(), ref_grad, **tol, **_tol("grad", torch.float32, bank_dtype))
-    torch.testing.assert_close(b.cpu().double(), ref_bank.double(), **_tol("bank", torch.float32, bank_dtype))
-    torch.testing.assert_close(row_sums, b.float().sum(1), rtol=2e-6, atol=2e-6)  # exact up to summation order
-
-
-def test_row_sums_chain_through_duplicates_and_a_stale_sum_shows():
-    """The duplicate chain (refinement without assume_unique) updates the sum after each occurrence; and the
-    sums really are read: a wrong one changes the gradient by (wrong - right) * p."""
-    logits, bank, index = make_case(16, 600, torch.float32, torch.float32, seed=8)
-    row_sums = bank.float().sum(1)
-    b = bank.clone()
-    params = ALRParams(ALPHA, LAM, True, "none", False)
-    _, grad = alr_forward(logits, b, index, params, row_sums=row_sums, block_k=128, rows_per_program=1)
-    _, ref_grad, ref_bank = alr_float64(logits.cpu(), bank.cpu(), index.cpu(), alpha=ALPHA, lam=LAM, refine=True,
-                                        reduction="none")
-    torch.testing.assert_close(grad.double(), ref_grad, equal_nan=True, **_tol("grad", torch.float32, torch.float32))
-    torch.testing.assert_close(row_sums, b.float().sum(1), rtol=2e-6, atol=2e-6)
-    stale = bank.float().sum(1) + 0.25
-    _, wrong = alr_forward(logits, bank.clone(), index, params, row_sums=stale, block_k=128, rows_per_program=1)
-    assert not torch.allclose(wrong, grad, equal_nan=True, atol=1e-3)
-
-
-def test_row_sums_argument_is_checked():
-    logits, bank, index = _split_case(4, 40, torch.float32, torch.float32, seed=1)
-    with pytest.raises(ValueError, match=r"row_sums must be a contiguous float32 \[\d+\]"):
-        alr_forward(logits, bank, index, ALRParams(ALPHA, LAM, True, "mean", True),
-                    row_sums=bank.sum(1).double())
-
-
-def test_row_sums_through_autograd():
-    logits, bank, index = _split_case(6, 300, torch.float32, torch.float32, seed=5)
-    row_sums = bank.float().sum(1)
-    p = ALRParams(ALPHA, LAM, True, "mean", True)
-    loss, grad, new_bank = run_fused(logits, bank, index, p, block_k=64, rows_per_program=1)
-    z = logits.clone().requires_grad_(True)
-    b = bank.clone()
-    loss2 = fused_alr_loss(z, b, index, p, block_k=64, rows_per_program=1, row_sums=row_sums)
-    loss2.backward()
-    torch.testing.assert_close(loss2.detach(), loss, equal_nan=True)
-    torch.testing.assert_close(z.grad, grad, equal_nan=True, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(b, new_bank)
-    torch.testing.assert_close(row_sums, b.float().sum(1), rtol=2e-6, atol=2e-6)
-
-
 @gpu_only
 @pytest.mark.parametrize("B,K", [(8, 262144), (64, 32000), (300, 10007)])
-def test_gpu_split_k_and_row_sums_at_large_vocab(B, K):
-    """Split-K picked by itself (few rows, K > 8192), with and without row_sums, against the one-launch
-    kernel forced (split_k=-1) and against float64 on a few rows."""
-    assert kernels.split_chunk(B, K, DEVICE) == kernels.alr_loss.SPLIT_CHUNK
+def test_gpu_split_k_at_large_vocab(B, K):
+    """Split-K picked by itself (few rows, K > 8192), against the one-launch kernel forced (split_k=-1) and
+    against float64 on a few rows."""
+    assert kernels.split_chunk(B, K, DEVICE) == heuristics.SPLIT_CHUNK
     logits, bank, index = _split_case(B, K, torch.bfloat16, torch.bfloat16, seed=B + K)
     p = ALRParams(0.9, LAM, True, "mean", True)
     outs = []
-    for kw in (dict(), dict(row_sums=bank.float().sum(1)), dict(split_k=-1)):
+    for kw in (dict(), dict(split_k=-1)):
         b = bank.clone()
         loss, grad = alr_forward(logits, b, index, p, **kw)
-        outs.append((loss, grad.float(), b.float(), kw.get("row_sums")))
-    for loss, grad, b, rs in outs[:2]:
-        torch.testing.assert_close(loss, outs[2][0], equal_nan=True, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(grad, outs[2][1], equal_nan=True, rtol=1.6e-2, atol=1e-5)
-        torch.testing.assert_close(b, outs[2][2], rtol=8e-3, atol=1e-6)
-        if rs is not None:
-            torch.testing.assert_close(rs, b.sum(1), rtol=2e-6, atol=2e-6)
+        outs.append((loss, grad.float(), b.float()))
+    loss, grad, b = outs[0]
+    torch.testing.assert_close(loss, outs[1][0], equal_nan=True, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, outs[1][1], equal_nan=True, rtol=1.6e-2, atol=1e-5)
+    torch.testing.assert_close(b, outs[1][2], rtol=8e-3, atol=1e-6)
     rows = torch.arange(min(B, 4))
     _, ref_grad, _ = alr_float64(logits[rows].cpu(), bank.cpu(), index[rows].cpu(), alpha=0.9, lam=LAM,
                                  refine=True, reduction="sum")

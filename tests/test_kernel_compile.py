@@ -19,33 +19,43 @@ import pytest
 
 pytest.importorskip("triton")
 
-# (logits, bank, REFINE, HAS_ENTROPY, DEDUP, REDUCTION, B, K, block_k): the launch config comes from
-# pick_config exactly as the host function picks it on an H100 (132 SMs). REDUCTION 1 ("sum") and 2 ("mean")
-# include the in-kernel "last program reduces" tail (atomic ticket + fp64 sum of the partials).
-FWD_VARIANTS = [
-    ("fp32", "fp32", True, True, True, 2, 16384, 10, 0),
-    ("bf16", "bf16", True, True, True, 2, 16384, 100, 0),
-    ("bf16", "fp32", True, True, True, 2, 256, 100, 0),  # few rows per program, 2 warps
-    ("fp32", "bf16", True, True, True, 0, 4096, 14, 0),
-    ("fp16", "fp32", True, False, False, 0, 16384, 1000, 0),
-    ("bf16", "fp64", False, False, False, 1, 16384, 1000, 0),
-    ("fp32", "fp16", True, True, True, 0, 1024, 8192, 0),
-    ("bf16", "bf16", True, True, True, 2, 1024, 32000, 0),
-    ("fp32", "fp32", False, False, False, 2, 64, 262144, 0),
-    # Single-launch reductions on the assume_unique / warm-up paths (the last program sums the partials).
-    ("bf16", "fp32", True, True, False, 2, 16384, 1000, 0),
-    ("fp32", "fp32", False, False, False, 1, 65536, 16, 0),
-    ("bf16", "bf16", True, False, False, 1, 1024, 32000, 0),
-]
+DTYPES = ("fp32", "bf16", "fp16")
+BANK_DTYPES = ("fp32", "bf16", "fp16", "fp64")
+REDUCTION_CODES = (0, 1, 2)  # "none", "sum", "mean"; 1 and 2 include the in-kernel "last program reduces" tail
+# Every mode of the forward kernel: (REFINE, HAS_ENTROPY, DEDUP). Warm-up has no entropy term and never sorts
+# (DEDUP only with refinement); lam = 0 (SELC) is refinement without the entropy term.
+MODES = ((True, True, True), (True, True, False), (True, False, True), (True, False, False), (False, False, False))
+# Shapes that reach every layout pick_config chooses on an H100 (132 SMs): several rows per program with few
+# warps, one row per program, the largest one-sweep block, and the two-sweep path.
+SHAPES = ((16384, 10), (256, 100), (16384, 1000), (1024, 8192), (1024, 32000))
 
 
-# Split-K (two launches): (logits, bank, REFINE, HAS_ENTROPY, REDUCTION, HAS_ROWSUM). The second launch always
-# ends with the ticket (every reduction, "none" included: the last program sums each row's chunks).
+def _forward_variants(full: bool) -> list[tuple]:
+    """(logits, bank, REFINE, HAS_ENTROPY, DEDUP, REDUCTION, B, K). ``full``: the product of every logits
+    dtype, bank dtype, mode, reduction and shape (what ``--all`` compiles for KERNEL_NOTES). Otherwise a cover
+    in which every value of every axis, and every (mode, shape) and (dtype pair, one-/two-sweep) pair, occurs."""
+    import itertools
+
+    if full:
+        return [(lg, bk, *mode, red, B, K) for lg, bk, mode, red, (B, K) in itertools.product(
+            DTYPES, BANK_DTYPES, MODES, REDUCTION_CODES, SHAPES)]
+    out = []
+    pairs = list(itertools.product(DTYPES, BANK_DTYPES))
+    for i, (mode, (B, K)) in enumerate(itertools.product(MODES, SHAPES)):
+        lg, bk = pairs[i % len(pairs)]
+        out.append((lg, bk, *mode, REDUCTION_CODES[i % 3], B, K))
+    return out
+
+
+FWD_VARIANTS = _forward_variants(full=False)
+# Split-K (two launches): (logits, bank, REFINE, HAS_ENTROPY, REDUCTION). The second launch always ends with
+# the ticket (every reduction, "none" included: the last program sums each row's chunks). Every dtype pair, and
+# every (mode, reduction) pair.
 SPLIT_VARIANTS = [
-    ("bf16", "bf16", True, True, 2, True),
-    ("fp32", "fp32", True, True, 0, False),
-    ("fp16", "fp32", False, False, 1, True),
-]
+    (lg, bk, refine, ent, red)
+    for i, (lg, bk) in enumerate((lg, bk) for lg in DTYPES for bk in BANK_DTYPES)
+    for refine, ent, red in [((True, True, 2), (True, False, 0), (False, False, 1))[i % 3]]
+] + [("bf16", "fp32", r, e, red) for r, e in ((True, True), (True, False), (False, False)) for red in (0, 1, 2)]
 
 
 def _reduction_ordering(ptx: str) -> dict:
@@ -77,10 +87,13 @@ def _compile_all() -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from alr_fast.loss.triton import alr_loss as m
+    from alr_fast.loss.triton import alr_kernels as k
+    from alr_fast.loss.triton import heuristics as m
+    from alr_fast.loss.triton import split_k as sk
+    from alr_fast.loss.triton.rows import INTERPRETED
 
-    assert not m.INTERPRETED
-    m._num_programs_target = lambda device: 4 * 132  # pick_config as on an H100 SXM (132 SMs)
+    assert not INTERPRETED
+    m.num_programs_target = lambda device: 4 * 132  # pick_config as on an H100 SXM (132 SMs)
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     target = GPUTarget("cuda", 90, 32)
 
@@ -103,37 +116,45 @@ def _compile_all() -> list[dict]:
                     ordering=_reduction_ordering(ptx))
 
     results = []
-    for logits, bank, refine, entropy, dedup, red, B, K, block_k in FWD_VARIANTS:
-        cfg = m.pick_config(B, K, torch.device("cpu"), block_k=block_k)
+    full = "--all" in sys.argv
+    for logits, bank, refine, entropy, dedup, red, B, K in _forward_variants(full):
+        cfg = m.pick_config(B, K, torch.device("cpu"))
         sig = {
             "logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
             "key_ptr": "*i64", "order_ptr": "*i64", "grad_ptr": f"*{logits}", "stride_gb": "i64",
-            "loss_ptr": "*fp32", "rowsum_ptr": "*fp32", "partial_ptr": "*fp32",
-            "counter_ptr": "*i32" if red else "*fp32",
+            "loss_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32" if red else "*fp32",
             "err_ptr": "*i64",
             "B": "i32", "N": "i32", "K_DIV": "i32", "alpha": "fp32", "one_minus_alpha": "fp32", "lam": "fp32",
         }  # fmt: skip
         cx = dict(REFINE=refine, HAS_ENTROPY=entropy, DEDUP=dedup, REDUCTION=red, ONE_SWEEP=cfg.one_sweep,
-                  ROWS=cfg.rows, BLOCK_K=cfg.block_k, ROW_ALIGN=m._row_align(K),
-                  RED_BLOCK=m._red_block(cfg.num_warps), HAS_ROWSUM=not cfg.one_sweep)  # fmt: skip
-        results.append(build(m._alr_fwd_kernel, sig, cx, cfg.num_warps, f"fwd {logits}/{bank} K={K} {cfg}"))
+                  ROWS=cfg.rows, BLOCK_K=cfg.block_k, ROW_ALIGN=m.row_align(K),
+                  RED_BLOCK=m.red_block(cfg.num_warps))  # fmt: skip
+        results.append(build(k._alr_fwd_kernel, sig, cx, cfg.num_warps,
+                             f"fwd {logits}/{bank} refine={int(refine)} ent={int(entropy)} dedup={int(dedup)} "
+                             f"red={red} B={B} K={K} rows={cfg.rows} block={cfg.block_k} warps={cfg.num_warps}"))
         results[-1]["reduction"] = red
         results[-1]["forward"] = True
-    for logits, bank, refine, entropy, red, rowsum in SPLIT_VARIANTS:
+        # A vector access needs more than 4 bytes per aligned group: ROW_ALIGN elements of the wider dtype
+        # (K = 10 gives groups of 2: bf16/bf16 rows are read 4 bytes at a time, fp32 ones as 8-byte vectors).
+        size = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+        results[-1]["vector_expected"] = m.row_align(K) * max(size[logits], size[bank]) > 4
+    for logits, bank, refine, entropy, red in SPLIT_VARIANTS:
         chunk, align = m.SPLIT_CHUNK, 8
-        num_warps = max(2, min(32, chunk // (32 * m.ELEMS_PER_THREAD)))
+        num_warps = m.split_num_warps(chunk)
         sig = {"logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
                "index_ptr": "*i64", "stats_ptr": "*fp32", "N": "i32", "K_DIV": "i32", "C": "i32"}
-        cx = dict(HAS_ENTROPY=entropy, CHUNK=chunk, ROW_ALIGN=align, HAS_ROWSUM=rowsum)
-        results.append(build(m._alr_split_stats_kernel, sig, cx, num_warps, f"split stats {logits}/{bank}"))
+        cx = dict(HAS_ENTROPY=entropy, CHUNK=chunk, ROW_ALIGN=align)
+        results.append(build(sk._alr_split_stats_kernel, sig, cx, num_warps,
+                             f"split stats {logits}/{bank} ent={int(entropy)}"))  # fmt: skip
         sig = {"logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
                "index_ptr": "*i64", "stats_ptr": "*fp32", "grad_ptr": f"*{logits}", "stride_gb": "i64",
-               "loss_ptr": "*fp32", "rowsum_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
+               "loss_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
                "err_ptr": "*i64", "B": "i32", "N": "i32", "K_DIV": "i32", "C": "i32", "alpha": "fp32",
                "one_minus_alpha": "fp32", "lam": "fp32"}  # fmt: skip
         cx = dict(REFINE=refine, HAS_ENTROPY=entropy, REDUCTION=red, CHUNK=chunk, C_BLOCK=64, ROW_ALIGN=align,
-                  RED_BLOCK=m._red_block(num_warps), HAS_ROWSUM=rowsum)  # fmt: skip
-        results.append(build(m._alr_split_apply_kernel, sig, cx, num_warps, f"split apply {logits}/{bank} {red}"))
+                  RED_BLOCK=m.red_block(num_warps))  # fmt: skip
+        results.append(build(sk._alr_split_apply_kernel, sig, cx, num_warps,
+                             f"split apply {logits}/{bank} refine={int(refine)} ent={int(entropy)} red={red}"))
         results[-1]["reduction"] = red
         results[-1]["split_apply"] = True
     for dt, per_row in (("bf16", True), ("fp32", False)):
@@ -143,7 +164,7 @@ def _compile_all() -> list[dict]:
             "n_tiles": "i32",
         }  # fmt: skip
         cx = dict(PER_ROW=per_row, HAS_PREV=per_row, ROWS=4, BLOCK_K=1024, ROW_ALIGN=8)
-        results.append(build(m._alr_grad_scale_kernel, sig, cx, 8,
+        results.append(build(k._alr_grad_scale_kernel, sig, cx, 8,
                              f"grad_scale {dt} per_row={per_row}"))  # fmt: skip
     return results
 
@@ -161,7 +182,8 @@ def test_kernels_compile_for_sm90_without_spills():
     for r in results:
         assert r["spill_bytes"] == 0, r
         assert r["registers"] <= 255, r
-        assert r["vector_accesses"] > 0, f"no vectorised global load/store: {r}"  # K=10: 2 x 8-byte vectors
+        if r.get("vector_expected", r["name"] != "count_valid"):  # count_valid: int64 scalars, nothing to vectorise
+            assert r["vector_accesses"] > 0, f"no vectorised global load/store: {r}"
         order = r["ordering"]
         assert not order["float_atomics"], r  # deterministic: no float atomics anywhere
         if r.get("reduction") or r.get("split_apply"):

@@ -67,3 +67,18 @@ def test_memorisation_split_hand_computed():
     assert m["memo_other"] == pytest.approx(2 / 5)
     assert memorisation_split(torch.tensor([0]), torch.tensor([0]), torch.tensor([0])) == {
         "memo_true": 0.0, "memo_given": 0.0, "memo_other": 0.0}
+
+
+def test_label_quality_low_precision_and_recall():
+    # precision + recall <= 1 with a true positive: F1 is not 0.  given right on 4 of 6 (not 1/2: an accuracy
+    # computed from the wrong comparison would show).
+    given = torch.tensor([0, 0, 0, 0, 0, 0])
+    clean = torch.tensor([1, 1, 0, 0, 0, 0])
+    refined = torch.tensor([1, 0, 1, 1, 1, 0])
+    # flagged 0, 2, 3, 4; wrong 0, 1; tp 0 -> precision 1/4, recall 1/2, F1 = 2 (1/8) / (3/4) = 1/3.
+    q = label_quality(given, refined, clean)
+    assert q["mislabel_precision"] == pytest.approx(1 / 4)
+    assert q["mislabel_recall"] == pytest.approx(1 / 2)
+    assert q["mislabel_f1"] == pytest.approx(1 / 3)
+    assert q["given_label_acc"] == pytest.approx(4 / 6)
+    assert q["refined_label_acc"] == pytest.approx(2 / 6)  # samples 0 and 5

@@ -192,13 +192,17 @@ def test_second_signal_exits_at_once(tmp_path):
 
 
 def test_two_ranks_agree_on_the_stop_step(tmp_path):
-    """SIGTERM reaches rank 1 only, after step 3; ranks compare flags every 4 steps, so both stop after step 4."""
-    out = tmp_path / "two"
+    """SIGTERM reaches rank 1 only, after step 3; ranks compare flags every 4 steps, so both stop after step 4.
+    The resumed run equals an uninterrupted one bitwise: every rank's final weights and buffers, each read
+    from the file that rank saved (tests/rank_states_launcher.py: launchers/train.py plus that save), model.pt,
+    the exports and the metrics."""
+    out, ref = tmp_path / "two", tmp_path / "ref"
+    launcher = str(ROOT / "tests" / "rank_states_launcher.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", ALR_FAST_FAULT_AT_STEP="3", ALR_FAST_FAULT_RANK="1",
                ALR_FAST_FAULT_SIGNAL="TERM")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           LAUNCHER, *ARGS, "--out", str(out), "--set", "train.nan_check_every=4"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+           launcher, *ARGS, "--set", "train.nan_check_every=4"]
+    proc = subprocess.run([*cmd, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode != 0
     assert proc.stderr.count("stopped on a signal after global step 4 ") == 2, proc.stderr[-3000:]
     (ckpt,) = complete_checkpoints(out)
@@ -207,11 +211,25 @@ def test_two_ranks_agree_on_the_stop_step(tmp_path):
     assert {p.name for p in ckpt.glob("epoch_rank*.pt")} == {"epoch_rank0.pt", "epoch_rank1.pt"}
     for var in FAULT_VARS:
         env.pop(var, None)
-    cmd[cmd.index("--master_port") + 1] = str(free_port())
-    proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "step 4 of the epoch" in proc.stdout
+    for dst, extra in ((out, ["--resume"]), (ref, [])):
+        cmd[cmd.index("--master_port") + 1] = str(free_port())
+        proc = subprocess.run([*cmd, "--out", str(dst), *extra], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if extra:
+            assert "step 4 of the epoch" in proc.stdout
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    for r in range(2):
+        got = torch.load(out / "rank_states" / f"rank{r}.pt", weights_only=True)
+        want = torch.load(ref / "rank_states" / f"rank{r}.pt", weights_only=True)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), f"rank {r}"
+    assert same_weights(out, ref)
+    for name in ("soft_labels.npy", "pred_probs.npy", "refined_labels.csv"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    timing = ("images_per_s", "epoch_time_s", "data_time_s", "step_time_s")
+    rows = lambda p: [{k: v for k, v in json.loads(x).items() if k not in timing}  # noqa: E731
+                      for x in (p / "metrics.jsonl").read_text().splitlines()]
+    assert rows(out) == rows(ref)
 
 
 # --- 3. a dead or hung rank ---------------------------------------------------------------------------------------
@@ -279,7 +297,7 @@ def test_write_failure_mid_checkpoint_keeps_the_previous_one(reference, tmp_path
     real_save, calls = torch.save, []
 
     def failing_save(obj, f, *a, **kw):
-        if str(f).endswith("bank_rank0.pt"):
+        if str(getattr(f, "name", f)).endswith("bank_rank0.pt"):  # a path, or alr_fast's file object
             calls.append(f)
             if len(calls) == 2:  # the second checkpoint: after DeepSpeed wrote its files, before ours
                 raise OSError(errno.ENOSPC, "No space left on device")

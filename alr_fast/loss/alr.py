@@ -39,7 +39,16 @@ import torch
 from alr_fast.loss.bank import SoftLabelBank
 from alr_fast.loss.bank_export import BANK_FILES, assemble_bank_files, write_bank_part
 from alr_fast.loss.contract import ALRParamError, ALRParams
-from alr_fast.loss.functional import alr_loss, raise_on_bad_index, resolve_backend
+from alr_fast.loss.baselines import BASELINES, BaselineParamError, BootstrapParams, ELRParams, GCEParams, SCEParams
+from alr_fast.loss.functional import (
+    alr_loss,
+    bootstrap_loss,
+    elr_loss,
+    gce_loss,
+    raise_on_bad_index,
+    resolve_backend,
+    sce_loss,
+)
 from alr_fast.loss.schedule import WARMUP_DEFAULTS, AutoWarmupRule, RefinementSchedule, prediction_counts
 from alr_fast.loss.sharding import Sharding
 from alr_fast.util.atomic import write_text_atomic
@@ -48,7 +57,11 @@ __all__ = ["ALR", "METHODS"]
 
 log = logging.getLogger("alr_fast")
 
-METHODS = ("ce", "selc", "alr")
+METHODS = ("ce", "selc", "alr", *BASELINES)
+BASELINE_DEFAULTS = {"elr_beta": 0.7, "elr_lam": 3.0, "gce_q": 0.7, "sce_alpha": 0.1, "sce_beta": 1.0,
+                     "sce_log_zero": -4.0, "bootstrap_beta": 0.95}
+"""The baselines' hyper-parameters when not given: their papers' CIFAR(-10) values (alr_fast.config.MethodConfig
+documents each, with its source)."""
 STATE_FORMAT = "alr_fast.ALR/1"
 
 
@@ -67,8 +80,12 @@ class ALR:
         labels: the given (noisy) labels of ALL training samples, ``[N]`` integers, indexed by global index
             (the same vector on every rank).
         num_classes: K (default: ``max(labels) + 1``).
-        method: ``'alr'`` (EMA soft labels + entropy term), ``'selc'`` (``lam`` = 0) or ``'ce'`` (never refines;
-            the bank stays one-hot, so the loss is cross-entropy on the given labels).
+        method: ``'alr'`` (EMA soft labels + entropy term), ``'selc'`` (``lam`` = 0), ``'ce'`` (never refines;
+            the bank stays one-hot, so the loss is cross-entropy on the given labels), or a loss-based baseline
+            (:mod:`alr_fast.loss.baselines`): ``'elr'`` (its running average of the predictions is the bank),
+            ``'gce'``, ``'sce'``, ``'bootstrap'`` (no per-sample state: the bank stays at the given labels). Every
+            method trains with cross-entropy on the given labels until the schedule's warm-up ends
+            (``warmup=0``: from the first epoch).
         alpha: EMA momentum of the soft labels, ``t <- alpha t + (1 - alpha) p``.
         lam: weight of the entropy term (``'alr'`` only).
         warmup: ``'auto'`` (refinement starts when the training accuracy on the given labels stalls; rule and
@@ -78,6 +95,9 @@ class ALR:
         epochs: the run's planned epochs; with ``warmup='auto'`` refinement starts by ``epochs // 2`` at the
             latest (as in the trainer). Without it the latest start is epoch 10.
         warmup_rule: parameters of :class:`alr_fast.loss.schedule.AutoWarmupRule` to override.
+        hparams: the baselines' hyper-parameters by their config names (``elr_beta``, ``elr_lam``, ``gce_q``,
+            ``sce_alpha``, ``sce_beta``, ``sce_log_zero``, ``bootstrap_beta``); missing ones take
+            :data:`BASELINE_DEFAULTS`.
         steps_per_epoch: loss calls per epoch (``len(loader)``); learnt from the first epoch when not given.
         rank, world_size: this rank and the number of data-parallel ranks (default: the initialised
             ``torch.distributed`` group, else 0 and 1).
@@ -97,9 +117,15 @@ class ALR:
                  epochs: int | None = None, warmup_rule: dict | None = None, steps_per_epoch: int | None = None,
                  rank: int | None = None, world_size: int | None = None, device=None,
                  bank_dtype: str | torch.dtype = "float32", backend: str = "auto", assume_unique: bool = False,
-                 check_index: bool | None = None, _schedule: RefinementSchedule | None = None):
+                 check_index: bool | None = None, hparams: dict | None = None,
+                 _schedule: RefinementSchedule | None = None):
         if method not in METHODS:
             raise ValueError(f"ALR: method must be one of {METHODS}, got {method!r}")
+        unknown = sorted(set(hparams or {}) - set(BASELINE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"ALR: unknown hparams {unknown}; known: {sorted(BASELINE_DEFAULTS)}")
+        self.hparams = {**BASELINE_DEFAULTS, **(hparams or {})}
+        self._baseline = _baseline_loss(method, self.hparams)  # checks the method's own hyper-parameters
         try:  # the loss contract's own range check of alpha and lam (the only one)
             base = ALRParams.of(float(alpha), float(lam) if method == "alr" else 0.0)
         except ALRParamError as e:
@@ -165,7 +191,9 @@ class ALR:
                     assume_unique: bool = False, check_index: bool | None = None) -> "ALR":
         """From a :class:`alr_fast.config.MethodConfig` (the trainer's way: same schedule rules, same bank)."""
         sched = RefinementSchedule.from_config(method_cfg, epochs, steps_per_epoch, np.asarray(labels), num_classes)
+        hparams = {k: getattr(method_cfg, k) for k in BASELINE_DEFAULTS}
         return cls(labels, num_classes, method=method_cfg.name, alpha=method_cfg.alpha, lam=method_cfg.lam,
+                   hparams=hparams,
                    ramp_epochs=method_cfg.ramp_epochs, ramp_alpha=method_cfg.ramp_alpha, epochs=epochs,
                    steps_per_epoch=steps_per_epoch, rank=rank, world_size=world_size, device=device,
                    bank_dtype=method_cfg.bank_dtype, backend=backend, assume_unique=assume_unique,
@@ -261,13 +289,20 @@ class ALR:
         epoch = self.epoch if epoch is None else epoch
         step = self._current_step() if step is None else step
         check = self._check_index
-        if check is None:  # the fused kernel flags bad rows on the device; the torch path must check first
-            check = logits.device.type == "cpu" or _resolved(self.backend, logits.device, logits.dtype) != "triton"
-        local = self._local_rows(index, check)
         p = self.schedule.params(step, epoch)  # warm-up or refinement, the lam/alpha ramp: Python floats, no sync
-        loss = alr_loss(logits, self.bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
-                        reduction=reduction, backend=self.backend, check_index=check,
-                        assume_unique=self.assume_unique)
+        baseline = self._baseline if p.refine else None
+        if check is None:  # the fused kernel flags bad rows on the device; the torch path must check first
+            check = (logits.device.type == "cpu" or baseline is not None
+                     or _resolved(self.backend, logits.device, logits.dtype) != "triton")
+        local = self._local_rows(index, check)
+        if baseline is None:
+            loss = alr_loss(logits, self.bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
+                            reduction=reduction, backend=self.backend, check_index=check,
+                            assume_unique=self.assume_unique)
+        else:  # the baselines have no fused kernel: the torch path, after the host check of the rows above
+            labels = torch.where(local >= 0, self.bank.given[local.clamp_min(0)], -1)
+            loss = baseline(logits, self.bank.soft, local, labels, reduction=reduction, check_index=check,
+                            assume_unique=self.assume_unique)
         if track:
             with torch.no_grad():
                 n = self.bank.num_samples
@@ -436,6 +471,31 @@ class ALR:
         return (f"ALR(method={self.method!r}, alpha={self.alpha}, lam={self.lam}, N={self.num_samples}, "
                 f"K={self.num_classes}, rank={self.rank}/{self.world_size}, epoch={self.epoch}, "
                 f"refine_from_epoch={self.schedule.switch_epoch})")
+
+
+def _baseline_loss(method: str, h: dict):
+    """The refinement-phase loss of a baseline as ``f(logits, bank, local_rows, labels, **kw)``, its
+    hyper-parameters checked now (None for ce/selc/alr)."""
+    try:
+        if method == "elr":
+            ELRParams(h["elr_beta"], h["elr_lam"])
+            return lambda z, bank, rows, y, **kw: elr_loss(z, bank, rows, y, beta=h["elr_beta"], lam=h["elr_lam"],
+                                                           backend="torch", **kw)
+        kw_of = {"gce": (lambda: GCEParams(h["gce_q"]), gce_loss, {"q": h["gce_q"]}),
+                 "sce": (lambda: SCEParams(h["sce_alpha"], h["sce_beta"], h["sce_log_zero"]), sce_loss,
+                         {"alpha": h["sce_alpha"], "beta": h["sce_beta"], "log_zero": h["sce_log_zero"]}),
+                 "bootstrap": (lambda: BootstrapParams(h["bootstrap_beta"]), bootstrap_loss,
+                               {"beta": h["bootstrap_beta"]})}
+    except BaselineParamError as e:
+        raise ValueError(f"ALR: {method}_{e.field} {e.requirement}, got {e.value!r}") from None
+    if method not in kw_of:
+        return None
+    check, fn, params = kw_of[method]
+    try:
+        check()
+    except BaselineParamError as e:
+        raise ValueError(f"ALR: {method}_{e.field} {e.requirement}, got {e.value!r}") from None
+    return lambda z, bank, rows, y, *, assume_unique, **kw: fn(z, y, backend="torch", **params, **kw)
 
 
 def _resolved(backend: str, device: torch.device, dtype: torch.dtype | None) -> str:

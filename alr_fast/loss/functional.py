@@ -19,10 +19,21 @@ from alr_fast.loss.contract import (  # noqa: F401  (re-exported: the public nam
     validate_fused_inputs,
     validate_inputs,
 )
+from alr_fast.loss.baselines import (
+    BootstrapParams,
+    ELRParams,
+    GCEParams,
+    SCEParams,
+    bootstrap_loss_reference,
+    elr_loss_reference,
+    gce_loss_reference,
+    sce_loss_reference,
+    validate_labels,
+)
 from alr_fast.loss.reference import alr_loss_reference
 from alr_fast.loss.torch_fast import alr_loss_unique
 
-__all__ = ["alr_loss", "raise_on_bad_index", "ALRParams", "resolve_backend", "validate_inputs", "describe", "LOGIT_DTYPES", "BANK_DTYPES",
+__all__ = ["alr_loss", "raise_on_bad_index", "elr_loss", "gce_loss", "sce_loss", "bootstrap_loss", "ALRParams", "resolve_backend", "validate_inputs", "describe", "LOGIT_DTYPES", "BANK_DTYPES",
            "BACKENDS", "REDUCTIONS"]
 
 
@@ -64,7 +75,7 @@ def alr_loss(
     if backend != "torch" and backend != "triton":  # the trainer passes its Runtime's resolved backend
         backend = resolve_backend(backend, logits.device, logits.dtype)
     if backend == "triton":
-        from alr_fast.loss.triton.alr_loss import fused_alr_loss
+        from alr_fast.loss.triton import fused_alr_loss
 
         validate_fused_inputs(logits, bank, "alr_loss")
         return fused_alr_loss(logits, bank, index, params, validated=True)
@@ -79,6 +90,67 @@ def raise_on_bad_index(backend: str, device: torch.device, n_rows: int) -> None:
     so call it where the loop synchronises anyway (the trainer: once per epoch). No-op for the torch backend,
     which checks before it indexes (``check_index``) or raises from the indexing itself."""
     if backend == "triton":
-        from alr_fast.loss.triton.alr_loss import raise_on_bad_index as check_flag
+        from alr_fast.loss.triton import raise_on_bad_index as check_flag
 
         check_flag(device, n_rows)
+
+
+# --- the loss-based baselines (specification: alr_fast.loss.baselines) --------------------------------------------
+# backend: 'auto' and 'torch' run the reference on any device; there is no fused kernel for them yet ('triton' is
+# refused with an error saying so).
+def _baseline_backend(backend: str, logits: torch.Tensor, where: str) -> str:
+    """The baselines run on the torch path (plain PyTorch autograd, :mod:`alr_fast.loss.baselines`) on every
+    device: there is no fused kernel for them yet, so ``'auto'`` means ``'torch'`` and ``'triton'`` is refused."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        raise ValueError(f"{where}: backend='triton': this loss has no fused kernel (yet); use 'torch' or 'auto'")
+    return "torch"
+
+
+def elr_loss(logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, *, beta: float,
+             lam: float, refine: bool = True, reduction: str = "mean", backend: str = "auto",
+             check_index: bool = True, assume_unique: bool = False) -> torch.Tensor:
+    """ELR (early-learning regularisation) on a batch: ``-log p_y + lam log(1 - <p, t>)`` with ``t`` the bank row,
+    a running average ``t <- beta t + (1 - beta) p`` updated in place at rows ``index`` when ``refine``.
+
+    ``bank``/``index`` follow :func:`alr_loss` (index < 0: padding; duplicates sequential in batch order;
+    ``check_index``/``assume_unique`` as there); ``labels`` ``[B]`` int64 are the given labels (a valid row's must
+    be in ``[0, K)``). ``refine=False`` is plain cross-entropy on ``labels`` (no bank write).
+    Semantics: :mod:`alr_fast.loss.baselines`."""
+    params = ELRParams(beta, lam, refine, reduction, assume_unique)
+    validate_inputs(logits, bank, index, where="elr_loss", check_index=check_index, assume_unique=assume_unique)
+    validate_labels(logits, labels, where="elr_loss", check_values=check_index, valid=index >= 0)
+    _baseline_backend(backend, logits, "elr_loss")
+    return elr_loss_reference(logits, bank, index, labels, params)
+
+
+def gce_loss(logits: torch.Tensor, labels: torch.Tensor, *, q: float, reduction: str = "mean",
+             backend: str = "auto", check_index: bool = True) -> torch.Tensor:
+    """GCE (generalised cross-entropy) ``(1 - p_y**q) / q`` per row; ``labels`` ``[B]`` int64, ``-1`` = padding.
+    ``check_index``: check every label ``< K`` (one host sync on CUDA). Semantics: :mod:`alr_fast.loss.baselines`."""
+    params = GCEParams(q, reduction)
+    validate_labels(logits, labels, where="gce_loss", check_values=check_index)
+    _baseline_backend(backend, logits, "gce_loss")
+    return gce_loss_reference(logits, labels, params)
+
+
+def sce_loss(logits: torch.Tensor, labels: torch.Tensor, *, alpha: float, beta: float, log_zero: float = -4.0,
+             reduction: str = "mean", backend: str = "auto", check_index: bool = True) -> torch.Tensor:
+    """SCE (symmetric cross-entropy) ``alpha CE + beta RCE``, ``RCE = -A (1 - p_y)`` with ``A = log_zero``;
+    ``labels`` ``[B]`` int64, ``-1`` = padding. Semantics: :mod:`alr_fast.loss.baselines`."""
+    params = SCEParams(alpha, beta, log_zero, reduction)
+    validate_labels(logits, labels, where="sce_loss", check_values=check_index)
+    _baseline_backend(backend, logits, "sce_loss")
+    return sce_loss_reference(logits, labels, params)
+
+
+def bootstrap_loss(logits: torch.Tensor, labels: torch.Tensor, *, beta: float, reduction: str = "mean",
+                   backend: str = "auto", check_index: bool = True) -> torch.Tensor:
+    """Soft bootstrapping: cross-entropy against ``beta e_y + (1 - beta) p`` (gradient through ``p``, as in Reed
+    et al.), i.e. ``-beta log p_y + (1 - beta) H(p)``; ``labels`` ``[B]`` int64, ``-1`` = padding.
+    Semantics: :mod:`alr_fast.loss.baselines`."""
+    params = BootstrapParams(beta, reduction)
+    validate_labels(logits, labels, where="bootstrap_loss", check_values=check_index)
+    _baseline_backend(backend, logits, "bootstrap_loss")
+    return bootstrap_loss_reference(logits, labels, params)

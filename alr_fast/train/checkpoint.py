@@ -36,13 +36,24 @@ stored as tensors and plain numbers). DeepSpeed's own files must be unpickled in
 unpickled every file is checked against the manifest: a changed, truncated, missing or unlisted file refuses the
 checkpoint, naming the file. :func:`load_latest` then falls back to the previous complete checkpoint with a
 warning, or stops (``strict``).
+
+**Authenticated.** A manifest only proves that files were not changed *after* it was written; a whole planted
+folder brings its own consistent manifest. So ``trainer.json`` carries an HMAC-SHA256 of its content under a
+secret key that lives outside the run folder (:func:`checkpoint_key_path`: ``$ALR_FAST_CHECKPOINT_KEY``, else
+``~/.config/alr_fast/checkpoint.key``, created with mode 0600 on the first checkpoint). Rank 0 checks it before
+anything is unpickled; a checkpoint without it, or signed with another key, is refused like a corrupt one. Someone
+who can write the run folder but not read the key cannot make alr_fast unpickle their files; someone who can read
+the key (the same user) can, as they could run code anyway. The key must be the same for the writer and the
+resumer (a job on another machine: copy it, or point ``ALR_FAST_CHECKPOINT_KEY`` at a shared copy).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import re
 import shutil
 import sys
@@ -51,21 +62,60 @@ from pathlib import Path
 import torch
 
 from alr_fast.loss.sharding import Sharding
-from alr_fast.util.atomic import fsync_dir
+from alr_fast.util.atomic import fsync_dir, torch_save
 from alr_fast.train.distributed import all_reduce_sum, barrier
 
 __all__ = ["save_checkpoint", "complete_checkpoints", "verify_checkpoint", "load_checkpoint", "load_latest",
-           "CheckpointError"]
+           "CheckpointError", "saved_config", "REFUSED", "checkpoint_key_path"]
 
 COMPLETE = "COMPLETE"
 TRAINER = "trainer.json"
 _NAME = re.compile(r"^ckpt_(\d{6,})_step_(\d{9,})$")
 _PART = "manifest_rank{}.json"
 _HASH_CHUNK = 1 << 20
+REFUSED = "refused"
+"""Sub-folder of ``<out>/checkpoints`` where a checkpoint that failed verification is moved when ``--resume``
+falls back past it: kept for inspection, never counted as a checkpoint, never loaded, never deleted by retention
+(so retention cannot delete the good checkpoint the run resumed from in favour of a corrupt newer one)."""
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or refused to load; the message names the file."""
+
+
+def checkpoint_key_path() -> Path:
+    """Where the key that signs checkpoint manifests lives: ``$ALR_FAST_CHECKPOINT_KEY``, else
+    ``$XDG_CONFIG_HOME/alr_fast/checkpoint.key`` (``~/.config/...``)."""
+    if os.environ.get("ALR_FAST_CHECKPOINT_KEY"):
+        return Path(os.environ["ALR_FAST_CHECKPOINT_KEY"]).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "alr_fast" / "checkpoint.key"
+
+
+def _checkpoint_key(create: bool) -> bytes | None:
+    """The signing key (created, 32 random bytes, mode 0600, when ``create`` and absent); None if absent."""
+    path = checkpoint_key_path()
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    try:
+        key = path.read_text().strip()
+    except OSError:
+        return None
+    return key.encode() if key else None
+
+
+def _mac(key: bytes, trainer_state: dict) -> str:
+    body = {k: v for k, v in trainer_state.items() if k != "mac"}
+    return hmac.new(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), hashlib.sha256).hexdigest()
 
 
 def _root(out: Path) -> Path:
@@ -97,7 +147,7 @@ def _all_ok(ok: bool, device: torch.device) -> bool:
 
 
 def _sequence(p: Path) -> int:
-    m = _NAME.match(p.name)
+    m = _NAME.match(p.name.rstrip("_"))
     return int(m.group(1)) if m else -1
 
 
@@ -128,10 +178,14 @@ def save_checkpoint(out: Path, engine, *, shared: dict, per_rank: dict, step: in
     # 1. Every rank writes its files.
     try:
         engine.save_checkpoint(str(tmp), tag="engine", save_latest=False)
-        for name, component in per_rank.items():
-            torch.save(component.state_dict(), tmp / _rank_file(name, rank))
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError (inline_container)
-        error = f"{tmp}: {e}"
+    except (OSError, RuntimeError) as e:  # torch.save (inside DeepSpeed) reports a full disk as a RuntimeError
+        error = f"{tmp}/engine: {_describe_write_error(e, tmp)}"
+    try:
+        if error is None:
+            for name, component in per_rank.items():
+                torch_save(component.state_dict(), tmp / _rank_file(name, rank))
+    except OSError as e:  # torch_save names the file and says "No space left on device" for a full disk
+        error = str(e)
     if not _all_ok(error is None, device):
         _fail(error, "writing", root, rank, tmp)
 
@@ -155,10 +209,15 @@ def save_checkpoint(out: Path, engine, *, shared: dict, per_rank: dict, step: in
             missing = set(files) - set(manifest)
             if missing:
                 raise OSError(f"no hash for {sorted(missing)}")
-            seq = max((_sequence(p) for p in root.iterdir()), default=-1) + 1
+            refused = list((root / REFUSED).iterdir()) if (root / REFUSED).is_dir() else []
+            seq = max((_sequence(p) for p in (*root.iterdir(), *refused)), default=-1) + 1  # never reused
             final = root / f"ckpt_{seq:06d}_step_{step:09d}"
             trainer_state = {**{name: c.state_dict() for name, c in shared.items()}, "step": step,
                              "world_size": world_size, "write_sequence": seq, "config": config, "manifest": manifest}
+            key = _checkpoint_key(create=True)
+            if key is None:
+                raise OSError(f"cannot create or read the checkpoint key {checkpoint_key_path()}")
+            trainer_state["mac"] = _mac(key, trainer_state)
             _write_synced(tmp / TRAINER, json.dumps(trainer_state, indent=1) + "\n")
             _write_synced(tmp / COMPLETE, "ok\n")
             fsync_dir(tmp)
@@ -169,10 +228,38 @@ def save_checkpoint(out: Path, engine, *, shared: dict, per_rank: dict, step: in
     if not _all_ok(error is None, device):
         _fail(error, "completing", root, rank, tmp)
     if rank == 0:
+        # Retention: only complete checkpoints count; refused ones were moved to checkpoints/refused by the resume
+        # that fell back past them, so the newest good checkpoints are the ones kept.
         for old in complete_checkpoints(out)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final if final is not None else root
+
+
+def _describe_write_error(e: Exception, folder: Path) -> str:
+    """A write error, with "No space left on device" when that is what it was (torch.save only reports an
+    internal assertion, ``enforce fail at inline_container.cc``, for a full disk)."""
+    import errno
+
+    if isinstance(e, OSError):
+        return str(e)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    if free is not None and free < (1 << 20):
+        return f"No space left on device ({os.strerror(errno.ENOSPC)}: {free} bytes free on {folder}; {first})"
+    return first
+
+
+def saved_config(path: Path) -> dict | None:
+    """The config dict in a checkpoint's trainer.json (plain JSON, nothing unpickled); None if unreadable."""
+    try:
+        config = json.loads((Path(path) / TRAINER).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -201,16 +288,31 @@ def complete_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=_sequence, reverse=True)
 
 
-def verify_checkpoint(path: Path) -> tuple[dict | None, list[str]]:
-    """Check every file of a checkpoint against its manifest without unpickling anything.
+def verify_checkpoint(path: Path, *, authenticate: bool = True) -> tuple[dict | None, list[str]]:
+    """Check every file of a checkpoint against its manifest without unpickling anything, and (``authenticate``)
+    the manifest's signature against this user's checkpoint key.
 
-    Returns (trainer_state, problems); problems name each file that is missing, truncated, changed or unlisted.
+    Returns (trainer_state, problems); problems name each file that is missing, truncated, changed or unlisted,
+    and a trainer.json that is unsigned or signed with another key.
     """
     try:
         trainer_state = json.loads((path / TRAINER).read_text())
         manifest = trainer_state["manifest"]
+        if not isinstance(manifest, dict):
+            raise TypeError("the manifest is not an object")
     except (OSError, ValueError, KeyError, TypeError) as e:
         return None, [f"{path / TRAINER}: unreadable or without a manifest ({type(e).__name__}: {e})"]
+    if authenticate:
+        key = _checkpoint_key(create=False)
+        if key is None:
+            return trainer_state, [f"{path / TRAINER}: cannot be authenticated: no checkpoint key at "
+                                   f"{checkpoint_key_path()} (the key of whoever wrote it; see "
+                                   "alr_fast/train/checkpoint.py)"]
+        mac = trainer_state.get("mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, trainer_state)):
+            what = "not signed" if mac is None else "signed with another key, or edited after signing"
+            return trainer_state, [f"{path / TRAINER}: {what} (checkpoint key {checkpoint_key_path()}): a checkpoint "
+                                   "this user's alr_fast did not write; refused before anything is unpickled"]
     problems = []
     on_disk = set(_data_files(path))
     for name in sorted(on_disk - set(manifest)):
@@ -231,7 +333,18 @@ def verify_checkpoint(path: Path) -> tuple[dict | None, list[str]]:
 def load_checkpoint(path: Path, trainer_state: dict, engine, *, shared: dict, per_rank: dict, sharding: Sharding,
                     device: torch.device) -> None:
     """Restore the engine and every registered component from a verified checkpoint (per-rank components of
-    another world size get every saved rank's part: the bank re-shards)."""
+    another world size get every saved rank's part: the bank re-shards).
+
+    A ZeRO 1/2 checkpoint holds the optimizer state partitioned over the ranks that wrote it; DeepSpeed's loader
+    does not re-partition it, so it resumes only on that many ranks (a clear error here, before DeepSpeed's)."""
+    saved_world = int(trainer_state["world_size"])
+    saved_stage = int(((trainer_state.get("config") or {}).get("train") or {}).get("zero_stage", 0))
+    world_size = sharding.world
+    if saved_world != world_size and saved_stage >= 1:
+        raise CheckpointError(
+            f"{path}: written by {saved_world} ranks with ZeRO stage {saved_stage}, whose optimizer state is "
+            f"partitioned over those ranks; it resumes only on {saved_world} ranks, not {world_size} (ZeRO 0 "
+            "checkpoints resume on any number of ranks)")
     load_path, _ = engine.load_checkpoint(str(path), tag="engine", load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
     if load_path is None:
@@ -240,7 +353,6 @@ def load_checkpoint(path: Path, trainer_state: dict, engine, *, shared: dict, pe
         if name not in trainer_state:
             raise CheckpointError(f"{path / TRAINER}: no state for {name!r} (written by another alr_fast version?)")
         component.load_state_dict(trainer_state[name])
-    saved_world = int(trainer_state["world_size"])
     for name, component in per_rank.items():
         if saved_world == sharding.world:
             component.load_state_dict(torch.load(path / _rank_file(name, sharding.rank), map_location=device,
@@ -271,11 +383,20 @@ def load_latest(out: Path, engine, *, shared: dict, per_rank: dict, sharding: Sh
     refused = []
     for path in candidates:
         # Every rank checks every file before anything is unpickled (DeepSpeed's loader unpickles in full).
-        trainer_state, problems = verify_checkpoint(path)
+        # The signature is checked by rank 0 (the key may exist only where the job was started).
+        trainer_state, problems = verify_checkpoint(path, authenticate=rank == 0)
         if _all_ok(not problems, device):
             if refused and rank == 0:
+                aside = _root(out) / REFUSED
+                for bad, _ in refused:  # out of retention's way (it keeps the newest *complete* checkpoints)
+                    aside.mkdir(exist_ok=True)
+                    target = aside / bad.name
+                    while target.exists():
+                        target = target.with_name(target.name + "_")
+                    bad.rename(target)
                 print(f"[alr_fast] WARNING: resuming from {path}, an older checkpoint, because newer ones were "
-                      f"refused: {'; '.join(refused)}", file=sys.stderr, flush=True)
+                      f"refused (moved to {aside}): {'; '.join(r for _, r in refused)}", file=sys.stderr, flush=True)
+            barrier()
             load_checkpoint(path, trainer_state, engine, shared=shared, per_rank=per_rank, sharding=sharding,
                             device=device)
             return path, trainer_state
@@ -284,5 +405,5 @@ def load_latest(out: Path, engine, *, shared: dict, per_rank: dict, sharding: Sh
             raise CheckpointError(f"--resume=strict: refusing {path}: {reason}")
         if rank == 0:
             print(f"[alr_fast] WARNING: refusing checkpoint {path}: {reason}", file=sys.stderr, flush=True)
-        refused.append(f"{path.name}: {reason}")
-    raise CheckpointError(f"no checkpoint in {_root(out)} passed verification: {' | '.join(refused)}")
+        refused.append((path, f"{path.name}: {reason}"))
+    raise CheckpointError(f"no checkpoint in {_root(out)} passed verification: {' | '.join(r for _, r in refused)}")

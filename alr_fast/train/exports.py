@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from alr_fast.util.atomic import atomic_path, write_text_atomic
+from alr_fast.util.atomic import atomic_path, os_error, write_text_atomic
 from alr_fast.util.rowfiles import (  # noqa: F401  (re-exported: the trainer's export names)
     CHUNK_BYTES,
     RowPart,
@@ -34,7 +34,7 @@ from alr_fast.util.rowfiles import (  # noqa: F401  (re-exported: the trainer's 
 )
 from alr_fast.loss.bank import SoftLabelBank
 from alr_fast.loss.bank_export import assemble_bank_files, write_bank_part
-from alr_fast.train.distributed import barrier
+from alr_fast.train.distributed import all_reduce_sum, barrier
 from alr_fast.train.precision import autocast, model_input
 from alr_fast.train.runtime import Runtime
 
@@ -171,52 +171,71 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
         shutil.rmtree(parts, ignore_errors=True)
         parts.mkdir(parents=True, exist_ok=True)
     barrier()
-    stream_predictions(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), rt,
-                       parts / f"pred{rt.rank}.f32")
-    write_bank_part(parts, bank, chunk_bytes=chunk_bytes)  # soft labels, refined label, given-label mass
-    barrier()
+    error = None
+    try:  # every rank writes its part files; a rank that fails (disk full) makes every rank stop, parts removed
+        stream_predictions(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), rt,
+                           parts / f"pred{rt.rank}.f32")
+        write_bank_part(parts, bank, chunk_bytes=chunk_bytes)  # soft labels, refined label, given-label mass
+    except OSError as e:
+        error = os_error(e, parts)
+    if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
+        if rt.is_main:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise error or OSError(f"exports: another rank could not write its part files in {parts} (see its message)")
     info = {}
     if rt.is_main:
-        given = data.given_labels.astype(np.int64)
-        world = rt.world_size
-        # Every file below appears complete or not at all (written aside, fsynced, renamed: alr_fast.util.atomic).
-        with atomic_path(out / "pred_probs.npy") as tmp:
-            predicted = assemble_rows(tmp, n, k, [RowPart.load(parts / f"pred{r}.f32") for r in range(world)],
-                                      chunk_bytes=chunk_bytes)
-        oos = _oos_columns(out, given, chunk_bytes)
-        refined = assemble_bank_files(out, parts, given, k, world, extra_columns=oos,
-                                      chunk_bytes=chunk_bytes)  # soft_labels.npy, labels.npy, refined_labels.csv
-        names = class_names_of(data)
-        write_text_atomic(out / "class_names.json", json.dumps(names) + "\n")
-        shutil.rmtree(parts, ignore_errors=True)
-        files = {
-            "pred_probs.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
-                               "what": "softmax of the final model (eval transform) on the samples it trained on; "
-                                       "NOT valid input for cleanlab.filter.find_label_issues (use a crossval's "
-                                       "oos_pred_probs.npy); rows of images skipped as unreadable are 0"},
-            "soft_labels.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
-                                "what": f"the bank's soft labels (stored as "
-                                        f"{str(bank.soft.dtype).replace('torch.', '')}), one row per sample"},
-            "labels.npy": {"kind": "given", "shape": [n], "dtype": "int64", "what": "the given (noisy) labels"},
-            "refined_labels.csv": {"kind": "in-sample" + (" + out-of-sample (oos_* columns)" if oos else ""),
-                                   "what": "per sample: given label, the bank's refined label, its mass, and the "
-                                           "suspect rank (1 = least bank mass left on the given label)"},
-            "class_names.json": {"kind": "names", "what": "the class of each probability column, in order"},
-        }
-        info = {
-            "num_samples": n,
-            "num_classes": k,
-            "num_changed": int((refined != given).sum()),
-            "num_unpredicted": int(n - predicted.sum()),
-            "files": files,
-        }
-        if oos:
-            files["oos_pred_probs.npy"] = {"kind": "out-of-sample", "what": "see crossval.json"}
-            info["cleanlab"] = CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy")
-            info["cleanlab_batched"] = CLEANLAB_BATCHED.format(probs="oos_pred_probs.npy")
-        else:
-            info["cleanlab"] = ("run `python -m alr_fast crossval --out <this folder> ...` for out-of-sample "
-                                "probabilities, then: " + CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy"))
-        write_text_atomic(out / "exports.json", json.dumps(info, indent=2) + "\n")
-    barrier()
+        try:
+            info = _assemble(out, parts, bank, data, rt, n, k, chunk_bytes)
+        except OSError as e:
+            error = e
+        finally:  # on success and on failure (a full disk): no part file is left behind
+            shutil.rmtree(parts, ignore_errors=True)
+    if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
+        raise error or OSError(f"exports: rank 0 could not write the exports in {out} (see its message)")
+    return info
+
+
+def _assemble(out: Path, parts: Path, bank: SoftLabelBank, data: "TrainData", rt: Runtime, n: int, k: int,
+              chunk_bytes: int) -> dict:
+    """Rank 0: every export from the part files, each written atomically."""
+    given = data.given_labels.astype(np.int64)
+    world = rt.world_size
+    # Every file below appears complete or not at all (written aside, fsynced, renamed: alr_fast.util.atomic).
+    with atomic_path(out / "pred_probs.npy") as tmp:
+        predicted = assemble_rows(tmp, n, k, [RowPart.load(parts / f"pred{r}.f32") for r in range(world)],
+                                  chunk_bytes=chunk_bytes)
+    oos = _oos_columns(out, given, chunk_bytes)
+    refined = assemble_bank_files(out, parts, given, k, world, extra_columns=oos,
+                                  chunk_bytes=chunk_bytes)  # soft_labels.npy, labels.npy, refined_labels.csv
+    names = class_names_of(data)
+    write_text_atomic(out / "class_names.json", json.dumps(names) + "\n")
+    files = {
+        "pred_probs.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
+                           "what": "softmax of the final model (eval transform) on the samples it trained on; "
+                                   "NOT valid input for cleanlab.filter.find_label_issues (use a crossval's "
+                                   "oos_pred_probs.npy); rows of images skipped as unreadable are 0"},
+        "soft_labels.npy": {"kind": "in-sample", "shape": [n, k], "dtype": "float32",
+                            "what": f"the bank's soft labels (stored as "
+                                    f"{str(bank.soft.dtype).replace('torch.', '')}), one row per sample"},
+        "labels.npy": {"kind": "given", "shape": [n], "dtype": "int64", "what": "the given (noisy) labels"},
+        "refined_labels.csv": {"kind": "in-sample" + (" + out-of-sample (oos_* columns)" if oos else ""),
+                               "what": "per sample: given label, the bank's refined label, its mass, and the "
+                                       "suspect rank (1 = least bank mass left on the given label)"},
+        "class_names.json": {"kind": "names", "what": "the class of each probability column, in order"},
+    }
+    info = {
+        "num_samples": n,
+        "num_classes": k,
+        "num_changed": int((refined != given).sum()),
+        "num_unpredicted": int(n - predicted.sum()),
+        "files": files,
+    }
+    if oos:
+        files["oos_pred_probs.npy"] = {"kind": "out-of-sample", "what": "see crossval.json"}
+        info["cleanlab"] = CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy")
+        info["cleanlab_batched"] = CLEANLAB_BATCHED.format(probs="oos_pred_probs.npy")
+    else:
+        info["cleanlab"] = ("run `python -m alr_fast crossval --out <this folder> ...` for out-of-sample "
+                            "probabilities, then: " + CLEANLAB_IN_MEMORY.format(probs="oos_pred_probs.npy"))
+    write_text_atomic(out / "exports.json", json.dumps(info, indent=2) + "\n")
     return info

@@ -29,7 +29,7 @@ def label_quality(given: torch.Tensor, refined: torch.Tensor, clean: torch.Tenso
     tp = int((flagged & wrong).sum())
     precision = _ratio(tp, int(flagged.sum()))
     recall = _ratio(tp, int(wrong.sum()))
-    f1 = _ratio(2 * precision * recall, precision + recall) if precision + recall > 0 else 0.0
+    f1 = _ratio(2 * precision * recall, precision + recall)  # 0 when both are 0
     return {
         "refined_label_acc": float((refined == clean).float().mean()) if clean.numel() else 0.0,
         "given_label_acc": float((given == clean).float().mean()) if clean.numel() else 0.0,

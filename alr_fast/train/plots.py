@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alr_fast.util.atomic import atomic_path
+
 __all__ = ["plot_curves"]
 
 
@@ -36,5 +38,6 @@ def plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) ->
         axes[1].set_title("clean labels unknown: no memorisation split")
     axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # whole or absent, like every file a run leaves
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -1,7 +1,10 @@
-"""The one training loop: CE, SELC and ALR on any dataset, driving a DeepSpeed engine on 1..N ranks.
+"""The one training loop: CE, SELC, ALR and the loss-based baselines (ELR, GCE, SCE, soft bootstrapping) on any
+dataset, driving a DeepSpeed engine on 1..N ranks.
 
 Warm-up epochs train with cross-entropy on the given labels (the bank's one-hot rows); later epochs refine
-the bank and train on it (ALR; SELC when lam = 0). CE never refines.
+the bank and train on it (ALR; SELC when lam = 0), or train with the baseline's loss (ELR keeps its running
+average of the predictions in the bank; GCE, SCE and bootstrapping leave the bank at the given labels). CE
+never refines. The loss of every method is :class:`alr_fast.loss.alr.ALR`'s.
 
 Data parallelism: rank r reads only the samples it owns (global index i with i % W == r) and holds only their
 bank rows (:mod:`alr_fast.loss.bank`), so the per-step work is the local loss plus DeepSpeed's gradient all-reduce;
@@ -23,9 +26,9 @@ import torch
 
 from alr_fast.loss.alr import ALR
 from alr_fast.loss.bank import SoftLabelBank
-from alr_fast.util.atomic import atomic_path, write_text_atomic
-from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint
-from alr_fast.config import Config, config_from_dict, config_to_dict, provenance, save_config
+from alr_fast.util.atomic import atomic_path, torch_save, write_text_atomic
+from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint, saved_config
+from alr_fast.config import Config, config_to_dict, provenance, resume_differences, save_config
 from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.train.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
 from alr_fast.train.evaluation import EvalPlan
@@ -114,15 +117,23 @@ class _Loop:
         self.data = data = data or build_train_data(cfg, rt.device)
         self.plan = EvalPlan.build(cfg, data, rt.device)  # evaluation sets, noisy validation slice, selection
         self.out = out = Path(cfg.train.out)
+        if cfg.train.resume:  # before anything is written: the run folder keeps describing its checkpoints
+            self.check_resume_config()
+        error = None
         if rt.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.json")
-            if data.noise_manifest is not None:
-                (out / "noise.json").write_text(json.dumps(data.noise_manifest, indent=2) + "\n")
-            # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
-            np.save(out / "noisy_labels.npy", np.asarray(data.given_labels, dtype=np.int64))
-            (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
-        barrier()
+            try:  # each file whole or absent (alr_fast.util.atomic); a full disk is named with the path
+                out.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, out / "config.json")
+                if data.noise_manifest is not None:
+                    write_text_atomic(out / "noise.json", json.dumps(data.noise_manifest, indent=2) + "\n")
+                # The exact training labels by global index: re-usable as data.noise_file (with data.noise_kind=none).
+                with atomic_path(out / "noisy_labels.npy") as tmp:
+                    np.save(tmp, np.asarray(data.given_labels, dtype=np.int64))
+                write_text_atomic(out / "provenance.json", json.dumps(provenance(), indent=2) + "\n")
+            except OSError as e:
+                error = e
+        if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
+            raise error or OSError(f"rank 0 could not write the run folder {out} (see its message)")
 
         torch.manual_seed(cfg.train.seed)
         k = data.num_classes
@@ -162,6 +173,16 @@ class _Loop:
         self._open_sinks()
         self.t_run = time.perf_counter()
 
+    def check_resume_config(self) -> None:
+        """--resume with a config that differs (beyond train.*) from the newest checkpoint's: refused, naming the
+        fields, before the run folder is touched."""
+        newest = complete_checkpoints(self.out)
+        saved = saved_config(newest[0]) if newest else None
+        diffs = resume_differences(saved, self.cfg) if saved is not None else []
+        if diffs:
+            raise ValueError(f"{newest[0]}/trainer.json: the checkpoint was written with a different config "
+                             f"(only train.* fields may change on resume): {'; '.join(diffs)}")
+
     def resume(self) -> None:
         cfg, rt = self.cfg, self.rt
         found = load_latest(self.out, self.engine, shared=self.shared_states, per_rank=self.rank_states,
@@ -174,10 +195,10 @@ class _Loop:
         latest, saved = found
         if saved["world_size"] != rt.world_size:
             self.state.restart_epoch(self.steps_per_epoch)
-        only_train = lambda d: {k: v for k, v in d.items() if k != "train"}  # noqa: E731
-        if only_train(config_to_dict(config_from_dict(saved["config"]))) != only_train(config_to_dict(cfg)):
+        diffs = resume_differences(saved["config"], cfg)
+        if diffs:
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
-                             "(only train.* fields may change on resume)")
+                             f"(only train.* fields may change on resume): {'; '.join(diffs)}")
         if rt.is_main:
             s = self.state
             print(f"[alr_fast] resumed from {latest} (epoch {s.epoch}, step {s.step_in_epoch} of the epoch, "
@@ -185,8 +206,18 @@ class _Loop:
 
     def save(self) -> None:
         """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it). Callers have
-        just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss."""
+        just run :meth:`agree_to_stop`, so a checkpoint never holds a step with a non-finite loss; and weights,
+        buffers or bank rows that are not finite (an update that overflowed after a finite loss) stop the run
+        instead of being checkpointed."""
         sync_buffers(self.engine.module)  # the engine saves rank 0's module: make it every rank's
+        finite = all(bool(torch.isfinite(t).all()) for t in (*self.engine.module.state_dict().values(),
+                                                               self.bank.soft) if t.is_floating_point())
+        if int(all_reduce_sum(torch.tensor(int(not finite), device=self.rt.device)).item()):
+            s, newest = self.state, complete_checkpoints(self.out)
+            raise FloatingPointError(
+                f"non-finite weights or soft labels after global step {s.step} (epoch {s.epoch}); stopping without "
+                f"a checkpoint: the newest complete checkpoint, {newest[0] if newest else 'none'}, was written "
+                "before them. Lower optim.lr or check the input data")
         save_checkpoint(self.out, self.engine, shared=self.shared_states, per_rank=self.rank_states,
                         step=self.state.step, config=config_to_dict(self.cfg), sharding=self.rt.sharding,
                         device=self.rt.device, keep=self.cfg.train.keep_checkpoints)
@@ -205,9 +236,13 @@ class _Loop:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tb"))
-        self.metrics_file = open(self.out / "metrics.jsonl", "w")
-        for r in self.state.rows:  # rewrite what a resumed run already logged, so the file matches an uninterrupted run
-            self.metrics_file.write(json.dumps(r) + "\n")
+        # metrics.jsonl is rewritten whole (atomically) after every epoch: a resumed run's file matches an
+        # uninterrupted run's, and a crash or a full disk leaves the previous complete version.
+        self.metrics_file = self.out / "metrics.jsonl"
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in self.state.rows))
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
@@ -278,7 +313,7 @@ class _Loop:
                                    lambda: autocast(self.rt.precision, self.rt.device))
         if self.plan.observe(epoch, evals) and self.rt.is_main:
             with atomic_path(self.out / "model_best.pt") as tmp:  # selected on validation
-                torch.save(self.engine.module.state_dict(), tmp)
+                torch_save(self.engine.module.state_dict(), tmp)
         row = {
             "epoch": epoch,
             "phase": "refine" if self.sched.refine_at(epoch) else "warmup",
@@ -358,8 +393,7 @@ class _Loop:
 
     def _log(self, epoch: int, row: dict) -> None:
         if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps(row) + "\n")
-            self.metrics_file.flush()
+            self._write_metrics()
         if self.tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -371,7 +405,7 @@ class _Loop:
                                       refresh=False)
 
     def close_sinks(self) -> None:
-        for sink in (self.progress, self.metrics_file, self.tb):
+        for sink in (self.progress, self.tb):
             if sink is not None:
                 sink.close()
 
@@ -411,7 +445,7 @@ class _Loop:
         if rt.is_main:
             summary["num_changed"] = exports.get("num_changed")
             with atomic_path(self.out / "model.pt") as tmp:
-                torch.save(engine.module.state_dict(), tmp)
+                torch_save(engine.module.state_dict(), tmp)
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
             warm = self.sched.switch_epoch if cfg.method.name != "ce" else None
             plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)

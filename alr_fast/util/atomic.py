@@ -8,6 +8,9 @@ as it was, and the error propagates with the target's path in its message.
     with atomic_path(out / "pred_probs.npy") as tmp:     # write anything to ``tmp`` ...
         np.save(tmp, array)                               # ... it becomes ``out/pred_probs.npy`` on success
     write_text_atomic(out / "summary.json", text)
+
+A full disk is named as such: the error reads ``writing <path>: No space left on device`` (``errno`` ENOSPC),
+also from :func:`torch_save`, where ``torch.save`` itself only reports an internal assertion.
 """
 
 from __future__ import annotations
@@ -16,7 +19,53 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic", "write_bytes_atomic", "fsync_dir"]
+__all__ = ["atomic_path", "write_text_atomic", "write_bytes_atomic", "fsync_dir", "torch_save", "os_error"]
+
+
+def os_error(e: OSError, path: str | Path) -> OSError:
+    """``e`` with ``path`` in its message (``writing <path>: <reason>``), keeping its errno."""
+    if str(path) in str(e):
+        return e
+    return OSError(e.errno, f"writing {path}: {e.strerror or e}")
+
+
+class _RecordingFile:
+    """A file object that remembers the first OSError of its writes (torch.save replaces it by a RuntimeError
+    without errno: ``enforce fail at inline_container.cc``)."""
+
+    def __init__(self, f):
+        self.f, self.error, self.name = f, None, f.name
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def write(self, b):
+        return self._call(self.f.write, b)
+
+    def flush(self):
+        return self._call(self.f.flush)
+
+
+def torch_save(obj, path: str | Path) -> None:
+    """``torch.save(obj, path)``, flushed to disk; a failed write (disk full, quota, I/O error) raises OSError
+    ``writing <path>: <reason>`` with its errno instead of torch's RuntimeError."""
+    import torch
+
+    with open(path, "wb") as f:
+        rec = _RecordingFile(f)
+        try:
+            torch.save(obj, rec)
+            rec.flush()
+            os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            cause = rec.error or (e if isinstance(e, OSError) else None)
+            if cause is None:
+                raise
+            raise os_error(cause, path) from None
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -49,7 +98,7 @@ def atomic_path(target: str | Path):
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         if isinstance(e, OSError) and str(target) not in str(e):
-            raise OSError(e.errno, f"writing {target}: {e.strerror or e}") from e
+            raise os_error(e, target) from e
         raise
     fsync_dir(target.parent)
 

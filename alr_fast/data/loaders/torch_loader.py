@@ -12,6 +12,8 @@ with the same images an uninterrupted epoch would have given.
 
 from __future__ import annotations
 
+import signal
+
 import torch
 
 from alr_fast.data.loaders.base import IndexedLoader
@@ -102,6 +104,13 @@ class _EpochBatches(torch.utils.data.Sampler):
 def _worker_init(_worker_id: int) -> None:
     # One intra-op thread per worker: num_workers processes = num_workers cores, as DALI's num_threads.
     torch.set_num_threads(1)
+    # A scheduler's SIGTERM and a terminal's Ctrl-C go to the whole process group, workers included. The main
+    # process decides when to stop (after a checkpoint); a worker killed by the signal would make the DataLoader
+    # raise ("worker ... is killed by signal") before it could, and a worker keeping the handler it inherited by
+    # fork would print the stop message again. Workers still end with the main process (the DataLoader's
+    # shutdown, or its watchdog when the parent is gone).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class TorchLoader(IndexedLoader):

@@ -1,7 +1,17 @@
-"""Triton kernels, installed and imported as ``alr_fast.loss.triton``.
+"""The fused ALR loss in Triton, imported as ``alr_fast.loss.triton`` (a plain subpackage: no install needed).
 
-``HAS_FUSED_ALR`` tells whether the fused ALR kernel is importable in this install (it needs ``triton``).
-Importing this package never fails without triton; the kernel names are then simply absent.
+``HAS_FUSED_ALR`` tells whether the kernel is importable here (it needs ``triton``); importing this package
+never fails without triton, the kernel names are then simply absent. One op per file:
+
+* ``rows.py``        shared ``@triton.jit`` row helpers (row set-up, softmax, online statistics, stores)
+* ``alr_kernels.py`` the ALR forward kernel (one launch) and the backward's in-place gradient scaling
+* ``split_k.py``     the two-launch split-K forward for few rows of a large K
+* ``reduction.py``   the deterministic "last program reduces" reduction and its ticket counters
+* ``heuristics.py``  block sizes, rows per program, warps, split-K choice
+* ``launch.py``      host side: checks, buffers, launches, the out-of-range index flag
+* ``autograd.py``    ``fused_alr_loss``, ``ALRLoss``, the autograd functions and the torch custom op
+
+Design notes, byte model and compile figures: benchmarks/KERNEL_NOTES.md.
 """
 
 try:
@@ -10,8 +20,22 @@ except ImportError:
     HAS_FUSED_ALR = False
     __all__ = ["HAS_FUSED_ALR"]
 else:
-    from . import alr_loss as _alr_loss
-    from .alr_loss import *  # noqa: F403  (the public names are alr_loss.__all__)
+    from .autograd import ALRLoss, FusedALRFunction, fused_alr_loss
+    from .heuristics import KernelConfig, pick_config, split_chunk
+    from .launch import alr_forward, alr_grad_scale, raise_on_bad_index
+    from .rows import INTERPRETED
 
     HAS_FUSED_ALR = True
-    __all__ = ["HAS_FUSED_ALR", *_alr_loss.__all__]
+    __all__ = [
+        "HAS_FUSED_ALR",
+        "ALRLoss",
+        "FusedALRFunction",
+        "KernelConfig",
+        "alr_forward",
+        "alr_grad_scale",
+        "fused_alr_loss",
+        "pick_config",
+        "raise_on_bad_index",
+        "split_chunk",
+        "INTERPRETED",
+    ]
