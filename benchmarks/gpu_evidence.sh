@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for the GPU evidence, in tiers, within ~8 minutes on one GPU:
 #   (a) the GPU-only kernel tests (pytest -m gpu) and bench_loss.py (trainer + large shapes; the goal shape with
-#       torch.compile): needs only torch + triton;
+#       torch.compile) and bench_baselines.py (the baselines: fused vs eager): needs only torch + triton;
 #   (b) bench_train.py, ResNet-50 at 224 px in bf16, CE vs ALR, torchvision input (real JPEG fixture made here);
 #       needs DeepSpeed: installed from ./.whl/ (no network) when it is not importable;
 #   (c) DALI GPU decode (bench_data.py), only if a DALI wheel is in ./.whl/ or DALI is importable.
@@ -95,6 +95,8 @@ print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" > "$
     --impls fused_unique fused eager --out "$OUT" --tag grid || rc=$?
   run_step a 60 tier_a_bench_loss_compile "$PY" benchmarks/bench_loss.py --B 1024 --K 1000 --dtypes bf16 fp32 \
     --out "$OUT" --tag goal || rc=$?
+  run_step a 45 tier_a_bench_baselines "$PY" benchmarks/bench_baselines.py --B 1024 4096 --K 10 1000 \
+    --dtypes bf16 --out "$OUT" || rc=$?
 fi
 finish_tier a $rc $start
 

@@ -4,6 +4,9 @@
 #
 #   scripts/mutation.sh                 # every module below
 #   scripts/mutation.sh metrics bank    # some of them (the keys of MODULES)
+#   scripts/mutation.sh --survivors metrics   # after adding tests: rerun only the mutants that survived (or timed out in) the
+#                                       # last full run of that module (same scratch copy and mutants, the
+#                                       # checkout's tests/ copied in), results in <key>.after.txt
 #
 # For each module it copies the repository's files (tracked and untracked, not ignored) to a scratch directory
 # ($MUTATION_WORK, default /tmp/alr_fast_mutation/<key>), writes a [mutmut] section there naming the module's
@@ -26,18 +29,20 @@ WORK=${MUTATION_WORK:-${TMPDIR:-/tmp}/alr_fast_mutation}
 S=tests/test_data_shards.py; SC=tests/test_schedule.py; EV=tests/test_evaluation.py
 declare -A MODULES=(
   [reference]="alr_fast/loss/reference.py|tests/test_functional.py tests/test_grad_output.py"
-  [torch_fast]="alr_fast/loss/torch_fast.py|tests/test_functional.py tests/test_grad_output.py"
-  [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/triton/alr_loss.py|tests/test_functional.py tests/test_grad_output.py tests/test_loss_api.py tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
+  [torch_fast]="alr_fast/loss/torch_fast.py|tests/test_functional.py tests/test_grad_output.py tests/test_torch_fast.py"
+  [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/alr.py alr_fast/loss/triton/alr_loss.py|tests/test_functional.py tests/test_grad_output.py tests/test_loss_api.py tests/test_alr_object.py tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
   [sharding]="alr_fast/loss/sharding.py|$S::test_sharding_matches_the_rule_written_out $S::test_sharding_rejects_bad_ranks $S::test_bank_plan_and_resharding_agree_on_ownership $S::test_array_loader_odd_n_every_sample_every_epoch_no_batch_of_one tests/test_bank.py tests/test_sharding.py"
   [bank]="alr_fast/loss/bank.py|tests/test_bank.py"
   [metrics]="alr_fast/train/metrics.py|tests/test_metrics.py tests/test_bank.py"
-  [schedule]="alr_fast/train/schedule.py|$SC::test_plateau_fires_at_the_first_flat_epoch $SC::test_peak_of_a_noisy_validation_accuracy $SC::test_noisy_plateau_window_smooths_the_wiggles $SC::test_no_stall_means_max_epochs_and_no_rise_means_no_stall $SC::test_min_epochs_and_loss_signals $SC::test_resume_in_the_middle_gives_the_same_decision $SC::test_rule_errors_name_the_problem $SC::test_ramp_values_per_step $SC::test_prediction_counts_match_numpy $SC::test_collapse_guard_flags_a_jump_and_reports_it_once $SC::test_config_fields_are_validated tests/test_schedule_units.py"
+  [schedule]="alr_fast/loss/schedule.py alr_fast/train/schedule.py|$SC::test_plateau_fires_at_the_first_flat_epoch $SC::test_peak_of_a_noisy_validation_accuracy $SC::test_noisy_plateau_window_smooths_the_wiggles $SC::test_no_stall_means_max_epochs_and_no_rise_means_no_stall $SC::test_min_epochs_and_loss_signals $SC::test_resume_in_the_middle_gives_the_same_decision $SC::test_rule_errors_name_the_problem $SC::test_ramp_values_per_step $SC::test_schedule_from_config_refines_from_the_fixed_warmup_and_never_for_ce $SC::test_prediction_counts_match_numpy $SC::test_collapse_guard_flags_a_jump_and_reports_it_once $SC::test_config_fields_are_validated tests/test_schedule_units.py"
   [noise]="alr_fast/data/noise.py|tests/test_noise.py"
-  [exports]="alr_fast/train/exports.py|tests/test_exports.py"
+  [exports]="alr_fast/train/exports.py alr_fast/loss/bank_export.py|tests/test_exports.py tests/test_alr_object.py"
   [evaluation]="alr_fast/train/evaluation.py|$EV::test_topk_hand_computed $EV::test_topk_matches_a_sort_reference $EV::test_noisy_val_rows_are_stratified_deterministic_and_proper $EV::test_noisy_val_slice_is_disjoint_from_training_rows $EV::test_selection_state_tie_and_no_validation_split $EV::test_fill_padding_rows_copies_valid_rows_without_a_host_sync_shape tests/test_evaluation_units.py"
 )
 ORDER=(metrics sharding noise schedule evaluation exports bank torch_fast reference loss_api)
 
+survivors=0
+if [[ "${1:-}" == "--survivors" ]]; then survivors=1; shift; fi
 keys=("$@")
 [[ ${#keys[@]} -gt 0 ]] || keys=("${ORDER[@]}")
 for key in "${keys[@]}"; do
@@ -47,12 +52,39 @@ done
 "$PY" -c "import mutmut" 2>/dev/null || {
   echo "mutation.sh: mutmut is not installed for $PY (pip install -e '.[mutation]' -c constraints.txt)" >&2; exit 2; }
 mkdir -p "$OUT"
-commit=$(git -C "$ROOT" rev-parse --short HEAD)
-dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo "+changes" || true)
 [[ -f "$OUT/summary.tsv" ]] || printf 'module\tcommit\tmutants\tkilled\tsurvived\ttimeout\tother\tseconds\n' >"$OUT/summary.tsv"
 
+rerun_survivors() {  # $1 = key
+  local key=$1 dir=$WORK/$1 t names
+  [[ -f "$OUT/$key.txt" && -d "$dir/mutants" ]] || { echo "mutation.sh: no earlier run of $key to rerun" >&2; exit 2; }
+  names=$(awk -F': ' '$2 == "survived" || $2 == "timeout" {print $1}' "$OUT/$key.txt")  # a hang is not a kill
+  [[ -n "$names" ]] || { echo "== $key: no survivors"; return; }
+  cp "$ROOT"/tests/*.py "$dir/tests/" && cp "$ROOT"/tests/*.py "$dir/mutants/tests/"  # mutmut runs from mutants/
+  for t in ${MODULES[$key]#*|}; do  # test files added since the full run join the selection
+    t=${t%%::*}
+    if [[ -e "$ROOT/$t" ]] && ! grep -q "^    $t" "$dir/setup.cfg"; then
+      sed -i "s|^pytest_add_cli_args_test_selection =\$|&\n    $t|" "$dir/setup.cfg"
+    fi
+  done
+  cp "$dir/setup.cfg" "$dir/mutants/setup.cfg"
+  echo "== $key: rerunning $(echo "$names" | wc -l) survivors with the checkout's tests"
+  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run $names >"$dir/rerun.log" 2>&1) || {
+    echo "mutation.sh: mutmut rerun failed for $key (see $dir/rerun.log)" >&2; exit 1; }
+  (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut results --all true) | sed 's/^ *//' | sort -V \
+    | grep -F -f <(echo "$names" | sed 's/$/:/') >"$OUT/$key.after.txt"
+  : >"$OUT/$key.after.survivors.diff"
+  for m in $(awk -F': ' '$2 == "survived" {print $1}' "$OUT/$key.after.txt"); do
+    (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut show "$m") >>"$OUT/$key.after.survivors.diff" 2>&1
+    echo >>"$OUT/$key.after.survivors.diff"
+  done
+  awk -F': ' '{ s[$2]++ } END { printf "after: %d reran, %d killed, %d survived, %d other\n", NR, s["killed"], s["survived"], NR - s["killed"] - s["survived"] }' "$OUT/$key.after.txt"
+}
+
 for key in "${keys[@]}"; do
+  if (( survivors )); then rerun_survivors "$key"; continue; fi
   files=${MODULES[$key]%%|*}
+  commit=$(git -C "$ROOT" rev-parse --short HEAD)  # per module: the checkout may move during a long run
+  dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo "+changes" || true)
   tests=""
   for t in ${MODULES[$key]#*|}; do  # a test file this checkout does not have yet is left out (and said so)
     if [[ -e "$ROOT/${t%%::*}" ]]; then tests="$tests $t"; else echo "mutation.sh: $key: no ${t%%::*} here, skipped" >&2; fi

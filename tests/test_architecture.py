@@ -114,7 +114,8 @@ LAYERS = [
     ("config", ["alr_fast.config"]),
     ("train", ["alr_fast.train"]),
     ("labels", ["alr_fast.labels"]),
-    ("entry", ["alr_fast.recipes", "alr_fast.cli", "alr_fast.demo", "alr_fast.launch", "alr_fast.__main__"]),
+    ("entry", ["alr_fast.recipes", "alr_fast.cli", "alr_fast.demo", "alr_fast.launch", "alr_fast.torchrun",
+               "alr_fast.__main__"]),
 ]
 
 

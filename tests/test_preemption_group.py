@@ -73,3 +73,38 @@ def test_group_signal_with_dataloader_workers_checkpoints_once_and_exits_75(anim
                               "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"global step {step}" in resumed.stdout and (out / "summary.json").exists()
+
+
+def test_sigterm_to_torchrun_exits_75_through_the_wrapper(tmp_path):
+    """Plain torchrun exits 1 with a traceback after forwarding SIGTERM, although both ranks checkpoint and exit
+    75; ``python -m alr_fast.torchrun`` (same options) exits 75. The signal goes to the launcher only (torchrun
+    forwards it once to each rank)."""
+    from conftest import free_port
+
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}")
+    train_args = ["--recipe", "demo", "--set", "data.dataset=digits", "--set", "model.name=mlp", "--set",
+                  "method.warmup_epochs=1", "--batch-size", "16", "--epochs", "200", "--save-every", "4",
+                  "--no-progress", "--set", "train.tensorboard=false", "--set", "train.nan_check_every=2",
+                  "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "alr_fast.torchrun", "--nproc_per_node", "2", "--master_port",
+                             str(free_port()), str(ROOT / "launchers" / "train.py"), *train_args],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not complete_checkpoints(out) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    assert "every rank stopped with a checkpoint" in stderr
+    stopped = [line for line in stderr.splitlines() if "stopped on a signal after global step" in line]
+    assert len(stopped) == 2  # one per rank, the same step
+    steps = {int(line.split("after global step ")[1].split()[0]) for line in stopped}
+    assert len(steps) == 1
+    assert json.loads((complete_checkpoints(out)[0] / "trainer.json").read_text())["step"] == steps.pop()

@@ -26,7 +26,7 @@ from alr_fast.data.loaders.arrays import ArrayLoader
 from alr_fast.data.loaders.imagecheck import UnreadableImagesWarning, scan_images
 from alr_fast.data.loaders.plan import ClassBalancedSubset
 from alr_fast.data.loaders.transforms import recipe_transform
-from alr_fast.data.readers import DATASET_NAMES, read_split
+from alr_fast.data.readers import DATASET_NAMES, GENERIC_NAMES, dataset_splits, read_split
 from alr_fast.data.readers.noise_files import load_noise_file
 from alr_fast.data.readers.webvision import read_ilsvrc_val
 from alr_fast.data.readers.embedded import EMBEDDED_DATASETS, load_embedded
@@ -35,7 +35,7 @@ from alr_fast.data.loaders.wrappers import EvalSet, RemapRows, subset_table
 from alr_fast.data.noise import label_hash, make_noisy_labels
 
 __all__ = ["BatchSource", "TrainData", "build_train_data", "reader_train_data", "on_disk_eval_sets", "TEST_SPLIT",
-           "CLOTHING1M_DEFAULT_SUBSET"]
+           "CLOTHING1M_DEFAULT_SUBSET", "generic_eval_splits"]
 
 
 class BatchSource(Protocol):
@@ -55,8 +55,8 @@ class BatchSource(Protocol):
 class TrainData:
     """A dataset as the loop sees it: labels by global index and factories for this rank's loaders.
 
-    ``train_source(rank, world, batch_size, seed)`` must yield only indices the rank owns (i % world == rank)
-    or -1; ``predict_source(rank, world, batch_size)`` the same rows in a fixed order with the eval transform.
+    ``train_source(rank, world, batch_size, seed)`` must yield only indices the rank owns
+    (``Sharding(rank, world, sharding_blocks)``) or -1; ``predict_source(rank, world, batch_size)`` the same rows in a fixed order with the eval transform.
     """
 
     given_labels: np.ndarray
@@ -74,6 +74,9 @@ class TrainData:
     extra: dict = field(default_factory=dict)
     eval_sets: list = field(default_factory=list)
     """Evaluation sets besides the test split (alr_fast.train.evaluation.EvalSet), e.g. Clothing1M's clean val."""
+    sharding_blocks: tuple[int, ...] | None = None
+    """Tar shards: the first global index of each shard, then N: the bank and the loaders own whole shards
+    (alr_fast.loss.sharding); None: the strided rule."""
     rows_source: Callable | None = None
     """Optional ``rows_source(rows, batch_size)``: the given global rows in index order, eval transform (the
     noisy validation slice); without it the slice is read by filtering ``predict_source``."""
@@ -140,7 +143,24 @@ def build_train_data(cfg, device: torch.device | str = "cpu") -> TrainData:
 
 TEST_SPLIT = {"cifar10": "test", "cifar100": "test", "animal10n": "test", "clothing1m": "test", "webvision": "val",
               "mini-webvision": "val"}
-"""The split the trainer reports test accuracy on (model selection on Clothing1M's val is a separate run)."""
+"""The split the trainer reports test accuracy on (model selection on Clothing1M's val is a separate run). The
+user's own data: :func:`generic_eval_splits`."""
+
+
+def generic_eval_splits(cfg) -> tuple[str, str | None]:
+    """``(test split, clean val split or None)`` of an imagefolder / manifest dataset: ``test`` is reported
+    (``val`` when there is no ``test``); ``val``, when there is also a ``test``, selects the model. A dataset
+    with neither is refused (accuracy must be reported on held-out images)."""
+    d = cfg.data
+    splits = dataset_splits(d.dataset, d.data_root, manifest=d.manifest)
+    if "test" in splits:
+        return "test", ("val" if "val" in splits else None)
+    if "val" in splits:
+        return "val", None
+    where = ("a test/ (or val/) folder beside train/" if d.dataset == "imagefolder"
+             else "rows with split=test (or val) in the manifest")
+    raise ValueError(f"data.dataset={d.dataset}: {d.data_root} has only a train split; training reports accuracy on "
+                     f"held-out images: add {where} (docs/data.md)")
 
 CLOTHING1M_DEFAULT_SUBSET = 64_000
 """Rows per epoch when ``data.subset_size`` is 0: DivideMix's 64k (1,000 batches of 32, x2); others use up to
@@ -171,9 +191,13 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
                          "label noise (set data.noise_kind=none)")
     source = d.webvision_source if d.dataset == "webvision" else "google"
     noise = dict(noise_kind=d.noise_kind, noise_rate=d.noise_rate, noise_seed=d.noise_seed) if cifar else {}
+    if d.dataset == "manifest":
+        noise["manifest"] = d.manifest
+    test_split = generic_eval_splits(cfg)[0] if d.dataset in GENERIC_NAMES else TEST_SPLIT[d.dataset]
     train = read_split(d.dataset, d.data_root, "train", source=source, cifar_n=d.cifar_n, label_set=d.label_set,
                        noise_file=d.noise_file, noise_key=d.noise_key, **noise)
-    test = read_split(d.dataset, d.data_root, TEST_SPLIT[d.dataset], source=source)
+    test = read_split(d.dataset, d.data_root, test_split, source=source,
+                      **({"manifest": d.manifest} if d.dataset == "manifest" else {}))
     workers = max(1, d.workers)
     exclude_train = _unreadable(train, workers) if d.skip_unreadable else None
     exclude_test = _unreadable(test, workers) if d.skip_unreadable else None
@@ -215,6 +239,7 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
         noise_manifest=train.noise_manifest,
         eval_sets=on_disk_eval_sets(cfg, device, crop=crop),
         rows_source=rows_source,
+        sharding_blocks=train.shard_blocks,
         extra={
             "dataset": d.dataset,
             "class_names": list(train.class_names),
@@ -229,14 +254,15 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
 
 
 def on_disk_eval_sets(cfg, device, *, crop: int | None) -> list[EvalSet]:
-    """The evaluation sets read from disk besides the test split: Clothing1M's clean val (role 'val': it
-    selects the model) and ILSVRC-2012 val (``data.ilsvrc_val_list``, role 'test')."""
+    """The evaluation sets read from disk besides the test split: Clothing1M's clean val, and the val split of
+    an imagefolder / manifest dataset that also has a test split (role 'val': it selects the model) and ILSVRC-2012 val (``data.ilsvrc_val_list``, role 'test')."""
     d = cfg.data
     common = dict(train=False, backend=d.loader, device=device, crop=crop, workers=d.workers,
                   skip_unreadable=d.skip_unreadable)
     sets = []
-    if d.dataset == "clothing1m":
-        table = read_split("clothing1m", d.data_root, "val")
+    if d.dataset == "clothing1m" or (d.dataset in GENERIC_NAMES and generic_eval_splits(cfg)[1] == "val"):
+        table = read_split(d.dataset, d.data_root, "val",
+                           **({"manifest": d.manifest} if d.dataset == "manifest" else {}))
         sets.append(EvalSet("val", "val", lambda bs, t=table: build_loader(t, batch_size=bs, **common),
                             table.labels, len(table)))
     if d.ilsvrc_val_list:

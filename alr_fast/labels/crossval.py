@@ -13,7 +13,7 @@ checkpoints).
 How a fold trains on a subset without touching the loaders or the bank: the fold's TrainData is the full
 dataset with its loaders wrapped by :class:`FoldSource`, which drops held-out rows from every batch and refills
 batches from the following ones, so the model never computes on a held-out sample and every rank takes the
-same number of steps. Indices stay global, so the bank's owner rule (i % W == r) is unchanged; the bank rows of
+same number of steps. Indices stay global, so the bank's owner rule (alr_fast.loss.sharding) is unchanged; the bank rows of
 held-out samples stay their one-hot given labels (a fold's per-epoch label metrics count them as unchanged).
 """
 
@@ -101,8 +101,9 @@ class FoldSource:
             rest_x, rest_i = rest_x[:0], rest_i[:0]
 
 
-def _owned_counts(mask: np.ndarray, world: int) -> list[int]:
-    return [int(mask[Sharding(r, world).owned(mask.size)].sum()) for r in range(world)]
+def _owned_counts(mask: np.ndarray, world: int, blocks=None) -> list[int]:
+    blocks = blocks if world > 1 else None
+    return [int(mask[Sharding(r, world, blocks).owned(mask.size)].sum()) for r in range(world)]
 
 
 def fold_view(data, folds: np.ndarray, fold: int):
@@ -112,7 +113,8 @@ def fold_view(data, folds: np.ndarray, fold: int):
 
     def train_source(rank, world, batch_size, seed):
         inner = data.train_source(rank, world, batch_size, seed)
-        steps = min(len(inner), math.ceil(max(_owned_counts(train_mask, world)) / batch_size))
+        owned = _owned_counts(train_mask, world, getattr(data, "sharding_blocks", None))
+        steps = min(len(inner), math.ceil(max(owned) / batch_size))
         return FoldSource(inner, train_mask, batch_size, steps)
 
     def predict_source(rank, world, batch_size):
@@ -124,7 +126,8 @@ def fold_view(data, folds: np.ndarray, fold: int):
 def _held_out_source(data, folds: np.ndarray, fold: int, rank: int, world: int, batch_size: int):
     held = folds == fold
     inner = data.predict_source(rank, world, batch_size)
-    return FoldSource(inner, held, batch_size, math.ceil(_owned_counts(held, world)[rank] / batch_size))
+    return FoldSource(inner, held, batch_size,
+                      math.ceil(_owned_counts(held, world, getattr(data, "sharding_blocks", None))[rank] / batch_size))
 
 
 def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=None, runtime=None,

@@ -5,7 +5,8 @@
 Reads ``RUN_DIR/refined_labels.csv`` (streamed: only the top rows are kept) and ranks the samples by the
 out-of-sample probability of their given label when a crossval ran (``oos_suspect_rank``), else by the bank's
 mass left on the given label (``suspect_rank``). Writes ``review.png`` (a grid: given label -> suggested label
-and its confidence), ``review.csv`` and, with ``--html``, ``review.html`` (images inlined, one self-contained
+and its confidence), ``review.csv`` (``path`` = the image file; ``source`` = the list file and line that
+listed it, when a list file did) and, with ``--html``, ``review.html`` (images inlined, one self-contained
 file), and prints the top rows. The images come from the run's dataset: the embedded arrays, the on-disk
 arrays (CIFAR) or the image files listed by the dataset (read from their paths).
 """
@@ -82,21 +83,35 @@ class ReviewImages:
         source = d.webvision_source if d.dataset == "webvision" else "google"
         # Only the images are needed: the rows are the same whatever labels or noise the run applied.
         self.table = read_split(d.dataset, root, "train", source=source, cifar_n=d.cifar_n, label_set=d.label_set,
-                                noise_file=d.noise_file, noise_key=d.noise_key)
+                                noise_file=d.noise_file, noise_key=d.noise_key,
+                                **({"manifest": d.manifest} if d.dataset == "manifest" else {}))
         self.class_names = list(self.table.class_names)
 
     def path(self, i: int) -> str:
-        return self.table.where(i) if self.table is not None else f"embedded[{i}]"
+        """The image file of sample ``i`` (``<dataset>/train[i]`` for in-memory datasets)."""
+        if self.table is None:
+            return f"embedded[{i}]"
+        if self.table.paths is None:
+            return f"{self.table.name}/{self.table.split}[{i}]"
+        return str(self.table.path(i))
+
+    def source(self, i: int) -> str:
+        """Where sample ``i`` is listed ('list-file:line'), or '' when no list file names it."""
+        if self.table is None or self.table.list_file is None or self.table.list_lines is None:
+            return ""
+        return self.table.where(i)
 
     def image(self, i: int) -> np.ndarray:
         if self.arrays is not None:
             return self.arrays[i]
         if self.table.images is not None:
             return self.table.images[i]
-        from alr_fast.data.loaders.imagecheck import open_image
+        from alr_fast.data.loaders.imagecheck import open_image, rgb_image
 
-        with open_image(self.table.path(i)) as im:
-            im = im.convert("RGB")
+        source = io.BytesIO(self.table.read_bytes(i)) if self.table.tar is not None else self.table.open_path(i)
+        with open_image(source) as im:
+            # Upright as the user's own data is trained (EXIF applied); the benchmark datasets as published.
+            im = rgb_image(im, exif_transpose=self.table.confined or self.table.tar is not None)
             im.thumbnail((160, 160))
             return np.asarray(im)
 
@@ -189,6 +204,7 @@ def review_run(run_dir: str | Path, *, top: int = 100, html: bool = False, by: s
     names = _names(run, src.class_names)
     images = [src.image(r["global_index"]) for r in rows]
     paths = [src.path(r["global_index"]) for r in rows]
+    sources = [src.source(r["global_index"]) for r in rows]
     how = ("out-of-sample probability of the given label (crossval)" if by == "oos"
            else "soft-label mass left on the given label (the bank)")
     title = f"{run.name}: {len(rows)} most suspect labels of {cfg.data.dataset}, ranked by {how}"
@@ -197,11 +213,11 @@ def review_run(run_dir: str | Path, *, top: int = 100, html: bool = False, by: s
     with atomic_path(out["csv"]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["rank", "global_index", "given_label", "given_name", "suggested_label", "suggested_name",
-                    "confidence", "given_prob", "path"])
-        for r, p in zip(rows, paths):
+                    "confidence", "given_prob", "path", "source"])
+        for r, p, where in zip(rows, paths, sources):
             w.writerow([r["rank"], r["global_index"], r["given_label"], _cell(names[r["given_label"]]),
                         r["suggested_label"], _cell(names[r["suggested_label"]]), f"{r['confidence']:.6f}",
-                        "" if r["given_prob"] is None else f"{r['given_prob']:.6f}", _cell(p)])
+                        "" if r["given_prob"] is None else f"{r['given_prob']:.6f}", _cell(p), _cell(where)])
     if html:
         out["html"] = run / "review.html"
         _html(rows, images, names, paths, title, out["html"])

@@ -110,6 +110,8 @@ class ALR:
             handled sequentially, as :mod:`alr_fast.loss.reference` specifies.
         check_index: check indices on the host every call (default: on the CPU only; on CUDA the device flag
             checked by :meth:`end_epoch` covers out-of-range and foreign indices without a per-step sync).
+        shard_blocks: tar-shard datasets only: the first global index of each shard, then N; the bank then owns
+            whole shards per rank (:class:`alr_fast.loss.sharding.Sharding`); default: the strided rule.
     """
 
     def __init__(self, labels, num_classes: int | None = None, *, method: str = "alr", alpha: float = 0.9,
@@ -118,6 +120,7 @@ class ALR:
                  rank: int | None = None, world_size: int | None = None, device=None,
                  bank_dtype: str | torch.dtype = "float32", backend: str = "auto", assume_unique: bool = False,
                  check_index: bool | None = None, hparams: dict | None = None,
+                 shard_blocks: tuple[int, ...] | None = None,
                  _schedule: RefinementSchedule | None = None):
         if method not in METHODS:
             raise ValueError(f"ALR: method must be one of {METHODS}, got {method!r}")
@@ -154,7 +157,7 @@ class ALR:
         self._check_index = check_index
         self._labels_all = labels.cpu().numpy().astype(np.int64)  # the given labels by global index (exports)
         self.bank = SoftLabelBank(labels.to(device), int(num_classes), bank_dtype,
-                                  sharding=Sharding(rank, world_size))
+                                  sharding=Sharding(rank, world_size, shard_blocks if world_size > 1 else None))
         self.sharding = self.bank.sharding
         if _schedule is not None:
             self.schedule = _schedule
@@ -188,7 +191,8 @@ class ALR:
     @classmethod
     def from_config(cls, method_cfg, labels, num_classes: int, *, epochs: int, steps_per_epoch: int,
                     rank: int = 0, world_size: int = 1, device=None, backend: str = "auto",
-                    assume_unique: bool = False, check_index: bool | None = None) -> "ALR":
+                    assume_unique: bool = False, check_index: bool | None = None,
+                    shard_blocks: tuple[int, ...] | None = None) -> "ALR":
         """From a :class:`alr_fast.config.MethodConfig` (the trainer's way: same schedule rules, same bank)."""
         sched = RefinementSchedule.from_config(method_cfg, epochs, steps_per_epoch, np.asarray(labels), num_classes)
         hparams = {k: getattr(method_cfg, k) for k in BASELINE_DEFAULTS}
@@ -197,7 +201,7 @@ class ALR:
                    ramp_epochs=method_cfg.ramp_epochs, ramp_alpha=method_cfg.ramp_alpha, epochs=epochs,
                    steps_per_epoch=steps_per_epoch, rank=rank, world_size=world_size, device=device,
                    bank_dtype=method_cfg.bank_dtype, backend=backend, assume_unique=assume_unique,
-                   check_index=check_index, _schedule=sched)
+                   check_index=check_index, shard_blocks=shard_blocks, _schedule=sched)
 
     # -- properties ---------------------------------------------------------------------------------------------
     @property
@@ -261,7 +265,8 @@ class ALR:
                     raise IndexError(f"ALR: index {i} is out of range for {self.num_samples} training samples")
                 raise IndexError(
                     f"ALR: rank {self.rank} of {self.world_size} got global index {i}, which rank "
-                    f"{i % self.world_size} owns (owner rule: index % world_size); give each rank only its own "
+                    f"{int(bank.sharding.owner(np.int64(i)))} owns (owner rule: alr_fast.loss.sharding); give each "
+                    "rank only its own "
                     "samples (alr_fast.OwnerSampler)")
         if self.world_size == 1:
             return index
@@ -292,6 +297,8 @@ class ALR:
         p = self.schedule.params(step, epoch)  # warm-up or refinement, the lam/alpha ramp: Python floats, no sync
         baseline = self._baseline if p.refine else None
         if check is None:  # the fused kernel flags bad rows on the device; the torch path must check first
+            # (baselines: their kernels raise no device flag for a bad row, so their rows are checked on the host,
+            # one sync per step on CUDA)
             check = (logits.device.type == "cpu" or baseline is not None
                      or _resolved(self.backend, logits.device, logits.dtype) != "triton")
         local = self._local_rows(index, check)
@@ -299,9 +306,12 @@ class ALR:
             loss = alr_loss(logits, self.bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
                             reduction=reduction, backend=self.backend, check_index=check,
                             assume_unique=self.assume_unique)
-        else:  # the baselines have no fused kernel: the torch path, after the host check of the rows above
+        else:  # a baseline (fused kernel or reference: alr_fast.loss.functional), rows checked on the host above
             labels = torch.where(local >= 0, self.bank.given[local.clamp_min(0)], -1)
-            loss = baseline(logits, self.bank.soft, local, labels, reduction=reduction, check_index=check,
+            # 'auto' unless 'torch' was asked for: the fused kernel where it applies (K <= its MAX_K, ELR with
+            # assume_unique), else the reference, instead of refusing the call
+            loss = baseline(logits, self.bank.soft, local, labels, reduction=reduction,
+                            backend="torch" if self.backend == "torch" else "auto", check_index=check,
                             assume_unique=self.assume_unique)
         if track:
             with torch.no_grad():
@@ -480,7 +490,7 @@ def _baseline_loss(method: str, h: dict):
         if method == "elr":
             ELRParams(h["elr_beta"], h["elr_lam"])
             return lambda z, bank, rows, y, **kw: elr_loss(z, bank, rows, y, beta=h["elr_beta"], lam=h["elr_lam"],
-                                                           backend="torch", **kw)
+                                                           **kw)
         kw_of = {"gce": (lambda: GCEParams(h["gce_q"]), gce_loss, {"q": h["gce_q"]}),
                  "sce": (lambda: SCEParams(h["sce_alpha"], h["sce_beta"], h["sce_log_zero"]), sce_loss,
                          {"alpha": h["sce_alpha"], "beta": h["sce_beta"], "log_zero": h["sce_log_zero"]}),
@@ -495,7 +505,7 @@ def _baseline_loss(method: str, h: dict):
         check()
     except BaselineParamError as e:
         raise ValueError(f"ALR: {method}_{e.field} {e.requirement}, got {e.value!r}") from None
-    return lambda z, bank, rows, y, *, assume_unique, **kw: fn(z, y, backend="torch", **params, **kw)
+    return lambda z, bank, rows, y, *, assume_unique, **kw: fn(z, y, **params, **kw)
 
 
 def _resolved(backend: str, device: torch.device, dtype: torch.dtype | None) -> str:

@@ -1,7 +1,8 @@
 """The soft-label bank: one row of class probabilities per training sample, addressed by global index.
 
 Sharded across data-parallel ranks by the project's one rule (:class:`alr_fast.loss.sharding.Sharding`: rank r of W
-owns the samples whose global index i has ``i % W == r``, stored at local row ``i // W``). The data loaders give
+owns the samples whose global index i has ``i % W == r``, stored at local row ``i // W``; for tar shards, with
+``blocks``, a contiguous run of whole shards). The data loaders give
 each rank only the samples it owns, so no bank row ever travels between ranks during training; the global bank
 is assembled only for checkpoints' re-sharding and for exports. With W = 1 the local row is the global index.
 
@@ -39,7 +40,8 @@ class SoftLabelBank(nn.Module):
         sharding: Sharding = Sharding(),
     ):
         """``given_labels`` are the labels of *all* N samples; this bank keeps the rows ``sharding`` owns (the
-        caller's rank of its world size; :attr:`alr_fast.train.runtime.Runtime.sharding` in the trainer)."""
+        caller's rank of its world size, with the dataset's shard blocks if it has them: built once by
+        :class:`alr_fast.loss.alr.ALR`, then read from ``bank.sharding`` by the checkpoint)."""
         super().__init__()
         dtype = choose_dtype(dtype, _DTYPES, "SoftLabelBank")
         given_labels = torch.as_tensor(given_labels)

@@ -96,15 +96,27 @@ def raise_on_bad_index(backend: str, device: torch.device, n_rows: int) -> None:
 
 
 # --- the loss-based baselines (specification: alr_fast.loss.baselines) --------------------------------------------
-# backend: 'auto' and 'torch' run the reference on any device; there is no fused kernel for them yet ('triton' is
-# refused with an error saying so).
-def _baseline_backend(backend: str, logits: torch.Tensor, where: str) -> str:
-    """The baselines run on the torch path (plain PyTorch autograd, :mod:`alr_fast.loss.baselines`) on every
-    device: there is no fused kernel for them yet, so ``'auto'`` means ``'torch'`` and ``'triton'`` is refused."""
+def _baseline_backend(backend: str, logits: torch.Tensor, where: str, *, unique: bool = True) -> str:
+    """``'torch'`` (the reference) or ``'triton'`` (alr_fast.loss.triton.baselines). ``'auto'`` takes the fused
+    kernel for CUDA logits when it applies: fp32/bf16/fp16 logits, K <= its MAX_K, and for ELR no repeated index
+    promised (``assume_unique``); otherwise the reference. ``'triton'`` where it does not apply is an error."""
     if backend not in BACKENDS:
         raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    resolved = resolve_backend(backend, logits.device, logits.dtype)  # 'triton' without triton: a clear error
+    if resolved == "torch":
+        return "torch"
+    from alr_fast.loss.triton.baselines import MAX_K, fits
+
+    why = ("logits dtype torch.float64 (the fused kernel computes in fp32)" if logits.dtype == torch.float64 else
+           f"K = {logits.shape[1]} > {MAX_K} columns" if not fits(logits.shape[1]) else
+           "repeated indices need the sequential order (pass assume_unique=True if none repeats)" if not unique
+           else None)
+    if why is None:
+        return "triton"
     if backend == "triton":
-        raise ValueError(f"{where}: backend='triton': this loss has no fused kernel (yet); use 'torch' or 'auto'")
+        raise ValueError(f"{where}: backend='triton' cannot run this call: {why}; use backend='torch' or 'auto'")
     return "torch"
 
 
@@ -121,7 +133,11 @@ def elr_loss(logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, labe
     params = ELRParams(beta, lam, refine, reduction, assume_unique)
     validate_inputs(logits, bank, index, where="elr_loss", check_index=check_index, assume_unique=assume_unique)
     validate_labels(logits, labels, where="elr_loss", check_values=check_index, valid=index >= 0)
-    _baseline_backend(backend, logits, "elr_loss")
+    if _baseline_backend(backend, logits, "elr_loss", unique=assume_unique) == "triton":
+        from alr_fast.loss.triton.baselines import fused_elr_loss
+
+        validate_fused_inputs(logits, bank, "elr_loss")
+        return fused_elr_loss(logits, bank, index, labels, params)
     return elr_loss_reference(logits, bank, index, labels, params)
 
 
@@ -131,7 +147,10 @@ def gce_loss(logits: torch.Tensor, labels: torch.Tensor, *, q: float, reduction:
     ``check_index``: check every label ``< K`` (one host sync on CUDA). Semantics: :mod:`alr_fast.loss.baselines`."""
     params = GCEParams(q, reduction)
     validate_labels(logits, labels, where="gce_loss", check_values=check_index)
-    _baseline_backend(backend, logits, "gce_loss")
+    if _baseline_backend(backend, logits, "gce_loss") == "triton":
+        from alr_fast.loss.triton.baselines import fused_gce_loss
+
+        return fused_gce_loss(logits, labels, params)
     return gce_loss_reference(logits, labels, params)
 
 
@@ -141,7 +160,10 @@ def sce_loss(logits: torch.Tensor, labels: torch.Tensor, *, alpha: float, beta: 
     ``labels`` ``[B]`` int64, ``-1`` = padding. Semantics: :mod:`alr_fast.loss.baselines`."""
     params = SCEParams(alpha, beta, log_zero, reduction)
     validate_labels(logits, labels, where="sce_loss", check_values=check_index)
-    _baseline_backend(backend, logits, "sce_loss")
+    if _baseline_backend(backend, logits, "sce_loss") == "triton":
+        from alr_fast.loss.triton.baselines import fused_sce_loss
+
+        return fused_sce_loss(logits, labels, params)
     return sce_loss_reference(logits, labels, params)
 
 
@@ -152,5 +174,8 @@ def bootstrap_loss(logits: torch.Tensor, labels: torch.Tensor, *, beta: float, r
     Semantics: :mod:`alr_fast.loss.baselines`."""
     params = BootstrapParams(beta, reduction)
     validate_labels(logits, labels, where="bootstrap_loss", check_values=check_index)
-    _baseline_backend(backend, logits, "bootstrap_loss")
+    if _baseline_backend(backend, logits, "bootstrap_loss") == "triton":
+        from alr_fast.loss.triton.baselines import fused_bootstrap_loss
+
+        return fused_bootstrap_loss(logits, labels, params)
     return bootstrap_loss_reference(logits, labels, params)

@@ -11,9 +11,7 @@ from datetime import timedelta
 
 import torch
 
-from alr_fast.loss.sharding import Sharding
-
-__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
+__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
            "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
 
 EXIT_PREEMPTED = 75
@@ -86,11 +84,6 @@ class Runtime:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def sharding(self) -> Sharding:
-        """Which training samples this rank owns (the one rule: :mod:`alr_fast.loss.sharding`)."""
-        return Sharding(self.rank, self.world_size)
-
 
 NUMERICS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
                 "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "CUBLAS_WORKSPACE_CONFIG")
@@ -126,14 +119,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def extensions_dir() -> str:
+    """Where torch JIT-builds C++ extensions for this environment: ``$TORCH_EXTENSIONS_DIR`` if set, else
+    ``<sys.prefix>/torch_extensions`` (inside the virtual environment)."""
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(sys.prefix, "torch_extensions")
+
+
+def prepare_deepspeed_comm_op(world_size: int) -> None:
+    """Before DeepSpeed starts its communication backend (which JIT-builds its CPU shared-memory all-reduce op,
+    ``deepspeed_shm_comm``, 30-160 s of compiling):
+
+    * the build goes to a folder of this environment (:func:`extensions_dir`), not torch's default
+      ``~/.cache/torch_extensions/<py>_<cuda>/``, which every environment of the same Python and torch shares.
+      The build's compiler flags hold the environment's absolute paths (``-I<venv>/.../deepspeed/ops/csrc/...``),
+      so two environments (the working one and a fresh clone's CI one, or two worktrees' venvs) sharing that
+      folder rewrite its ``build.ninja`` in turn and each run rebuilds what the other's last run built: the
+      repeated rebuilds alternating between two build commands, each run waiting on the build lock meanwhile;
+    * a run of one process does not build it at all (there is nothing to all-reduce): DeepSpeed builds it only
+      for ops marked compatible, and this marks it not, for this process only."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    if world_size <= 1:
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+
+
 def init_distributed(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
     """Join (or create) the process group DeepSpeed uses; a plain ``python`` run becomes a group of one.
 
     ``timeout_s`` bounds every collective of the group (gloo: each operation; NCCL: enforced by its watchdog,
     which aborts the process). A group that already exists keeps its own timeout. Under ``deepspeed``/``torchrun`` the launcher's RANK/WORLD_SIZE/MASTER_* variables are used as they are.
     """
-    import deepspeed
     import torch.distributed as dist
+
+    prepare_deepspeed_comm_op(1 if "RANK" not in os.environ else int(os.environ.get("WORLD_SIZE", "1")))
+    import deepspeed
 
     # DeepSpeed's engine insists on LOCAL_RANK (set by every launcher); a plain process is local rank 0. A child
     # process ignores an inherited LOCAL_RANK unless RANK is set too.

@@ -6,7 +6,8 @@ the bank and train on it (ALR; SELC when lam = 0), or train with the baseline's 
 average of the predictions in the bank; GCE, SCE and bootstrapping leave the bank at the given labels). CE
 never refines. The loss of every method is :class:`alr_fast.loss.alr.ALR`'s.
 
-Data parallelism: rank r reads only the samples it owns (global index i with i % W == r) and holds only their
+Data parallelism: rank r reads only the samples it owns (global index i with i % W == r; for tar shards, whole
+shards: alr_fast.loss.sharding) and holds only their
 bank rows (:mod:`alr_fast.loss.bank`), so the per-step work is the local loss plus DeepSpeed's gradient all-reduce;
 bank rows never travel during training. Once per epoch the ranks all-gather small per-sample vectors (refined
 label, prediction) for the metrics; exports and re-sharding assemble the global bank.
@@ -54,6 +55,8 @@ def _ds_config(cfg: Config, rt: Runtime) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,  # DeepSpeed's per-step timers synchronise; off by default
         "zero_optimization": {"stage": cfg.train.zero_stage},
+        # DeepSpeed's default, written out: every step clips the gradients' global L2 norm to 1.0.
+        "gradient_clipping": 1.0,
         # ZeRO 1/2 partition torch.optim.SGD/AdamW state like any other optimizer's (tests/test_rehearsal.py).
         "zero_allow_untested_optimizer": True,
         **ds_precision_config(rt.precision),
@@ -156,7 +159,7 @@ class _Loop:
         self.alr = ALR.from_config(cfg.method, torch.from_numpy(data.given_labels), k, epochs=cfg.train.epochs,
                                    steps_per_epoch=self.steps_per_epoch, rank=rt.rank, world_size=rt.world_size,
                                    device=rt.device, backend=rt.backend, assume_unique=True,
-                                   check_index=self.check_index)
+                                   check_index=self.check_index, shard_blocks=data.sharding_blocks)
         self.bank, self.sched = self.alr.bank, self.alr.schedule
         self.faults = faults.from_env(rt.rank)  # None unless a reliability test asks (alr_fast/train/faults.py)
         self.signals = StopSignals()
@@ -186,7 +189,7 @@ class _Loop:
     def resume(self) -> None:
         cfg, rt = self.cfg, self.rt
         found = load_latest(self.out, self.engine, shared=self.shared_states, per_rank=self.rank_states,
-                            sharding=rt.sharding, device=rt.device, strict=cfg.train.resume_strict)
+                            sharding=self.bank.sharding, device=rt.device, strict=cfg.train.resume_strict)
         if found is None:
             if rt.is_main:
                 print(f"[alr_fast] --resume: no complete checkpoint in {self.out}/checkpoints, starting fresh",
@@ -219,7 +222,7 @@ class _Loop:
                 f"a checkpoint: the newest complete checkpoint, {newest[0] if newest else 'none'}, was written "
                 "before them. Lower optim.lr or check the input data")
         save_checkpoint(self.out, self.engine, shared=self.shared_states, per_rank=self.rank_states,
-                        step=self.state.step, config=config_to_dict(self.cfg), sharding=self.rt.sharding,
+                        step=self.state.step, config=config_to_dict(self.cfg), sharding=self.bank.sharding,
                         device=self.rt.device, keep=self.cfg.train.keep_checkpoints)
 
     def _open_sinks(self) -> None:

@@ -79,7 +79,7 @@ class IndexedLoader:
         self.excluded = np.unique(np.concatenate(excluded)) if excluded else np.zeros(0, dtype=np.int64)
         self.plan = EpochPlan(len(table), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                               stick_to_shard=stick_to_shard, subset=subset, exclude=self.excluded,
-                              batch_size=self.batch_size)
+                              batch_size=self.batch_size, blocks=table.shard_blocks)
 
     def __len__(self) -> int:
         return self.plan.steps

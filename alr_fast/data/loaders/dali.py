@@ -14,8 +14,9 @@ batches past the end of the epoch only to throw them away (measured: 2x the CPU 
 epoch). An external source stops exactly at the end of the epoch and restarts on ``reset()``. Reading the
 files is one ``np.fromfile`` per sample in the Python thread (~20 us), small next to a JPEG decode (~1 ms).
 
-EXIF orientation is ignored (``adjust_orientation=False``), as PIL / torchvision's loaders do and as the
-published numbers were obtained. Transforms follow :class:`alr_fast.data.loaders.transforms.TransformSpec` with
+EXIF orientation follows ``TransformSpec.exif_transpose``: ignored for the benchmark datasets (as PIL /
+torchvision's loaders do and as the published numbers were obtained), applied for the user's own datasets
+(imagefolder, manifest), as the torchvision path does with ``ImageOps.exif_transpose``. Transforms follow :class:`alr_fast.data.loaders.transforms.TransformSpec` with
 torchvision's geometry (output sizes, centre offsets, uniform integer crop offsets), so the eval transform
 matches the torchvision path within one grey level (tests/test_data_loaders.py). Random augmentations draw
 from the pipeline's seeded stream.
@@ -120,7 +121,8 @@ def _resize_crop_like_torchvision(jpegs, images, spec, aug):
     import nvidia.dali.math as dmath
     from nvidia.dali import fn, types
 
-    shape = fn.peek_image_shape(jpegs, dtype=types.INT32, adjust_orientation=False)  # [H, W, C] before decoding
+    # [H, W, C] before decoding
+    shape = fn.peek_image_shape(jpegs, dtype=types.INT32, adjust_orientation=spec.exif_transpose)
     in_h, in_w = shape[0], shape[1]
     h, w = in_h, in_w
     if spec.resize_shorter is not None:
@@ -167,11 +169,13 @@ def _encoded_pipeline(feed, spec, placement, out_dtype):
         # Fused decode + crop: only the crop window is decoded. Its window comes from the pipeline's seeded
         # random stream (the one augmentation not replayed exactly when an epoch is resumed mid-way).
         images = fn.decoders.image_random_crop(jpegs, device=placement.decoder, output_type=types.RGB,
-                                               adjust_orientation=False, random_area=list(spec.rrc_scale),
+                                               adjust_orientation=spec.exif_transpose,
+                                               random_area=list(spec.rrc_scale),
                                                random_aspect_ratio=list(spec.rrc_ratio), num_attempts=10)
         images = fn.resize(images, resize_x=spec.crop, resize_y=spec.crop, antialias=True)
     else:
-        images = fn.decoders.image(jpegs, device=placement.decoder, output_type=types.RGB, adjust_orientation=False)
+        images = fn.decoders.image(jpegs, device=placement.decoder, output_type=types.RGB,
+                                   adjust_orientation=spec.exif_transpose)
         if spec.crop_mode in ("center", "random"):
             images = _resize_crop_like_torchvision(jpegs, images, spec, aug)
         elif spec.resize_shorter is not None:
@@ -220,7 +224,9 @@ class _EpochFeed:
         self.batches: list[np.ndarray] = []
 
     def _read(self, index: int) -> np.ndarray:
-        path = self.table.path(index)
+        if self.table.tar is not None:  # a member of a tar shard, read by offset from this rank's shards
+            return np.frombuffer(self.table.read_bytes(index), dtype=np.uint8)
+        path = self.table.open_path(index)
         try:
             return np.fromfile(path, dtype=np.uint8)
         except FileNotFoundError:
@@ -334,7 +340,7 @@ class DaliLoader(IndexedLoader):
         try:
             return step()
         except RuntimeError as e:
-            from alr_fast.data.loaders.imagecheck import image_problem
+            from alr_fast.data.loaders.imagecheck import bytes_problem, image_problem
 
             self.close()  # a failed pipeline is not reusable
             text = str(e)
@@ -342,7 +348,11 @@ class DaliLoader(IndexedLoader):
             detail = next((line.strip() for line in cause if line.strip()), text)
             if self.table.paths is not None:
                 for i in upcoming.tolist():
-                    problem = image_problem(str(self.table.path(i)))
+                    try:
+                        problem = (bytes_problem(self.table.read_bytes(i)) if self.table.tar is not None
+                                   else image_problem(str(self.table.open_path(i))))
+                    except ValueError as refused:
+                        problem = str(refused)
                     if problem is not None:
                         detail = (f"{self.table.where(i)}: image {self.table.path(i)} (global index {i}) {problem} "
                                   f"[DALI: {detail}]")

@@ -22,7 +22,7 @@ import numpy as np
 from alr_fast.data.readers.records import SampleTable
 
 __all__ = ["UnreadableImage", "image_problem", "scan_images", "UnreadableImagesWarning", "MAX_IMAGE_PIXELS",
-           "open_image"]
+           "open_image", "bytes_problem", "rgb_image"]
 
 MAX_IMAGE_PIXELS = 89_478_485
 """Largest image (width x height) alr_fast decodes: PIL's default ``Image.MAX_IMAGE_PIXELS``."""
@@ -52,6 +52,29 @@ def open_image(path):
     return im
 
 
+
+def rgb_image(im, *, exif_transpose: bool = False):
+    """A PIL image as 8-bit RGB, the way both the torchvision loader and the review sheet read images.
+
+    Grayscale, palette, RGBA/LA (alpha dropped, as torchvision's loader does), CMYK and YCbCr go through PIL's
+    ``convert('RGB')``. 16-bit and 32-bit integer images (PIL modes ``I;16*`` and ``I``, e.g. 16-bit PNG or
+    TIFF) are scaled to 8 bits first (``v >> 8`` for 16-bit data), where a plain ``convert`` would saturate
+    every value above 255 to white; float images (mode ``F``) are clipped to [0, 255]. With
+    ``exif_transpose`` the EXIF orientation tag is applied first (a photo taken sideways comes out upright).
+    """
+    from PIL import Image, ImageOps
+
+    if exif_transpose:
+        im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        a = a >> 8 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else a
+        im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
+
+
 class UnreadableImagesWarning(UserWarning):
     """Raised (as a warning) when a loader skips unreadable images; it says how many."""
 
@@ -72,11 +95,20 @@ class UnreadableImage:
         return f"{self.where}: index {self.index}: {self.path}: {self.reason}"
 
 
-def image_problem(path: str) -> str | None:
-    """None if ``path`` exists and decodes, else a short reason."""
+def bytes_problem(data: bytes) -> str | None:
+    """None if the encoded image ``data`` (a tar member) decodes, else a short reason."""
+    import io
+
+    if not data:
+        return "does not decode (empty member)"
+    return image_problem(io.BytesIO(data))
+
+
+def image_problem(path) -> str | None:
+    """None if ``path`` (or a file object) exists and decodes, else a short reason."""
     from PIL import UnidentifiedImageError
 
-    if not os.path.isfile(path):
+    if isinstance(path, str) and not os.path.isfile(path):
         return "missing (no such file)"
     try:
         with open_image(path) as im:
@@ -101,11 +133,21 @@ def scan_images(table: SampleTable, indices: np.ndarray | None = None, *, worker
     if table.paths is None:
         return []
     idx = table.global_index if indices is None else np.asarray(indices, dtype=np.int64)
-    paths = [str(table.path(int(i))) for i in idx]
+    if table.tar is not None:  # tar members: read by offset here, decoded in this process
+        return [UnreadableImage(i, str(table.path(i)), table.where(i), r) for i in idx.tolist()
+                if (r := bytes_problem(table.read_bytes(i)))]
+    paths, escaped = [], {}
+    for i in idx.tolist():
+        try:
+            paths.append(str(table.open_path(i)))
+        except ValueError as e:  # a symlink out of a confined table's root
+            paths.append(str(table.path(i)))
+            escaped[i] = f"refused: {str(e).split(': ', 1)[1]}"
     chunks = [paths[s : s + chunk] for s in range(0, len(paths), chunk)]
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = [r for part in pool.map(_problems, chunks) for r in part]
     else:
         results = [r for part in map(_problems, chunks) for r in part]
+    results = [escaped.get(i, r) for i, r in zip(idx.tolist(), results)]
     return [UnreadableImage(int(i), p, table.where(int(i)), r) for i, p, r in zip(idx.tolist(), paths, results) if r]

@@ -154,13 +154,16 @@ class EpochPlan:
 
     def __init__(self, num_samples: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
                  stick_to_shard: bool = True, subset: Subset | None = None, exclude: np.ndarray | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, blocks: tuple[int, ...] | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"EpochPlan: rank {rank} outside [0, world_size={world_size})")
         self.num_samples = int(num_samples)
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.sharding = Sharding(rank, world_size)
+        # blocks: tar shards' first rows, the shard-contiguous ownership (alr_fast.loss.sharding)
+        self.sharding = Sharding(rank, world_size, blocks if world_size > 1 else None)
+        if self.sharding.blocks is not None and (not stick_to_shard or subset is not None):
+            raise ValueError("EpochPlan: tar shards are read by the ranks owning them (stick_to_shard=True, no subset)")
         self.rank = self.sharding.rank
         self.world_size = self.sharding.world
         self.stick_to_shard = stick_to_shard

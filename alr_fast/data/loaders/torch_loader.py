@@ -17,7 +17,7 @@ import signal
 import torch
 
 from alr_fast.data.loaders.base import IndexedLoader
-from alr_fast.data.loaders.imagecheck import ImageTooLarge, open_image
+from alr_fast.data.loaders.imagecheck import ImageTooLarge, open_image, rgb_image
 from alr_fast.data.loaders.plan import EpochPlan
 from alr_fast.data.loaders.transforms import TransformSpec, build_torchvision_transform
 from alr_fast.data.readers.records import SampleTable
@@ -43,10 +43,20 @@ class IndexedImageDataset(torch.utils.data.Dataset):
 
         if self.table.images is not None:
             return Image.fromarray(self.table.images[index])
-        path = self.table.path(index)
+        if self.table.tar is not None:  # a member of a tar shard, read by offset
+            import io
+
+            path = self.table.path(index)
+            try:
+                with Image.open(io.BytesIO(self.table.read_bytes(index))) as im:
+                    return rgb_image(im, exif_transpose=self.spec.exif_transpose)
+            except (OSError, UnidentifiedImageError) as e:
+                raise OSError(f"{path} (global index {index}) does not decode ({e}); run `python -m alr_fast data "
+                              "check`, or pass skip_unreadable=True to leave such images out") from e
+        path = self.table.open_path(index)
         try:
             with open_image(path) as im:
-                return im.convert("RGB")
+                return rgb_image(im, exif_transpose=self.spec.exif_transpose)
         except ImageTooLarge as e:
             raise OSError(
                 f"{self.table.where(index)}: image {path} (global index {index}) is {e}; run "

@@ -13,7 +13,8 @@ Recipes (docs/datasets.md): CIFAR: pad 4 + random crop 32 + flip, eval as is. AN
 images): flip only (the resize/crop to 64 is the identity on the real data and guards against odd sizes).
 Clothing1M: resize 256 -> random crop 224 -> flip; eval resize 256 -> center crop 224. WebVision /
 mini-WebVision / ILSVRC val: random-resized crop 224 + flip; eval resize 256 -> center crop 224 (for
-InceptionResNetV2 pass crop=299, resize=320, as DivideMix does).
+InceptionResNetV2 pass crop=299, resize=320, as DivideMix does). The user's own data (imagefolder, manifest):
+the same as WebVision's, with the EXIF orientation applied (``exif_transpose``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass, replace
 
 __all__ = ["TransformSpec", "recipe_transform", "IMAGENET_STATS", "build_torchvision_transform"]
 
+GENERIC_DATASETS = ("imagefolder", "manifest", "webdataset")
+"""The user's own data forms (alr_fast.data.readers.generic): one transform recipe for all of them."""
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CROP_MODES = ("none", "center", "random", "random-resized")
 
@@ -44,6 +47,9 @@ class TransformSpec:
     """Area fraction range of the random-resized crop (torchvision's default)."""
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     """Aspect-ratio range of the random-resized crop."""
+    exif_transpose: bool = False
+    """Apply the EXIF orientation tag when decoding (the user's own datasets; the benchmark datasets' published
+    numbers were obtained without it)."""
 
     def __post_init__(self):
         if self.crop_mode not in CROP_MODES:
@@ -77,6 +83,14 @@ def recipe_transform(dataset: str, *, train: bool, crop: int | None = None, resi
         m, s = CLOTHING1M_STATS
         c, r = crop or 224, resize or 256
         spec = TransformSpec(crop=c, crop_mode="random" if train else "center", resize_shorter=r, flip=train)
+    elif dataset in GENERIC_DATASETS:
+        # The user's own data: ImageNet statistics (the usual pretrained backbones'), random-resized crop 224 +
+        # flip for training, resize 256 -> center crop 224 for evaluation, EXIF orientation applied.
+        m, s = IMAGENET_STATS
+        c = crop or 224
+        r = resize or round(c * 256 / 224)
+        spec = (TransformSpec(crop=c, crop_mode="random-resized", flip=True, exif_transpose=True) if train
+                else TransformSpec(crop=c, crop_mode="center", resize_shorter=r, exif_transpose=True))
     elif dataset in ("webvision", "mini-webvision", "ilsvrc2012"):
         m, s = IMAGENET_STATS
         c = crop or 224

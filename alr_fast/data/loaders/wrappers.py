@@ -109,10 +109,13 @@ def subset_table(table, rows: np.ndarray):
     """A :class:`~alr_fast.data.readers.records.SampleTable` of ``table``'s rows ``rows`` (indices renumbered 0..n-1)."""
     rows = np.asarray(rows, dtype=np.int64)
     pick = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
+    tar = None if table.tar is None else {
+        **table.tar, "shard": pick(table.tar["shard"]), "offset": pick(table.tar["offset"]),
+        "size": pick(table.tar["size"]), "starts": np.array([0, rows.size], dtype=np.int64)}
     return dataclasses.replace(
         table, labels=table.labels[rows], paths=None if table.paths is None else [table.paths[i] for i in rows],
         images=pick(table.images), clean_labels=pick(table.clean_labels), list_lines=pick(table.list_lines),
-        noise_manifest=None, extra=dict(table.extra),
+        noise_manifest=None, extra=dict(table.extra), tar=tar,
     )
 
 

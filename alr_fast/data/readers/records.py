@@ -18,6 +18,32 @@ import numpy as np
 
 __all__ = ["SampleTable", "UNKNOWN_LABEL"]
 
+_SHARDS: dict = {}
+"""Open tar shards of this process: {path: file}, reopened after a fork (the pid is part of the key)."""
+
+
+def _open_shard(path: Path):
+    import os
+
+    key = (os.getpid(), str(path))
+    f = _SHARDS.get(key)
+    if f is None:
+        if len(_SHARDS) >= 64:
+            for old in list(_SHARDS)[:32]:
+                _SHARDS.pop(old).close()
+        if not _SHARDS:
+            import atexit
+
+            atexit.register(_close_shards)
+        # Unbuffered: a member is one read of its exact bytes (a buffer would only hold bytes of other members).
+        f = _SHARDS[key] = open(path, "rb", buffering=0)
+    return f
+
+
+def _close_shards() -> None:
+    while _SHARDS:
+        _SHARDS.popitem()[1].close()
+
 UNKNOWN_LABEL = -1
 """Value of ``clean_labels[i]`` when sample i's clean label is not known (e.g. most of Clothing1M's train)."""
 
@@ -58,6 +84,14 @@ class SampleTable:
     """The synthetic-noise manifest (alr_fast.data.noise) when labels were corrupted on load."""
     extra: dict = field(default_factory=dict)
     """Dataset-specific facts worth reporting (e.g. Clothing1M's layout, list line counts)."""
+    tar: dict | None = None
+    """Tar-shard storage (webdataset): ``shards`` (file names relative to ``image_root``), per-row ``shard``
+    (int32), ``offset`` and ``size`` (int64) of the image member, ``starts`` (int64 [S + 1], the first row of
+    each shard, then N). ``paths`` then hold ``'<shard>:<member>'`` and :meth:`read_bytes` reads a row."""
+    confined: bool = False
+    """Whether :meth:`open_path` also refuses a file whose real path (symlinks resolved) leaves ``image_root``
+    (the user's own datasets: imagefolder, manifest). The benchmark readers keep the lexical check only, so a
+    symlinked image folder pointing elsewhere keeps working for them."""
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -92,6 +126,16 @@ class SampleTable:
         file, or a link inside the dataset, cannot make the loaders read, or ``data check`` probe, files elsewhere.
         ``image_root`` itself may be a link (an image folder kept on another disk); links below it must point
         inside it. Costs one ``realpath`` per listed folder and one ``lstat`` per listed file."""
+        import re
+
+        joined = "\n".join(self.paths)
+        if ".." in joined or re.search(r"(?m)^(?:[/\\~]|.?:)", joined):  # else: nothing suspicious anywhere
+            self._check_paths_lexically()
+        if self.tar is not None:
+            return  # tar members are not files: the shards were checked (readers/tarshards.py:shard_files)
+        self._check_paths_resolved()
+
+    def _check_paths_lexically(self) -> None:
         for i, p in enumerate(self.paths):
             # Fast path: nearly every path has no '..', no leading separator and no drive letter.
             if ".." not in p and not p.startswith(("/", "\\", "~")) and ":" not in p[:2]:
@@ -105,6 +149,8 @@ class SampleTable:
                 continue
             raise ValueError(f"{self.where(i)}: path {p!r} {why}; listed paths must stay under the dataset root "
                              f"{self.image_root}")
+
+    def _check_paths_resolved(self) -> None:
         if self.image_root is None or not Path(self.image_root).is_dir():
             return
         base = os.path.realpath(self.image_root)
@@ -140,6 +186,42 @@ class SampleTable:
         if self.paths is None or self.image_root is None:
             raise TypeError(f"{self.name}/{self.split} is held in memory; it has no image paths")
         return self.image_root / self.paths[index]
+
+    @property
+    def shard_blocks(self) -> tuple[int, ...] | None:
+        """For tar shards: the first row of each non-empty shard, then N (the shard-contiguous ownership of
+        :class:`alr_fast.loss.sharding.Sharding`); None for every other table."""
+        if self.tar is None:
+            return None
+        return tuple(int(v) for v in np.unique(np.asarray(self.tar["starts"], dtype=np.int64)))
+
+    def read_bytes(self, index: int) -> bytes:
+        """The encoded image of sample ``index``: its file, or its member of a tar shard (read by offset; each
+        process keeps the shards it opened open)."""
+        if self.tar is None:
+            return self.open_path(index).read_bytes()
+        shard = self.image_root / self.tar["shards"][int(self.tar["shard"][index])]
+        f = _open_shard(shard)
+        f.seek(int(self.tar["offset"][index]))
+        size = int(self.tar["size"][index])
+        data = f.read(size)
+        if len(data) != size:
+            raise OSError(f"{shard}: member {self.paths[index].rsplit(':', 1)[-1]} (global index {index}) is cut "
+                          "short; the shard changed since `data index`: run it again")
+        return data
+
+    def open_path(self, index: int) -> Path:
+        """The path a loader or checker opens for sample ``index``: :meth:`path`, and for a ``confined`` table
+        only if its real path lies under the real ``image_root`` (else a ValueError naming the file)."""
+        path = self.path(index)
+        if self.confined:
+            import os
+
+            real, top = os.path.realpath(path), os.path.realpath(self.image_root)
+            if not real.startswith(top.rstrip(os.sep) + os.sep):
+                raise ValueError(f"{self.where(index)}: {path} resolves to {real}, outside the dataset root {top} "
+                                 "(a symlink leading out of the root is refused)")
+        return path
 
     def where(self, index: int) -> str:
         """'file:line' (or 'name/split[index]') describing where sample ``index`` was listed."""

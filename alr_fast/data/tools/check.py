@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alr_fast.data.loaders.imagecheck import scan_images
-from alr_fast.data.readers import DATASET_NAMES, DATASET_SPLITS, TRAIN_SPLIT, read_split
+from alr_fast.data.readers import DATASET_NAMES, DATASET_SPLITS, GENERIC_NAMES, TRAIN_SPLIT, dataset_splits, read_split
 from alr_fast.data.readers.records import SampleTable
 from alr_fast.data.readers.webvision import read_ilsvrc_val
 
@@ -22,7 +22,8 @@ __all__ = ["check_dataset", "OPTIONAL_SPLITS", "MAX_LISTED_UNREADABLE"]
 OPTIONAL_SPLITS = {("clothing1m", "clean-train")}
 """Splits whose absence does not make a dataset unusable (reported as absent)."""
 MAX_LISTED_UNREADABLE = 20
-LAYOUT_FACTS = ("layout", "annotations", "image_keys", "image_paths")
+LAYOUT_FACTS = ("layout", "annotations", "image_keys", "image_paths", "manifest", "format", "class_names_from",
+                "skipped", "skipped_examples", "empty_classes", "duplicate_paths", "ignored_columns")
 """What a reader reports about the on-disk layout it found (e.g. Clothing1M's, with or without ``images/``)."""
 
 
@@ -62,12 +63,14 @@ def check_dataset(
     workers: int = 1,
     max_images: int | None = None,
     samples: int = 3,
+    manifest: str | Path | None = None,
 ) -> tuple[dict, dict[str, list[int]]]:
     """``(summary, unreadable global indices per split)``; ``summary["usable"]`` is the verdict."""
     if name not in DATASET_NAMES:
         raise ValueError(f"check_dataset: dataset must be one of {DATASET_NAMES}, got {name!r}")
     root = Path(root)
     chosen = list(splits or DATASET_SPLITS[name])
+    reader_opts = {"manifest": manifest} if name == "manifest" else {}
     source = source or ("all" if name == "webvision" else "google")
     summary: dict = {"dataset": name, "root": str(root), "usable": False, "splits": {}, "samples": [],
                      "errors": []}
@@ -77,13 +80,20 @@ def check_dataset(
     if not root.is_dir():
         summary["errors"].append(f"{root}: dataset root not found (no such directory)")
         return summary, unreadable
+    if name in GENERIC_NAMES and not splits:
+        try:  # the user's own data: the splits it has (a missing val/test is reported, not an error)
+            chosen = list(dataset_splits(name, root, **reader_opts))
+        except (FileNotFoundError, ValueError) as e:
+            summary["errors"].append(str(e))
+            return summary, unreadable
+        summary["splits_found"] = chosen
     tables: list[SampleTable] = []
     for split in chosen:
         train_opts = {}
         if split == TRAIN_SPLIT:
             train_opts = dict(cifar_n=cifar_n, label_set=label_set, noise_file=noise_file, noise_key=noise_key)
         try:
-            tables.append(read_split(name, root, split, source=source, **train_opts))
+            tables.append(read_split(name, root, split, source=source, **train_opts, **reader_opts))
         except FileNotFoundError as e:
             if (name, split) in OPTIONAL_SPLITS:
                 summary["splits"][split] = {"absent": str(e)}
@@ -107,6 +117,8 @@ def check_dataset(
                 summary["splits"]["ilsvrc-val"] = {"error": str(e)}
     for table in tables:
         info = table.summary()
+        if table.num_classes <= 100:
+            info["per_class"] = dict(zip(table.class_names, table.class_counts().tolist()))
         if table.paths is not None:
             idx = _check_indices(len(table), max_images)
             bad = scan_images(table, idx, workers=workers)

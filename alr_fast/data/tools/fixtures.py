@@ -16,10 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_fixture", "FIXTURE_DATASETS", "CLOTHING1M_LAYOUTS", "photo_patch", "ILSVRC_LIST_NAME",
+__all__ = ["make_fixture", "FIXTURE_DATASETS", "MANIFEST_FORMATS", "OWN_CLASSES", "CLOTHING1M_LAYOUTS", "photo_patch", "ILSVRC_LIST_NAME",
            "ILSVRC_DIR_NAME"]
 
-FIXTURE_DATASETS = ("cifar10", "cifar100", "animal10n", "clothing1m", "webvision", "mini-webvision")
+FIXTURE_DATASETS = ("cifar10", "cifar100", "animal10n", "clothing1m", "webvision", "mini-webvision", "imagefolder",
+                    "manifest", "webdataset")
+MANIFEST_FORMATS = ("csv", "tsv", "jsonl")
+OWN_CLASSES = ["cat", "dog", "guinea pig", "café, crème"]
+"""Class names of the imagefolder / manifest fixtures: a space, a comma and non-ASCII letters, as real ones have."""
 CLOTHING1M_LAYOUTS = ("a", "b", "c")
 """Clothing1M layouts (:mod:`alr_fast.data.readers.clothing1m`): a = .txt files and 0..9/ in the root (keys'
 images/ prefix stripped); b = annotations/ + images/; c = .txt files and images/ in the root (the release
@@ -247,6 +251,93 @@ def _webvision(out: Path, rng: np.random.Generator, num_train: int, num_test: in
     return out
 
 
+# ------------------------------------------------------------------------------- the user's own data forms
+def _imagefolder(out: Path, rng: np.random.Generator, num_train: int, num_test: int, size) -> Path:
+    """train/ and test/ split folders, one folder per class, some images one folder deeper, mixed extensions."""
+    k = len(OWN_CLASSES)
+    for split, n in (("train", num_train), ("test", num_test)):
+        for i, label in enumerate(_balanced_labels(rng, n, k).tolist()):
+            sub = "batch 2/" if i % 5 == 4 else ""
+            ext = (".jpg", ".JPEG", ".png")[i % 3]
+            path = out / split / OWN_CLASSES[label] / f"{sub}img {i:04d}{ext}"
+            pixels = photo_patch(rng, *_random_size(rng, size, (64, 96)))
+            if ext == ".png":
+                from PIL import Image
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path, format="PNG")
+            else:
+                _write_jpeg(path, pixels)
+    return out
+
+
+def _manifest(out: Path, rng: np.random.Generator, fmt: str, num_train: int, num_test: int, size) -> Path:
+    """images/ + manifest.<fmt>: path, label (a class name), clean_label (the true class, ~30 % differ), split."""
+    if fmt not in MANIFEST_FORMATS:
+        raise ValueError(f"make_fixture: manifest format must be one of {MANIFEST_FORMATS}, got {fmt!r}")
+    k = len(OWN_CLASSES)
+    rows = []
+    for split, n in (("train", num_train), ("val", max(2, num_test // 2)), ("test", num_test)):
+        clean = _balanced_labels(rng, n, k)
+        given = _flip_some(rng, clean, k, 0.3) if split == "train" else clean
+        for i in range(n):
+            rel = f"images/{split}/{i % 3}/photo, {i:04d}.jpg"  # a comma in every name
+            _write_jpeg(out / rel, photo_patch(rng, *_random_size(rng, size, (64, 96))))
+            rows.append({"path": rel, "label": OWN_CLASSES[int(given[i])], "clean_label": OWN_CLASSES[int(clean[i])],
+                         "split": split})
+    order = rng.permutation(len(rows))  # splits interleaved, as real manifests are
+    rows = [rows[i] for i in order]
+    path = out / f"manifest.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    else:
+        import csv
+
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "label", "clean_label", "split"],
+                               delimiter="," if fmt == "csv" else "\t")
+            w.writeheader()
+            w.writerows(rows)
+    return out
+
+
+def _webdataset(out: Path, rng: np.random.Generator, num_train: int, num_test: int, size) -> Path:
+    """train/ and test/ folders of tar shards 000000.tar, ... of unequal sizes (KEY.jpg + KEY.cls, KEY.json
+    metadata beside), class_names.json in the root."""
+    import io
+    import tarfile
+
+    k = len(OWN_CLASSES)
+    (out).mkdir(parents=True, exist_ok=True)
+    (out / "class_names.json").write_text(json.dumps(OWN_CLASSES, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def member(tar, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    for split, n in (("train", num_train), ("test", num_test)):
+        labels = _balanced_labels(rng, n, k)
+        # shard sizes vary (as the tail shard of a real export): cut points drawn at random, at least 1 per shard
+        shards = max(1, min(5, n // 2)) if split == "train" else 1
+        cuts = np.sort(rng.choice(np.arange(1, n), size=shards - 1, replace=False)) if shards > 1 else []
+        bounds = [0, *[int(c) for c in cuts], n]
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for s in range(len(bounds) - 1):
+            with tarfile.open(out / split / f"{s:06d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+                for i in range(bounds[s], bounds[s + 1]):
+                    buf = io.BytesIO()
+                    from PIL import Image
+
+                    Image.fromarray(photo_patch(rng, *_random_size(rng, size, (64, 96)))).save(buf, format="JPEG",
+                                                                                              quality=90)
+                    key = f"sample{i:06d}"
+                    member(tar, f"{key}.jpg", buf.getvalue())
+                    member(tar, f"{key}.cls", str(int(labels[i])).encode())
+                    member(tar, f"{key}.json", json.dumps({"index": i}).encode())
+    return out
+
+
 def make_fixture(
     name: str,
     out_dir: str | Path,
@@ -256,6 +347,7 @@ def make_fixture(
     num_train: int | None = None,
     num_test: int | None = None,
     image_size: tuple[int, int] | None = None,
+    manifest_format: str = "csv",
 ) -> Path:
     """Write a small ``name`` dataset under ``out_dir`` and return its root.
 
@@ -263,7 +355,9 @@ def make_fixture(
     defaults: tens of images); ``image_size`` = (width, height) fixes every file image's size (default:
     varied sizes in the dataset's usual range, 64 x 64 for ANIMAL-10N). webvision and mini-webvision write the
     same root (mini-WebVision is a view of WebVision), plus ILSVRC-2012 val images and their list
-    (``ilsvrc2012_val/`` and ``ilsvrc2012_val_list.txt`` in the root).
+    (``ilsvrc2012_val/`` and ``ilsvrc2012_val_list.txt`` in the root). ``imagefolder``: ``train/`` and
+    ``test/`` class folders (:data:`OWN_CLASSES`); ``manifest``: ``images/`` and ``manifest.<manifest_format>``
+    with train, val and test rows (noisy train labels, clean labels in ``clean_label``).
     """
     if name not in FIXTURE_DATASETS:
         raise ValueError(f"make_fixture: name must be one of {FIXTURE_DATASETS}, got {name!r}")
@@ -276,10 +370,17 @@ def make_fixture(
         root = _animal10n(out, rng, num_train or 60, num_test or 20, image_size)
     elif name == "clothing1m":
         root = _clothing1m(out, rng, layout, num_train or 70, num_test or 28, image_size)
+    elif name == "imagefolder":
+        root = _imagefolder(out, rng, num_train or 40, num_test or 12, image_size)
+    elif name == "manifest":
+        root = _manifest(out, rng, manifest_format, num_train or 40, num_test or 12, image_size)
+    elif name == "webdataset":
+        root = _webdataset(out, rng, num_train or 40, num_test or 12, image_size)
     else:
         root = _webvision(out, rng, num_train or 60, num_test or 24, image_size)
     (out / "FIXTURE.json").write_text(json.dumps({
         "dataset": name, "seed": seed, "layout": layout if name == "clothing1m" else None,
+        **({"format": manifest_format} if name == "manifest" else {}),
         "note": "synthetic fixture: patches of scikit-learn's two sample photos, random labels",
     }, indent=2) + "\n")
     return root

@@ -10,6 +10,8 @@ never fails without triton, the kernel names are then simply absent. One op per 
 * ``heuristics.py``  block sizes, rows per program, warps, split-K choice
 * ``launch.py``      host side: checks, buffers, launches, the out-of-range index flag
 * ``autograd.py``    ``fused_alr_loss``, ``ALRLoss``, the autograd functions and the torch custom op
+* ``baselines.py``   the baselines' kernels (ELR, GCE, SCE, soft bootstrapping) built from ``rows.py``; imported
+  lazily by :mod:`alr_fast.loss.functional`
 
 Design notes, byte model and compile figures: benchmarks/KERNEL_NOTES.md.
 """

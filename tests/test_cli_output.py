@@ -1,0 +1,34 @@
+"""Command-line output that scripts can read: --version, and --json leaving stdout to the summary alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import alr_fast
+from alr_fast.cli import main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"alr_fast {alr_fast.__version__}"
+
+
+@pytest.mark.slow
+def test_train_json_stdout_is_only_the_summary(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "alr_fast", "train", "--json", "--recipe", "demo", "--model", "mlp",
+           "--epochs", "2", "--batch-size", "256", "--no-progress", "--out", str(out),
+           "--set", "data.dataset=digits", "--set", "method.warmup=fixed", "--set", "method.warmup_epochs=1",
+           "--set", "train.tensorboard=false", "--set", "train.threads=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # the whole of stdout parses
+    assert summary == json.loads((out / "summary.json").read_text()) | {"num_changed": summary["num_changed"]}
+    assert summary["epochs"] == 2
