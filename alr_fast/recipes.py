@@ -56,7 +56,7 @@ def demo() -> Config:
 
     lam 1.0 was chosen by a one-seed sweep on this data (benchmarks/results/demo_tuning.md). The warm-up is
     ``warmup='auto'`` (refinement starts when the training accuracy on the given labels stops rising,
-    alr_fast.train.schedule.AutoWarmupRule) with lam ramped over 5 epochs: one recipe for every noise setting,
+    alr_fast.loss.schedule.AutoWarmupRule) with lam ramped over 5 epochs: one recipe for every noise setting,
     measured by ``benchmarks/quality.py --study warmup``. ``warmup_epochs`` (4, the earlier fixed recipe) is
     used when ``--set method.warmup=fixed`` is given; ``--set method.warmup_epochs=N`` alone also means a fixed
     warm-up of N epochs. No noisy validation slice (data.val_fraction = 0).
@@ -184,7 +184,7 @@ def own_data() -> Config:
     user's file: ``--set model.pretrained=PATH``), 224 px (random-resized crop + flip; eval resize 256 ->
     center crop 224), SGD lr 0.01 momentum 0.9, weight decay 1e-4, cosine, 30 epochs, batch 64. The warm-up
     needs no per-dataset tuning: ``warmup='auto'`` (refinement starts when the noisy-validation accuracy stops
-    rising, alr_fast/train/schedule.py) with lam ramped over 5 epochs, as the demo recipe measured. A noisy
+    rising, alr_fast/loss/schedule.py) with lam ramped over 5 epochs, as the demo recipe measured. A noisy
     validation slice of 5 % of the training rows selects the model (a ``val`` split, when the data has both
     ``val`` and ``test``, selects instead; set ``data.val_fraction=0`` then to train on every row).
     Assumptions, not a paper's protocol: the usual fine-tuning values for a pretrained ResNet-50."""

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import torch
 
-__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
+__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
            "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
 
 EXIT_PREEMPTED = 75
@@ -128,6 +128,20 @@ def extensions_dir() -> str:
     return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(sys.prefix, "torch_extensions")
 
 
+def quiet_deepspeed_import() -> None:
+    """Before the first ``import deepspeed``: its start-up chatter off at the default verbosity. On a machine
+    without CUDA, DeepSpeed warns that it falls back to the CPU accelerator and torch's extension builder that
+    there is no CUDA runtime; the CPU accelerator is named up front (``DS_ACCELERATOR=cpu``, the one DeepSpeed
+    would pick) and the builder's warning is raised to errors only. ``ALR_FAST_VERBOSE=1`` keeps both."""
+    if os.environ.get("ALR_FAST_VERBOSE"):
+        return
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def prepare_deepspeed_comm_op(world_size: int) -> None:
     """Before DeepSpeed starts its communication backend (which JIT-builds its CPU shared-memory all-reduce op,
     ``deepspeed_shm_comm``, 30-160 s of compiling):
@@ -141,6 +155,7 @@ def prepare_deepspeed_comm_op(world_size: int) -> None:
     * a run of one process does not build it at all (there is nothing to all-reduce): DeepSpeed builds it only
       for ops marked compatible, and this marks it not, for this process only."""
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    quiet_deepspeed_import()
     if world_size <= 1:
         import deepspeed.ops
 

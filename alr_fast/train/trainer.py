@@ -35,13 +35,13 @@ from alr_fast.train.distributed import all_gather_rows, all_reduce_min, all_redu
 from alr_fast.train.evaluation import EvalPlan
 from alr_fast.train.exports import predict_probs, write_exports
 from alr_fast.train.loop_state import EpochAccumulators, LoopState
-from alr_fast.train.metrics import label_quality, memorisation_split
+from alr_fast.train.metrics import label_quality, memorisation_split, refinement_note
 from alr_fast.train.models import build_model
 from alr_fast.train import faults
 from alr_fast.train.plots import plot_curves
 from alr_fast.train.precision import autocast, ds_precision_config, model_input
 from alr_fast.train.runtime import (PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout,
-                                    is_collective_failure, resolve_runtime)
+                                    is_collective_failure, quiet_deepspeed_import, resolve_runtime)
 from alr_fast.loss.schedule import prediction_counts
 
 __all__ = ["train", "predict_probs"]
@@ -103,6 +103,7 @@ class _Loop:
     """
 
     def __init__(self, cfg: Config, data: TrainData | None, runtime: Runtime | None):
+        quiet_deepspeed_import()  # DeepSpeed's start-up warnings off at the default verbosity
         import deepspeed
 
         if cfg.train.threads:
@@ -447,6 +448,11 @@ class _Loop:
                 summary[key] = last[key]
         if rt.is_main:
             summary["num_changed"] = exports.get("num_changed")
+            # Short runs: say that the refined labels are the given ones instead of letting 0 % F1 speak.
+            summary["refinement_note"] = refinement_note(cfg.method.name, summary.get("refine_from_epoch"),
+                                                         cfg.train.epochs, summary["num_changed"])
+            if summary["refinement_note"]:
+                print(f"[alr_fast] note: {summary['refinement_note']}", flush=True)
             with atomic_path(self.out / "model.pt") as tmp:
                 torch_save(engine.module.state_dict(), tmp)
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
