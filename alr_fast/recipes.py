@@ -56,10 +56,16 @@ def demo() -> Config:
 
     lam 1.0 was chosen by a one-seed sweep on this data (benchmarks/results/demo_tuning.md). The warm-up is
     ``warmup='auto'`` (refinement starts when the training accuracy on the given labels stops rising,
-    alr_fast.train.schedule.AutoWarmupRule) with lam ramped over 5 epochs: one recipe for every noise setting,
+    alr_fast.loss.schedule.AutoWarmupRule) with lam ramped over 5 epochs: one recipe for every noise setting,
     measured by ``benchmarks/quality.py --study warmup``. ``warmup_epochs`` (4, the earlier fixed recipe) is
     used when ``--set method.warmup=fixed`` is given; ``--set method.warmup_epochs=N`` alone also means a fixed
     warm-up of N epochs. No noisy validation slice (data.val_fraction = 0).
+
+    ``train.threads=1`` pins torch's CPU thread count: the thread count changes how CPU reductions are split
+    (other bits, and after 40 epochs of memorisation another last-epoch accuracy), so an unpinned run depends on
+    the machine's core count; one thread also keeps the demo fast on a shared machine. The table is bitwise
+    reproducible for the same numerics record (``summary.json["numerics"]``: torch, threads, the CPU
+    instruction set torch dispatched to, CPU model); benchmarks/results/demo/README.md has the measurements.
     """
     return Config(
         recipe="demo",
@@ -67,7 +73,7 @@ def demo() -> Config:
         model=ModelConfig(name="small_cnn", width=16),
         optim=OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine"),
         method=MethodConfig(name="alr", alpha=0.9, lam=1.0, warmup="auto", warmup_epochs=4, ramp_epochs=5.0),
-        train=TrainConfig(epochs=40, batch_size=128, out="runs/demo"),
+        train=TrainConfig(epochs=40, batch_size=128, out="runs/demo", threads=1),
     )
 
 
@@ -178,7 +184,7 @@ def own_data() -> Config:
     user's file: ``--set model.pretrained=PATH``), 224 px (random-resized crop + flip; eval resize 256 ->
     center crop 224), SGD lr 0.01 momentum 0.9, weight decay 1e-4, cosine, 30 epochs, batch 64. The warm-up
     needs no per-dataset tuning: ``warmup='auto'`` (refinement starts when the noisy-validation accuracy stops
-    rising, alr_fast/train/schedule.py) with lam ramped over 5 epochs, as the demo recipe measured. A noisy
+    rising, alr_fast/loss/schedule.py) with lam ramped over 5 epochs, as the demo recipe measured. A noisy
     validation slice of 5 % of the training rows selects the model (a ``val`` split, when the data has both
     ``val`` and ``test``, selects instead; set ``data.val_fraction=0`` then to train on every row).
     Assumptions, not a paper's protocol: the usual fine-tuning values for a pretrained ResNet-50."""

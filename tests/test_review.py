@@ -95,3 +95,27 @@ def test_review_errors_name_the_problem(tmp_path):
     _fake_run(tmp_path / "r", cfg, 20, 10, oos=False)
     with pytest.raises(ValueError, match="oos_suspect_rank"):
         review_run(tmp_path / "r", by="oos", quiet=True)
+
+
+def test_short_run_note_on_the_sheet_and_in_the_summary_rule(tmp_path, capsys):
+    """A run whose bank changed no label says so on the review sheet (title, printed) instead of tiles alone."""
+    from alr_fast.train.metrics import refinement_note
+
+    assert refinement_note("alr", None, 3, 0).startswith("refinement never started (the warm-up lasted all 3")
+    assert refinement_note("alr", 5, 5, 0).startswith("refinement never started")
+    assert refinement_note("alr", 2, 3, 0).startswith("refinement ran 1 epoch (from epoch 2) and changed no label")
+    assert refinement_note("selc", 2, 6, 0).startswith("refinement ran 4 epochs")
+    assert refinement_note("alr", 2, 6, 17) is None
+    assert refinement_note("ce", None, 6, 0).startswith("method ce does not refine")
+    cfg = apply_overrides(get_recipe("demo"), ["data.dataset=digits"])
+    run = tmp_path / "short"
+    _fake_run(run, cfg, 1438, 10, oos=False)
+    (run / "summary.json").write_text(json.dumps({"method": "alr", "epochs": 2, "refine_from_epoch": None,
+                                                  "num_changed": 0}))
+    out = review_run(run, top=3, html=True)
+    assert "NOTE: refinement never started" in capsys.readouterr().out
+    assert "NOTE: refinement never started" in out["html"].read_text()
+    (run / "summary.json").write_text(json.dumps({"method": "alr", "epochs": 8, "refine_from_epoch": 3,
+                                                  "num_changed": 40}))
+    review_run(run, top=3)
+    assert "NOTE" not in capsys.readouterr().out

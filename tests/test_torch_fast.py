@@ -112,3 +112,91 @@ def test_one_non_finite_row_leaves_the_other_rows_alone(bad):
     assert loss[5] == 0 and (grad[5] == 0).all()
     np.testing.assert_allclose(b.numpy(), ref_bank, rtol=1e-5, atol=1e-6)
     assert torch.equal(b[index[2]], bank[index[2]])
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_lam_zero_and_one(lam):
+    """lam 0 (SELC) and lam 1 (the demo recipe's): the entropy term is absent / weighted exactly 1."""
+    logits, bank, index = _case(torch.float64, seed=3)
+    z = logits.clone().requires_grad_(True)
+    b = bank.double().clone()
+    loss = alr_loss_unique(z, b, index, ALRParams(0.7, lam, True, "sum", True))
+    loss.backward()
+    ref_loss, ref_grad, ref_bank = alr_oracle(logits.numpy(), bank.double().numpy(), index.numpy(), alpha=0.7,
+                                              lam=lam, refine=True, reduction="sum")
+    np.testing.assert_allclose(float(loss.detach()), ref_loss, rtol=1e-12)
+    np.testing.assert_allclose(z.grad.numpy(), ref_grad, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b.numpy(), ref_bank, rtol=1e-12, atol=1e-12)
+
+
+def test_mean_over_a_single_valid_row():
+    """"mean" divides by the number of valid rows, also when that number is 1 (the rest padded)."""
+    logits, bank, index = _case(torch.float64, seed=4)
+    index[1:] = -1
+    z = logits.clone().requires_grad_(True)
+    loss = alr_loss_unique(z, bank.double().clone(), index, ALRParams(0.7, 0.4, True, "mean", True))
+    loss.backward()
+    ref_loss, ref_grad, _ = alr_oracle(logits.numpy(), bank.double().numpy(), index.numpy(), alpha=0.7, lam=0.4,
+                                       refine=True, reduction="mean")
+    np.testing.assert_allclose(float(loss.detach()), ref_loss, rtol=1e-12)
+    np.testing.assert_allclose(z.grad.numpy(), ref_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("refine", [False, True])
+def test_device_branch_on_a_cpu(monkeypatch, reduction, refine):
+    """The branch a GPU runs (masks always applied, the mean's 1/n as a device tensor, no host read), forced
+    on a CPU: the same values as the oracle, with a padded row, a non-finite row and a random grad_output."""
+    import alr_fast.loss.torch_fast as torch_fast
+
+    monkeypatch.setattr(torch_fast, "_reads_are_free", lambda device: False)
+    logits, bank, index = _case(torch.float32, b=8, seed=6)
+    index[0] = -1
+    logits[4, 1] = math.nan
+    z = logits.clone().requires_grad_(True)
+    b = bank.clone()
+    loss = alr_loss_unique(z, b, index, ALRParams(0.7, 0.4, refine, reduction, True))
+    go = torch.linspace(-1.5, 2.0, 8) if reduction == "none" else torch.tensor(0.7)
+    loss.backward(go)
+    ref_loss, ref_grad, ref_bank = alr_oracle(logits.double().numpy(), bank.double().numpy(), index.numpy(),
+                                              alpha=0.7, lam=0.4, refine=refine, reduction=reduction)
+    g = go.double().numpy()
+    want = ref_grad * (g[:, None] if reduction == "none" else g)
+    ok = np.isfinite(want).all(axis=1)
+    assert ok.tolist() == [True, True, True, True, False, True, True, True]
+    if reduction == "none":
+        np.testing.assert_allclose(loss.detach().numpy(), ref_loss, rtol=2e-5, atol=2e-6)
+    else:  # one NaN row makes the reduced loss NaN, as in the oracle
+        assert math.isnan(float(loss.detach())) and math.isnan(ref_loss)
+    np.testing.assert_allclose(z.grad.numpy()[ok], want[ok], rtol=2e-5, atol=2e-6)
+    assert torch.isnan(z.grad[4]).all() and (z.grad[0] == 0).all()
+    np.testing.assert_allclose(b.numpy(), ref_bank, rtol=1e-5, atol=1e-6)
+
+
+def test_device_branch_mean_without_bad_rows(monkeypatch):
+    """The device branch's mean over 5 valid rows of 7 (the 1/n scale applied as a tensor), finite everywhere."""
+    import alr_fast.loss.torch_fast as torch_fast
+
+    monkeypatch.setattr(torch_fast, "_reads_are_free", lambda device: False)
+    logits, bank, index = _case(torch.float32, seed=7)
+    index[2] = index[6] = -1
+    z = logits.clone().requires_grad_(True)
+    loss = alr_loss_unique(z, bank.clone(), index, ALRParams(0.7, 0.4, True, "mean", True))
+    loss.backward()
+    ref_loss, ref_grad, _ = alr_oracle(logits.double().numpy(), bank.double().numpy(), index.numpy(), alpha=0.7,
+                                       lam=0.4, refine=True, reduction="mean")
+    np.testing.assert_allclose(float(loss.detach()), ref_loss, rtol=2e-5)
+    np.testing.assert_allclose(z.grad.numpy(), ref_grad, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("go", [1.0, 2.0, 0.5, -1.0, 0.0])
+def test_scalar_grad_output_values(go):
+    """The backward's early exit (grad_output exactly 1 on a CPU: the saved gradient is final) must not be
+    taken for any other value: 2, 1/2 (what grad_accum=2 feeds), -1, 0."""
+    logits, bank, index = _case(torch.float64, seed=8)
+    z = logits.clone().requires_grad_(True)
+    loss = alr_loss_unique(z, bank.double().clone(), index, ALRParams(0.7, 0.4, True, "mean", True))
+    loss.backward(torch.tensor(go, dtype=torch.float64))
+    _, ref_grad, _ = alr_oracle(logits.numpy(), bank.double().numpy(), index.numpy(), alpha=0.7, lam=0.4,
+                                refine=True, reduction="mean")
+    np.testing.assert_allclose(z.grad.numpy(), go * ref_grad, rtol=1e-12, atol=1e-15)

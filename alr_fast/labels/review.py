@@ -53,6 +53,20 @@ def suspects(csv_path: Path, top: int, by: str = "auto") -> tuple[str, list[dict
     return by, rows
 
 
+def _refinement_note(run: Path) -> str | None:
+    """The run's note when its bank never refined a label (alr_fast.train.metrics.refinement_note), from
+    summary.json; None without one (a crossval folder, a run still going)."""
+    from alr_fast.train.metrics import refinement_note
+
+    path = run / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    if not {"method", "epochs"} <= s.keys():
+        return None
+    return refinement_note(s["method"], s.get("refine_from_epoch"), int(s["epochs"]), s.get("num_changed"))
+
+
 def _load_config(run: Path):
     from alr_fast.config import config_from_dict
 
@@ -208,6 +222,9 @@ def review_run(run_dir: str | Path, *, top: int = 100, html: bool = False, by: s
     how = ("out-of-sample probability of the given label (crossval)" if by == "oos"
            else "soft-label mass left on the given label (the bank)")
     title = f"{run.name}: {len(rows)} most suspect labels of {cfg.data.dataset}, ranked by {how}"
+    note = _refinement_note(run) if by == "bank" else None
+    if note:  # a short run: the bank's labels are the given ones; the sheet says so above its tiles
+        title += f"\nNOTE: {note}"
     out = {"png": run / "review.png", "csv": run / "review.csv", "by": by, "rows": rows}
     _plot(rows, images, names, out["png"], title)
     with atomic_path(out["csv"]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:

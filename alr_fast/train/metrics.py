@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["label_quality", "memorisation_split"]
+__all__ = ["label_quality", "memorisation_split", "refinement_note"]
 
 
 def _ratio(num: int, den: int) -> float:
@@ -55,3 +55,21 @@ def memorisation_split(pred: torch.Tensor, given: torch.Tensor, clean: torch.Ten
         "memo_given": given_share,
         "memo_other": _ratio(n - int((p == c).sum()) - int((p == g).sum()), n),
     }
+
+
+def refinement_note(method: str, refine_from_epoch: int | None, epochs: int, num_changed: int | None) -> str | None:
+    """A plain sentence when a run's refined labels cannot say anything (else None): the method never refines,
+    refinement never started, or it ran but changed no label. Then the refined labels are the given ones, so
+    mislabel precision/recall/F1 of 0 and a review sheet of "7 -> 7" tiles mean "not measured", not "failed"."""
+    if method == "ce":
+        return "method ce does not refine labels: the refined labels are the given labels"
+    if refine_from_epoch is None or refine_from_epoch >= epochs:
+        return (f"refinement never started (the warm-up lasted all {epochs} epochs): the refined labels are the "
+                "given labels, so the mislabel scores say nothing; train for more epochs")
+    if num_changed == 0:
+        ran = epochs - refine_from_epoch
+        return (f"refinement ran {ran} epoch{'s' if ran != 1 else ''} (from epoch {refine_from_epoch}) and changed "
+                "no label yet: the refined labels are the given labels, so the mislabel scores say nothing; "
+                "train for more epochs")
+    return None
+
