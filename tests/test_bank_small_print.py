@@ -1,0 +1,23 @@
+"""SoftLabelBank's small print: which indices a rank may see, the exact error messages."""
+
+import pytest
+import torch
+
+from alr_fast.loss.bank import SoftLabelBank
+
+
+def test_owns_index_zero_only_on_its_owner():
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    idx = torch.tensor([-1, 0, 1, 2, 3, 4])
+    assert SoftLabelBank(labels, 3, rank=0, world_size=2).owns(idx).tolist() == [True, True, False, True, False, True]
+    assert SoftLabelBank(labels, 3, rank=1, world_size=2).owns(idx).tolist() == [True, False, True, False, True, False]
+
+
+def test_reshard_error_messages_name_the_bank():
+    labels = torch.tensor([0, 1, 2, 0])
+    other = SoftLabelBank(torch.tensor([1, 1, 2, 0]), 3).state_dict()
+    with pytest.raises(ValueError, match=r"^SoftLabelBank: the checkpoint's given labels differ from this run's labels$"):
+        SoftLabelBank(labels, 3).load_rows_from([other])
+    half = SoftLabelBank(labels, 3, rank=0, world_size=2).state_dict()
+    with pytest.raises(ValueError, match=r"^SoftLabelBank: the checkpoint shards cover 2 of this rank's 4 rows$"):
+        SoftLabelBank(labels, 3).load_rows_from([half])
