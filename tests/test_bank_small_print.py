@@ -21,3 +21,13 @@ def test_reshard_error_messages_name_the_bank():
     half = SoftLabelBank(labels, 3, rank=0, world_size=2).state_dict()
     with pytest.raises(ValueError, match=r"^SoftLabelBank: the checkpoint shards cover 2 of this rank's 4 rows$"):
         SoftLabelBank(labels, 3).load_rows_from([half])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "bfloat16"])
+def test_init_dtype_and_total_samples(dtype):
+    bank = SoftLabelBank(torch.tensor([2, 0, 1, 1, 0]), 3, dtype, rank=1, world_size=2)
+    want = torch.bfloat16 if dtype in (torch.bfloat16, "bfloat16") else torch.float32
+    assert bank.soft.dtype == want
+    assert bank.total_samples == 5 and bank.num_samples == 2  # rows 1 and 3 of 5
+    assert bank.global_index.tolist() == [1, 3] and bank.given.tolist() == [0, 1]
+    assert bank.soft.float().tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
