@@ -32,5 +32,8 @@ def test_train_json_stdout_is_only_the_summary(tmp_path):
     summary = json.loads(proc.stdout)  # the whole of stdout parses
     assert summary == json.loads((out / "summary.json").read_text()) | {"num_changed": summary["num_changed"]}
     assert summary["epochs"] == 2
+    # DeepSpeed's start-up chatter is off at the default verbosity (alr_fast.train.runtime.quiet_deepspeed_import)
+    assert "Setting accelerator to CPU" not in proc.stderr and "No CUDA runtime is found" not in proc.stderr
+    assert "deepspeed_shm_comm_op built" not in proc.stderr  # one process: the comm op is not built
     # One refinement epoch changes few labels or none: the summary says so when none changed.
     assert (summary["refinement_note"] is not None) == (summary["num_changed"] == 0)

@@ -265,6 +265,7 @@ def test_a_planted_folder_with_a_consistent_manifest_never_runs(finished, tmp_pa
     (1, 2, 1, True), (2, 2, 3, True), (2, 2, 2, False), (0, 2, 1, False)])
 def test_zero_checkpoint_on_another_world_size_is_a_clear_error(tmp_path, stage, saved_world, world, refused):
     """Not re-partitioned (issue 22 item 2 is open): a clear error before DeepSpeed's ZeRORuntimeException."""
+    from alr_fast.loss.sharding import Sharding
     from alr_fast.train.checkpoint import load_checkpoint
 
     class Engine:
@@ -275,7 +276,7 @@ def test_zero_checkpoint_on_another_world_size_is_a_clear_error(tmp_path, stage,
     if refused:
         with pytest.raises(CheckpointError, match=rf"written by {saved_world} ranks with ZeRO stage {stage}, .*"
                                                   rf"resumes only on {saved_world} ranks, not {world}"):
-            load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)
+            load_checkpoint(tmp_path, state, Engine(), shared={}, per_rank={}, sharding=Sharding(0, world), device="cpu")
     else:
         with pytest.raises(AssertionError, match="reached DeepSpeed's loader"):
-            load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)
+            load_checkpoint(tmp_path, state, Engine(), shared={}, per_rank={}, sharding=Sharding(0, world), device="cpu")
