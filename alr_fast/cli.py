@@ -185,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
                      keep_fold_checkpoints=args.keep_fold_checkpoints)
             shutdown_distributed()
             return 0
+        from alr_fast.train.runtime import resolve_runtime
         from alr_fast.train.trainer import train
 
         cfg = _config_from_args(args, args.recipe)
         with _stdout_for_json(args.json) as out:
-            summary = train(cfg)
-        if int(os.environ.get("RANK", "0")) == 0:
+            rt = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.method.backend,
+                                 cfg.train.collective_timeout_s)
+            summary = train(cfg, runtime=rt)
+        if rt.is_main:
             print(json.dumps(summary, indent=2), file=out or sys.stdout, flush=True)
         if out is not None:
             out.close()

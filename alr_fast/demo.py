@@ -65,7 +65,7 @@ def _plot(out: Path, methods: list[str]) -> None:
 
 def run_demo(cfg: Config, methods: tuple[str, ...] = DEMO_METHODS) -> dict:
     from alr_fast.data.train_data import build_train_data
-    from alr_fast.train.runtime import resolve_runtime
+    from alr_fast.train.runtime import numerics, resolve_runtime
     from alr_fast.train.trainer import train
 
     t0 = time.perf_counter()
@@ -87,6 +87,8 @@ def run_demo(cfg: Config, methods: tuple[str, ...] = DEMO_METHODS) -> dict:
         "noise": {"kind": cfg.data.noise_kind, "rate": cfg.data.noise_rate,
                   "actual_rate": data.noise_manifest["actual_rate"] if data.noise_manifest else None},
         "recipe": cfg.recipe,
+        # Same code, config and numerics record = the same table to the bit (benchmarks/results/demo/README.md).
+        "numerics": numerics(),
     }
     if rt.is_main:
         # The labels a person should look at first, from the last method's bank (ALR when it ran).

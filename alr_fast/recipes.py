@@ -60,6 +60,12 @@ def demo() -> Config:
     measured by ``benchmarks/quality.py --study warmup``. ``warmup_epochs`` (4, the earlier fixed recipe) is
     used when ``--set method.warmup=fixed`` is given; ``--set method.warmup_epochs=N`` alone also means a fixed
     warm-up of N epochs. No noisy validation slice (data.val_fraction = 0).
+
+    ``train.threads=1`` pins torch's CPU thread count: the thread count changes how CPU reductions are split
+    (other bits, and after 40 epochs of memorisation another last-epoch accuracy), so an unpinned run depends on
+    the machine's core count; one thread also keeps the demo fast on a shared machine. The table is bitwise
+    reproducible for the same numerics record (``summary.json["numerics"]``: torch, threads, the CPU
+    instruction set torch dispatched to, CPU model); benchmarks/results/demo/README.md has the measurements.
     """
     return Config(
         recipe="demo",
@@ -67,7 +73,7 @@ def demo() -> Config:
         model=ModelConfig(name="small_cnn", width=16),
         optim=OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine"),
         method=MethodConfig(name="alr", alpha=0.9, lam=1.0, warmup="auto", warmup_epochs=4, ramp_epochs=5.0),
-        train=TrainConfig(epochs=40, batch_size=128, out="runs/demo"),
+        train=TrainConfig(epochs=40, batch_size=128, out="runs/demo", threads=1),
     )
 
 

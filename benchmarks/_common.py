@@ -43,7 +43,7 @@ def cpu_model() -> str:
 def run_metadata() -> dict:
     """git sha (and whether the tree was dirty), the command line, UTC time, the 1-minute load average."""
     return {
-        "git_sha": git("rev-parse", "HEAD"),
+        "git_sha": git("rev-parse", "HEAD") or os.environ.get("GIT_SHA"),  # a copy without .git: given
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "command": " ".join(shlex.quote(a) for a in ["python", relative(sys.argv[0]), *sys.argv[1:]]),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

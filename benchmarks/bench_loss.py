@@ -1,28 +1,36 @@
-"""Benchmark the ALR loss: fused Triton kernel vs the eager reference vs torch.compile(reference).
+"""Benchmark the ALR loss on a GPU: the fused Triton kernel against cross-entropy and the torch baselines.
 
-Each timed call is one training step's worth of loss work: forward (bank update included) and backward to
-the logits (``step``), and the forward alone (``fwd``). Per (logits dtype, B, K, implementation):
+Per (logits dtype, B, K, implementation), one **step** = the loss forward (bank update included) and the
+gradient w.r.t. the logits:
 
-* ``--calls`` calls issued back to back between two CUDA events, repeated ``--reps`` times: **device µs per
-  call** (event time / calls) and **host µs per call** (wall time of issuing the calls / calls; on a GPU the
-  host runs ahead of the device, so this is the Python + launch cost), median and p10/p90 over the reps;
-* **model GB/s** from an explicit byte count of forward + backward: read logits + bank rows, write bank rows
-  + gradient, plus the index (``B (2 s_logits + 2 s_bank) K + 8 B``; the backward moves nothing when
-  grad_output is 1) divided by the device time of ``step``, and its share of the device copy bandwidth
-  measured in the same run;
-* kernel launches per call, counted with torch.profiler (CUDA only).
+* **device µs per step**: CUDA events around one CUDA-graph replay of the step (the device runs its kernels
+  back to back: no host launch gaps), the L2 flushed (a 256 MiB memset, untimed) before every timed call, so
+  inputs come from HBM as in training; median and p10/p90 over ``--reps``. A step that cannot be captured
+  (it synchronises with the host) is timed eagerly, and the row says so;
+* **host µs per step**: issuing ``--calls`` steps back to back (Python + launch cost);
+* **model GB/s**: the byte model (:func:`model_bytes`: the least traffic the step must move) / device time,
+  and its share of the device copy bandwidth measured in the same run;
+* GPU activities per step (torch.profiler) and host syncs (CUDA sync debug mode).
 
-Implementations: ``eager`` (alr_fast.loss.reference), ``compile`` (torch.compile of it), ``fused`` (default,
-duplicate-safe), ``fused_unique`` (``alr_loss(..., backend="triton", check_index=False, assume_unique=True)``,
-as the trainer calls it). At large K with few rows the kernel takes its split-K path by itself. Grids: ``--grid
-trainer`` (B in 256/1024/4096, K in 10/14/50/100/1000), ``large`` (B*K >= 8M: K = 1000, 32k, 262k), or explicit
-``--B``/``--K``.
+Implementations: ``ce`` (``F.cross_entropy`` with hard labels: the floor a loss step can cost), ``eager``
+(the soft-target reference ``alr_fast.loss.reference``), ``compile_unique`` (``torch.compile(fullgraph=True)``
+of the torch backend's unique fast path ``alr_fast.loss.torch_fast.alr_loss_unique``: a graph break fails the
+row), ``fused_unique`` (``alr_loss(..., backend="triton", check_index=False, assume_unique=True)``: exactly the
+trainer's call) and ``fused`` (the duplicate-safe default). At large K with few rows the kernel takes its
+split-K path by itself; ``--split-check`` times it against the two-sweep path (``split_k=-1``).
 
-Writes ``benchmarks/results/bench_loss_<device>[_tag].json`` (device, versions, git sha, command line, raw
-timings) and a markdown table generated from it. Without a GPU it times what runs (eager, compile).
+Before timing, **correctness on the hardware**: the fused loss, gradient and bank against the independent
+float64 oracle (tests/reference64.py) for every logits dtype (fp32/bf16/fp16), bank dtype (fp32/bf16), mode
+(duplicate-safe refinement with repeated indices, assume_unique, warm-up) and reduction, at one-sweep,
+two-sweep and split-K shapes, each case with a padded row and a NaN row.
+
+The JSON (``benchmarks/results/bench_loss_<device>[_tag].json``: device, versions, git sha, command, raw
+timings) is rewritten after every finished point, so a run cut off by a time limit keeps every figure it had;
+a markdown table is written from it at the end. ``--dry-run`` runs the whole path on a CPU under the Triton
+interpreter with tiny shapes (timings there are CPU wall time and mean nothing).
 
     python benchmarks/bench_loss.py --grid trainer --grid large          # GPU
-    python benchmarks/bench_loss.py --impls eager --B 256 --K 10 100 --dtypes fp32   # CPU smoke run
+    python benchmarks/bench_loss.py --dry-run                            # CPU: the same path, tiny shapes
     python benchmarks/bench_loss.py --host --tag after       # host time per call, every Triton launch stubbed
 
 ``--host`` (CPU): the host-side cost of one loss forward + backward, i.e. everything Python and torch do
@@ -46,22 +54,27 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from _common import REPO, cpu_model, relative, run_metadata  # noqa: E402  (benchmarks/ is on sys.path)
 from alr_fast.loss.contract import ALRParams
 from alr_fast.loss.reference import alr_loss_reference
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-IMPLS = ("fused", "fused_unique", "eager", "compile")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TOL = {"fp32": 2e-5, "bf16": 2e-2, "fp16": 4e-3}  # oracle check: max abs error / max(|ref|, 1)
+IMPLS = ("fused_unique", "fused", "compile_unique", "eager", "ce")
 ALPHA, LAM = 0.7, 0.4  # refinement with entropy: the most work per row
 REFINE = ALRParams(ALPHA, LAM, refine=True)
+REFINE_UNIQUE = ALRParams(ALPHA, LAM, refine=True, assume_unique=True)
+FLUSH_BYTES = 256 * 2**20
 GRIDS = {
-    "trainer": [(B, K) for B in (256, 1024, 4096) for K in (10, 14, 50, 100, 1000)],
-    "large": [(8192, 1000), (256, 32000), (32, 262144)],  # B*K >= 8M
+    "trainer": [(B, K) for B in (256, 1024, 4096) for K in (10, 100, 1000)],
+    "large": [(8192, 1000), (256, 21841), (32, 262144)],  # B*K >= 5M; K = 21,841: ImageNet-21k
+    "dry": [(8, 5)],
 }
 GOALS = (
     "fused_unique: one launch forward, at most one (early-exit) backward, 0 host syncs",
-    "fused_unique step >= 8x eager and >= 1.5x torch.compile(reference) at B=1024, K=1000 (device time)",
+    "fused_unique step >= 8x eager and >= 1.5x compile_unique at B=1024, K=1000 (device time)",
     ">= 85 % of the measured copy bandwidth at B*K >= 8M (fused_unique step, model bytes)",
 )
 
@@ -74,9 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16"], help="logits dtypes")
     p.add_argument("--bank-dtype", choices=sorted(DTYPES), default="fp32", help="soft-label bank dtype")
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to time")
-    p.add_argument("--calls", type=int, default=50, help="calls back to back per timed rep")
-    p.add_argument("--reps", type=int, default=7, help="timed reps per point (median reported)")
+    p.add_argument("--calls", type=int, default=20, help="steps issued back to back for the host time")
+    p.add_argument("--reps", type=int, default=20, help="timed calls per point (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation)")
+    p.add_argument("--no-oracle", action="store_true", help="skip the float64 correctness cases")
+    p.add_argument("--oracle-only", action="store_true", help="only the float64 correctness cases")
+    p.add_argument("--split-check", action="store_true", help="also time split-K vs two sweeps at B=256, K=21841")
+    p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes: tests the path")
     p.add_argument("--host", action="store_true", help="host time per call with every Triton launch stubbed (CPU)")
     p.add_argument("--host-shapes", nargs="+", default=["256x10", "1024x1000"], help="--host: BxK shapes")
     p.add_argument("--host-calls", type=int, default=200, help="--host: calls per timed round")
@@ -84,7 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix of the output file name (e.g. before / after)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.grid = args.grid or ["dry"]
+        args.reps, args.calls, args.warmup = min(args.reps, 2), min(args.calls, 2), min(args.warmup, 1)
+    return args
 
 
 # --------------------------------------------------------------------------------------------- environment
@@ -113,48 +134,94 @@ def device_slug(env: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- timing
-def time_calls(fn, device: torch.device, calls: int, reps: int, warmup: int) -> dict:
-    """``calls`` calls back to back between two CUDA events, ``reps`` times: device and host µs per call."""
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
-    if cuda:
+def l2_flush_buffer(device: torch.device) -> torch.Tensor | None:
+    """A 256 MiB buffer whose memset between timed calls evicts the L2 (60 MB on an H200, 50 MB on an H100),
+    so every timed call reads its inputs from HBM as in training (the trainer-shape working sets fit in L2)."""
+    if device.type != "cuda":
+        return None
+    return torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+
+
+def capture(step, device: torch.device):
+    """``step`` as a CUDA graph replay (the device runs the kernels back to back, no host launch gaps), or
+    ``None`` when the step cannot be captured (a host sync, e.g. the duplicate-safe reference)."""
+    if device.type != "cuda":
+        return None
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up on a side stream: compilation, allocator, ticket counter slab
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
-    dev_us, host_us = [], []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        host = time.perf_counter() - t0  # issuing the calls (the host runs ahead of the GPU)
-        if cuda:
-            end.record()
-            end.synchronize()
-            dev_us.append(start.elapsed_time(end) * 1e3 / calls)
-        else:
-            dev_us.append(host * 1e6 / calls)
-        host_us.append(host * 1e6 / calls)
-
-    def summary(xs):
-        q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) >= 2 else [xs[0]] * 9
-        return dict(median=statistics.median(xs), p10=q[0], p90=q[-1], raw=xs)
-
-    return dict(device_us=summary(dev_us), host_us=summary(host_us))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return graph.replay
+    except Exception as exc:  # noqa: BLE001  (recorded: the row is then timed eagerly)
+        print(f"    (no CUDA graph: {type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
+        torch.cuda.synchronize(device)
+        return None
 
 
-def copy_bandwidth(device: torch.device) -> float:
-    """Device copy bandwidth in GB/s: (read + write bytes) / time of a 1 GiB (GPU) / 256 MiB (CPU) copy."""
-    n = (2**30 if device.type == "cuda" else 2**28) // 4
+def time_device(step, device: torch.device, reps: int, warmup: int, flush: torch.Tensor | None) -> dict:
+    """Device µs per call: CUDA events around one CUDA-graph replay of ``step`` (eager ``step`` where it cannot
+    be captured), with the L2 flushed before every timed call; median and p10/p90 over ``reps``.
+
+    On a CPU (``--dry-run``) this is wall time per call and means nothing about a GPU."""
+    for _ in range(warmup):
+        step()
+    if device.type != "cuda":
+        xs = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            xs.append((time.perf_counter() - t0) * 1e6)
+        return dict(method="cpu wall time", **_summary(xs))
+    replay = capture(step, device)
+    run = replay or step
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        flush.zero_()  # evict L2; not timed (the events bracket the call only)
+        starts[i].record()
+        run()
+        ends[i].record()
+    torch.cuda.synchronize(device)
+    xs = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
+    return dict(method="cuda graph replay, L2 flushed" if replay else "eager launches, L2 flushed", **_summary(xs))
+
+
+def time_host(step, device: torch.device, calls: int) -> float:
+    """Host µs per call to issue ``step`` back to back (the host runs ahead of the GPU: Python + launch cost)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        step()
+    host = (time.perf_counter() - t0) * 1e6 / calls
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return host
+
+
+def _summary(xs: list[float]) -> dict:
+    q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) >= 2 else [xs[0]] * 9
+    return dict(median=statistics.median(xs), p10=q[0], p90=q[-1], raw=xs)
+
+
+def copy_bandwidth(device: torch.device, flush: torch.Tensor | None) -> float:
+    """Device copy bandwidth in GB/s: (read + write bytes) / time of a 1 GiB copy (GPU; 64 MiB on a CPU)."""
+    n = (2**30 if device.type == "cuda" else 2**26) // 4
     src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    t = time_calls(lambda: dst.copy_(src), device, calls=5, reps=5, warmup=2)
-    return 2 * n * 4 / (t["device_us"]["median"] * 1e-6) / 1e9
+    t = time_device(lambda: dst.copy_(src), device, reps=5, warmup=1, flush=flush)
+    return 2 * n * 4 / (t["median"] * 1e-6) / 1e9
 
 
 def count_launches(fn) -> int | None:
-    """Kernel (and memcpy/memset) activities on the GPU during one call, from torch.profiler."""
+    """GPU activities (kernels, memsets, memcpys) during one call, from torch.profiler (CUDA only)."""
     if not torch.cuda.is_available():
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -183,111 +250,126 @@ def count_host_syncs(fn, device: torch.device) -> int | None:
 
 # ------------------------------------------------------------------------------------------------- problem
 def make_problem(B: int, K: int, dtype: torch.dtype, bank_dtype: torch.dtype, device: torch.device, seed: int):
-    """Logits ~ N(0, 3^2), a bank of 2B one-hot rows, B unique indices (an epoch permutation)."""
+    """Logits ~ N(0, 3^2), a bank of 2B one-hot rows, B unique indices (an epoch permutation), hard targets."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     logits = (torch.randn(B, K, generator=g) * 3).to(device=device, dtype=dtype).requires_grad_(True)
     n = 2 * B
-    bank = torch.nn.functional.one_hot(torch.randint(0, K, (n,), generator=g), K).to(device=device, dtype=bank_dtype)
-    index = torch.randperm(n, generator=g)[:B].to(device)
-    return logits, bank, index
+    labels = torch.randint(0, K, (n,), generator=g)
+    bank = F.one_hot(labels, K).to(device=device, dtype=bank_dtype)
+    index = torch.randperm(n, generator=g)[:B]
+    return logits, bank, index.to(device), labels[index].to(device)
 
 
-def model_bytes(B: int, K: int, dtype: torch.dtype, bank_dtype: torch.dtype) -> int:
-    """Minimal traffic of forward + backward: read logits + bank rows, write bank rows + gradient, the index.
-    (The fused backward moves nothing for grad_output 1: the forward wrote the final gradient.)"""
+def model_bytes(impl: str, B: int, K: int, dtype: torch.dtype, bank_dtype: torch.dtype) -> int:
+    """The byte model: the least traffic one step (forward + backward to the logits) must move.
+
+    ALR: read logits and bank rows, write bank rows and the gradient, read the index: ``B K (2 s_l + 2 s_b) +
+    8 B`` (the fused backward moves nothing for grad_output 1: the forward wrote the final gradient).
+    Cross-entropy with hard labels: read logits, write the gradient, read the targets: ``2 B K s_l + 8 B``.
+    Every implementation of one loss is measured against the same model (GB/s = model bytes / device time):
+    an implementation that moves more than the model shows as a lower GB/s."""
     s_l = torch.empty((), dtype=dtype).element_size()
     s_b = torch.empty((), dtype=bank_dtype).element_size()
+    if impl == "ce":
+        return 2 * B * K * s_l + 8 * B
     return B * K * (2 * s_l + 2 * s_b) + 8 * B
 
 
-def make_loss_fn(impl: str, compiled_ref):
-    """(logits, bank, index) -> loss with one implementation (refinement with entropy, mean reduction)."""
-    if impl in ("fused", "fused_unique"):
+def make_step(impl: str, logits, bank, index, target, compiled):
+    """One training step's worth of loss work: forward (bank update included) and the gradient w.r.t. logits."""
+    if impl == "ce":
+
+        def loss():
+            return F.cross_entropy(logits, target)
+    elif impl in ("fused", "fused_unique"):
         from alr_fast import alr_loss
 
         unique = impl == "fused_unique"
 
-        def loss_fn(z, bank, index):
-            return alr_loss(z, bank, index, alpha=ALPHA, lam=LAM, refine=True, backend="triton", check_index=False,
-                            assume_unique=unique)
+        def loss():  # fused_unique: exactly the trainer's call
+            return alr_loss(logits, bank, index, alpha=ALPHA, lam=LAM, refine=True, backend="triton",
+                            check_index=False, assume_unique=unique)
     elif impl == "eager":
 
-        def loss_fn(z, bank, index):
-            return alr_loss_reference(z, bank, index, REFINE)
+        def loss():
+            return alr_loss_reference(logits, bank, index, REFINE)
+    elif impl == "compile_unique":
+
+        def loss():
+            return compiled(logits, bank, index, REFINE_UNIQUE)
     else:
+        raise ValueError(f"unknown implementation {impl!r}")
 
-        def loss_fn(z, bank, index):
-            return compiled_ref(z, bank, index, REFINE)
+    def step():
+        return torch.autograd.grad(loss(), logits)[0]
 
-    return loss_fn
-
-
-def check_against_reference(logits, bank, index, fused_loss_fn) -> dict:
-    """One fused call vs the eager reference on copies: max |difference| of gradient and bank (sanity)."""
-    grads, banks = [], []
-    for loss_fn in (fused_loss_fn, make_loss_fn("eager", None)):
-        z = logits.detach().clone().requires_grad_(True)
-        b = bank.clone()
-        loss_fn(z, b, index).backward()
-        grads.append(z.grad.float())
-        banks.append(b.float())
-    return dict(
-        check_grad_max_abs_diff=(grads[0] - grads[1]).abs().max().item(),  # host sync: outside the timing
-        check_bank_max_abs_diff=(banks[0] - banks[1]).abs().max().item(),
-    )
+    return step
 
 
-# ------------------------------------------------------------------------------------------------- report
-def write_markdown(path: Path, result: dict) -> None:
-    env, rows = result["environment"], result["rows"]
-    s = result["settings"]
-    lines = [
-        f"# ALR loss benchmark: {env['device']}",
-        "",
-        f"Generated by `benchmarks/bench_loss.py` from `{path.with_suffix('.json').name}`. Command: `{env['command']}`",
-        "",
-        f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, git {env['git_sha']}"
-        f"{' (dirty)' if env['git_dirty'] else ''}, {env['time_utc']}, load average at start "
-        f"{env['load_avg_1m_at_start']}. Copy bandwidth (same run): {result['copy_bandwidth_gbs']:.1f} GB/s.",
-        "",
-        f"{s['calls']} calls back to back between CUDA events, median of {s['reps']} reps (p10-p90). dev = device "
-        "µs per call, host = µs per call to issue them. `step` = forward + backward to the logits. Model GB/s = "
-        "(read logits + bank rows, write bank rows + gradient, index) / step device time. Speed-ups: step device "
-        "time. Launches: GPU activities per fwd / step (torch.profiler); syncs: host syncs in one step (CUDA sync "
-        "debug mode).",
-        "",
-    ]
-    for note in result["notes"]:
-        lines += [f"**{note}**", ""]
-    lines += [
-        "| logits | B | K | impl | fwd dev µs | step dev µs [p10-p90] | step host µs | model GB/s | % copy BW "
-        "| launches fwd/step | syncs | x eager | x compile | grad diff vs eager |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    by_key = {(r["dtype"], r["B"], r["K"], r["impl"]): r for r in rows if "error" not in r}
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['dtype']} | {r['B']} | {r['K']} | {r['impl']} | {r['error']} |" + " |" * 9)
-            continue
+# ---------------------------------------------------------------------------------------------- correctness
+def oracle_cases(device: torch.device, dry_run: bool) -> list[tuple]:
+    """(B, K, logits dtype, bank dtype, mode, reduction) for the float64 check: every dtype the hardware runs,
+    one- and two-sweep K, split-K (few rows, K > 8192), every mode (duplicate-safe refinement with duplicate
+    indices, assume_unique, warm-up) and reduction."""
+    if dry_run:
+        shapes = [(6, 5)]
+    else:
+        shapes = [(7, 10), (64, 100), (33, 1000), (16, 8193), (4, 20000)]  # the last: split-K on a GPU
+    ldt = ["fp32", "bf16", "fp16"]
+    bdt = ["fp32", "bf16"]
+    modes = ["refine_dups", "refine_unique", "warmup"]
+    reds = ["mean", "none", "sum"]
+    cases = []
+    for i, (B, K) in enumerate(shapes):
+        for j, lg in enumerate(ldt):
+            for bk in bdt:
+                for m, mode in enumerate(modes):
+                    cases.append((B, K, lg, bk, mode, reds[(i + j + m) % 3]))
+    return cases
 
-        def speedup(other):
-            o = by_key.get((r["dtype"], r["B"], r["K"], other))
-            if not o or other == r["impl"]:
-                return ""
-            return f"{o['step']['device_us']['median'] / r['step']['device_us']['median']:.2f}"
 
-        st = r["step"]["device_us"]
-        launches = "n/a" if r["fwd"]["launches"] is None else f"{r['fwd']['launches']}/{r['step']['launches']}"
-        check = f"{r['check_grad_max_abs_diff']:.1e}" if "check_grad_max_abs_diff" in r else ""
-        syncs = "n/a" if r.get("host_syncs") is None else str(r["host_syncs"])
-        lines.append(
-            f"| {r['dtype']} | {r['B']} | {r['K']} | {r['impl']} | {r['fwd']['device_us']['median']:.1f} | "
-            f"{st['median']:.1f} [{st['p10']:.1f}-{st['p90']:.1f}] | {r['step']['host_us']['median']:.1f} | "
-            f"{r['model_gbs']:.1f} | {r['copy_share'] * 100:.1f} | {launches} | {syncs} | {speedup('eager')} | "
-            f"{speedup('compile')} | {check} |"
-        )
-    lines += ["", "Goals (issue 14, GPU run):", *[f"- {g}" for g in GOALS], ""]
-    path.write_text("\n".join(lines))
+def check_oracle(case: tuple, device: torch.device, seed: int) -> dict:
+    """One fused call (as alr_loss(backend="triton") makes it) against the independent float64 oracle of
+    tests/reference64.py, with a padded row, a NaN row and (refine_dups) repeated indices."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from reference64 import alr_oracle
+
+    from alr_fast import alr_loss
+
+    B, K, lg, bk, mode, red = case
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, K, generator=g, dtype=torch.float64) * 3
+    logits[B // 2, K // 3] = float("nan")
+    n = 2 * B
+    bank = torch.softmax(torch.randn(n, K, generator=g, dtype=torch.float64), 1) * (0.6 + 0.8 * torch.rand(n, 1, generator=g))
+    index = torch.randperm(n, generator=g)[:B]
+    if mode == "refine_dups":
+        index[1::3] = index[0]  # one bank row repeated through the batch
+    index[-1] = -1
+    z = logits.to(DTYPES[lg]).to(device).requires_grad_(True)
+    b = bank.to(DTYPES[bk]).to(device)
+    b_before = b.double().cpu().numpy()
+    refine = mode != "warmup"
+    loss = alr_loss(z, b, index.to(device), alpha=ALPHA, lam=LAM if refine else 0.0, refine=refine,
+                    reduction=red, backend="triton", check_index=False, assume_unique=mode == "refine_unique")
+    (grad,) = torch.autograd.grad(loss, z, torch.ones_like(loss))
+    store = (lambda row: torch.from_numpy(row).to(DTYPES[bk]).double().numpy())
+    ref_loss, ref_grad, ref_bank = alr_oracle(z.detach().double().cpu().numpy(), b_before,
+                                              index.numpy(), alpha=ALPHA, lam=LAM if refine else 0.0,
+                                              refine=refine, reduction=red, store=store)
+    out = {}
+    for name, got, ref, tol in (("loss", loss, ref_loss, TOL[lg]), ("grad", grad, ref_grad, TOL[lg]),
+                                ("bank", b, ref_bank, TOL[bk])):
+        got = got.detach().double().cpu()
+        ref = torch.as_tensor(ref, dtype=torch.float64)
+        same_nan = bool(torch.equal(torch.isnan(got), torch.isnan(ref)))
+        ok = ~torch.isnan(ref)
+        err = float((got[ok] - ref[ok]).abs().max()) if ok.any() else 0.0
+        scale = float(ref[ok].abs().max()) if ok.any() else 1.0
+        out[f"{name}_max_abs_err"] = err
+        out[f"{name}_ok"] = same_nan and err <= tol * max(scale, 1.0)
+    out["ok"] = all(v for k, v in out.items() if k.endswith("_ok"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ host time
@@ -370,99 +452,204 @@ def main_host(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- report
+def write_markdown(path: Path, result: dict) -> None:
+    env, rows, s = result["environment"], result["rows"], result["settings"]
+    bw = result.get("copy_bandwidth_gbs")
+    lines = [
+        f"# ALR loss benchmark: {env['device']}{' (DRY RUN: CPU, Triton interpreter)' if result['dry_run'] else ''}",
+        "",
+        f"Generated by `benchmarks/bench_loss.py` from `{path.with_suffix('.json').name}`. Command: `{env['command']}`",
+        "",
+        f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, git {env['git_sha']}"
+        f"{' (dirty)' if env['git_dirty'] else ''}, {env['time_utc']}. Copy bandwidth (same run): "
+        f"{'n/a' if bw is None else f'{bw:.1f} GB/s'}.",
+        "",
+    ]
+    oracle = result["oracle"]
+    if oracle:
+        bad = [o for o in oracle if not o.get("ok")]
+        lines += [f"Correctness vs the float64 oracle: {len(oracle) - len(bad)} / {len(oracle)} cases pass "
+                  "(every logits dtype x bank dtype x mode x reduction at one-sweep, two-sweep and split-K shapes, "
+                  "each with a padded and a NaN row).", ""]
+        lines += [f"- FAIL {o['case']}: {o.get('error') or {k: v for k, v in o.items() if k.endswith('err')}}"
+                  for o in bad]
+        lines.append("")
+    lines += [
+        f"Step = loss forward + gradient w.r.t. the logits. Device µs: CUDA events around a CUDA-graph replay of one "
+        f"step, L2 flushed before each, median of {s['reps']} [p10-p90]. Host µs: steps issued back to back. "
+        "Model GB/s: the byte model (least traffic of the step) / device time. Launches: GPU activities per "
+        "step (torch.profiler). Syncs: host syncs in one step.",
+        "",
+        "| logits | B | K | impl | step dev µs [p10-p90] | timing | host µs | model GB/s | % copy BW | launches "
+        "| syncs | x ce | x eager | x compile_unique |",
+        "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(r["dtype"], r["B"], r["K"], r["impl"]): r for r in rows if "error" not in r}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['dtype']} | {r['B']} | {r['K']} | {r['impl']} | {r['error']} |" + " |" * 9)
+            continue
+
+        def ratio(other):
+            o = by_key.get((r["dtype"], r["B"], r["K"], other))
+            return "" if not o or other == r["impl"] else f"{o['step']['median'] / r['step']['median']:.2f}"
+
+        st = r["step"]
+        share = "" if r.get("copy_share") is None else f"{r['copy_share'] * 100:.1f}"
+        lines.append(
+            f"| {r['dtype']} | {r['B']} | {r['K']} | {r['impl']} | {st['median']:.1f} [{st['p10']:.1f}-"
+            f"{st['p90']:.1f}] | {st['method']} | {r['host_us']:.1f} | {r['model_gbs']:.1f} | {share} | "
+            f"{r['launches']} | {r['host_syncs']} | {ratio('ce')} | {ratio('eager')} | {ratio('compile_unique')} |"
+        )
+    for sc in result.get("split_check", []):
+        lines += ["", f"Split-K check: {sc}"]
+    lines += ["", "Goals (issue 24, GPU run):", *[f"- {g}" for g in GOALS], ""]
+    path.write_text("\n".join(lines))
+
+
+def _save(path: Path, result: dict) -> None:
+    """Rewrite the JSON whole (write aside, rename): a run cut off later keeps every finished point."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def split_check(args, device: torch.device, flush) -> dict:
+    """The split-K path against the two-sweep path on the same inputs (device time of the forward launches)."""
+    from alr_fast.loss.triton import alr_forward
+
+    cuda = device.type == "cuda"
+    B, K, forced = (256, 21841, 0) if not args.dry_run else (2, 40, 16)
+    logits, bank, index, _ = make_problem(B, K, torch.bfloat16, torch.float32, device, args.seed)
+    logits = logits.detach()
+    out = dict(B=B, K=K, logits="bf16", bank="fp32")
+    results = {}
+    for name, split_k in (("split_k", forced), ("two_sweep", -1)):
+        b = bank.clone()
+
+        def fwd(b=b, split_k=split_k):
+            return alr_forward(logits, b, index, REFINE_UNIQUE, split_k=split_k)
+
+        results[name] = fwd()
+        out[name] = time_device(fwd, device, args.reps if cuda else 1, args.warmup if cuda else 0, flush)
+    same = torch.allclose(results["split_k"][1].float(), results["two_sweep"][1].float(), rtol=2e-2, atol=1e-5)
+    out["same_gradient"] = bool(same)
+    out["speedup"] = out["two_sweep"]["median"] / out["split_k"]["median"]
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.host:
         return main_host(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.dry_run:
+        print("bench_loss: no CUDA device; use --dry-run (CPU, Triton interpreter, tiny shapes) or --host",
+              file=sys.stderr)
+        return 2
     env = environment(device)
-    notes = []
-    impls = list(args.impls)
-    fused = [i for i in impls if i.startswith("fused")]
-    if device.type != "cuda" and fused:
-        impls = [i for i in impls if not i.startswith("fused")]
-        notes.append(
-            "No GPU: the fused Triton path needs a CUDA device (on a CPU it only runs under the Triton "
-            "interpreter, which is for tests, not timing; see --host for its host cost); fused rows are absent."
-        )
-        print(f"NOTE: {notes[-1]}", flush=True)
-    if device.type != "cuda":
-        notes.append("CPU run: timings are of the reference on this CPU and say nothing about GPU performance.")
-    bw = copy_bandwidth(device)
-    print(f"device: {env['device']}; copy bandwidth {bw:.1f} GB/s", flush=True)
+    flush = l2_flush_buffer(device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or ("dry_run" if args.dry_run else "")
+    stem = args.out / f"bench_loss_{device_slug(env)}{'_' + tag if tag else ''}"
+    json_path = stem.with_suffix(".json")
+    shapes = [bk for g in args.grid for bk in GRIDS[g]] if args.grid else [(B, K) for B in args.B for K in args.K]
+    result = dict(environment=env, dry_run=args.dry_run,
+                  settings=dict(vars(args), out=relative(args.out), shapes=shapes, alpha=ALPHA, lam=LAM,
+                                compile_fullgraph=device.type == "cuda",
+                                flush_bytes=FLUSH_BYTES if flush is not None else 0),
+                  goals=list(GOALS), copy_bandwidth_gbs=None, oracle=[], rows=[], split_check=[])
+    _save(json_path, result)
+    print(f"device: {env['device']}; torch {env['torch']}, triton {env['triton']}; writing {relative(json_path)}",
+          flush=True)
+    failed = 0
 
-    compiled_ref = None
-    if "compile" in impls:
+    if not args.no_oracle:  # correctness first: it says whether the timings below mean anything
+        for case in oracle_cases(device, args.dry_run):
+            try:
+                r = check_oracle(case, device, args.seed)
+            except Exception as exc:  # noqa: BLE001  (recorded; the run goes on)
+                r = dict(ok=False, error=_error(exc))
+            result["oracle"].append(dict(case=dict(zip(("B", "K", "logits", "bank", "mode", "reduction"), case)), **r))
+            failed += not r["ok"]
+            _save(json_path, result)
+        n = len(result["oracle"])
+        print(f"oracle: {n - failed} / {n} cases match the float64 oracle", flush=True)
+        for o in result["oracle"]:
+            if not o["ok"]:
+                print(f"  FAIL {o['case']} {o.get('error', '')}", flush=True)
+    if args.oracle_only:
+        write_markdown(stem.with_suffix(".md"), result)
+        return 1 if failed else 0
+
+    bw = copy_bandwidth(device, flush)
+    result["copy_bandwidth_gbs"] = bw
+    _save(json_path, result)
+    print(f"copy bandwidth {bw:.1f} GB/s", flush=True)
+    compiled = None
+    if "compile_unique" in args.impls:
         import torch._dynamo as dynamo
 
-        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 256)  # one graph per shape
-        compiled_ref = torch.compile(alr_loss_reference, dynamic=False)
+        from alr_fast.loss.torch_fast import alr_loss_unique
 
-    shapes = [bk for g in args.grid for bk in GRIDS[g]] if args.grid else [(B, K) for B in args.B for K in args.K]
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 256)  # one graph per shape
+        # fullgraph on a GPU: a graph break fails the row. On a CPU (dry run) the fast path reads a flag on the
+        # host by design (free there), which breaks the graph; the dry run only checks that the path runs.
+        cuda = device.type == "cuda"
+        compiled = torch.compile(alr_loss_unique, fullgraph=cuda, dynamic=False,
+                                 backend="inductor" if cuda else "aot_eager")
     bank_dtype = DTYPES[args.bank_dtype]
-    rows = []
     for dname in args.dtypes:
         dtype = DTYPES[dname]
         for B, K in shapes:
-            nbytes = model_bytes(B, K, dtype, bank_dtype)
-            for impl in impls:
+            for impl in args.impls:
+                nbytes = model_bytes(impl, B, K, dtype, bank_dtype)
                 row = dict(dtype=dname, bank_dtype=args.bank_dtype, B=B, K=K, impl=impl, model_bytes=nbytes)
                 try:
-                    logits, bank, index = make_problem(B, K, dtype, bank_dtype, device, args.seed)
-                    loss_fn = make_loss_fn(impl, compiled_ref)
-
-                    def forward(loss_fn=loss_fn, logits=logits, bank=bank, index=index):
-                        loss_fn(logits, bank, index)  # the graph is dropped: forward work only
-
-                    def step(loss_fn=loss_fn, logits=logits, bank=bank, index=index):
-                        logits.grad = None
-                        loss_fn(logits, bank, index).backward()
-
-                    if impl.startswith("fused"):
-                        row.update(check_against_reference(logits, bank, index, loss_fn))
-                    for name, fn in (("fwd", forward), ("step", step)):
-                        row[name] = time_calls(fn, device, args.calls, args.reps, args.warmup)
-                        row[name]["launches"] = count_launches(fn)
+                    logits, bank, index, target = make_problem(B, K, dtype, bank_dtype, device, args.seed)
+                    step = make_step(impl, logits, bank, index, target, compiled)
+                    step()  # compile / first call outside the checks
                     row["host_syncs"] = count_host_syncs(step, device)
+                    row["step"] = time_device(step, device, args.reps, args.warmup, flush)
+                    row["host_us"] = time_host(step, device, args.calls)
+                    row["launches"] = count_launches(step)
+                    dev = row["step"]["median"]
+                    row["model_gbs"] = nbytes / (dev * 1e-6) / 1e9
+                    row["copy_share"] = row["model_gbs"] / bw
+                    print(f"{dname} B={B:6d} K={K:6d} {impl:15s} step {dev:9.1f} us [{row['step']['method']}] host "
+                          f"{row['host_us']:8.1f} us {row['model_gbs']:8.1f} GB/s ({row['copy_share'] * 100:5.1f} %) "
+                          f"launches {row['launches']} syncs {row['host_syncs']}", flush=True)
                 except Exception as exc:  # noqa: BLE001  (a failed point is recorded, the grid goes on)
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    row["error"] = _error(exc)
+                    failed += 1
                     print(f"{dname} B={B} K={K} {impl}: FAILED {row['error']}", flush=True)
-                    rows.append(row)
-                    continue
-                finally:
                     if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                dev = row["step"]["device_us"]["median"]
-                row.update(model_gbs=nbytes / (dev * 1e-6) / 1e9, copy_share=nbytes / (dev * 1e-6) / 1e9 / bw)
-                rows.append(row)
-                print(
-                    f"{dname} B={B:6d} K={K:6d} {impl:12s} fwd {row['fwd']['device_us']['median']:9.1f} us  step "
-                    f"dev {dev:9.1f} us host {row['step']['host_us']['median']:8.1f} us  {row['model_gbs']:7.1f} "
-                    f"GB/s ({row['copy_share'] * 100:5.1f} %)  launches {row['fwd']['launches']}/"
-                    f"{row['step']['launches']} syncs {row['host_syncs']}",
-                    flush=True,
-                )
-
-    result = dict(
-        environment=env,
-        settings=dict(vars(args), out=relative(args.out), impls_run=impls, shapes=shapes, alpha=ALPHA, lam=LAM,
-                      refine=True),
-        copy_bandwidth_gbs=bw,
-        notes=notes,
-        goals=list(GOALS),
-        rows=rows,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"bench_loss_{device_slug(env)}{'_' + args.tag if args.tag else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+                        torch.cuda.synchronize(device)
+                result["rows"].append(row)
+                _save(json_path, result)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    if args.split_check:
+        try:
+            result["split_check"].append(split_check(args, device, flush))
+        except Exception as exc:  # noqa: BLE001
+            result["split_check"].append(dict(error=_error(exc)))
+            failed += 1
+        print(f"split-K check: {result['split_check'][-1]}", flush=True)
+        _save(json_path, result)
     write_markdown(stem.with_suffix(".md"), result)
-    print(f"wrote {relative(stem)}.json and .md")
-    return 0
+    print(f"wrote {relative(stem)}.json and .md ({failed} failed)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    if "--host" in sys.argv[1:]:
-        os.environ["TRITON_INTERPRET"] = "1"  # before alr_fast.loss.triton is imported: launches become stubbable
+    if "--host" in sys.argv[1:] or "--dry-run" in sys.argv[1:]:
+        os.environ["TRITON_INTERPRET"] = "1"  # before alr_fast.loss.triton is imported: CPU tensors / stubbable
     elif os.environ.get("TRITON_INTERPRET") == "1":
         print("NOTE: TRITON_INTERPRET=1 is set: the fused path would run in the interpreter (not a benchmark).")
     sys.exit(main())

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from alr_fast import SoftLabelBank, alr_loss
+from alr_fast.loss.sharding import Sharding
 
 
 def test_init_is_one_hot_and_queries():
@@ -74,13 +75,13 @@ def test_bad_dtype():
 def test_shards_are_disjoint_cover_everything_and_reshard(world):
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 4, (11,), generator=g)
-    shards = [SoftLabelBank(labels, 4, rank=r, world_size=world) for r in range(world)]
+    shards = [SoftLabelBank(labels, 4, sharding=Sharding(r, world)) for r in range(world)]
     owned = torch.cat([b.global_index for b in shards])
     assert sorted(owned.tolist()) == list(range(11))
     for r, b in enumerate(shards):
         assert torch.equal(b.given, labels[b.global_index])
         assert torch.equal(b.local_index(b.global_index), torch.arange(b.num_samples))
-        assert b.owns(b.global_index).all() and b.owns(torch.tensor([-1])).all()
+        assert b.owns(b.global_index).all() and not b.owns(torch.tensor([-1])).any()
         b.soft.copy_(torch.softmax(torch.randn(b.num_samples, 4, generator=g), 1))
     # Assemble the global bank from the shards, then re-shard onto 2 ranks and onto 1.
     full = torch.zeros(11, 4)
@@ -89,14 +90,14 @@ def test_shards_are_disjoint_cover_everything_and_reshard(world):
     states = [b.state_dict() for b in shards]
     for new_world in (1, 2):
         for r in range(new_world):
-            nb = SoftLabelBank(labels, 4, rank=r, world_size=new_world)
+            nb = SoftLabelBank(labels, 4, sharding=Sharding(r, new_world))
             nb.load_rows_from(states)
             assert torch.equal(nb.soft, full[nb.global_index])
 
 
 def test_reshard_rejects_incomplete_or_mismatched():
     labels = torch.tensor([0, 1, 2, 0])
-    half = SoftLabelBank(labels, 3, rank=0, world_size=2).state_dict()
+    half = SoftLabelBank(labels, 3, sharding=Sharding(0, 2)).state_dict()
     with pytest.raises(ValueError, match="cover 2 of this rank's 4 rows"):
         SoftLabelBank(labels, 3).load_rows_from([half])
     other = SoftLabelBank(torch.tensor([1, 1, 2, 0]), 3).state_dict()
@@ -116,3 +117,20 @@ def test_metrics_skip_unknown_clean_labels():
     assert q["mislabel_precision"] == 1.0 and q["mislabel_recall"] == 0.5
     m = memorisation_split(torch.tensor([0, 2, 2, 3, 1]), given, clean)
     assert m == {"memo_true": 0.5, "memo_given": 0.5, "memo_other": 0.0}
+
+
+def test_bank_and_sharding_agree_on_ownership_padding_included():
+    """One rule: bank.owns is Sharding.owns (padding -1 is owned by no rank), checked against i % W == r."""
+    index = torch.tensor([-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, -1])
+    labels = torch.zeros(11, dtype=torch.long)
+    for world in (1, 2, 3):
+        owners = torch.zeros(index.shape, dtype=torch.long)
+        for rank in range(world):
+            bank = SoftLabelBank(labels, 2, sharding=Sharding(rank, world))
+            expected = torch.tensor([i >= 0 and i % world == rank for i in index.tolist()])
+            assert torch.equal(bank.owns(index), expected)
+            assert torch.equal(bank.owns(index), Sharding(rank, world).owns(index))
+            owners += bank.owns(index).long()
+        assert owners.tolist() == [0] + [1] * 11 + [0]  # every real row has exactly one owner, padding none
+    with pytest.raises(TypeError, match="sharding must be a Sharding"):
+        SoftLabelBank(labels, 2, sharding=(0, 1))

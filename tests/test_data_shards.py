@@ -50,7 +50,7 @@ def test_bank_plan_and_resharding_agree_on_ownership():
     labels = torch.randint(0, 4, (23,), generator=torch.Generator().manual_seed(0))
     for world in (1, 2, 3):
         for rank in range(world):
-            bank = SoftLabelBank(labels, 4, rank=rank, world_size=world)
+            bank = SoftLabelBank(labels, 4, sharding=Sharding(rank, world))
             plan = EpochPlan(23, shuffle=True, seed=1, rank=rank, world_size=world)
             read = plan.shard(0)
             read = np.sort(read[read >= 0])

@@ -137,7 +137,8 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
     assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-12)
     # The newest checkpoint is the one-rank run's, counted in its own steps per epoch.
     newest = json.loads((complete_checkpoints(out)[0] / "trainer.json").read_text())
-    assert (newest["world_size"], newest["epoch"], newest["step"]) == (1, 3, 3 * spe1)
+    assert (newest["world_size"], newest["loop"]["epoch"], newest["step"], newest["loop"]["step"]) == (1, 3, 3 * spe1,
+                                                                                                   3 * spe1)
     rows_csv, probs, labels = read_exports(out)
     assert len(rows_csv) == labels.shape[0] == n and probs.shape == (n, 10)
 

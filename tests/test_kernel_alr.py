@@ -803,25 +803,32 @@ def _gpu_activities(fn) -> list[str]:
 @pytest.mark.parametrize("refine,assume_unique", [(False, False), (True, True), (True, False)])
 def test_gpu_launches_and_no_host_sync(refine, assume_unique, reduction):
     """No host sync on the kernel path (CUDA sync debug mode raises on one); kernel launches per call: exactly
-    one GPU activity (no reduction kernel, no memset) for warm-up and assume_unique, every reduction."""
+    one GPU activity (no reduction kernel, no memset) for warm-up and assume_unique, every reduction, when the
+    caller gives "mean" its valid-row count; without it, "mean" adds exactly the one-program counting pre-pass."""
     logits, bank, index = make_case(1024, 1000, torch.bfloat16, torch.float32, seed=61)
+    n_valid = (index >= 0).sum()
     p = ALRParams(ALPHA, LAM, refine=refine, assume_unique=assume_unique, reduction=reduction)
     fused_alr_loss(logits, bank, index, p)  # compile and take this stream's ticket counter outside the checks
+    fused_alr_loss(logits, bank, index, p, n_valid=n_valid)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         fused_alr_loss(logits, bank, index, p)
+        fused_alr_loss(logits, bank, index, p, n_valid=n_valid)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    names = _gpu_activities(lambda: fused_alr_loss(logits, bank, index, p))
-    assert sum("_alr_fwd_kernel" in n for n in names) == 1, names
-    if not refine or assume_unique:
-        assert len(names) == 1, names  # exactly one launch per call
+    for given in (n_valid, None):
+        names = _gpu_activities(lambda: fused_alr_loss(logits, bank, index, p, n_valid=given))
+        assert sum("_alr_fwd_kernel" in n for n in names) == 1, names
+        counts = sum("count_valid_kernel" in n for n in names)
+        assert counts == (1 if reduction == "mean" and given is None else 0), names
+        if not refine or assume_unique:
+            assert len(names) == 1 + counts, names  # exactly one launch per call (+ the pre-pass)
     # The step: this module launches the forward kernel and the backward scaling kernel, nothing else.
     z = logits.clone().requires_grad_(True)
     go = torch.ones(1024 if reduction == "none" else (), device="cuda")
-    names = _gpu_activities(lambda: fused_alr_loss(z, bank, index, p).backward(go))
-    ours = [n for n in names if "_alr_" in n]
+    names = _gpu_activities(lambda: fused_alr_loss(z, bank, index, p, n_valid=n_valid).backward(go))
+    ours = [n for n in names if "_alr_" in n or "count_valid" in n]
     assert len(ours) == 2 and sum("_alr_fwd_kernel" in n for n in ours) == 1, names
     assert sum("_alr_grad_scale_kernel" in n for n in ours) == 1, names
     if not refine or assume_unique:  # (torch.sort may memset its own workspace)
@@ -931,6 +938,7 @@ def test_gpu_cuda_graph_single_launch_reduction():
         assert torch.equal(mean, eager_mean) and torch.equal(total, eager_sum)
         assert torch.equal(static_bank, eager_bank)
         assert sum("_alr_fwd_kernel" in n for n in names) == 2 and not any("emset" in n for n in names), names
+        assert sum("count_valid_kernel" in n for n in names) == 1, names  # the "mean" call's pre-pass
 
 
 @gpu_only

@@ -89,6 +89,7 @@ def _compile_all() -> list[dict]:
 
     from alr_fast.loss.triton import alr_kernels as k
     from alr_fast.loss.triton import heuristics as m
+    from alr_fast.loss.triton import reduction as red_mod
     from alr_fast.loss.triton import split_k as sk
     from alr_fast.loss.triton.rows import INTERPRETED
 
@@ -123,7 +124,7 @@ def _compile_all() -> list[dict]:
             "logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
             "key_ptr": "*i64", "order_ptr": "*i64", "grad_ptr": f"*{logits}", "stride_gb": "i64",
             "loss_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32" if red else "*fp32",
-            "err_ptr": "*i64",
+            "nvalid_ptr": "*fp32" if red == 2 else "*i64" if red else "*fp32", "err_ptr": "*i64",
             "B": "i32", "N": "i32", "K_DIV": "i32", "alpha": "fp32", "one_minus_alpha": "fp32", "lam": "fp32",
         }  # fmt: skip
         cx = dict(REFINE=refine, HAS_ENTROPY=entropy, DEDUP=dedup, REDUCTION=red, ONE_SWEEP=cfg.one_sweep,
@@ -149,7 +150,7 @@ def _compile_all() -> list[dict]:
         sig = {"logits_ptr": f"*{logits}", "stride_lb": "i64", "bank_ptr": f"*{bank}", "stride_nb": "i64",
                "index_ptr": "*i64", "stats_ptr": "*fp32", "grad_ptr": f"*{logits}", "stride_gb": "i64",
                "loss_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
-               "err_ptr": "*i64", "B": "i32", "N": "i32", "K_DIV": "i32", "C": "i32", "alpha": "fp32",
+               "nvalid_ptr": "*i64" if red == 2 else "*fp32", "err_ptr": "*i64", "B": "i32", "N": "i32", "K_DIV": "i32", "C": "i32", "alpha": "fp32",
                "one_minus_alpha": "fp32", "lam": "fp32"}  # fmt: skip
         cx = dict(REFINE=refine, HAS_ENTROPY=entropy, REDUCTION=red, CHUNK=chunk, C_BLOCK=64, ROW_ALIGN=align,
                   RED_BLOCK=m.red_block(num_warps))  # fmt: skip
@@ -157,6 +158,10 @@ def _compile_all() -> list[dict]:
                              f"split apply {logits}/{bank} refine={int(refine)} ent={int(entropy)} red={red}"))
         results[-1]["reduction"] = red
         results[-1]["split_apply"] = True
+    # The "mean" pre-pass (one program counts the valid rows once per call).
+    cnt = build(red_mod.count_valid_kernel, {"index_ptr": "*i64", "count_ptr": "*fp32", "B": "i32"},
+                dict(BLOCK=1024), 4, "count_valid")
+    results.append(cnt)
     for dt, per_row in (("bf16", True), ("fp32", False)):
         sig = {
             "grad_ptr": f"*{dt}", "stride_gb": "i64", "go_ptr": "*fp32", "stride_go": "i64",
@@ -178,7 +183,7 @@ def test_kernels_compile_for_sm90_without_spills():
     proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == len(FWD_VARIANTS) + 2 * len(SPLIT_VARIANTS) + 2
+    assert len(results) == len(FWD_VARIANTS) + 2 * len(SPLIT_VARIANTS) + 3
     for r in results:
         assert r["spill_bytes"] == 0, r
         assert r["registers"] <= 255, r

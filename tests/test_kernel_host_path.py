@@ -301,3 +301,44 @@ def test_gpu_forward_and_early_exit_backward_without_host_sync():
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert torch.isfinite(z.grad).all()
+
+
+# ---------------------------------------------------------------------------------- "mean": valid-row count
+@pytest.mark.parametrize("path", [dict(), dict(block_k=4, rows_per_program=1, split_k=-1), dict(split_k=4)],
+                         ids=["one-sweep", "two-sweep", "split-k"])
+@pytest.mark.parametrize("assume_unique", [True, False])
+def test_mean_count_from_the_caller_or_the_prepass(path, assume_unique):
+    """"mean" divides the gradient by the batch's valid-row count, taken once per call: from the caller
+    (``n_valid``, any number dtype) or from the one-program pre-pass. Both give bitwise the same results and
+    match the reference; the count really is read (twice the count halves the gradient, not the loss)."""
+    from alr_fast.loss.triton import alr_forward
+
+    logits, bank, index = _case(B=12, K=10, seed=17)
+    index[[2, 7]] = -1  # 3 padded rows
+    p = ALRParams(ALPHA, LAM, assume_unique=assume_unique)
+    outs = []
+    for n_valid in (None, (index >= 0).sum(), (index >= 0).sum().float().reshape(1)):
+        b = bank.clone()
+        loss, grad = alr_forward(logits, b, index, p, n_valid=n_valid, **path)
+        outs.append((loss, grad.clone(), b))
+    for loss, grad, b in outs[1:]:
+        assert torch.equal(loss, outs[0][0]) and torch.equal(grad, outs[0][1]) and torch.equal(b, outs[0][2])
+    z = logits.clone().requires_grad_(True)
+    ref_bank = bank.clone()
+    ref = alr_loss_reference(z, ref_bank, index, p)
+    ref.backward()
+    torch.testing.assert_close(outs[0][0], ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[0][1], z.grad, rtol=1e-5, atol=1e-7)
+    loss2, grad2 = alr_forward(logits, bank.clone(), index, p, n_valid=2 * (index >= 0).sum(), **path)
+    assert torch.equal(loss2, outs[0][0])  # the loss is reduced by the last program from its own count
+    torch.testing.assert_close(grad2 * 2, outs[0][1], rtol=1e-6, atol=0)
+    through_autograd = logits.clone().requires_grad_(True)  # (autograd takes the default launch path)
+    fused_alr_loss(through_autograd, bank.clone(), index, p, n_valid=(index >= 0).sum()).backward()
+    torch.testing.assert_close(through_autograd.grad, outs[0][1], rtol=1e-5, atol=1e-7)
+
+
+def test_mean_count_argument_is_checked():
+    logits, bank, index = _case(seed=3)
+    for bad in ((index >= 0), torch.ones(2, device=DEVICE), 5):
+        with pytest.raises(ValueError, match="n_valid must be a one-element real tensor"):
+            fused_alr_loss(logits, bank.clone(), index, ALRParams(ALPHA, LAM), n_valid=bad)

@@ -82,10 +82,10 @@ def copy_run(reference: Path, dst: Path) -> Path:
 def test_everything_alr_fast_writes_loads_weights_only(reference):
     newest = complete_checkpoints(reference)
     assert [trainer_json(c)["step"] for c in newest] == [46, 40]
-    for f in (newest[0] / "bank_rank0.pt", newest[0] / "rank0.pt", reference / "model.pt"):
+    for f in (newest[0] / "bank_rank0.pt", newest[0] / "epoch_rank0.pt", reference / "model.pt"):
         torch.load(f, weights_only=True)  # raises on anything but tensors and plain types
     manifest = trainer_json(newest[0])["manifest"]
-    assert set(manifest) == {"bank_rank0.pt", "rank0.pt", "engine/mp_rank_00_model_states.pt"}
+    assert set(manifest) == {"bank_rank0.pt", "epoch_rank0.pt", "engine/mp_rank_00_model_states.pt"}
 
 
 class _Planted:
@@ -208,7 +208,7 @@ def test_two_ranks_agree_on_the_stop_step(tmp_path):
     (ckpt,) = complete_checkpoints(out)
     state = trainer_json(ckpt)
     assert (state["step"], state["world_size"]) == (4, 2)
-    assert {p.name for p in ckpt.glob("rank*.pt")} == {"rank0.pt", "rank1.pt"}
+    assert {p.name for p in ckpt.glob("epoch_rank*.pt")} == {"epoch_rank0.pt", "epoch_rank1.pt"}
     for var in FAULT_VARS:
         env.pop(var, None)
     for dst, extra in ((out, ["--resume"]), (ref, [])):

@@ -270,6 +270,7 @@ def test_zero_checkpoint_on_another_world_size_takes_the_full_state(tmp_path, st
     """Which loader a checkpoint takes (the end-to-end re-partition: tests/test_distributed.py): DeepSpeed's own
     files on the same world size or for ZeRO 0; on another world size a ZeRO 1/2 engine loads the module only and
     the optimizer from zero_full_state.pt; an older checkpoint without that file is a clear error."""
+    from alr_fast.loss.sharding import Sharding
     from alr_fast.train.checkpoint import load_checkpoint
 
     class Engine:
@@ -282,9 +283,11 @@ def test_zero_checkpoint_on_another_world_size_takes_the_full_state(tmp_path, st
         with pytest.raises(CheckpointError, match=rf"written by {saved_world} ranks with ZeRO stage {stage} by an "
                                                   rf"older alr_fast, without zero_full_state.pt; .*resumes only on "
                                                   rf"{saved_world} ranks, not {world}"):
-            load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)
+            load_checkpoint(tmp_path, state, Engine(), shared={}, per_rank={}, sharding=Sharding(0, world),
+                            device="cpu")
         return
     module_only = expect == "module only"
     with pytest.raises(AssertionError, match=rf"'load_optimizer_states': {not module_only}, .*"
                                              rf"'load_module_only': {module_only}"):
-        load_checkpoint(tmp_path, state, Engine(), None, None, rank=0, world_size=world)
+        load_checkpoint(tmp_path, state, Engine(), shared={}, per_rank={}, sharding=Sharding(0, world),
+                        device="cpu")

@@ -50,6 +50,7 @@ from alr_fast.loss.functional import (
     sce_loss,
 )
 from alr_fast.loss.schedule import WARMUP_DEFAULTS, AutoWarmupRule, RefinementSchedule, prediction_counts
+from alr_fast.loss.sharding import Sharding
 from alr_fast.util.atomic import write_text_atomic
 
 __all__ = ["ALR", "METHODS"]
@@ -155,8 +156,8 @@ class ALR:
         self.backend, self.assume_unique = backend, bool(assume_unique)
         self._check_index = check_index
         self._labels_all = labels.cpu().numpy().astype(np.int64)  # the given labels by global index (exports)
-        self.bank = SoftLabelBank(labels.to(device), int(num_classes), bank_dtype, rank=rank, world_size=world_size,
-                                  blocks=shard_blocks)
+        self.bank = SoftLabelBank(labels.to(device), int(num_classes), bank_dtype,
+                                  sharding=Sharding(rank, world_size, shard_blocks if world_size > 1 else None))
         self.sharding = self.bank.sharding
         if _schedule is not None:
             self.schedule = _schedule
@@ -214,11 +215,11 @@ class ALR:
 
     @property
     def rank(self) -> int:
-        return self.bank.rank
+        return self.sharding.rank
 
     @property
     def world_size(self) -> int:
-        return self.bank.world_size
+        return self.sharding.world
 
     @property
     def device(self) -> torch.device:
@@ -249,14 +250,15 @@ class ALR:
         return self
 
     def owns(self, index: torch.Tensor) -> torch.Tensor:
-        """[B] bool: padding (< 0) or a global index this rank owns."""
+        """[B] bool: a global index this rank owns (padding, < 0, is owned by no rank: the owner rule of
+        :meth:`alr_fast.loss.sharding.Sharding.owns`)."""
         return self.bank.owns(index)
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def _local_rows(self, index: torch.Tensor, check: bool) -> torch.Tensor:
         bank = self.bank
         if check:
-            bad = ~bank.owns(index) | (index >= self.num_samples)
+            bad = (index >= 0) & (~bank.owns(index) | (index >= self.num_samples))  # padding (-1) is fine
             if bool(bad.any()):  # host sync: only when checking
                 i = int(index[bad][0])
                 if i >= self.num_samples:

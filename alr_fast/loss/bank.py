@@ -37,11 +37,11 @@ class SoftLabelBank(nn.Module):
         num_classes: int,
         dtype: torch.dtype | str = torch.float32,
         *,
-        rank: int = 0,
-        world_size: int = 1,
-        blocks: tuple[int, ...] | None = None,
+        sharding: Sharding = Sharding(),
     ):
-        """``given_labels`` are the labels of *all* N samples; this bank keeps the rows rank ``rank`` owns."""
+        """``given_labels`` are the labels of *all* N samples; this bank keeps the rows ``sharding`` owns (the
+        caller's rank of its world size, with the dataset's shard blocks if it has them: built once by
+        :class:`alr_fast.loss.alr.ALR`, then read from ``bank.sharding`` by the checkpoint)."""
         super().__init__()
         dtype = choose_dtype(dtype, _DTYPES, "SoftLabelBank")
         given_labels = torch.as_tensor(given_labels)
@@ -52,15 +52,15 @@ class SoftLabelBank(nn.Module):
             )
         if num_classes < 2:
             raise ValueError(f"SoftLabelBank: num_classes must be >= 2, got {num_classes}")
-        # checks 0 <= rank < world_size; blocks: shard-contiguous ownership (tar shards), see sharding.py
-        self.sharding = Sharding(rank, world_size, blocks if world_size > 1 else None)
+        if not isinstance(sharding, Sharding):
+            raise TypeError(f"SoftLabelBank: sharding must be a Sharding, got {type(sharding).__name__}")
+        self.sharding = sharding
         given_labels = given_labels.long()
         if given_labels.numel() and (int(given_labels.min()) < 0 or int(given_labels.max()) >= num_classes):
             bad = int(torch.nonzero((given_labels < 0) | (given_labels >= num_classes))[0])
             raise ValueError(
                 f"SoftLabelBank: label {int(given_labels[bad])} at global index {bad} is outside [0, {num_classes})"
             )
-        self.rank, self.world_size = int(rank), int(world_size)
         self.total_samples = int(given_labels.numel())
         owned = torch.from_numpy(self.sharding.owned(given_labels.numel())).to(given_labels.device)
         given_labels = given_labels[owned]
@@ -80,8 +80,9 @@ class SoftLabelBank(nn.Module):
         return self.sharding.local(index)
 
     def owns(self, index: torch.Tensor) -> torch.Tensor:
-        """[B] bool: padding or owned by this rank."""
-        return (index < 0) | self.sharding.owns(index)
+        """[B] bool: a real row (>= 0) this rank owns; padding (-1) is not owned (the rule of
+        :meth:`alr_fast.loss.sharding.Sharding.owns`, which this is)."""
+        return self.sharding.owns(index)
 
     def load_rows_from(self, shards: list[dict]) -> None:
         """Fill the owned rows from the state dicts of a bank saved with *any* sharding (re-sharding)."""
@@ -99,6 +100,11 @@ class SoftLabelBank(nn.Module):
                 f"SoftLabelBank: the checkpoint shards cover {int(filled.sum())} of this rank's {self.num_samples} rows"
             )
 
+    def load_other_world(self, shards) -> None:
+        """Checkpoint hook (:mod:`alr_fast.train.checkpoint`): the checkpoint was written with another world
+        size; ``shards()`` returns every saved rank's state dict, and this rank takes its rows from them."""
+        self.load_rows_from(shards())
+
     @property
     def num_classes(self) -> int:
         return self.soft.shape[1]
@@ -109,4 +115,4 @@ class SoftLabelBank(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples} of {self.total_samples}, num_classes={self.num_classes}, "
-                f"dtype={self.soft.dtype}, rank={self.rank}/{self.world_size}")
+                f"dtype={self.soft.dtype}, rank={self.sharding.rank}/{self.sharding.world}")

@@ -28,7 +28,7 @@ def write_bank_part(parts: Path, bank: SoftLabelBank, *, chunk_bytes: int = CHUN
     ``parts/soft<rank>.f32`` (+ its index) and its refined label, confidence and given-label mass to
     ``parts/bank<rank>.npz``."""
     parts = Path(parts)
-    k, rank = bank.num_classes, bank.rank
+    k, rank = bank.num_classes, bank.sharding.rank
     step = chunk_rows(k, chunk_bytes)
     refined_l, conf_l, mass_l = [], [], []
     with open(parts / f"soft{rank}.f32", "wb") as f:

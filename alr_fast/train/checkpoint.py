@@ -1,14 +1,27 @@
-"""Atomic, verified, resumable checkpoints: engine (weights + optimizer), bank shards, the loop state.
+"""Atomic, verified, resumable checkpoints of the engine (weights + optimizer) and of every component that
+registers its state.
+
+**Registered state** (as torchtitan's ``states=``): the trainer hands :func:`save_checkpoint` and
+:func:`load_latest` two name -> component maps, and nothing is copied in or out by hand:
+
+* ``shared``: components whose state is the same on every rank (the loop position and metric rows, the
+  refinement schedule, the evaluation plan's model selection). Each has ``state_dict() -> dict`` (JSON values)
+  and ``load_state_dict(dict)``; rank 0 writes them into ``trainer.json`` under their names.
+* ``per_rank``: components whose state differs per rank (the bank shard, the running epoch's accumulators and
+  RNG states). Each has ``state_dict()`` (tensors and plain numbers, loadable with ``weights_only=True``),
+  ``load_state_dict(dict)`` (same world size: this rank's own part) and ``load_other_world(shards)`` (the
+  checkpoint has another world size: ``shards()`` returns every saved rank's part, memory-mapped, e.g. for the
+  bank to re-shard); each rank writes ``<name>_rank<r>.pt``.
 
 Layout of one checkpoint, ``<out>/checkpoints/ckpt_<write sequence, 6 digits>_step_<global step, 9 digits>/``::
 
     engine/                 DeepSpeed's save_checkpoint (weights, optimizer; per-rank files for ZeRO >= 1)
     zero_full_state.pt      ZeRO 1/2 only: every parameter's whole fp32 master weight and optimizer state
                             (momentum, Adam moments, step), gathered from the partitions: any world size loads it
-    bank_rank<r>.pt         rank r's bank shard (soft, given, global_index): any world size can re-shard it
-    rank<r>.pt              rank r's part of the LoopState: the running epoch's accumulators and RNG states
-    trainer.json            the shared LoopState, world size, config, and the manifest (sha256 + size of every
-                            other file)
+    <name>_rank<r>.pt       rank r's part of each per-rank component (the trainer's: bank_rank<r>.pt, the bank
+                            shard that any world size can re-shard; epoch_rank<r>.pt, accumulators and RNG states)
+    trainer.json            each shared component's state under its name, the global step, world size, config,
+                            and the manifest (sha256 + size of every other file)
     COMPLETE                written last
 
 **Atomic.** Everything is written into ``<root>/.step_<n>.tmp`` and renamed by rank 0 once every rank reported
@@ -58,9 +71,9 @@ from pathlib import Path
 
 import torch
 
+from alr_fast.loss.sharding import Sharding
 from alr_fast.util.atomic import fsync_dir, torch_save
 from alr_fast.train.distributed import all_reduce_sum, barrier
-from alr_fast.train.loop_state import LoopState
 
 __all__ = ["save_checkpoint", "full_optimizer_state", "load_full_optimizer_state", "complete_checkpoints", "verify_checkpoint", "load_checkpoint", "load_latest",
            "CheckpointError", "saved_config", "REFUSED", "checkpoint_key_path"]
@@ -149,13 +162,18 @@ def _sequence(p: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
-def save_checkpoint(out: Path, engine, bank, state: LoopState, *, config: dict, rank: int, world_size: int,
-                    keep: int) -> Path:
-    """Collective: every rank calls it at the same ``state.step``. Raises :class:`CheckpointError` (on every
-    rank) if any rank fails to write; the previous checkpoints are then untouched."""
-    device = bank.soft.device
+def _rank_file(name: str, rank: int) -> str:
+    return f"{name}_rank{rank}.pt"
+
+
+def save_checkpoint(out: Path, engine, *, shared: dict, per_rank: dict, step: int, config: dict,
+                    sharding: Sharding, device: torch.device, keep: int) -> Path:
+    """Collective: every rank calls it at the same global ``step``, with the same component names. Raises
+    :class:`CheckpointError` (on every rank) if any rank fails to write; the previous checkpoints are then
+    untouched."""
+    rank, world_size = sharding.rank, sharding.world
     root = _root(out)
-    tmp = root / f".step_{state.step:09d}.tmp"
+    tmp = root / f".step_{step:09d}.tmp"
     error = None
     if rank == 0:
         try:
@@ -182,8 +200,8 @@ def save_checkpoint(out: Path, engine, bank, state: LoopState, *, config: dict, 
         if error is None and full is not None and rank == 0:
             torch_save(full, tmp / FULL_STATE)
         if error is None:
-            torch_save(bank.state_dict(), tmp / f"bank_rank{rank}.pt")
-            torch_save(state.rank_dict(), tmp / f"rank{rank}.pt")
+            for name, component in per_rank.items():
+                torch_save(component.state_dict(), tmp / _rank_file(name, rank))
     except OSError as e:  # torch_save names the file and says "No space left on device" for a full disk
         error = str(e)
     if not _all_ok(error is None, device):
@@ -211,9 +229,9 @@ def save_checkpoint(out: Path, engine, bank, state: LoopState, *, config: dict, 
                 raise OSError(f"no hash for {sorted(missing)}")
             refused = list((root / REFUSED).iterdir()) if (root / REFUSED).is_dir() else []
             seq = max((_sequence(p) for p in (*root.iterdir(), *refused)), default=-1) + 1  # never reused
-            final = root / f"ckpt_{seq:06d}_step_{state.step:09d}"
-            trainer_state = {**state.shared_dict(), "world_size": world_size, "write_sequence": seq,
-                             "config": config, "manifest": manifest}
+            final = root / f"ckpt_{seq:06d}_step_{step:09d}"
+            trainer_state = {**{name: c.state_dict() for name, c in shared.items()}, "step": step,
+                             "world_size": world_size, "write_sequence": seq, "config": config, "manifest": manifest}
             key = _checkpoint_key(create=True)
             if key is None:
                 raise OSError(f"cannot create or read the checkpoint key {checkpoint_key_path()}")
@@ -330,15 +348,17 @@ def verify_checkpoint(path: Path, *, authenticate: bool = True) -> tuple[dict | 
     return trainer_state, problems
 
 
-def load_checkpoint(path: Path, trainer_state: dict, engine, bank, state: LoopState, *, rank: int,
-                    world_size: int) -> None:
-    """Restore engine, bank (re-sharding if the world size changed) and ``state`` from a verified checkpoint.
+def load_checkpoint(path: Path, trainer_state: dict, engine, *, shared: dict, per_rank: dict, sharding: Sharding,
+                    device: torch.device) -> None:
+    """Restore the engine and every registered component from a verified checkpoint (per-rank components of
+    another world size get every saved rank's part: the bank re-shards).
 
     A ZeRO 1/2 checkpoint holds DeepSpeed's optimizer files partitioned over the ranks that wrote it, which
     DeepSpeed loads only on that many ranks; on another number of ranks the module weights come from ``engine/``
     and the fp32 master weights and optimizer state from ``zero_full_state.pt``, re-partitioned here."""
     saved_world = int(trainer_state["world_size"])
     saved_stage = int(((trainer_state.get("config") or {}).get("train") or {}).get("zero_stage", 0))
+    world_size = sharding.world
     repartition = saved_world != world_size and saved_stage >= 1
     if repartition and FULL_STATE not in (trainer_state.get("manifest") or {}):
         raise CheckpointError(
@@ -352,16 +372,19 @@ def load_checkpoint(path: Path, trainer_state: dict, engine, bank, state: LoopSt
     if repartition:
         full = torch.load(path / FULL_STATE, map_location="cpu", weights_only=True)
         load_full_optimizer_state(engine, full, source=path / FULL_STATE)
-    shard_files = [path / f"bank_rank{r}.pt" for r in range(saved_world)]
-    if saved_world == world_size:
-        bank.load_state_dict(torch.load(shard_files[rank], map_location=bank.soft.device, weights_only=True))
-        rank_state = torch.load(path / f"rank{rank}.pt", weights_only=True)
-    else:
-        # mmap: a rank reads only the pages of the shard rows it needs.
-        shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in shard_files]
-        bank.load_rows_from(shards)
-        rank_state = None
-    state.load(trainer_state, rank_state)
+    for name, component in shared.items():
+        if name not in trainer_state:
+            raise CheckpointError(f"{path / TRAINER}: no state for {name!r} (written by another alr_fast version?)")
+        component.load_state_dict(trainer_state[name])
+    for name, component in per_rank.items():
+        if saved_world == sharding.world:
+            component.load_state_dict(torch.load(path / _rank_file(name, sharding.rank), map_location=device,
+                                                 weights_only=True))
+        else:
+            # mmap: a rank reads only the pages of the saved rows it needs.
+            component.load_other_world(lambda name=name: [
+                torch.load(path / _rank_file(name, r), map_location="cpu", weights_only=True, mmap=True)
+                for r in range(saved_world)])
 
 
 _SCALER_FIELDS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
@@ -468,7 +491,7 @@ def load_full_optimizer_state(engine, full: dict, *, source) -> None:
             setattr(scaler, f, type(getattr(scaler, f))(v))
 
 
-def load_latest(out: Path, engine, bank, state: LoopState, *, rank: int, world_size: int,
+def load_latest(out: Path, engine, *, shared: dict, per_rank: dict, sharding: Sharding, device: torch.device,
                 strict: bool = False) -> tuple[Path, dict] | None:
     """Resume from the most recent complete checkpoint that verifies (collective).
 
@@ -476,6 +499,7 @@ def load_latest(out: Path, engine, bank, state: LoopState, *, rank: int, world_s
     with :class:`CheckpointError` instead). Returns (path, trainer_state), or None if there is no complete
     checkpoint at all; raises if there are some but none verifies.
     """
+    rank = sharding.rank
     candidates = complete_checkpoints(out)  # the same list on every rank: --out is shared
     if not candidates:
         legacy = sorted(_root(out).glob("step_*/COMPLETE")) if _root(out).is_dir() else []
@@ -488,7 +512,7 @@ def load_latest(out: Path, engine, bank, state: LoopState, *, rank: int, world_s
         # Every rank checks every file before anything is unpickled (DeepSpeed's loader unpickles in full).
         # The signature is checked by rank 0 (the key may exist only where the job was started).
         trainer_state, problems = verify_checkpoint(path, authenticate=rank == 0)
-        if _all_ok(not problems, bank.soft.device):
+        if _all_ok(not problems, device):
             if refused and rank == 0:
                 aside = _root(out) / REFUSED
                 for bad, _ in refused:  # out of retention's way (it keeps the newest *complete* checkpoints)
@@ -500,7 +524,8 @@ def load_latest(out: Path, engine, bank, state: LoopState, *, rank: int, world_s
                 print(f"[alr_fast] WARNING: resuming from {path}, an older checkpoint, because newer ones were "
                       f"refused (moved to {aside}): {'; '.join(r for _, r in refused)}", file=sys.stderr, flush=True)
             barrier()
-            load_checkpoint(path, trainer_state, engine, bank, state, rank=rank, world_size=world_size)
+            load_checkpoint(path, trainer_state, engine, shared=shared, per_rank=per_rank, sharding=sharding,
+                            device=device)
             return path, trainer_state
         reason = "; ".join(problems) or f"rank {rank} sees it intact, another rank does not"
         if strict:

@@ -35,7 +35,7 @@ from alr_fast.util.rowfiles import (  # noqa: F401  (re-exported: the trainer's 
 from alr_fast.loss.bank import SoftLabelBank
 from alr_fast.loss.bank_export import assemble_bank_files, write_bank_part
 from alr_fast.train.distributed import all_reduce_sum, barrier
-from alr_fast.train.precision import model_input
+from alr_fast.train.precision import autocast, model_input
 from alr_fast.train.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -53,18 +53,13 @@ CLEANLAB_BATCHED = ("from cleanlab.experimental.label_issues_batched import find
                     "batch_size=100000, n_jobs=1)")
 
 
-def _autocast(rt: Runtime):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
-    return torch.autocast(rt.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 @torch.no_grad()
 def _batches_of_probs(model: torch.nn.Module, source, rt: Runtime) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(global indices [b], float32 softmax [b, K]) per batch of ``source``, padding rows dropped."""
     model.eval()
     try:
         for x, idx in source.epoch(0):
-            with _autocast(rt):
+            with autocast(rt.precision, rt.device):
                 p = torch.softmax(model(model_input(x, model)).float(), dim=1)
             keep = idx >= 0
             yield idx[keep].cpu().numpy().astype(np.int64), p[keep].cpu().numpy().astype(np.float32, copy=False)

@@ -1,13 +1,11 @@
-"""The training loop's resumable state, in one object: where the loop is, what it has accumulated, what it logged.
+"""The training loop's own resumable state, in two components that register with the checkpoint
+(:mod:`alr_fast.train.checkpoint`) beside the schedule, the evaluation plan and the bank:
 
-A restart restores exactly this (plus the engine and the bank, which :mod:`alr_fast.train.checkpoint` saves beside
-it), so an interrupted run continues where it stopped. Two parts:
-
-* **shared** (the same on every rank, rank 0 writes it into ``trainer.json``): position in the run, metric rows,
-  best-so-far;
-* **per rank** (each rank writes its own ``rank<r>.pt``): the running epoch's accumulators and the RNG states.
-  These only mean something to the same rank of the same world size; another world size redoes the
-  interrupted epoch from its start.
+* :class:`LoopState`, **shared** (the same on every rank; rank 0 writes it into ``trainer.json``): position in
+  the run and the metric rows;
+* :class:`EpochAccumulators`, **per rank** (each rank writes its own ``epoch_rank<r>.pt``): the running epoch's
+  accumulators and the RNG states. These only mean something to the same rank of the same world size; another
+  world size redoes the interrupted epoch from its start (:meth:`LoopState.restart_epoch`).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["LoopState", "capture_rng", "restore_rng"]
+__all__ = ["LoopState", "EpochAccumulators", "capture_rng", "restore_rng"]
 
 
 def capture_rng() -> dict:
@@ -51,6 +49,8 @@ def restore_rng(state: dict) -> None:
 
 @dataclass
 class LoopState:
+    """Where the run is and what it logged: the same on every rank (rank 0 writes it into ``trainer.json``)."""
+
     epoch: int = 0
     """Epoch in progress (or the next to start when ``step_in_epoch == 0``)."""
     step_in_epoch: int = 0
@@ -59,58 +59,51 @@ class LoopState:
     """Steps taken since the start of the run, counted in this world size's steps per epoch."""
     rows: list[dict] = field(default_factory=list)
     """One metrics row per finished epoch (what ``metrics.jsonl`` holds)."""
-    best_acc: float = -1.0
-    best_epoch: int = -1
-    selection: dict = field(default_factory=dict)
-    """Model selection so far (alr_fast.train.evaluation.EvalPlan.state_dict)."""
-    schedule: dict = field(default_factory=dict)
-    """alr_fast.loss.schedule.RefinementSchedule.state_dict(): the automatic warm-up rule's memory, collapse flags."""
-    # This rank's accumulators of the running epoch (device tensors, no host sync per step).
-    loss_sum: torch.Tensor | None = None
-    """float64 scalar: sum over valid rows of the batch-mean loss x valid rows."""
-    seen: torch.Tensor | None = None
-    """int64 scalar: valid rows trained on this epoch."""
-    train_pred: torch.Tensor | None = None
-    """int64 [n_local + 1]: argmax of the training forward pass per local row; the last slot catches padding."""
 
-    @classmethod
-    def fresh(cls, n_local: int, device: torch.device) -> "LoopState":
-        return cls(
-            loss_sum=torch.zeros((), dtype=torch.float64, device=device),
-            seen=torch.zeros((), dtype=torch.long, device=device),
-            train_pred=torch.full((n_local + 1,), -1, dtype=torch.long, device=device),
-        )
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step, "rows": self.rows}
 
-    def start_epoch(self) -> None:
-        """Reset the accumulators, unless the epoch is being resumed mid-way."""
-        if self.step_in_epoch == 0:
-            self.train_pred[:-1] = -1
-            self.loss_sum.zero_()
-            self.seen.zero_()
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step_in_epoch, self.step = state["epoch"], state["step_in_epoch"], state["step"]
+        self.rows = state["rows"]
 
-    # --- what a checkpoint holds -------------------------------------------------------------------------------
-    def shared_dict(self) -> dict:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step, "rows": self.rows,
-                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "selection": self.selection,
-                "schedule": self.schedule}
+    def restart_epoch(self, steps_per_epoch: int) -> None:
+        """After a resume on another world size: redo the interrupted epoch from its start (the per-rank
+        accumulators of :class:`EpochAccumulators` only mean something to the world size that wrote them) and
+        count steps in this world size's steps per epoch from here on."""
+        self.step_in_epoch = 0
+        self.step = self.epoch * steps_per_epoch
 
-    def rank_dict(self) -> dict:
-        """This rank's part, with the global RNG states (captured now). ``.item()`` syncs: checkpoints only."""
+
+class EpochAccumulators:
+    """This rank's accumulators of the running epoch (device tensors, no host sync per step) and, in a
+    checkpoint, the global RNG states: what ``<name>_rank<r>.pt`` holds. Only the same rank of the same world size
+    can use them; another world size starts them afresh (:meth:`load_other_world`)."""
+
+    def __init__(self, n_local: int, device: torch.device):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        """float64 scalar: sum over valid rows of the batch-mean loss x valid rows."""
+        self.seen = torch.zeros((), dtype=torch.long, device=device)
+        """int64 scalar: valid rows trained on this epoch."""
+        self.train_pred = torch.full((n_local + 1,), -1, dtype=torch.long, device=device)
+        """int64 [n_local + 1]: argmax of the training forward pass per local row; the last slot catches padding."""
+
+    def reset(self) -> None:
+        self.train_pred[:-1] = -1
+        self.loss_sum.zero_()
+        self.seen.zero_()
+
+    def state_dict(self) -> dict:
+        """With the global RNG states (captured now). ``.item()`` syncs: checkpoints only."""
         return {"rng": capture_rng(), "train_pred": self.train_pred.cpu(), "loss_sum": float(self.loss_sum.item()),
                 "seen": int(self.seen.item())}
 
-    def load(self, shared: dict, rank_part: dict | None) -> None:
-        """Restore from a checkpoint; ``rank_part`` is None when it was written with another world size."""
-        self.rows, self.best_acc, self.best_epoch = shared["rows"], shared["best_acc"], shared["best_epoch"]
-        self.selection = shared.get("selection", {})
-        self.step, self.epoch, self.step_in_epoch = shared["step"], shared["epoch"], shared["step_in_epoch"]
-        self.schedule = shared.get("schedule", {})
-        if rank_part is not None:
-            restore_rng(rank_part["rng"])
-            self.train_pred.copy_(rank_part["train_pred"].to(self.train_pred.device))
-            self.loss_sum.fill_(rank_part["loss_sum"])
-            self.seen.fill_(rank_part["seen"])
-        elif self.step_in_epoch:
-            # Another world size shards the epoch differently: redo the interrupted epoch from its start.
-            self.step -= self.step_in_epoch
-            self.step_in_epoch = 0
+    def load_state_dict(self, state: dict) -> None:
+        restore_rng(state["rng"])
+        self.train_pred.copy_(state["train_pred"].to(self.train_pred.device))
+        self.loss_sum.fill_(state["loss_sum"])
+        self.seen.fill_(state["seen"])
+
+    def load_other_world(self, shards) -> None:
+        """A checkpoint of another world size: nothing to take (the interrupted epoch is redone); ``shards``
+        (the saved ranks' parts, loaded on demand) is not read."""

@@ -1,18 +1,24 @@
-"""Mixed precision: the DeepSpeed settings for ``train.precision`` and the one cast a batch needs on its way in.
+"""Mixed precision, in one place: the DeepSpeed settings for ``train.precision``, the cast a batch needs on its
+way in, and the autocast context of the forward passes that are not training steps.
 
-The choice: DeepSpeed's own ``bf16`` / ``fp16`` modes, with each batch cast to the model's dtype at the door
-(:func:`model_input`), rather than ``torch.autocast``:
+**Training steps** use DeepSpeed's own ``bf16`` / ``fp16`` modes, with each batch cast to the model's dtype at
+the door (:func:`model_input`), and no ``torch.autocast``:
 
 * the engine keeps the model's parameters in bf16/fp16 and fp32 master weights inside its optimizer (ZeRO 0, 1
   and 2 alike); gradients are all-reduced in bf16/fp16, half the bytes of fp32. Buffers (BatchNorm running
   statistics) are cast to the same dtype (``data_types.buffer_dtype``), since BatchNorm needs its weights and
   statistics in one dtype; :func:`alr_fast.train.distributed.sync_buffers` averages them across ranks in fp32;
-* fp16 gets DeepSpeed's dynamic loss scaling (:func:`ds_precision_config`), tested with ZeRO; autocast would
-  need a separate ``GradScaler`` wired into every ZeRO stage;
+* fp16 gets DeepSpeed's dynamic loss scaling (:func:`ds_precision_config`), tested with ZeRO; autocast in the
+  training step would need a separate ``GradScaler`` wired into every ZeRO stage;
 * DeepSpeed casts parameters but never inputs, so a float32 batch meets bf16 weights and the first convolution
   fails ("Input type (float) and bias type (c10::BFloat16) should be the same"). :func:`model_input` casts
   floating-point batches to the dtype of the model's parameters, whatever the precision, so evaluation,
   ``predict_probs`` and training all take the same path.
+
+**Evaluation and prediction** (:meth:`alr_fast.train.evaluation.EvalPlan.evaluate`, the exports'
+``predict_probs``) run their forward pass inside :func:`autocast` at the run's precision: with bf16/fp16 the
+ops that autocast keeps in fp32 (softmax, norms, reductions) run in fp32 there; with fp32 it is a no-op. It is
+the project's only ``torch.autocast``.
 
 The loss and the bank stay in fp32 math: ``alr_loss`` accepts bf16/fp16 logits and computes the softmax, the
 EMA update and the loss in fp32 (the kernel contract in :mod:`alr_fast.loss.reference`); the bank's dtype is
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PRECISION_DTYPES", "ds_precision_config", "model_dtype", "model_input"]
+__all__ = ["PRECISION_DTYPES", "ds_precision_config", "model_dtype", "model_input", "autocast"]
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,3 +66,13 @@ def model_input(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     if not x.is_floating_point():
         return x
     return x.to(model_dtype(model))
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a non-training forward pass at a resolved precision ('fp32', 'bf16', 'fp16'):
+    disabled for fp32, ``torch.autocast`` at that dtype otherwise (one dtype table: :data:`PRECISION_DTYPES`)."""
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"train.precision: expected one of {sorted(PRECISION_DTYPES)} once resolved, "
+                         f"got {precision!r}")
+    dtype = PRECISION_DTYPES[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=precision != "fp32")

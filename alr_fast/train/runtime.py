@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import torch
 
-__all__ = ["Runtime", "resolve_runtime", "init_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "shutdown_distributed", "apply_collective_timeout", "StopSignals", "Preempted",
+__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
            "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
 
 EXIT_PREEMPTED = 75
@@ -83,6 +83,34 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+NUMERICS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "CUBLAS_WORKSPACE_CONFIG")
+
+
+def numerics() -> dict:
+    """What decides a run's floating-point results besides the code, the config and the seeds: torch's version,
+    its intra-op thread count (it sets how CPU reductions are split), the vector instruction set torch's CPU
+    kernels were dispatched to (``cpu_capability``: AVX2 and AVX-512 kernels sum in different orders), the CPU
+    model, and the environment variables that override any of these. Two runs that agree on all of it give the
+    same bits; a different host CPU can give different bits (a deterministic run, another result)."""
+    import platform
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu or platform.processor() or None,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "env": {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ},
+    }
 
 
 def _free_port() -> int:
@@ -160,6 +188,17 @@ def init_distributed(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE
                                        init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                                        timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
+
+
+def is_collective_failure(e: RuntimeError) -> bool:
+    """gloo/NCCL errors after a peer died or a collective timed out (they surface as RuntimeError subclasses)."""
+    import torch.distributed as dist
+
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return any(m in text for m in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
+                                   "timed out", "Broken pipe"))
 
 
 def apply_collective_timeout(device: torch.device, timeout_s: float) -> int:

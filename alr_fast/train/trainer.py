@@ -19,10 +19,7 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +34,14 @@ from alr_fast.data.train_data import TrainData, build_train_data
 from alr_fast.train.distributed import all_gather_rows, all_reduce_min, all_reduce_sum, barrier, sync_buffers
 from alr_fast.train.evaluation import EvalPlan
 from alr_fast.train.exports import predict_probs, write_exports
-from alr_fast.train.loop_state import LoopState
+from alr_fast.train.loop_state import EpochAccumulators, LoopState
 from alr_fast.train.metrics import label_quality, memorisation_split, refinement_note
 from alr_fast.train.models import build_model
-from alr_fast.train.precision import ds_precision_config, model_input
+from alr_fast.train import faults
+from alr_fast.train.plots import plot_curves
+from alr_fast.train.precision import autocast, ds_precision_config, model_input
 from alr_fast.train.runtime import (PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout,
-                                    quiet_deepspeed_import, resolve_runtime)
+                                    is_collective_failure, quiet_deepspeed_import, resolve_runtime)
 from alr_fast.loss.schedule import prediction_counts
 
 __all__ = ["train", "predict_probs"]
@@ -83,11 +82,6 @@ def _lr_at(cfg: Config, epoch: int, step_in_epoch: int, steps_per_epoch: int) ->
     return o.lr
 
 
-def _autocast(rt: Runtime):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
-    return torch.autocast(rt.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def _gather_global(local_values: torch.Tensor, bank: SoftLabelBank, fill) -> torch.Tensor:
     """Assemble an [N, ...] tensor from every rank's rows (addressed by the bank's global_index)."""
     parts = all_gather_rows(local_values)
@@ -99,81 +93,7 @@ def _gather_global(local_values: torch.Tensor, bank: SoftLabelBank, fill) -> tor
     return full
 
 
-def _plot_curves(rows: list[dict], path: Path, title: str, warmup: int | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    axes[0].plot(ep, [r["test_acc"] for r in rows], label="test acc")
-    if "refined_label_acc" in rows[0]:
-        axes[0].plot(ep, [r["refined_label_acc"] for r in rows], label="refined-label acc")
-        axes[0].plot(ep, [r["mislabel_f1"] for r in rows], label="mislabel F1")
-        for key, lab in (("memo_true", "true"), ("memo_given", "given (memorised)"), ("memo_other", "other")):
-            axes[1].plot(ep, [r[key] for r in rows], label=lab)
-        axes[1].set_title("predictions on mislabelled samples")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        if warmup:
-            ax.axvline(warmup - 0.5, color="grey", ls="--", lw=0.8)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    if "refined_label_acc" not in rows[0]:
-        axes[1].set_title("clean labels unknown: no memorisation split")
-    axes[0].set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
 _NO_BAD_STEP = 2**62
-
-
-def _is_collective_failure(e: RuntimeError) -> bool:
-    """gloo/NCCL errors after a peer died or a collective timed out (they surface as RuntimeError subclasses)."""
-    if isinstance(e, getattr(torch.distributed, "DistError", ())):
-        return True
-    text = str(e)
-    return any(m in text for m in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
-                                   "timed out", "Broken pipe"))
-
-
-@dataclass
-class _Faults:
-    """Fault injection for the reliability tests, read once from the environment (never set in real runs).
-
-    ``ALR_FAST_FAULT_AT_STEP=N`` acts right after global step N on every rank, or only on rank
-    ``ALR_FAST_FAULT_RANK``; ``ALR_FAST_FAULT_SIGNAL`` says how: KILL (default: SIGKILL after that step's
-    checkpoint, if any), STOP (SIGSTOP there: a hung rank), TERM or INT (the signal, before the stop check), TERM2 (SIGTERM twice).
-    ``ALR_FAST_NAN_AT_STEP=k`` feeds NaN images to global step k (counting from 1), so its loss is NaN.
-    """
-
-    at_step: int = -1
-    how: str = "KILL"
-    nan_at_step: int = -1
-
-    @classmethod
-    def from_env(cls, rank: int) -> "_Faults":
-        env = os.environ
-        mine = env.get("ALR_FAST_FAULT_RANK", str(rank)) == str(rank)
-        return cls(at_step=int(env.get("ALR_FAST_FAULT_AT_STEP", "-1")) if mine else -1,
-                   how=env.get("ALR_FAST_FAULT_SIGNAL", "KILL").upper(),
-                   nan_at_step=int(env.get("ALR_FAST_NAN_AT_STEP", "-1")))
-
-    def after_step(self, step: int, phase: str) -> None:
-        if step != self.at_step or (phase == "kill") != (self.how in ("KILL", "STOP")):
-            return
-        if self.how in ("KILL", "STOP"):  # STOP: a rank that hangs (its peers hit the collective timeout)
-            os.kill(os.getpid(), signal.SIGKILL if self.how == "KILL" else signal.SIGSTOP)
-            return
-        signum = signal.SIGINT if self.how == "INT" else signal.SIGTERM
-        for _ in range(2 if self.how == "TERM2" else 1):
-            os.kill(os.getpid(), signum)
 
 
 class _Loop:
@@ -242,12 +162,16 @@ class _Loop:
                                    device=rt.device, backend=rt.backend, assume_unique=True,
                                    check_index=self.check_index, shard_blocks=data.sharding_blocks)
         self.bank, self.sched = self.alr.bank, self.alr.schedule
-        self.faults = _Faults.from_env(rt.rank)
+        self.faults = faults.from_env(rt.rank)  # None unless a reliability test asks (alr_fast/train/faults.py)
         self.signals = StopSignals()
         self.stopping = False
         # Smallest global step whose loss was non-finite (_NO_BAD_STEP: none); read every nan_check_every steps.
         self.bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=rt.device)
-        self.state = LoopState.fresh(self.bank.num_samples, rt.device)
+        self.state = LoopState()
+        self.acc = EpochAccumulators(self.bank.num_samples, rt.device)
+        # Everything a checkpoint holds besides the engine: each component saves and restores itself.
+        self.shared_states = {"loop": self.state, "schedule": self.sched, "selection": self.plan}
+        self.rank_states = {"bank": self.bank, "epoch": self.acc}
         if cfg.train.resume:
             self.resume()
         self._open_sinks()
@@ -265,23 +189,20 @@ class _Loop:
 
     def resume(self) -> None:
         cfg, rt = self.cfg, self.rt
-        found = load_latest(self.out, self.engine, self.bank, self.state, rank=rt.rank, world_size=rt.world_size,
-                            strict=cfg.train.resume_strict)
+        found = load_latest(self.out, self.engine, shared=self.shared_states, per_rank=self.rank_states,
+                            sharding=self.bank.sharding, device=rt.device, strict=cfg.train.resume_strict)
         if found is None:
             if rt.is_main:
                 print(f"[alr_fast] --resume: no complete checkpoint in {self.out}/checkpoints, starting fresh",
                       flush=True)
             return
         latest, saved = found
-        if saved["world_size"] != rt.world_size:  # count steps in this world size's steps per epoch from here on
-            self.state.step = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
-        if self.state.selection:
-            self.plan.load_state_dict(self.state.selection)
+        if saved["world_size"] != rt.world_size:
+            self.state.restart_epoch(self.steps_per_epoch)
         diffs = resume_differences(saved["config"], cfg)
         if diffs:
             raise ValueError(f"{latest}/trainer.json: the checkpoint was written with a different config "
                              f"(only train.* fields may change on resume): {'; '.join(diffs)}")
-        self.sched.load_state_dict(self.state.schedule)
         if rt.is_main:
             s = self.state
             print(f"[alr_fast] resumed from {latest} (epoch {s.epoch}, step {s.step_in_epoch} of the epoch, "
@@ -301,9 +222,9 @@ class _Loop:
                 f"non-finite weights or soft labels after global step {s.step} (epoch {s.epoch}); stopping without "
                 f"a checkpoint: the newest complete checkpoint, {newest[0] if newest else 'none'}, was written "
                 "before them. Lower optim.lr or check the input data")
-        self.state.schedule = self.sched.state_dict()
-        save_checkpoint(self.out, self.engine, self.bank, self.state, config=config_to_dict(self.cfg),
-                        rank=self.rt.rank, world_size=self.rt.world_size, keep=self.cfg.train.keep_checkpoints)
+        save_checkpoint(self.out, self.engine, shared=self.shared_states, per_rank=self.rank_states,
+                        step=self.state.step, config=config_to_dict(self.cfg), sharding=self.bank.sharding,
+                        device=self.rt.device, keep=self.cfg.train.keep_checkpoints)
 
     def _open_sinks(self) -> None:
         cfg = self.cfg
@@ -329,10 +250,11 @@ class _Loop:
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (from ``state.step_in_epoch`` when resumed mid-way); returns its timings and last LR."""
-        cfg, engine, bank, s = self.cfg, self.engine, self.bank, self.state
+        cfg, engine, bank, s, acc = self.cfg, self.engine, self.bank, self.state, self.acc
         n_local = bank.num_samples
         s.epoch = epoch
-        s.start_epoch()
+        if s.step_in_epoch == 0:  # not an epoch resumed mid-way
+            acc.reset()
         data_time = step_time = 0.0
         lr = float("nan")
         t0 = t_data = time.perf_counter()
@@ -344,8 +266,8 @@ class _Loop:
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
             local = bank.local_index(idx)
-            if s.step + 1 == self.faults.nan_at_step:
-                x = x * float("nan")  # fault injection for the non-finite-loss test
+            if self.faults is not None:
+                x = self.faults.batch(s.step + 1, x)
             logits = engine(model_input(x, engine.module))
             # Global indices; refuses one this rank does not own. Warm-up end and lam/alpha ramp: no sync.
             loss = self.alr(logits, idx, step=s.step, epoch=epoch, track=False)
@@ -355,9 +277,9 @@ class _Loop:
             s.step_in_epoch = i + 1
             with torch.no_grad():
                 n_valid = (idx >= 0).sum()
-                s.loss_sum += loss.detach().double() * n_valid
-                s.seen += n_valid
-                s.train_pred[torch.where(local >= 0, local, n_local)] = logits.detach().argmax(dim=1)
+                acc.loss_sum += loss.detach().double() * n_valid
+                acc.seen += n_valid
+                acc.train_pred[torch.where(local >= 0, local, n_local)] = logits.detach().argmax(dim=1)
                 # No host sync: remember the first non-finite step on the device; agree_to_stop reads it.
                 self.bad_step = torch.minimum(self.bad_step,
                                               torch.where(torch.isfinite(loss.detach()), _NO_BAD_STEP, s.step))
@@ -365,13 +287,15 @@ class _Loop:
             step_time += t_data - t_step
             if self.progress is not None:
                 self.progress.update(1)
-            self.faults.after_step(s.step, "signal")
+            if self.faults is not None:
+                self.faults.after_step(s.step, "signal")
             last = i + 1 == self.steps_per_epoch
             save_due = bool(cfg.train.save_every) and s.step % cfg.train.save_every == 0 and not last
             self.stopping = self.agree_to_stop(force=save_due or last)
             if (save_due or self.stopping) and not last:
                 self.save()
-            self.faults.after_step(s.step, "kill")
+            if self.faults is not None:
+                self.faults.after_step(s.step, "kill")
             if self.stopping and not last:
                 raise self.preempted()
         return {"lr": lr, "epoch_time": time.perf_counter() - t0, "data_time": data_time, "step_time": step_time}
@@ -380,7 +304,7 @@ class _Loop:
         """Once per epoch: host syncs, collectives, CPU-side metrics, logging, exports, checkpoint."""
         sync_buffers(self.engine.module)  # BatchNorm statistics: one set on every rank before eval and checkpoint
         cfg, s, bank = self.cfg, self.state, self.bank
-        totals = all_reduce_sum(torch.stack([s.loss_sum, s.seen.double()]))
+        totals = all_reduce_sum(torch.stack([self.acc.loss_sum, self.acc.seen.double()]))
         self.alr.check_indices()  # names a masked index (>= N or another rank's) of the fused kernel
         n_seen = int(totals[1].item())
         train_loss = totals[0].item() / max(n_seen, 1)
@@ -390,11 +314,10 @@ class _Loop:
                 "the loss treats them) - lower optim.lr or check the input data"
             )
         evals = self.plan.evaluate(self.engine.module, self.rt.device, max(cfg.train.batch_size, 256),
-                                   lambda: _autocast(self.rt))
+                                   lambda: autocast(self.rt.precision, self.rt.device))
         if self.plan.observe(epoch, evals) and self.rt.is_main:
             with atomic_path(self.out / "model_best.pt") as tmp:  # selected on validation
                 torch_save(self.engine.module.state_dict(), tmp)
-        s.selection = self.plan.state_dict()
         row = {
             "epoch": epoch,
             "phase": "refine" if self.sched.refine_at(epoch) else "warmup",
@@ -407,13 +330,14 @@ class _Loop:
             "step_time_s": timing["step_time"],
         }
         # Automatic end of warm-up and collapse guard: K + 2 numbers reduced once per epoch.
-        counts = all_reduce_sum(prediction_counts(s.train_pred[: bank.num_samples], bank.given, bank.num_classes))
+        counts = all_reduce_sum(prediction_counts(self.acc.train_pred[: bank.num_samples], bank.given,
+                                                  bank.num_classes))
         row.update(self.alr.end_epoch(row, epoch=epoch, counts=counts))
         for msg in self.sched.messages if self.rt.is_main else ():
             print(f"[alr_fast] {msg}", flush=True)
         if self.clean is not None:
             refined = _gather_global(bank.refined_labels(), bank, -1).cpu()
-            preds = _gather_global(s.train_pred[: bank.num_samples], bank, -1).cpu()
+            preds = _gather_global(self.acc.train_pred[: bank.num_samples], bank, -1).cpu()
             row.update(label_quality(self.given, refined, self.clean))
             row.update(memorisation_split(preds, self.given, self.clean))
         s.rows.append(row)
@@ -461,7 +385,7 @@ class _Loop:
             try:
                 yield
             except RuntimeError as e:
-                if self.rt.world_size == 1 or not _is_collective_failure(e):
+                if self.rt.world_size == 1 or not is_collective_failure(e):
                     raise
                 s = self.state
                 raise PeerLost(
@@ -533,7 +457,7 @@ class _Loop:
                 torch_save(engine.module.state_dict(), tmp)
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
             warm = self.sched.switch_epoch if cfg.method.name != "ce" else None
-            _plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
+            plot_curves(rows, self.out / "curves.png", f"{cfg.method.name} on {cfg.data.dataset}", warm)
         barrier()
         return summary
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .reduction import grad_scale_of, last_program_reduces
+from .reduction import last_program_reduces, mean_grad_scale
 from .rows import (
     finish_rows,
     load_rows,
@@ -129,7 +129,7 @@ def _alr_rows(
 @triton.jit
 def _alr_fwd_kernel(
     logits_ptr, stride_lb, bank_ptr, stride_nb, key_ptr, order_ptr, grad_ptr, stride_gb, loss_ptr,
-    partial_ptr, counter_ptr, err_ptr, B, N, K_DIV, alpha, one_minus_alpha, lam,
+    partial_ptr, counter_ptr, nvalid_ptr, err_ptr, B, N, K_DIV, alpha, one_minus_alpha, lam,
     REFINE: tl.constexpr, HAS_ENTROPY: tl.constexpr, DEDUP: tl.constexpr, REDUCTION: tl.constexpr,
     ONE_SWEEP: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ALIGN: tl.constexpr,
     RED_BLOCK: tl.constexpr,
@@ -138,8 +138,8 @@ def _alr_fwd_kernel(
 
     REDUCTION: 0 "none" (per-row losses into ``loss_ptr[B]``), 1 "sum", 2 "mean" (the scalar loss into
     ``loss_ptr[0]`` by the last program, see :func:`~.reduction.last_program_reduces`). For "mean" every
-    program first counts the valid rows of the whole index (``B`` int64 reads, from L2 after the first
-    program) so that it can store the gradient already divided by ``n_valid``. An index ``>= N`` is recorded
+    program loads the batch's valid-row count (``nvalid_ptr``: one scalar, counted once per call by the caller
+    or a pre-pass) so that it can store the gradient already divided by ``n_valid``. An index ``>= N`` is recorded
     in ``err_ptr`` (``atomic_max`` of ``index + 1``; the host reads it where it synchronises anyway).
 
     DEDUP (duplicate indices chained in batch order): a lane that heads a group of equal sorted keys
@@ -152,7 +152,7 @@ def _alr_fwd_kernel(
     loss_acc = tl.zeros([ROWS], tl.float32)
     n_valid = tl.zeros([ROWS], tl.float32)
     worst = tl.full([ROWS], -1, tl.int64)  # largest out-of-range index seen (-1: none)
-    gscale = grad_scale_of(key_ptr, B, REDUCTION == 2, RED_BLOCK)
+    gscale = mean_grad_scale(nvalid_ptr, REDUCTION == 2)
     if DEDUP:
         prev = tl.load(key_ptr + pos - 1, mask=in_batch & (pos > 0), other=-1)
         # A lane works if it heads a group of equal valid indices, or holds a padded row (zeroes its outputs).

@@ -11,7 +11,7 @@ from torch import nn
 
 from alr_fast.loss.contract import ALRParams, validate_fused_inputs, validate_inputs
 
-from .launch import alr_forward, check_device, device_guard, launch_grad_scale
+from .launch import alr_forward, check_device, check_n_valid, device_guard, launch_grad_scale
 
 
 class _EagerFusedALR(torch.autograd.Function):
@@ -20,8 +20,9 @@ class _EagerFusedALR(torch.autograd.Function):
     device) and otherwise scales the gradient buffer in place."""
 
     @staticmethod
-    def forward(ctx, logits, bank, index, params, block_k, rows):
-        loss, grad = alr_forward(logits, bank, index, params, block_k=block_k, rows_per_program=rows, validated=True)
+    def forward(ctx, logits, bank, index, params, block_k, rows, n_valid=None):
+        loss, grad = alr_forward(logits, bank, index, params, block_k=block_k, rows_per_program=rows, n_valid=n_valid,
+                                 validated=True)
         ctx.save_for_backward(grad)
         ctx.prev_grad_output = None
         return loss
@@ -35,7 +36,7 @@ class _EagerFusedALR(torch.autograd.Function):
         with device_guard(grad.device):
             launch_grad_scale(grad, grad_output, ctx.prev_grad_output)
         ctx.prev_grad_output = grad_output
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 # Used only under torch.compile (torch.compiler.is_compiling()): an opaque op with a fake implementation, the
@@ -97,6 +98,7 @@ def fused_alr_loss(
     *,
     block_k: int = 0,
     rows_per_program: int = 0,
+    n_valid: torch.Tensor | None = None,
     validated: bool = False,
 ) -> torch.Tensor:
     """Fused ALR loss (differentiable w.r.t. ``logits``); updates ``bank`` in place when ``params.refine``.
@@ -108,9 +110,12 @@ def fused_alr_loss(
 
     Args:
         params: the hyper-parameters (validated when built). With ``params.assume_unique`` the device sort
-            that serialises duplicate indices is skipped: the forward is then a single kernel launch for every
-            reduction, and with duplicate indices the results are undefined.
+            that serialises duplicate indices is skipped: the forward is then a single kernel launch ("mean":
+            given ``n_valid``; else with a tiny counting pre-pass), and with duplicate indices the results are
+            undefined.
         block_k, rows_per_program: override the block along K / rows per program (powers of two; 0 = auto).
+        n_valid: for ``"mean"``, ``(index >= 0).sum()`` as a device tensor if the caller has it (see
+            :func:`~.launch.alr_forward`): saves the counting pre-pass. Ignored under torch.compile.
         validated: the caller has already run :func:`alr_fast.loss.contract.validate_inputs` and
             :func:`~alr_fast.loss.contract.validate_fused_inputs` (``alr_loss`` and :class:`ALRLoss` do, so the
             inputs are checked once per call).
@@ -119,13 +124,15 @@ def fused_alr_loss(
         validate_inputs(logits, bank, index, where="fused_alr_loss")
         validate_fused_inputs(logits, bank, "fused_alr_loss")
     check_device(logits, "fused_alr_loss")
+    if n_valid is not None:
+        check_n_valid(n_valid, logits.device, "fused_alr_loss")
     if torch.compiler.is_compiling():
         return FusedALRFunction.apply(
             logits, bank, index, params.alpha, params.lam, params.refine, params.reduction, params.assume_unique,
             int(block_k), int(rows_per_program),
         )  # fmt: skip
     with device_guard(logits.device):
-        return _EagerFusedALR.apply(logits, bank, index, params, block_k, rows_per_program)
+        return _EagerFusedALR.apply(logits, bank, index, params, block_k, rows_per_program, n_valid)
 
 
 class ALRLoss(nn.Module):

@@ -16,7 +16,7 @@ from alr_fast.loss.contract import ALRParams, describe, validate_fused_inputs, v
 
 from . import heuristics as H
 from .alr_kernels import _alr_fwd_kernel, _alr_grad_scale_kernel
-from .reduction import TICKETS, counter_reset_on_failure
+from .reduction import TICKETS, count_valid_kernel, counter_reset_on_failure
 from .rows import INTERPRETED
 from .split_k import launch_split
 
@@ -122,23 +122,31 @@ def alr_forward(
     rows_per_program: int = 0,
     num_warps: int = 0,
     split_k: int = 0,
+    n_valid: torch.Tensor | None = None,
     validated: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Host function of the forward kernel (no autograd): returns ``(loss, grad)``; updates ``bank``.
 
     ``grad`` is the gradient of the returned loss for ``grad_output = 1`` (for ``"mean"`` already divided by
     the number of valid rows), in the logits dtype. Pass ``grad`` (``[B, K]``, logits dtype, unit column
-    stride; may be ``logits`` itself) and ``loss_rows`` (``[B]`` fp32, ``"none"`` only) to choose the output buffers. No host
-    synchronisation; one kernel launch for every reduction (plus the index sort when ``params.refine`` and not
-    ``params.assume_unique``). ``validated``: the caller has checked the inputs and the output buffers already
-    (the autograd paths and the custom op: the checks run once per call).
+    stride; may be ``logits`` itself) and ``loss_rows`` (``[B]`` fp32, ``"none"`` only) to choose the output
+    buffers. No host synchronisation; one kernel launch (plus the index sort when ``params.refine`` and not
+    ``params.assume_unique``, and the counting pre-pass for ``"mean"`` without ``n_valid``). ``validated``:
+    the caller has checked the inputs and the output buffers already (the autograd paths and the custom op:
+    the checks run once per call).
     ``split_k``: 0 picks the split-K path (two launches, one program per row chunk) where rows alone would
     leave the GPU under-filled and K needs more than one sweep (:func:`~.heuristics.split_chunk`); a power of
     two forces chunks of that many columns, -1 turns it off. Never used when duplicates must be chained
     (refinement without ``assume_unique``).
+    ``n_valid``: for ``"mean"``, the number of rows with ``index >= 0`` as a one-element device tensor (any
+    number dtype), e.g. ``(index >= 0).sum()`` that the caller computes anyway; the kernel loads it once per
+    program. Without it a one-program pre-pass counts them (one more, tiny, launch). Not checked against the
+    index (that would need a sync): a wrong count scales the gradient (not the loss) wrongly.
     """
     if not validated:
         _check_forward_call(logits, bank, index, params, grad, loss_rows)
+    if n_valid is not None:
+        check_n_valid(n_valid, logits.device, "alr_forward")
     with device_guard(logits.device):  # Triton launches on the current CUDA device
         B, K = logits.shape
         device = logits.device
@@ -164,8 +172,15 @@ def alr_forward(
             key = order = index  # order is unused without DEDUP
         align = H.row_align(K, logits.stride(0), grad.stride(0), bank.stride(0))
         chunk = 0 if dedup else H.split_chunk(B, K, device, split_k)
+        if red == 2 and n_valid is None:
+            # "mean" folds 1/n_valid into the gradient: count the valid rows once (one program reads the index)
+            # rather than in every program of the main launch.
+            n_valid = torch.empty((1,), dtype=torch.float32, device=device)
+            count_valid_kernel[(1,)](index, n_valid, B, BLOCK=1024, num_warps=4)
+        elif red != 2:
+            n_valid = loss  # unused by the kernels
         if chunk:
-            launch_split(logits, bank, index, grad, loss, params, red, chunk, align, bad_index_flag(device))
+            launch_split(logits, bank, index, grad, loss, params, red, chunk, align, n_valid, bad_index_flag(device))
             return loss, grad
         n_prog = H.cdiv(B, cfg.rows)
         if red:
@@ -182,7 +197,7 @@ def alr_forward(
                 bank, bank.stride(0),
                 key, order,
                 grad, grad.stride(0),
-                loss, partials, counter, bad_index_flag(device),
+                loss, partials, counter, n_valid, bad_index_flag(device),
                 B, bank.shape[0], K // align, params.alpha, 1.0 - params.alpha, params.lam,
                 REFINE=params.refine, HAS_ENTROPY=params.has_entropy, DEDUP=dedup, REDUCTION=red,
                 ONE_SWEEP=cfg.one_sweep, ROWS=cfg.rows, BLOCK_K=cfg.block_k,
@@ -207,6 +222,13 @@ def _check_forward_call(logits, bank, index, params: ALRParams, grad, loss_rows)
         or not loss_rows.is_contiguous()
     ):
         raise ValueError(f"alr_forward: loss_rows must be a contiguous [{B}] float32 tensor (reduction='none')")
+
+
+def check_n_valid(n_valid: torch.Tensor, device: torch.device, where: str) -> None:
+    if not isinstance(n_valid, torch.Tensor) or n_valid.numel() != 1 or n_valid.device != device \
+            or n_valid.dtype == torch.bool or n_valid.is_complex():
+        raise ValueError(f"{where}: n_valid must be a one-element real tensor on {device} (the number of rows with "
+                         f"index >= 0), got {describe(n_valid) if isinstance(n_valid, torch.Tensor) else n_valid!r}")
 
 
 def check_device(logits: torch.Tensor, where: str) -> None:

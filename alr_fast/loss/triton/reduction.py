@@ -25,18 +25,26 @@ TICKET_STRIDE = 32  # int32 between counters: one 128-byte line each, every slot
 
 
 @triton.jit
-def grad_scale_of(key_ptr, B, MEAN: tl.constexpr, RED_BLOCK: tl.constexpr):
-    """The factor folded into the stored gradient: ``1 / n_valid`` of the whole batch for "mean" (``B`` int64
-    reads, from L2 after the first program), else 1; so dL/dz is final in the forward."""
+def mean_grad_scale(count_ptr, MEAN: tl.constexpr):
+    """The factor folded into the stored gradient: ``1 / max(n_valid, 1)`` for "mean", from the batch's
+    valid-row count at ``count_ptr`` (one scalar load, issued with the row loads), else 1; so dL/dz is final
+    in the forward. The count comes from the caller or from :func:`count_valid_kernel`, once per call."""
     scale = 1.0
     if MEAN:
-        offs = tl.arange(0, RED_BLOCK)
-        cnt = tl.zeros([RED_BLOCK], tl.int32)
-        for b0 in range(0, B, RED_BLOCK):
-            o = b0 + offs
-            cnt += (tl.load(key_ptr + o, mask=o < B, other=-1) >= 0).to(tl.int32)
-        scale = 1.0 / tl.maximum(tl.sum(cnt, axis=0), 1).to(tl.float32)
+        scale = 1.0 / tl.maximum(tl.load(count_ptr).to(tl.float32), 1.0)
     return scale
+
+
+@triton.jit
+def count_valid_kernel(index_ptr, count_ptr, B, BLOCK: tl.constexpr):
+    """One program: ``count_ptr[0] = #{i : index[i] >= 0}`` (fp32, exact below 2**24 rows). The "mean"
+    pre-pass when the caller gives no count: ``8 B`` bytes read once, instead of by every program."""
+    offs = tl.arange(0, BLOCK)
+    cnt = tl.zeros([BLOCK], tl.int32)
+    for b0 in range(0, B, BLOCK):
+        o = b0 + offs
+        cnt += (tl.load(index_ptr + o, mask=o < B, other=-1) >= 0).to(tl.int32)
+    tl.store(count_ptr, tl.sum(cnt, axis=0).to(tl.float32))
 
 
 @triton.jit

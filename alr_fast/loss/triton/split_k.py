@@ -20,7 +20,7 @@ import triton.language as tl
 from alr_fast.loss.contract import ALRParams
 
 from . import heuristics as H
-from .reduction import TICKETS, counter_reset_on_failure, grad_scale_of, sum_partials
+from .reduction import TICKETS, counter_reset_on_failure, mean_grad_scale, sum_partials
 from .rows import load_rows, row_offsets, row_status, store_grad_rows, store_rows
 
 SPLIT_STATS = tl.constexpr(5)  # statistics per (row, chunk)
@@ -65,7 +65,7 @@ def _alr_split_stats_kernel(
 @triton.jit
 def _alr_split_apply_kernel(
     logits_ptr, stride_lb, bank_ptr, stride_nb, index_ptr, stats_ptr, grad_ptr, stride_gb, loss_ptr,
-    partial_ptr, counter_ptr, err_ptr, B, N, K_DIV, C, alpha, one_minus_alpha, lam,
+    partial_ptr, counter_ptr, nvalid_ptr, err_ptr, B, N, K_DIV, C, alpha, one_minus_alpha, lam,
     REFINE: tl.constexpr, HAS_ENTROPY: tl.constexpr, REDUCTION: tl.constexpr, CHUNK: tl.constexpr,
     C_BLOCK: tl.constexpr, ROW_ALIGN: tl.constexpr, RED_BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -74,7 +74,7 @@ def _alr_split_apply_kernel(
     row = tl.zeros([1], tl.int64) + pid // C
     chunk = pid % C
     K = K_DIV * ROW_ALIGN
-    gscale = grad_scale_of(index_ptr, B, REDUCTION == 2, RED_BLOCK)
+    gscale = mean_grad_scale(nvalid_ptr, REDUCTION == 2)
     act = row < B
     idx = tl.load(index_ptr + row)
     valid, oob, inb = row_status(act, idx, N)
@@ -165,7 +165,7 @@ def _split_finish(
 
 
 def launch_split(logits, bank, index, grad, loss, params: ALRParams, red: int, chunk: int, align: int,
-                 err_flag: torch.Tensor) -> None:
+                 nvalid: torch.Tensor, err_flag: torch.Tensor) -> None:
     """The split-K path's two launches; no host synchronisation."""
     B, K = logits.shape
     device = logits.device
@@ -182,7 +182,7 @@ def launch_split(logits, bank, index, grad, loss, params: ALRParams, red: int, c
     with counter_reset_on_failure(counter):
         _alr_split_apply_kernel[(n_prog,)](
             logits, logits.stride(0), bank, bank.stride(0), index, stats, grad, grad.stride(0), loss,
-            partials, counter, err_flag, B, bank.shape[0], K // align, C, params.alpha, 1.0 - params.alpha,
+            partials, counter, nvalid, err_flag, B, bank.shape[0], K // align, C, params.alpha, 1.0 - params.alpha,
             params.lam,
             REFINE=params.refine, HAS_ENTROPY=params.has_entropy, REDUCTION=red, CHUNK=chunk,
             C_BLOCK=H.next_pow2(C), ROW_ALIGN=align, RED_BLOCK=H.red_block(num_warps), num_warps=num_warps,
