@@ -245,3 +245,29 @@ def test_exif_orientation_is_ignored_by_both_backends(tmp_path):
     xd = collect(build_loader(t, train=False, batch_size=20, backend="dali", workers=1))[0]
     xt = collect(build_loader(t, train=False, batch_size=20, backend="torch", workers=0))[0]
     assert (_levels(xd, t.std) - _levels(xt, t.std)).abs().max().item() < 1e-3
+
+
+def test_a_process_with_live_loader_workers_exits(tmp_path):
+    """Workers ignore SIGTERM (a group signal must not kill them mid-step), so multiprocessing's exit hook, which
+    terminates daemonic children with SIGTERM and then joins them, would wait for ever on a loader's persistent
+    workers (a finished run hung at exit). The loader stops its own workers first: the process must exit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from test_data_fixtures import fixture_root as _root
+
+    script = textwrap.dedent(f"""
+        from alr_fast.data.loaders.torch_loader import TorchLoader
+        from alr_fast.data.loaders.transforms import recipe_transform
+        from alr_fast.data.readers import read_split
+        t = read_split("cifar10", {str(_root("cifar10"))!r}, "train")
+        loader = TorchLoader(t, recipe_transform("cifar10", train=False), batch_size=4, shuffle=False,
+                             num_workers=2)
+        batches = loader.epoch(0)
+        next(batches)          # workers alive, an epoch left unfinished, the iterator still referenced
+        print("ok", flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

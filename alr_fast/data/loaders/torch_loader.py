@@ -12,7 +12,10 @@ with the same images an uninterrupted epoch would have given.
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import weakref
 
 import torch
 
@@ -117,8 +120,10 @@ def _worker_init(_worker_id: int) -> None:
     # A scheduler's SIGTERM and a terminal's Ctrl-C go to the whole process group, workers included. The main
     # process decides when to stop (after a checkpoint); a worker killed by the signal would make the DataLoader
     # raise ("worker ... is killed by signal") before it could, and a worker keeping the handler it inherited by
-    # fork would print the stop message again. Workers still end with the main process (the DataLoader's
-    # shutdown, or its watchdog when the parent is gone).
+    # fork would print the stop message again. Since a worker ignores SIGTERM, multiprocessing's exit hook (which
+    # terminates daemonic children with SIGTERM and then joins them) could wait for ever: TorchLoader shuts its
+    # workers down itself before that hook runs (_close_workers), and the DataLoader's watchdog ends a worker
+    # whose parent is gone.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -143,6 +148,13 @@ class TorchLoader(IndexedLoader):
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
             pin_memory=self.device.type == "cuda",
         )
+        if self.num_workers > 0:
+            # atexit runs last-registered first, so this runs before multiprocessing's own exit hook.
+            atexit.register(_close_workers, weakref.ref(self.dataloader))
+
+    def close(self) -> None:
+        """Stop this loader's worker processes (idempotent; the next epoch starts new ones)."""
+        _close_workers(weakref.ref(self.dataloader))
 
     def epoch(self, epoch: int, start_step: int = 0):
         """Yield ``(images [b, C, H, W] of self.dtype on self.device, index int64 [b])`` for this rank, from
@@ -153,3 +165,26 @@ class TorchLoader(IndexedLoader):
         for x, idx in self.dataloader:
             x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
             yield x, idx.to(device=self.device, dtype=torch.long, non_blocking=True)
+
+
+def _close_workers(ref) -> None:
+    """Shut down a DataLoader's persistent workers: the DataLoader's own clean shutdown (it sends each worker its
+    stop message and joins it), then SIGKILL for any worker still alive, since workers ignore SIGTERM."""
+    loader = ref()
+    it = getattr(loader, "_iterator", None) if loader is not None else None
+    if it is None:
+        return
+    workers = list(getattr(it, "_workers", []))
+    try:
+        it._shutdown_workers()
+    except Exception:  # noqa: BLE001 -- best effort at shutdown; the kill below still runs
+        pass
+    for w in workers:
+        if w.is_alive() and w.pid is not None:
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            w.join(timeout=5)
+    loader._iterator = None
+
