@@ -124,7 +124,8 @@ def main(argv=None) -> int:
                             image_size=data.image_size, width=cfg.model.width).to(rt.device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model), config=_ds_config(cfg, rt))
     bank = SoftLabelBank(torch.from_numpy(data.given_labels), data.num_classes, cfg.method.bank_dtype,
-                         sharding=rt.sharding).to(rt.device)
+                         sharding=Sharding(rt.rank, rt.world_size,
+                                                  data.sharding_blocks if rt.world_size > 1 else None)).to(rt.device)
     given = torch.from_numpy(data.given_labels).to(rt.device)
     loader = data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed)
 

@@ -26,21 +26,21 @@ def test_bench_train_smoke(tmp_path):
 
 
 def test_bench_loss_smoke(tmp_path):
-    _run([str(ROOT / "benchmarks" / "bench_loss.py"), "--B", "64", "--K", "10", "--dtypes", "fp32", "--impls",
-          "eager", "--reps", "2", "--warmup", "1", "--out", str(tmp_path)], tmp_path)
-    report = json.loads((tmp_path / "bench_loss_cpu.json").read_text())
+    # Without a GPU the script runs only as a dry run (Triton interpreter, its own tiny shape: B=8, K=5).
+    _run([str(ROOT / "benchmarks" / "bench_loss.py"), "--dry-run", "--dtypes", "fp32", "--impls", "eager",
+          "--reps", "2", "--warmup", "1", "--no-oracle", "--out", str(tmp_path)], tmp_path)
+    report = json.loads((tmp_path / "bench_loss_cpu_dry_run.json").read_text())
     assert report["environment"]["git_sha"] and report["environment"]["command"]
-    (row,) = report["rows"]  # exactly the requested shape, dtype and implementation
-    assert (row["B"], row["K"], row["dtype"], row["impl"]) == (64, 10, "fp32", "eager")
+    (row,) = report["rows"]  # exactly the requested dtype and implementation
+    assert (row["B"], row["K"], row["dtype"], row["impl"]) == (8, 5, "fp32", "eager")
     # The byte model of forward + backward: read logits and bank rows, write bank rows and the gradient, the index.
-    assert row["model_bytes"] == 64 * 10 * (2 * 4 + 2 * 4) + 8 * 64
-    for phase in ("fwd", "step"):
-        t = row[phase]["device_us"]
-        assert len(t["raw"]) == 2 and all(v > 0 for v in t["raw"])
-        assert min(t["raw"]) <= t["median"] <= max(t["raw"])
-    # GB/s is derived from the byte count and the measured forward+backward time, not reported independently.
-    assert abs(row["model_gbs"] - row["model_bytes"] / (row["step"]["device_us"]["median"] * 1e3)) < 1e-9
-    assert (tmp_path / "bench_loss_cpu.md").read_text().strip()
+    assert row["model_bytes"] == 8 * 5 * (2 * 4 + 2 * 4) + 8 * 8
+    t = row["step"]
+    assert len(t["raw"]) == 2 and all(v > 0 for v in t["raw"])
+    assert min(t["raw"]) <= t["median"] <= max(t["raw"])
+    # GB/s is derived from the byte count and the measured step time, not reported independently.
+    assert abs(row["model_gbs"] - row["model_bytes"] / (t["median"] * 1e3)) < 1e-9
+    assert (tmp_path / "bench_loss_cpu_dry_run.md").read_text().strip()
 
 
 def test_bench_data_smoke(tmp_path):
