@@ -81,12 +81,12 @@ def test_bank_resharded_exactly_across_world_sizes_with_shard_ownership():
     full = torch.softmax(torch.as_tensor(rng.normal(size=(n, k)), dtype=torch.float32), 1)
     saved = []
     for r in range(2):
-        bank = SoftLabelBank(given, k, rank=r, world_size=2, blocks=blocks)
+        bank = SoftLabelBank(given, k, sharding=Sharding(r, 2, blocks))
         bank.soft.copy_(full[bank.global_index])
         saved.append({key: v.clone() for key, v in bank.state_dict().items()})
     for world in (1, 3, 4):
         for r in range(world):
-            bank = SoftLabelBank(given, k, rank=r, world_size=world, blocks=blocks)
+            bank = SoftLabelBank(given, k, sharding=Sharding(r, world, blocks))
             bank.load_rows_from(saved)
             torch.testing.assert_close(bank.soft, full[bank.global_index], rtol=0, atol=0)
             assert Sharding(r, world, blocks if world > 1 else None).owned(n).tolist() == bank.global_index.tolist()
