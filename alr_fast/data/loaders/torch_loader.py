@@ -150,11 +150,12 @@ class TorchLoader(IndexedLoader):
         )
         if self.num_workers > 0:
             # atexit runs last-registered first, so this runs before multiprocessing's own exit hook.
-            atexit.register(_close_workers, weakref.ref(self.dataloader))
+            # A forked child (a worker of another loader) inherits the hook: only this process may act on it.
+            atexit.register(_close_workers, weakref.ref(self.dataloader), os.getpid())
 
     def close(self) -> None:
         """Stop this loader's worker processes (idempotent; the next epoch starts new ones)."""
-        _close_workers(weakref.ref(self.dataloader))
+        _close_workers(weakref.ref(self.dataloader), os.getpid())
 
     def epoch(self, epoch: int, start_step: int = 0):
         """Yield ``(images [b, C, H, W] of self.dtype on self.device, index int64 [b])`` for this rank, from
@@ -167,9 +168,12 @@ class TorchLoader(IndexedLoader):
             yield x, idx.to(device=self.device, dtype=torch.long, non_blocking=True)
 
 
-def _close_workers(ref) -> None:
+def _close_workers(ref, owner_pid: int) -> None:
     """Shut down a DataLoader's persistent workers: the DataLoader's own clean shutdown (it sends each worker its
-    stop message and joins it), then SIGKILL for any worker still alive, since workers ignore SIGTERM."""
+    stop message and joins it), then SIGKILL for any worker still alive, since workers ignore SIGTERM. Only in the
+    process that owns the loader (``owner_pid``): a forked child that ran this would stop its parent's workers."""
+    if os.getpid() != owner_pid:
+        return
     loader = ref()
     it = getattr(loader, "_iterator", None) if loader is not None else None
     if it is None:
