@@ -44,8 +44,13 @@ class StopSignals:
     def __init__(self):
         self.requested = 0
         self._previous = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum, frame):
+        if os.getpid() != self._pid:
+            # A forked child (a DataLoader worker between its fork and its own handlers) inherited this handler:
+            # the stop is the parent's to make; the child neither prints nor stops.
+            return
         if self.requested:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -59,6 +64,7 @@ class StopSignals:
         import threading
 
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._pid = os.getpid()
             for s in self.SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
