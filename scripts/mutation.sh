@@ -23,6 +23,10 @@ elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY=$ROOT/.venv/bin/python
 else PY=python; fi
 OUT=${MUTATION_OUT:-$ROOT/benchmarks/results/mutation}
 WORK=${MUTATION_WORK:-${TMPDIR:-/tmp}/alr_fast_mutation}
+# Mutants tested at once (mutmut's --max-children); default: mutmut's own (one per CPU). On a shared machine
+# use MUTATION_JOBS=1 or 2 (and `nice`).
+JOBS=()
+[[ -n "${MUTATION_JOBS:-}" ]] && JOBS=(--max-children "$MUTATION_JOBS")
 
 # key -> files mutated (mutmut only_mutate globs) | the fast tests run against them (pytest paths or node ids;
 # end-to-end training runs and the loaders' image decoding are left out: they would cost minutes per mutant)
@@ -68,7 +72,7 @@ rerun_survivors() {  # $1 = key
   done
   cp "$dir/setup.cfg" "$dir/mutants/setup.cfg"
   echo "== $key: rerunning $(echo "$names" | wc -l) survivors with the checkout's tests"
-  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run $names >"$dir/rerun.log" 2>&1) || {
+  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run "${JOBS[@]}" $names >"$dir/rerun.log" 2>&1) || {
     echo "mutation.sh: mutmut rerun failed for $key (see $dir/rerun.log)" >&2; exit 1; }
   (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut results --all true) | sed 's/^ *//' | sort -V \
     | grep -F -f <(echo "$names" | sed 's/$/:/') >"$OUT/$key.after.txt"
@@ -122,7 +126,7 @@ PYEOF
   echo "== $key: mutating $files; tests: $tests (scratch: $dir)"
   start=$(date +%s)
   # mutmut puts mutants/ first on sys.path; a PYTHONPATH pointing at a checkout would shadow it.
-  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run >"$dir/run.log" 2>&1) || {
+  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run "${JOBS[@]}" >"$dir/run.log" 2>&1) || {
     echo "mutation.sh: mutmut run failed for $key (see $dir/run.log)" >&2; tail -20 "$dir/run.log" >&2; exit 1; }
   secs=$(( $(date +%s) - start ))
   (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut results --all true) | sed 's/^ *//' | sort -V >"$OUT/$key.txt"
