@@ -34,7 +34,7 @@ S=tests/test_data_shards.py; SC=tests/test_schedule.py; EV=tests/test_evaluation
 declare -A MODULES=(
   [reference]="alr_fast/loss/reference.py|tests/test_functional.py tests/test_grad_output.py"
   [torch_fast]="alr_fast/loss/torch_fast.py|tests/test_functional.py tests/test_grad_output.py tests/test_torch_fast.py"
-  [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/alr.py alr_fast/loss/triton/alr_loss.py|tests/test_functional.py tests/test_grad_output.py tests/test_loss_api.py tests/test_alr_object.py tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
+  [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/alr.py alr_fast/loss/triton/autograd.py|tests/test_functional.py tests/test_grad_output.py tests/test_baselines.py tests/test_alr_object.py tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
   [sharding]="alr_fast/loss/sharding.py|$S::test_sharding_matches_the_rule_written_out $S::test_sharding_rejects_bad_ranks $S::test_bank_plan_and_resharding_agree_on_ownership $S::test_array_loader_odd_n_every_sample_every_epoch_no_batch_of_one tests/test_bank.py tests/test_sharding.py"
   [bank]="alr_fast/loss/bank.py|tests/test_bank.py tests/test_bank_small_print.py"
   [metrics]="alr_fast/train/metrics.py|tests/test_metrics.py tests/test_bank.py"
@@ -96,11 +96,11 @@ for key in "${keys[@]}"; do
   dir=$WORK/$key
   rm -rf "$dir" && mkdir -p "$dir"
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$dir" 2>/dev/null) || true
-  if [[ " $files " == *" alr_fast/loss/triton/alr_loss.py "* ]]; then
+  if [[ " $files " == *" alr_fast/loss/triton/autograd.py "* ]]; then
     # Only the public module ALRLoss is in scope in the kernel's file: the rest (launch logic, the Triton
     # programs) is marked no-mutate in the scratch copy. (mutmut never mutates decorated functions such as
     # @triton.jit programs anyway.)
-    f=$dir/alr_fast/loss/triton/alr_loss.py
+    f=$dir/alr_fast/loss/triton/autograd.py
     "$PY" - "$f" <<'PYEOF'
 import sys
 path = sys.argv[1]
