@@ -34,7 +34,8 @@ S=tests/test_data_shards.py; BL=tests/test_baselines.py; SC=tests/test_schedule.
 declare -A MODULES=(
   [reference]="alr_fast/loss/reference.py|tests/test_functional.py tests/test_grad_output.py"
   [torch_fast]="alr_fast/loss/torch_fast.py|tests/test_functional.py tests/test_grad_output.py tests/test_torch_fast.py"
-  [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/alr.py alr_fast/loss/triton/autograd.py|tests/test_functional.py tests/test_grad_output.py $BL::test_stateless_matches_oracle $BL::test_stateless_nan_rows_padding_and_incoming_gradient $BL::test_elr_matches_oracle $BL::test_elr_duplicates_are_sequential_in_batch_order $BL::test_elr_nan_rows_padding_incoming_gradient_and_assume_unique $BL::test_errors_name_the_argument $BL::test_alr_object_runs_each_baseline tests/test_alr_object.py tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
+  [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/triton/autograd.py|tests/test_functional.py tests/test_grad_output.py $BL::test_stateless_matches_oracle $BL::test_stateless_nan_rows_padding_and_incoming_gradient $BL::test_elr_matches_oracle $BL::test_elr_duplicates_are_sequential_in_batch_order $BL::test_elr_nan_rows_padding_incoming_gradient_and_assume_unique $BL::test_errors_name_the_argument tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
+  [alr_object]="alr_fast/loss/alr.py|tests/test_alr_object.py $BL::test_alr_object_runs_each_baseline"
   [sharding]="alr_fast/loss/sharding.py|$S::test_sharding_matches_the_rule_written_out $S::test_sharding_rejects_bad_ranks $S::test_bank_plan_and_resharding_agree_on_ownership $S::test_array_loader_odd_n_every_sample_every_epoch_no_batch_of_one tests/test_bank.py tests/test_sharding.py"
   [bank]="alr_fast/loss/bank.py|tests/test_bank.py tests/test_bank_small_print.py"
   [metrics]="alr_fast/train/metrics.py|tests/test_metrics.py tests/test_bank.py"
@@ -43,7 +44,7 @@ declare -A MODULES=(
   [exports]="alr_fast/train/exports.py alr_fast/loss/bank_export.py|tests/test_exports.py tests/test_alr_object.py"
   [evaluation]="alr_fast/train/evaluation.py|$EV::test_topk_hand_computed $EV::test_topk_matches_a_sort_reference $EV::test_noisy_val_rows_are_stratified_deterministic_and_proper $EV::test_noisy_val_slice_is_disjoint_from_training_rows $EV::test_selection_state_tie_and_no_validation_split $EV::test_fill_padding_rows_copies_valid_rows_without_a_host_sync_shape tests/test_evaluation_units.py"
 )
-ORDER=(metrics sharding noise schedule evaluation exports bank torch_fast reference loss_api)
+ORDER=(metrics sharding noise schedule evaluation exports bank torch_fast reference loss_api alr_object)
 
 survivors=0
 if [[ "${1:-}" == "--survivors" ]]; then survivors=1; shift; fi
