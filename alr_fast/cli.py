@@ -88,6 +88,14 @@ def _config_from_args(args, recipe: str):
     return resolve_recipe(recipe, sets)
 
 
+def shutdown_distributed() -> None:
+    """:func:`alr_fast.train.runtime.shutdown_distributed`, imported when called (so that ``--help`` imports no
+    torch; tests that keep the process group for later runs replace this name)."""
+    from alr_fast.train.runtime import shutdown_distributed as shutdown
+
+    shutdown()
+
+
 def _version() -> str:
     from alr_fast import __version__
 
@@ -114,7 +122,7 @@ def _stdout_for_json(enabled: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alr_fast", description=__doc__, formatter_class=_Formatter)
+    parser = argparse.ArgumentParser(prog="python -m alr_fast", description=__doc__)
     # `deepspeed --module alr_fast ...` puts --local_rank=N before the sub-command; the rank comes from the env.
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"alr_fast {_version()}")
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p_xval = sub.add_parser("crossval", help="K-fold cross-fit: out-of-sample probabilities for every sample")
     p_xval.add_argument("--recipe", default="demo", choices=sorted(RECIPE_NAMES),
-                         help="dataset and settings to start from (docs/recipes.md)")
+                        help="dataset and settings to start from (docs/recipes.md)")
     p_xval.add_argument("--method", choices=METHODS, help=f"training method {RECIPE_DEFAULT}")
     p_xval.add_argument("--folds", type=int, default=5, help="number of folds K (K models, each on (K-1)/K of the data)")
     p_xval.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: --seed)")
@@ -164,21 +172,20 @@ def main(argv: list[str] | None = None) -> int:
 
     p_show = sub.add_parser("config", help="print a recipe's resolved config as JSON")
     p_show.add_argument("--recipe", default="demo", choices=sorted(RECIPE_NAMES),
-                         help="dataset and settings to start from (docs/recipes.md)")
+                        help="dataset and settings to start from (docs/recipes.md)")
     p_show.add_argument("--config", metavar="RUN/config.json", help="show a saved config (with --set applied)")
     p_show.add_argument("--set", dest="overrides", action="append", default=[])
 
     _show_defaults(parser)
     args = parser.parse_args(argv)
+    from alr_fast.config import apply_overrides, load_config_file
+    from alr_fast.recipes import resolve_recipe
+    from alr_fast.train.checkpoint import CheckpointError
+    from alr_fast.train.runtime import PeerLost, Preempted
     from alr_fast.util.logs import configure_console, release_console
 
     # Before anything logs: rank 0's messages and every rank's warnings on stderr (undone when main returns).
     console = configure_console(getattr(args, "verbose", 0))
-    from alr_fast.config import apply_overrides, load_config_file
-    from alr_fast.recipes import resolve_recipe
-    from alr_fast.train.checkpoint import CheckpointError
-    from alr_fast.train.runtime import PeerLost, Preempted, shutdown_distributed
-
     try:
         if args.command == "data":
             return run_data_command(args)

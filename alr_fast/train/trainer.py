@@ -111,7 +111,9 @@ class _Loop:
     """
 
     def __init__(self, cfg: Config, data: TrainData | None, runtime: Runtime | None,
-                 stack: contextlib.ExitStack):
+                 stack: contextlib.ExitStack | None = None):
+        """``stack`` holds ``<out>/train.log``'s handler until :func:`train` ends; a loop built without one (a
+        test's probe) writes no train.log."""
         quiet_deepspeed_import()  # DeepSpeed's start-up warnings off at the default verbosity
         import deepspeed
 
@@ -144,8 +146,9 @@ class _Loop:
                     np.save(tmp, np.asarray(data.given_labels, dtype=np.int64))
                 write_text_atomic(out / "provenance.json", json.dumps(provenance(), indent=2) + "\n")
                 # The run's messages, with timestamps, for as long as train() runs (appended on --resume).
-                stack.enter_context(run_log(out / "train.log", lambda e: logging.WARNING if isinstance(e, Preempted)
-                                            else logging.ERROR))
+                if stack is not None:
+                    stack.enter_context(run_log(out / "train.log", lambda e: logging.WARNING
+                                                if isinstance(e, Preempted) else logging.ERROR))
             except OSError as e:
                 error = e
         if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
