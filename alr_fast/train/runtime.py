@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import signal
@@ -16,6 +18,8 @@ from alr_fast.util.logs import verbosity
 
 __all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
            "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
+
+log = logging.getLogger("alr_fast.train")
 
 EXIT_PREEMPTED = 75
 """Exit status after SIGTERM/SIGINT was honoured (checkpoint written; run again with --resume). 75 is
@@ -59,7 +63,7 @@ class StopSignals:
             os.kill(os.getpid(), signum)
             return
         self.requested = signum
-        logging.getLogger("alr_fast.train").warning(
+        log.warning(
             "rank %s: %s received: finishing the current step, then checkpointing and exiting (send it again to "
             "exit at once)", os.environ.get("RANK", "0"), signal.Signals(signum).name)
 
@@ -195,15 +199,25 @@ def init_distributed(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE
     os.environ.setdefault("LOCAL_RANK", "0")
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if "RANK" in os.environ:
-            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                       timeout=timedelta(seconds=timeout_s))
-        else:
-            # A group of one on a free local port, passed directly rather than through MASTER_PORT so that child
-            # processes started later (tests, tools) do not inherit a port this process holds.
-            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                       init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                                       timeout=timedelta(seconds=timeout_s))
+        if device.type == "cpu" and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            log.info("loading DeepSpeed's CPU shared-memory comm op from %s (the first run of several processes in "
+                     "this environment builds it, 30-160 s; other runs wait on its lock meanwhile)", extensions_dir())
+        # DeepSpeed print()s "... deepspeed_shm_comm_op built successfully" on stdout, once per rank: at the
+        # default verbosity that line becomes a debug message (shown with -v), stdout stays the results'.
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said) if not verbosity() else contextlib.nullcontext():
+            if "RANK" in os.environ:
+                deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                           timeout=timedelta(seconds=timeout_s))
+            else:
+                # A group of one on a free local port, passed directly rather than through MASTER_PORT so that
+                # child processes started later (tests, tools) do not inherit a port this process holds.
+                deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                           init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                           timeout=timedelta(seconds=timeout_s))
+        for line in said.getvalue().splitlines():
+            if line.strip():
+                log.debug("DeepSpeed: %s", line.strip())
     return dist.get_rank(), dist.get_world_size()
 
 
