@@ -4,7 +4,7 @@
 #
 #   scripts/mutation.sh                 # every module below
 #   scripts/mutation.sh metrics bank    # some of them (the keys of MODULES)
-#   scripts/mutation.sh --survivors metrics   # after adding tests: rerun only the mutants that survived (or timed out in) the
+#   scripts/mutation.sh --survivors metrics   # after adding tests: rerun only the mutants that survived (timed out, had no test) in the
 #                                       # last full run of that module (same scratch copy and mutants, the
 #                                       # checkout's tests/ copied in), results in <key>.after.txt
 #
@@ -62,7 +62,7 @@ mkdir -p "$OUT"
 rerun_survivors() {  # $1 = key
   local key=$1 dir=$WORK/$1 t names
   [[ -f "$OUT/$key.txt" && -d "$dir/mutants" ]] || { echo "mutation.sh: no earlier run of $key to rerun" >&2; exit 2; }
-  names=$(awk -F': ' '$2 == "survived" || $2 == "timeout" {print $1}' "$OUT/$key.txt")  # a hang is not a kill
+  names=$(awk -F': ' '$2 == "survived" || $2 == "timeout" || $2 == "no tests" {print $1}' "$OUT/$key.txt")  # a hang is not a kill, nor a mutant no test reached
   [[ -n "$names" ]] || { echo "== $key: no survivors"; return; }
   cp "$ROOT"/tests/*.py "$dir/tests/" && cp "$ROOT"/tests/*.py "$dir/mutants/tests/"  # mutmut runs from mutants/
   for t in ${MODULES[$key]#*|}; do  # test files added since the full run join the selection
@@ -78,10 +78,8 @@ rerun_survivors() {  # $1 = key
   (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut results --all true) | sed 's/^ *//' | sort -V \
     | grep -F -f <(echo "$names" | sed 's/$/:/') >"$OUT/$key.after.txt"
   : >"$OUT/$key.after.survivors.diff"
-  for m in $(awk -F': ' '$2 == "survived" {print $1}' "$OUT/$key.after.txt"); do
-    (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut show "$m") >>"$OUT/$key.after.survivors.diff" 2>&1
-    echo >>"$OUT/$key.after.survivors.diff"
-  done
+  names=$(awk -F': ' '$2 == "survived" {print $1}' "$OUT/$key.after.txt")
+  [[ -z "$names" ]] || "$PY" "$ROOT/scripts/mutation_diff.py" "$dir" $names >"$OUT/$key.after.survivors.diff"
   awk -F': ' '{ s[$2]++ } END { printf "after: %d reran, %d killed, %d survived, %d other\n", NR, s["killed"], s["survived"], NR - s["killed"] - s["survived"] }' "$OUT/$key.after.txt"
 }
 
@@ -132,10 +130,8 @@ PYEOF
   secs=$(( $(date +%s) - start ))
   (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut results --all true) | sed 's/^ *//' | sort -V >"$OUT/$key.txt"
   : >"$OUT/$key.survivors.diff"
-  for m in $(awk -F': ' '$2 == "survived" {print $1}' "$OUT/$key.txt"); do
-    (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut show "$m") >>"$OUT/$key.survivors.diff" 2>&1
-    echo >>"$OUT/$key.survivors.diff"
-  done
+  names=$(awk -F': ' '$2 == "survived" {print $1}' "$OUT/$key.txt")
+  [[ -z "$names" ]] || "$PY" "$ROOT/scripts/mutation_diff.py" "$dir" $names >"$OUT/$key.survivors.diff"
   awk -F': ' -v key="$key" -v commit="$commit$dirty" -v secs="$secs" '
     { n++; s[$2]++ }
     END { other = n - s["killed"] - s["survived"] - s["timeout"];
