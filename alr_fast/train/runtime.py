@@ -12,7 +12,8 @@ from datetime import timedelta
 import torch
 
 __all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
-           "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
+           "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S", "EXIT_STATUS_DIR_ENV", "report_exit_status",
+           "all_ranks_reported"]
 
 EXIT_PREEMPTED = 75
 """Exit status after SIGTERM/SIGINT was honoured (checkpoint written; run again with --resume). 75 is
@@ -31,18 +32,63 @@ class PeerLost(RuntimeError):
     """A collective failed or timed out: another rank died or hangs."""
 
 
+EXIT_STATUS_DIR_ENV = "ALR_FAST_EXIT_STATUS_DIR"
+"""Set by the launcher wrappers (``python -m alr_fast.torchrun``, ``python -m alr_fast.deepspeed``): the folder in
+which each local rank reports its exit status, so that the wrapper can exit 75 where the launcher itself
+would exit 1 (see :func:`report_exit_status`)."""
+
+
+def _local_world_size() -> str:
+    # torchrun sets LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE
+    return os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or "1"
+
+
+def report_exit_status(code: int) -> None:
+    """Under a launcher wrapper (:data:`EXIT_STATUS_DIR_ENV` set): write ``<code> <local world size>`` to
+    ``rank<LOCAL_RANK>`` in its folder. The trainer calls it as soon as the stop checkpoint is complete, before
+    anything else can go wrong (a launcher that SIGTERMs the remaining ranks once one has exited may kill this
+    rank on its way out: the report, like the checkpoint, is already written). No-op otherwise."""
+    folder = os.environ.get(EXIT_STATUS_DIR_ENV)
+    if not folder:
+        return
+    rank = os.environ.get("LOCAL_RANK", "0")
+    try:
+        tmp = os.path.join(folder, f".rank{rank}.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{code} {_local_world_size()}\n")
+        os.replace(tmp, os.path.join(folder, f"rank{rank}"))
+    except OSError:
+        pass  # the wrapper then reports the launcher's own status
+
+
+def all_ranks_reported(folder, code: int = EXIT_PREEMPTED) -> bool:
+    """True when every local rank wrote a report (:func:`report_exit_status`) with status ``code``, all naming
+    the same local world size."""
+    from pathlib import Path
+
+    reports = [p.read_text().split() for p in Path(folder).glob("rank*")]
+    if not reports or any(len(r) != 2 or not all(x.isdigit() for x in r) for r in reports):
+        return False
+    sizes = {int(r[1]) for r in reports}
+    return len(sizes) == 1 and len(reports) == sizes.pop() and all(int(r[0]) == code for r in reports)
+
+
 class StopSignals:
     """SIGTERM/SIGINT -> a stop request the training loop honours at its next check; a second signal exits at once.
 
     The handler only sets a flag (nothing runs inside a step); the loop looks at :attr:`requested` and, with
     several ranks, agrees on it with the others (see the trainer). A second signal restores the default
-    handler and re-delivers itself, so the process dies immediately (status -SIGTERM / -SIGINT).
+    handler and re-delivers itself, so the process dies immediately (status -SIGTERM / -SIGINT). Once the
+    ranks have agreed to stop (:attr:`decided`, set by the trainer), a rank's first signal is taken silently:
+    it is a launcher stopping the remaining ranks (the deepspeed launcher SIGTERMs them once one has exited),
+    and the message was printed by the rank that received the preemption.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = 0
+        self.decided = False
         self._previous = {}
         self._pid = os.getpid()
 
@@ -56,6 +102,8 @@ class StopSignals:
             os.kill(os.getpid(), signum)
             return
         self.requested = signum
+        if self.decided:
+            return
         print(f"[alr_fast] rank {os.environ.get('RANK', '0')}: {signal.Signals(signum).name} received: finishing "
               "the current step, then checkpointing and exiting (send it again to exit at once)",
               file=sys.stderr, flush=True)
