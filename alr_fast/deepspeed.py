@@ -11,8 +11,8 @@ launch.py SIGTERMs the others and exits with that status, which the front proces
 
 This wrapper runs the front process in this process (same options) and starts launch.py in a session of its own,
 as torchrun starts its ranks: a signal to the job's process group then reaches this process alone, which
-forwards it once to launch.py (a second signal is forwarded too: launch.py SIGTERMs the ranks again and they
-exit at once). Each rank gets one SIGTERM, finishes its step, writes its part of one checkpoint and reports
+forwards it once to launch.py (a second signal is forwarded too: launch.py SIGTERMs the ranks again, which exit
+at once when it comes 2 s or more after the first: :class:`alr_fast.train.runtime.StopSignals`). Each rank gets one SIGTERM, finishes its step, writes its part of one checkpoint and reports
 status 75 (:func:`alr_fast.train.runtime.report_exit_status`); when every rank did, this wrapper prints one line
 and exits 75. Otherwise it exits as ``deepspeed`` would, except that a launch.py killed by a signal gives
 128 + the signal's number (``deepspeed`` exits 0 then). Several nodes (pdsh and the other multi-node runners)

@@ -59,3 +59,24 @@ def test_a_signal_once_the_ranks_agreed_to_stop_is_taken_silently(capfd, decided
     err = capfd.readouterr().err
     assert ("SIGTERM received" in err) != decided, err
     assert signal.getsignal(signal.SIGTERM) != stop._handle  # handlers restored
+
+
+def test_the_same_signal_delivered_twice_counts_once(capfd, monkeypatch):
+    """A scheduler that signals every process of the job and the launcher forwarding its own copy: two SIGTERMs
+    within StopSignals.REPEAT_S are one stop request (one message, the process lives on); one after that exits at
+    once (re-delivered with the default handler; end to end: test_reliability.py::test_second_signal_exits_at_once).
+    The handler is called directly, with the clock and os.kill replaced, so that a failure cannot kill pytest."""
+    import time
+
+    now, killed = [100.0], []
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    with StopSignals() as stop:
+        monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(sig))
+        stop._handle(signal.SIGTERM, None)
+        now[0] += StopSignals.REPEAT_S - 0.1
+        stop._handle(signal.SIGINT, None)
+        assert killed == [] and stop.requested == signal.SIGTERM
+        now[0] += 0.2
+        stop._handle(signal.SIGTERM, None)
+        assert killed == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert capfd.readouterr().err.count("received") == 1

@@ -77,36 +77,45 @@ class StopSignals:
     """SIGTERM/SIGINT -> a stop request the training loop honours at its next check; a second signal exits at once.
 
     The handler only sets a flag (nothing runs inside a step); the loop looks at :attr:`requested` and, with
-    several ranks, agrees on it with the others (see the trainer). A second signal restores the default
-    handler and re-delivers itself, so the process dies immediately (status -SIGTERM / -SIGINT). Once the
-    ranks have agreed to stop (:attr:`decided`, set by the trainer), a rank's first signal is taken silently:
-    it is a launcher stopping the remaining ranks (the deepspeed launcher SIGTERMs them once one has exited),
-    and the message was printed by the rank that received the preemption.
+    several ranks, agrees on it with the others (see the trainer). A second signal :data:`REPEAT_S` seconds or
+    more after the first restores the default handler and re-delivers itself, so the process dies immediately
+    (status -SIGTERM / -SIGINT). One sooner is the same stop delivered twice and is ignored: a scheduler that
+    signals every process of a job (SLURM's cgroup process tracking) reaches the ranks directly, and the launcher
+    forwards the signal it got too, milliseconds later. Once the ranks have agreed to stop (:attr:`decided`, set
+    by the trainer), a rank's first signal is taken silently: it is a launcher stopping the remaining ranks (the
+    deepspeed launcher SIGTERMs them once one has exited), and the message was printed by the rank that
+    received the preemption.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    REPEAT_S = 2.0
 
     def __init__(self):
         self.requested = 0
         self.decided = False
+        self._first_at = 0.0
         self._previous = {}
         self._pid = os.getpid()
 
     def _handle(self, signum, frame):
+        import time
+
         if os.getpid() != self._pid:
             # A forked child (a DataLoader worker between its fork and its own handlers) inherited this handler:
             # the stop is the parent's to make; the child neither prints nor stops.
             return
         if self.requested:
+            if time.monotonic() - self._first_at < self.REPEAT_S:
+                return  # the same stop, delivered twice
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.requested = signum
+        self.requested, self._first_at = signum, time.monotonic()
         if self.decided:
             return
         print(f"[alr_fast] rank {os.environ.get('RANK', '0')}: {signal.Signals(signum).name} received: finishing "
-              "the current step, then checkpointing and exiting (send it again to exit at once)",
-              file=sys.stderr, flush=True)
+              f"the current step, then checkpointing and exiting (send it again, {self.REPEAT_S:g} s or more "
+              "later, to exit at once)", file=sys.stderr, flush=True)
 
     def __enter__(self):
         import threading
