@@ -177,6 +177,23 @@ def test_state_dict_reshards_two_to_one_and_to_three_exactly(tmp_path):
         ALR(labels, 6).load_state_dict(saved)
 
 
+def test_gather_state_dicts_on_one_rank_and_refused_for_ranks_without_a_process_group():
+    # The gather across real ranks runs in tests/test_examples.py (the Lightning example's checkpoint holds every
+    # rank's rows, compared there with the exported soft labels).
+    g = torch.Generator().manual_seed(6)
+    labels = torch.randint(0, 4, (9,), generator=g)
+    one = ALR(labels, 4, warmup=0, ramp_epochs=0, backend="torch")
+    one(torch.randn(9, 4, generator=g) * 3, torch.arange(9))
+    (state,) = one.gather_state_dicts()
+    assert torch.equal(state["bank"]["soft"], one.soft_labels) and state["world_size"] == 1
+    fresh = ALR(labels, 4, warmup=0, ramp_epochs=0, backend="torch")
+    fresh.load_state_dict(one.gather_state_dicts())
+    assert torch.equal(fresh.soft_labels, one.soft_labels)
+    assert not torch.equal(fresh.soft_labels, ALR(labels, 4).soft_labels)  # the call did move the rows
+    with pytest.raises(RuntimeError, match="rank 1 of 2 but torch.distributed is not initialised"):
+        _shard_objects(labels, 4, 2)[1].gather_state_dicts()
+
+
 def test_export_writes_the_trainers_files_from_every_rank(tmp_path):
     g = torch.Generator().manual_seed(5)
     n, k = 10, 3

@@ -391,6 +391,24 @@ class ALR:
             "steps_per_epoch": self.steps_per_epoch,
         }
 
+    def gather_state_dicts(self) -> list[dict]:
+        """Every rank's :meth:`state_dict`, in rank order, returned on every rank: a collective (every rank calls
+        it) when distributed; ``[self.state_dict()]`` on one rank. For a framework that saves one rank's copy
+        of the state (a Lightning callback's state, a checkpoint written by rank 0): :meth:`load_state_dict`
+        takes the list back on any world size."""
+        own = self.state_dict()
+        if self.world_size == 1:
+            return [own]
+        found = _dist_world()
+        if found is None or found[1] != self.world_size:
+            raise RuntimeError(
+                f"ALR.gather_state_dicts: this object is rank {self.rank} of {self.world_size} but "
+                f"torch.distributed {'is not initialised' if found is None else f'has {found[1]} ranks'}; save "
+                "each rank's state_dict() instead")
+        states: list = [None] * self.world_size
+        torch.distributed.all_gather_object(states, own)
+        return states
+
     def load_state_dict(self, state) -> None:
         """Restore from :meth:`state_dict` output: one dict (saved with the same world size and rank, or with
         world size 1) or the list of every rank's dicts of a run with ANY world size (re-sharding: this rank
