@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from alr_fast.torchrun import all_ranks_preempted, preempted_message
+from alr_fast.torchrun import all_ranks_preempted, report_preempted
 from alr_fast.train.runtime import EXIT_PREEMPTED, EXIT_STATUS_DIR_ENV
 
 __all__ = ["main"]
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:
             code = e.code
         if all_ranks_preempted(status_dir):
-            print(preempted_message("deepspeed", f"launch.py exited {started[-1].returncode}" if started
-                                    else "no launch.py"), file=sys.stderr, flush=True)
+            report_preempted("deepspeed", f"launch.py exited {started[-1].returncode}" if started else "no launch.py")
             return EXIT_PREEMPTED
         if started and started[-1].returncode is not None and started[-1].returncode < 0:
             return 128 - started[-1].returncode

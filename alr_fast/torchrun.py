@@ -15,6 +15,7 @@ would. With several nodes, run it as the launcher on every node (each reports it
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -22,8 +23,9 @@ import tempfile
 from pathlib import Path
 
 from alr_fast.train.runtime import EXIT_PREEMPTED, EXIT_STATUS_DIR_ENV, all_ranks_reported
+from alr_fast.util.logs import configure_console
 
-__all__ = ["main", "all_ranks_preempted", "preempted_message"]
+__all__ = ["main", "all_ranks_preempted", "report_preempted"]
 
 
 def all_ranks_preempted(status_dir: Path) -> bool:
@@ -31,9 +33,12 @@ def all_ranks_preempted(status_dir: Path) -> bool:
     return all_ranks_reported(status_dir, EXIT_PREEMPTED)
 
 
-def preempted_message(launcher: str, how: str) -> str:
-    return (f"[alr_fast.{launcher}] every rank stopped with a checkpoint ({how}); exit status {EXIT_PREEMPTED}: "
-            "run again with --resume")
+def report_preempted(launcher: str, how: str) -> None:
+    """The launcher process's one line: ``[alr_fast] WARNING: every rank stopped with a checkpoint (...)``."""
+    configure_console(rank=0)  # this launcher process's own message, on stderr
+    logging.getLogger(f"alr_fast.{launcher}").warning(
+        "every rank stopped with a checkpoint (%s: %s); exit status %d: run again with --resume", launcher, how,
+        EXIT_PREEMPTED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (SignalException, ChildFailedError) as e:
         if all_ranks_preempted(status_dir):
-            print(preempted_message("torchrun", type(e).__name__), file=sys.stderr, flush=True)
+            report_preempted("torchrun", type(e).__name__)
             return EXIT_PREEMPTED
         raise
     finally:

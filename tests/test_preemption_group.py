@@ -72,7 +72,7 @@ def test_group_signal_with_dataloader_workers_checkpoints_once_and_exits_75(anim
     resumed = subprocess.run([sys.executable, str(ROOT / "launchers" / "train.py"), *args(animal10n, out, 2),
                               "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"global step {step}" in resumed.stdout and (out / "summary.json").exists()
+    assert f"global step {step}" in resumed.stderr and (out / "summary.json").exists()
 
 
 # Through the launchers: 2 ranks, digits and an MLP (the cheapest real run). torchrun starts each rank in a
@@ -119,10 +119,10 @@ def test_group_signal_through_the_launcher_exits_75_with_one_checkpoint(tmp_path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
-    assert stderr.count(f"[alr_fast.{launcher}] every rank stopped with a checkpoint") == 1, stderr[-3000:]
+    assert stderr.count(f"every rank stopped with a checkpoint ({launcher}: ") == 1, stderr[-3000:]
     assert "Traceback" not in stderr and "killed by signal" not in stderr
     for rank in range(2):
-        assert stderr.count(f"[alr_fast] rank {rank}: SIGTERM received") <= 1, stderr[-3000:]
+        assert stderr.count(f"rank {rank}: SIGTERM received") <= 1, stderr[-3000:]
         assert stderr.count(f"stopped: rank {rank}: ") <= 1, stderr[-3000:]
     stopped = [line for line in stderr.splitlines() if "stopped on a signal after global step" in line]
     assert stopped and "stopped: rank 0: " in stderr, stderr[-3000:]
@@ -139,6 +139,6 @@ def test_group_signal_through_the_launcher_exits_75_with_one_checkpoint(tmp_path
     resumed = subprocess.run([*cmd, *launcher_args(out, 2), "--resume"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {newest}" in resumed.stdout and f"global step {step}," in resumed.stdout
+    assert f"resumed from {newest}" in resumed.stderr and f"global step {step}," in resumed.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs"] == 2
