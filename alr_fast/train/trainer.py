@@ -269,14 +269,16 @@ class _Loop:
             if self.faults is not None:
                 x = self.faults.batch(s.step + 1, x)
             logits = engine(model_input(x, engine.module))
+            # The batch's real rows (padding: -1), on the device: the fused "mean" takes this count instead of
+            # counting them in a pre-pass (one launch forward), and the epoch's mean loss weighs by it.
+            n_valid = (idx >= 0).sum()
             # Global indices; refuses one this rank does not own. Warm-up end and lam/alpha ramp: no sync.
-            loss = self.alr(logits, idx, step=s.step, epoch=epoch, track=False)
+            loss = self.alr(logits, idx, step=s.step, epoch=epoch, track=False, n_valid=n_valid)
             engine.backward(loss)
             engine.step()
             s.step += 1
             s.step_in_epoch = i + 1
             with torch.no_grad():
-                n_valid = (idx >= 0).sum()
                 acc.loss_sum += loss.detach().double() * n_valid
                 acc.seen += n_valid
                 acc.train_pred[torch.where(local >= 0, local, n_local)] = logits.detach().argmax(dim=1)
