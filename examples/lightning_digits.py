@@ -13,7 +13,8 @@ Lightning:
   the module's ``train_dataloader`` sets that epoch (it matters when a run resumes, ``--resume``);
 * :class:`ALRCallback` closes every epoch (``alr.end_epoch()`` on every rank) and puts the soft labels of ALL
   ranks in Lightning's checkpoints: Lightning writes only rank 0's copy of a callback's state, so the callback
-  gathers every rank's rows (``ALR.gather_state_dicts``) and restores them on any number of ranks.
+  gathers every rank's rows (``ALR.gather_state_dicts``) and gives them all back to ``ALR.load_state_dict``
+  (which keeps the rows this rank owns, also under another number of ranks).
 
 tests/test_examples.py checks this against the equivalent ``alr_fast train`` run.
 """

@@ -8,8 +8,8 @@ equal and the soft labels equal within 1e-5. Why not bit for bit: the trainer cl
 DeepSpeed's implementation, the examples with torch.nn.utils.clip_grad_norm_ (Lightning's and the Trainer's
 clipping call it too); the two round the norm differently (measured: 6e-8 apart in the weights after 3 epochs on
 one rank; 6e-8 in the soft labels here). The three examples compute the same thing, so their weights must be
-equal to each other exactly. The Lightning example runs 2 epochs, then resumes from its checkpoint for the third:
-the resumed run must equal the uninterrupted ones.
+equal to each other exactly. The Lightning and Hugging Face examples run 2 epochs, then resume from their
+checkpoints for the third: the resumed runs must equal the uninterrupted ones.
 """
 
 from __future__ import annotations
@@ -125,7 +125,14 @@ def test_lightning_example_resumed_matches_alr_fast_train_on_two_ranks(trainer_r
     assert one.epoch == EPOCHS and one.schedule.switch_epoch == 1
 
 
-def test_hf_trainer_example_matches_alr_fast_train_on_two_ranks(trainer_run, ddp_run, tmp_path):
+def test_hf_trainer_example_resumed_matches_alr_fast_train_on_two_ranks(trainer_run, ddp_run, tmp_path):
+    """Two epochs with a Trainer checkpoint after each, then the third epoch resumed from the last checkpoint."""
+    first = _launch("hf_trainer_digits.py", trainer_run, tmp_path / "first", ("--epochs", str(EPOCHS - 1), "--save"))
+    ckpts = sorted((tmp_path / "first").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in ckpts] == ["checkpoint-12", "checkpoint-24"]  # 12 steps per epoch on each rank
+    states = torch.load(ckpts[-1] / "alr_states.pt")
+    assert [s["rank"] for s in states] == [0, 1] and states[0]["epoch"] == EPOCHS - 1
     out = tmp_path / "example"
-    _check(_launch("hf_trainer_digits.py", trainer_run, out), trainer_run, out)
-    _same_weights(out, ddp_run)
+    last = _launch("hf_trainer_digits.py", trainer_run, out, ("--resume", str(ckpts[-1])))
+    _check(first + last, trainer_run, out)
+    _same_weights(out, ddp_run)  # the same computation as the uninterrupted plain DDP loop, step for step
