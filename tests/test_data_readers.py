@@ -53,6 +53,20 @@ def test_cifar10_train_order_pixels_and_labels():
     assert len(read_cifar(root / "cifar-10-batches-py", "cifar10", "test")) == 40  # root may be the folder
 
 
+@pytest.mark.parametrize("n", [5, 19, 23])
+def test_cifar10_fixture_has_exactly_num_train_samples(n):
+    """make-fixture spreads any count over CIFAR-10's 5 batches (first batches one larger): none dropped."""
+    t = read_cifar(fixture_root("cifar10", num_train=n), "cifar10", "train")
+    assert len(t) == n and t.labels.shape == (n,)
+
+
+def test_cifar10_fixture_refuses_fewer_than_five(tmp_path):
+    from alr_fast.data.tools.fixtures import make_fixture
+
+    with pytest.raises(ValueError, match="--num-train: CIFAR-10 is stored as 5 training batches"):
+        make_fixture("cifar10", tmp_path / "c", num_train=4)
+
+
 def test_cifar_synthetic_noise_matches_alr_fast_noise():
     root = fixture_root("cifar10")
     t = read_cifar(root, "cifar10", "train", noise_kind="sym-excl", noise_rate=0.4, noise_seed=3)

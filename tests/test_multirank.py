@@ -205,6 +205,18 @@ def test_crossval_out_of_sample_probabilities_two_ranks_vs_one(tmp_path):
     diff = np.abs(p1 - p2).max(axis=1)
     assert float(np.median(diff)) < 5e-3 and float(diff.max()) < 0.1, (np.median(diff), diff.max())
     assert float((p1.argmax(1) == p2.argmax(1)).mean()) > 0.98
+    # What the 2-rank run leaves: each rank predicted its own held-out rows of each fold; by default a finished
+    # fold's checkpoints are deleted (they only serve resuming it), its model stays; the CSV of a cross-fit alone.
+    for f in range(2):
+        assert len(list((two / f"fold{f}").glob("oos_part*.f32"))) == 2
+        assert not (two / f"fold{f}" / "checkpoints").exists() and (two / f"fold{f}" / "model.pt").exists()
+    rows = {}
+    for out in (one, two):
+        with open(out / "refined_labels.csv", newline="") as fh:
+            rows[out] = list(csv.DictReader(fh))
+        assert list(rows[out][0]) == ["global_index", "given_label", "oos_label", "oos_confidence",
+                                      "oos_given_prob", "oos_suspect_rank"]
+    assert [r["given_label"] for r in rows[one]] == [r["given_label"] for r in rows[two]]
 
 
 # ------------------------------------------------------------------ all_gather_rows
