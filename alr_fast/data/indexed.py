@@ -115,7 +115,18 @@ class OwnerBatchSampler(_OwnerPlan, Sampler):
 
     def __init__(self, num_samples, batch_size: int, *, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool = True, seed: int = 0):
+        self.sampler = OwnerSampler(num_samples, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
+        """The same rows one at a time (the batches, concatenated). It holds the epoch the batches follow, so
+        ``set_epoch`` here or on ``loader.batch_sampler.sampler`` (where PyTorch Lightning calls it) both work."""
         super().__init__(num_samples, batch_size, rank, world_size, shuffle, seed)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.sampler.set_epoch(value)
 
     def __len__(self) -> int:
         return self.plan.steps
