@@ -179,8 +179,8 @@ def test_each_rank_opens_only_its_training_shards(tmp_path):
     assert main(["data", "index", "--dataset", "webdataset", "--root", str(root)]) == 0
     train = read_webdataset(root, "train")
     shards = [os.path.realpath(root / s) for s in train.tar["shards"]]
-    # One epoch of a small CNN: what is checked is which shards each rank opens (training, evaluation, exports).
-    args = ["--recipe", "own-data", "--data-root", str(root), "--set", "data.dataset=webdataset", "--epochs", "1",
+    # A small CNN: what is checked is which shards each rank opens (training, evaluation, exports).
+    args = ["--recipe", "own-data", "--data-root", str(root), "--set", "data.dataset=webdataset", "--epochs", "2",
             "--batch-size", "4", "--image-size", "32", "--no-progress", "--set", "model.name=small_cnn",
             "--set", "train.threads=1", "--set", "data.workers=1", "--set", "train.tensorboard=false",
             "--set", "data.val_fraction=0"]
