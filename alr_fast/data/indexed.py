@@ -5,7 +5,8 @@
   item with its tensors zeroed and index -1, which the loss ignores.
 * :class:`OwnerSampler` (one index at a time, for ``DataLoader(batch_size=B)``) and :class:`OwnerBatchSampler`
   (whole batches, for ``DataLoader(batch_sampler=...)``) give rank ``r`` of ``W`` exactly the samples it owns
-  under the project's owner rule (``i % W == r``, :class:`alr_fast.loss.sharding.Sharding`), in a new
+  under the project's owner rule (``i % W == r``; the :class:`alr_fast.loss.sharding.Sharding` they are given,
+  e.g. ``alr.sharding``, else the ``torch.distributed`` group's), in a new
   deterministic order each epoch (``set_epoch``), padded with ``-1`` (never a repeated sample, whose soft label
   would be updated twice) to a length common to all ranks, so every rank takes the same number of steps -
   what DDP, FSDP and DeepSpeed need. They follow the trainer's epoch plan
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from alr_fast.data.loaders.plan import EpochPlan
+from alr_fast.loss.sharding import Sharding
 
 __all__ = ["WithIndex", "OwnerSampler", "OwnerBatchSampler", "zero_like"]
 
@@ -67,22 +69,24 @@ class WithIndex(Dataset):
         return item, i
 
 
-def _rank_world(rank, world_size) -> tuple[int, int]:
+def _group_sharding() -> Sharding:
+    """The strided owner rule of the initialised ``torch.distributed`` group (one rank without one): the default
+    of a user's own loop, which has no runtime of the trainer's to ask."""
     dist = torch.distributed
-    live = dist.is_available() and dist.is_initialized()
-    if rank is None:
-        rank = dist.get_rank() if live else 0
-    if world_size is None:
-        world_size = dist.get_world_size() if live else 1
-    return int(rank), int(world_size)
+    if dist.is_available() and dist.is_initialized():
+        return Sharding(dist.get_rank(), dist.get_world_size())
+    return Sharding()
 
 
 class _OwnerPlan:
-    def __init__(self, num_samples, batch_size, rank, world_size, shuffle, seed):
+    def __init__(self, num_samples, batch_size, sharding, shuffle, seed):
         n = len(num_samples) if hasattr(num_samples, "__len__") else int(num_samples)
-        rank, world_size = _rank_world(rank, world_size)
-        self.plan = EpochPlan(n, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                              batch_size=batch_size)
+        if sharding is None:
+            sharding = _group_sharding()
+        elif not isinstance(sharding, Sharding):
+            raise TypeError(f"{type(self).__name__}: sharding must be an alr_fast.loss.sharding.Sharding (e.g. "
+                            f"alr.sharding), got {sharding!r}")
+        self.plan = EpochPlan(n, shuffle=shuffle, seed=seed, sharding=sharding, batch_size=batch_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -91,15 +95,16 @@ class _OwnerPlan:
 
 
 class OwnerSampler(_OwnerPlan, Sampler):
-    """Global indices of the samples rank ``rank`` owns, shuffled per epoch, padded with -1 to
+    """Global indices of the samples this rank owns, shuffled per epoch, padded with -1 to
     ``ceil(N / W)`` (at least 2 when shuffled). ``num_samples``: N or the dataset.
-    ``rank``/``world_size``: default from the initialised ``torch.distributed`` group, else 0 and 1.
+    ``sharding``: whose samples (:class:`alr_fast.loss.sharding.Sharding`; pass ``alr.sharding`` and the sampler
+    reads exactly the rows the ALR object's bank holds); default: the initialised ``torch.distributed`` group's
+    rank and size under the strided rule, else one rank.
     Use with :class:`WithIndex` (which serves -1) and ``DataLoader(batch_size=B)``; the last batch may hold a
     single row (use :class:`OwnerBatchSampler` for a model with BatchNorm)."""
 
-    def __init__(self, num_samples, *, rank: int | None = None, world_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0):
-        super().__init__(num_samples, None, rank, world_size, shuffle, seed)
+    def __init__(self, num_samples, *, sharding: Sharding | None = None, shuffle: bool = True, seed: int = 0):
+        super().__init__(num_samples, None, sharding, shuffle, seed)
 
     def __len__(self) -> int:
         return self.plan.shard_len
@@ -109,13 +114,14 @@ class OwnerSampler(_OwnerPlan, Sampler):
 
 
 class OwnerBatchSampler(_OwnerPlan, Sampler):
-    """The trainer's batches of rank ``rank``: the :class:`OwnerSampler` order cut by the one batching rule
+    """The trainer's batches of this rank: the :class:`OwnerSampler` order cut by the one batching rule
     (:func:`alr_fast.data.loaders.plan.batch_bounds`: batches of ``batch_size``, the last two sharing their rows
-    rather than leaving one alone). The same number of batches on every rank."""
+    rather than leaving one alone). The same number of batches on every rank. ``sharding`` as for
+    :class:`OwnerSampler`."""
 
-    def __init__(self, num_samples, batch_size: int, *, rank: int | None = None, world_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0):
-        super().__init__(num_samples, batch_size, rank, world_size, shuffle, seed)
+    def __init__(self, num_samples, batch_size: int, *, sharding: Sharding | None = None, shuffle: bool = True,
+                 seed: int = 0):
+        super().__init__(num_samples, batch_size, sharding, shuffle, seed)
 
     def __len__(self) -> int:
         return self.plan.steps

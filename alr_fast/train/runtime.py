@@ -11,6 +11,8 @@ from datetime import timedelta
 
 import torch
 
+from alr_fast.loss.sharding import Sharding
+
 __all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
            "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
 
@@ -89,6 +91,12 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def sharding(self, blocks: tuple[int, ...] | None = None) -> Sharding:
+        """This rank's :class:`alr_fast.loss.sharding.Sharding`: the one place the runtime's rank and world
+        size become the owner rule the bank and every loader are given. ``blocks``: the dataset's tar-shard
+        boundaries (``TrainData.sharding_blocks``); they decide nothing on one rank and are dropped there."""
+        return Sharding(self.rank, self.world_size, blocks if self.world_size > 1 else None)
 
 
 NUMERICS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
