@@ -1,13 +1,16 @@
 """The runtime is where rank and world size are read: `Runtime.sharding` turns them into the one `Sharding` the
-trainer passes to the bank and every loader."""
+trainer passes to the bank and every loader; the stop message names the rank it is given (no RANK lookup)."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import numpy as np
 import torch
 
 from alr_fast.loss.sharding import Sharding
-from alr_fast.train.runtime import Runtime
+from alr_fast.train.runtime import Runtime, StopSignals
 
 
 def _rt(rank, world):
@@ -23,3 +26,10 @@ def test_runtime_sharding_is_the_rank_of_the_world_with_the_datasets_blocks():
     assert _rt(1, 2).sharding().owned(7).tolist() == [1, 3, 5]
     np.testing.assert_array_equal(_rt(1, 2).sharding(blocks).rank_starts, [0, 11, 19])
 
+
+def test_stop_message_names_the_rank_it_is_given(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "7")  # not what the message reads
+    with StopSignals(rank=3) as s:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert s.requested == signal.SIGTERM
+    assert "[alr_fast] rank 3: SIGTERM received" in capsys.readouterr().err

@@ -43,8 +43,10 @@ class StopSignals:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, rank: int = 0):
         self.requested = 0
+        self.rank = int(rank)
+        """The rank named in the stop message (the trainer passes the runtime's)."""
         self._previous = {}
         self._pid = os.getpid()
 
@@ -58,7 +60,7 @@ class StopSignals:
             os.kill(os.getpid(), signum)
             return
         self.requested = signum
-        print(f"[alr_fast] rank {os.environ.get('RANK', '0')}: {signal.Signals(signum).name} received: finishing "
+        print(f"[alr_fast] rank {self.rank}: {signal.Signals(signum).name} received: finishing "
               "the current step, then checkpointing and exiting (send it again to exit at once)",
               file=sys.stderr, flush=True)
 

@@ -166,7 +166,7 @@ class _Loop:
                                    check_index=self.check_index)
         self.bank, self.sched = self.alr.bank, self.alr.schedule
         self.faults = faults.from_env(rt.rank)  # None unless a reliability test asks (alr_fast/train/faults.py)
-        self.signals = StopSignals()
+        self.signals = StopSignals(rt.rank)
         self.stopping = False
         # Smallest global step whose loss was non-finite (_NO_BAD_STEP: none); read every nan_check_every steps.
         self.bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=rt.device)
