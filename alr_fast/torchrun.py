@@ -11,6 +11,7 @@ wrapper names in ``ALR_FAST_EXIT_STATUS_DIR`` (alr_fast/cli.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -18,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from alr_fast.train.runtime import EXIT_PREEMPTED
+from alr_fast.util.logs import configure_console
 
 __all__ = ["main", "all_ranks_preempted"]
 
@@ -44,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (SignalException, ChildFailedError) as e:
         if all_ranks_preempted(status_dir):
-            print(f"[alr_fast.torchrun] every rank stopped with a checkpoint ({type(e).__name__}); exit status "
-                  f"{EXIT_PREEMPTED}: run again with --resume", file=sys.stderr, flush=True)
+            configure_console(rank=0)  # this launcher process's own message, on stderr
+            logging.getLogger("alr_fast.torchrun").warning(
+                "every rank stopped with a checkpoint (%s); exit status %d: run again with --resume",
+                type(e).__name__, EXIT_PREEMPTED)
             return EXIT_PREEMPTED
         raise
     finally:

@@ -133,8 +133,11 @@ rm -rf "$SITE" "$DEPS"
 "$PY" -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__, \
 torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" \
   > "$OUT/env.log" 2>&1 || rc=$?
-# The project, without network: build requirements (setuptools>=77, wheel) from .whl/ when they travelled.
-if "$PY" -m pip install --no-deps --no-index --find-links .whl --target "$SITE" . > "$OUT/install.log" 2>&1; then
+# The project, without network: build requirements (setuptools>=77, wheel) from .whl/ when they travelled
+# (without .whl/, e.g. CI's dry run, that attempt cannot succeed: straight to the python's own setuptools).
+: > "$OUT/install.log"
+if compgen -G ".whl/setuptools-*.whl" > /dev/null \
+    && "$PY" -m pip install --no-deps --no-index --find-links .whl --target "$SITE" . >> "$OUT/install.log" 2>&1; then
   INSTALL=pip-target
 elif "$PY" -m pip install --no-deps --no-index --no-build-isolation --target "$SITE" . >> "$OUT/install.log" 2>&1
 then
@@ -146,10 +149,16 @@ fi
 [[ $INSTALL == pythonpath ]] && export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" \
   || export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 # DeepSpeed (tier c) and its deps from .whl/ unless importable; --no-deps with the explicit list: never torch.
-if ! "$PY" -c "import deepspeed" > /dev/null 2>&1 && compgen -G ".whl/deepspeed-*.whl" > /dev/null; then
+# Imported once or twice in all (each import costs seconds): DS_OK is reused by tier c.
+ds_version() { "$PY" -c "import deepspeed; print('deepspeed', deepspeed.__version__)" > "$OUT/deepspeed.log" 2>&1; }
+DS_OK=0
+if ds_version; then
+  DS_OK=1
+elif compgen -G ".whl/deepspeed-*.whl" > /dev/null; then
   if "$PY" -m pip install --no-deps --no-index --find-links .whl --target "$DEPS" "deepspeed==$DS_VERSION" \
       "${DS_DEPS[@]}" >> "$OUT/install.log" 2>&1; then
     export PYTHONPATH="$PYTHONPATH:$DEPS"
+    ds_version && DS_OK=1
   else
     log "install: DeepSpeed from .whl/ failed (see $OUT/install.log)"
   fi
@@ -157,8 +166,8 @@ fi
 (cd "$OUT" && "$PY" -c "import alr_fast.loss.triton as k, os; assert k.HAS_FUSED_ALR, 'no triton'; \
 print('alr_fast.loss.triton from', os.path.relpath(k.__file__, '$REPO'), 'interpreted' if k.INTERPRETED else 'compiled')") \
   >> "$OUT/env.log" 2>&1 || rc=$?
-"$PY" -c "import deepspeed; print('deepspeed', deepspeed.__version__)" >> "$OUT/env.log" 2>&1 \
-  || echo "deepspeed: not importable" >> "$OUT/env.log"
+cat "$OUT/deepspeed.log" >> "$OUT/env.log"
+[[ $DS_OK == 1 ]] || echo "deepspeed: not importable" >> "$OUT/env.log"
 sed 's/^/    /' "$OUT/env.log"
 finish_tier install $rc $start
 if [[ $rc -ne 0 ]]; then
@@ -207,7 +216,7 @@ FIXTURE="$OUT/fixture_c1m"
 TRAIN_ARGS=(--recipe clothing1m --data-root "$FIXTURE" --model resnet50 --batch-size 64
             --set data.loader=torch --set data.image_size=224 --set train.precision=bf16
             --set data.subset_size=256 --out "$OUT" --tag resnet50_bf16)
-if ! "$PY" -c "import deepspeed" > /dev/null 2>&1; then
+if [[ $DS_OK != 1 ]]; then
   log "tier c: DeepSpeed is not importable and did not install from .whl/ (run --prepare first): skipped"
   rc=3
 elif [[ $DRY == 1 ]]; then

@@ -13,8 +13,8 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
   # The constraints pin the tested versions; every extra of pyproject.toml is installed (train, demo, dali, test,
-  # bench, timm; not [mutation], a local tool): the core alone (torch, numpy) is what `pip install alr_fast` gives a user's own loop.
-  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[train,demo,dali,test,bench,timm]" >&2
+  # bench, timm, examples; not [mutation], a local tool): the core alone (torch, numpy) is what `pip install alr_fast` gives a user's own loop.
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[train,demo,dali,test,bench,timm,examples]" >&2
   # DeepSpeed JIT-compiles its CPU shared-memory comm op on first use (~30 s); build it now, once per environment,
   # so the first run is not slowed down. Cached under .venv/torch_extensions.
   # Built into this venv's own folder (alr_fast.train.runtime.prepare_deepspeed_comm_op says why).

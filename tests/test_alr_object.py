@@ -177,6 +177,23 @@ def test_state_dict_reshards_two_to_one_and_to_three_exactly(tmp_path):
         ALR(labels, 6).load_state_dict(saved)
 
 
+def test_gather_state_dicts_on_one_rank_and_refused_for_ranks_without_a_process_group():
+    # The gather across real ranks runs in tests/test_examples.py (the Lightning example's checkpoint holds every
+    # rank's rows, compared there with the exported soft labels).
+    g = torch.Generator().manual_seed(6)
+    labels = torch.randint(0, 4, (9,), generator=g)
+    one = ALR(labels, 4, warmup=0, ramp_epochs=0, backend="torch")
+    one(torch.randn(9, 4, generator=g) * 3, torch.arange(9))
+    (state,) = one.gather_state_dicts()
+    assert torch.equal(state["bank"]["soft"], one.soft_labels) and state["world_size"] == 1
+    fresh = ALR(labels, 4, warmup=0, ramp_epochs=0, backend="torch")
+    fresh.load_state_dict(one.gather_state_dicts())
+    assert torch.equal(fresh.soft_labels, one.soft_labels)
+    assert not torch.equal(fresh.soft_labels, ALR(labels, 4).soft_labels)  # the call did move the rows
+    with pytest.raises(RuntimeError, match="rank 1 of 2 but torch.distributed is not initialised"):
+        _shard_objects(labels, 4, 2)[1].gather_state_dicts()
+
+
 def test_export_writes_the_trainers_files_from_every_rank(tmp_path):
     g = torch.Generator().manual_seed(5)
     n, k = 10, 3
@@ -224,3 +241,45 @@ def test_bad_arguments_are_named():
     # N / W = 2.5 lies as near boundary 2 as 3: the lower is rank 1's start
     assert given.sharding == Sharding(1, 2, (0, 2, 3, 5)) and given.global_index.tolist() == [2, 3, 4]
     assert given.rank == 1 and given.world_size == 2
+
+
+def test_trainer_gives_the_fused_mean_its_count_one_forward_launch_per_step(tmp_path, monkeypatch):
+    """The real trainer with the fused kernel (Triton interpreter here): it passes its batch's real-row count,
+    so every step's forward is one launch and no counting pre-pass runs (issue 24: one launch forward, no
+    host sync). A trainer that stopped passing ``n_valid`` would show one pre-pass launch per step."""
+    pytest.importorskip("triton")
+    pytest.importorskip("sklearn")  # the digits data
+    from alr_fast.config import apply_overrides
+    from alr_fast.loss.triton import launch
+    from alr_fast.recipes import get_recipe
+    from alr_fast.train.trainer import train
+
+    calls = {"forward": 0, "count": 0}
+
+    class Count:
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            calls[self.name] += 1
+            return self.kernel[grid]
+
+    monkeypatch.setattr(launch, "_alr_fwd_kernel", Count(launch._alr_fwd_kernel, "forward"))
+    monkeypatch.setattr(launch, "count_valid_kernel", Count(launch.count_valid_kernel, "count"))
+    steps = []
+    loss_of_a_batch = ALR.__call__
+
+    def counted(self, logits, index, **kwargs):
+        steps.append(kwargs.get("n_valid"))
+        return loss_of_a_batch(self, logits, index, **kwargs)
+
+    monkeypatch.setattr(ALR, "__call__", counted)
+    cfg = apply_overrides(get_recipe("demo"), [
+        "data.dataset=digits", "train.epochs=1", "method.warmup_epochs=0", "train.batch_size=512", "model.width=4",
+        "method.backend=triton", "train.progress=false", "train.tensorboard=false", "train.save_every_epoch=false",
+        f"train.out={tmp_path / 'run'}",
+    ])  # fmt: skip
+    summary = train(cfg)
+    assert summary["loss_backend"] == "triton" and len(steps) >= 2
+    assert calls == {"forward": len(steps), "count": 0}, (calls, len(steps))
+    assert all(isinstance(n, torch.Tensor) for n in steps)  # a device tensor: no host sync

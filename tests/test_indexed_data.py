@@ -59,6 +59,23 @@ def test_batch_sampler_gives_the_trainers_batches():
                 assert min(len(b) for b in got) >= 2
 
 
+def test_batch_sampler_epoch_is_set_through_its_sampler_as_lightning_does():
+    """PyTorch Lightning calls set_epoch on ``loader.sampler`` and ``loader.batch_sampler.sampler``, never on the
+    batch sampler itself: the batches must follow ``batch_sampler.sampler``'s epoch (they did not: every epoch
+    repeated epoch 0's order under Lightning)."""
+    bs = OwnerBatchSampler(41, 4, rank=1, world_size=2, seed=5)
+    loader = DataLoader(WithIndex(TensorDataset(torch.zeros(41))), batch_sampler=bs)
+    epoch0 = list(bs)
+    assert [i for b in epoch0 for i in b] == list(bs.sampler)  # the batches are the sampler's order, cut
+    loader.batch_sampler.sampler.set_epoch(3)
+    assert bs.epoch == 3 and list(bs) != epoch0
+    assert list(bs) == [b.tolist() for b in bs.plan.batches(3)]
+    bs.set_epoch(0)
+    assert bs.sampler.epoch == 0 and list(bs) == epoch0
+    loader.batch_sampler.sampler.set_epoch(2)  # the real Lightning path: tests/test_examples.py
+    assert [idx.tolist() for _, idx in loader] == [b.tolist() for b in bs.plan.batches(2)]
+
+
 def test_with_index_serves_tuples_dicts_and_padding_through_a_dataloader():
     x = torch.arange(12, dtype=torch.float32).view(6, 2) + 1
     y = torch.arange(6)
@@ -92,7 +109,10 @@ def test_rank_defaults_to_one_process_and_bad_rank_is_named():
     with pytest.raises(ValueError, match="rank 2 outside"):
         OwnerSampler(4, sharding=Sharding(2, 2))
     with pytest.raises(TypeError, match="OwnerBatchSampler: sharding must be an alr_fast.loss.sharding.Sharding"):
-        OwnerBatchSampler(4, 2, sharding=(1, 2))  # the ints of an older signature are refused, not misread
+        OwnerBatchSampler(4, 2, sharding=(1, 2))  # a tuple is not a Sharding: refused, not misread
+    with pytest.raises(ValueError, match="OwnerSampler: give either sharding or rank/world_size, not both"):
+        OwnerSampler(4, sharding=Sharding(0, 2), rank=0)
+    assert OwnerBatchSampler(9, 2, rank=1, world_size=3).plan.sharding == Sharding(1, 3)  # ints: the strided rule
     assert np.all(np.diff(list(OwnerSampler(9, shuffle=False, sharding=Sharding(1, 3)))) == 3)
 
 

@@ -342,3 +342,53 @@ def test_mean_count_argument_is_checked():
     for bad in ((index >= 0), torch.ones(2, device=DEVICE), 5):
         with pytest.raises(ValueError, match="n_valid must be a one-element real tensor"):
             fused_alr_loss(logits, bank.clone(), index, ALRParams(ALPHA, LAM), n_valid=bad)
+
+
+class _CountLaunches:
+    """Stands in for a ``@triton.jit`` kernel in ``launch``'s namespace: counts ``kernel[grid](...)`` launches."""
+
+    def __init__(self, kernel, name, calls):
+        self.kernel, self.name, self.calls = kernel, name, calls
+
+    def __getitem__(self, grid):
+        self.calls[self.name] = self.calls.get(self.name, 0) + 1
+        return self.kernel[grid]
+
+
+def test_alr_object_with_the_callers_count_is_one_forward_launch(monkeypatch):
+    """What the trainer does (alr_fast.ALR with ``n_valid=(idx >= 0).sum()``, assume_unique, "mean"): the fused
+    forward is one launch (no counting pre-pass) and gives bitwise the results of the call without the count
+    (two launches: pre-pass + forward); a wrong count reaches the kernel (the gradient halves, the loss not)."""
+    from alr_fast import ALR
+
+    calls = {}
+    monkeypatch.setattr(launch, "_alr_fwd_kernel", _CountLaunches(launch._alr_fwd_kernel, "forward", calls))
+    monkeypatch.setattr(launch, "count_valid_kernel", _CountLaunches(launch.count_valid_kernel, "count", calls))
+    g = torch.Generator().manual_seed(29)
+    labels = torch.randint(0, 6, (20,), generator=g)
+    logits = torch.randn(9, 6, generator=g).to(DEVICE)
+    idx = torch.randperm(20, generator=g)[:9].to(DEVICE)
+    idx[[1, 5]] = -1  # padding
+    outs = {}
+    for name, count in (("pre-pass", None), ("caller", (idx >= 0).sum()), ("doubled", 2 * (idx >= 0).sum())):
+        calls.clear()
+        alr = ALR(labels, 6, warmup=0, ramp_epochs=0, backend="triton", assume_unique=True, check_index=False,
+                  device=DEVICE)  # fmt: skip
+        z = logits.clone().requires_grad_(True)
+        loss = alr(z, idx, n_valid=count)
+        outs[name] = (dict(calls), loss.detach(), alr.soft_labels.clone())
+        loss.backward()
+        outs[name] += (z.grad,)
+    assert outs["pre-pass"][0] == {"forward": 1, "count": 1}
+    assert outs["caller"][0] == outs["doubled"][0] == {"forward": 1}
+    for a, b in zip(outs["caller"][1:], outs["pre-pass"][1:]):
+        assert torch.equal(a, b)
+    assert torch.equal(outs["doubled"][1], outs["caller"][1])  # the loss: the kernel's own count
+    torch.testing.assert_close(outs["doubled"][3] * 2, outs["caller"][3], rtol=1e-6, atol=0)
+    ref_z = logits.clone().requires_grad_(True)
+    ref_bank = torch.nn.functional.one_hot(labels, 6).float().to(DEVICE)
+    ref = alr_loss_reference(ref_z, ref_bank, idx, ALRParams(0.9, 0.3, assume_unique=True))
+    ref.backward()
+    torch.testing.assert_close(outs["caller"][1], ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs["caller"][3], ref_z.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(outs["caller"][2], ref_bank, rtol=1e-6, atol=1e-7)

@@ -72,7 +72,7 @@ def test_group_signal_with_dataloader_workers_checkpoints_once_and_exits_75(anim
     resumed = subprocess.run([sys.executable, str(ROOT / "launchers" / "train.py"), *args(animal10n, out, 2),
                               "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"global step {step}" in resumed.stdout and (out / "summary.json").exists()
+    assert f"global step {step}" in resumed.stderr and (out / "summary.json").exists()
 
 
 def test_sigterm_to_torchrun_exits_75_through_the_wrapper(tmp_path):

@@ -69,23 +69,29 @@ class WithIndex(Dataset):
         return item, i
 
 
-def _group_sharding() -> Sharding:
-    """The strided owner rule of the initialised ``torch.distributed`` group (one rank without one): the default
-    of a user's own loop, which has no runtime of the trainer's to ask."""
+def _sharding_of(owner: str, sharding, rank, world_size) -> Sharding:
+    """The one place a user's own loop turns what it was given into a :class:`Sharding`: the object itself (e.g.
+    ``alr.sharding``), or ``rank``/``world_size`` ints (strided rule), or, without either, the initialised
+    ``torch.distributed`` group's (a user's loop has no runtime of the trainer's to ask), else one rank."""
+    if sharding is not None:
+        if not isinstance(sharding, Sharding):
+            raise TypeError(f"{owner}: sharding must be an alr_fast.loss.sharding.Sharding (e.g. alr.sharding), "
+                            f"got {sharding!r}")
+        if rank is not None or world_size is not None:
+            raise ValueError(f"{owner}: give either sharding or rank/world_size, not both")
+        return sharding
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return Sharding(dist.get_rank(), dist.get_world_size())
-    return Sharding()
+    live = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if live else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if live else 1
+    return Sharding(rank, world_size)
 
 
 class _OwnerPlan:
-    def __init__(self, num_samples, batch_size, sharding, shuffle, seed):
+    def __init__(self, num_samples, batch_size, sharding: Sharding, shuffle, seed):
         n = len(num_samples) if hasattr(num_samples, "__len__") else int(num_samples)
-        if sharding is None:
-            sharding = _group_sharding()
-        elif not isinstance(sharding, Sharding):
-            raise TypeError(f"{type(self).__name__}: sharding must be an alr_fast.loss.sharding.Sharding (e.g. "
-                            f"alr.sharding), got {sharding!r}")
         self.plan = EpochPlan(n, shuffle=shuffle, seed=seed, sharding=sharding, batch_size=batch_size)
         self.epoch = 0
 
@@ -97,14 +103,15 @@ class _OwnerPlan:
 class OwnerSampler(_OwnerPlan, Sampler):
     """Global indices of the samples this rank owns, shuffled per epoch, padded with -1 to
     ``ceil(N / W)`` (at least 2 when shuffled). ``num_samples``: N or the dataset.
-    ``sharding``: whose samples (:class:`alr_fast.loss.sharding.Sharding`; pass ``alr.sharding`` and the sampler
-    reads exactly the rows the ALR object's bank holds); default: the initialised ``torch.distributed`` group's
-    rank and size under the strided rule, else one rank.
+    Whose samples: ``sharding`` (:class:`alr_fast.loss.sharding.Sharding`; pass ``alr.sharding`` and the sampler
+    reads exactly the rows the ALR object's bank holds), or ``rank``/``world_size`` (the strided rule); default:
+    the initialised ``torch.distributed`` group's rank and size, else one rank.
     Use with :class:`WithIndex` (which serves -1) and ``DataLoader(batch_size=B)``; the last batch may hold a
     single row (use :class:`OwnerBatchSampler` for a model with BatchNorm)."""
 
-    def __init__(self, num_samples, *, sharding: Sharding | None = None, shuffle: bool = True, seed: int = 0):
-        super().__init__(num_samples, None, sharding, shuffle, seed)
+    def __init__(self, num_samples, *, sharding: Sharding | None = None, rank: int | None = None,
+                 world_size: int | None = None, shuffle: bool = True, seed: int = 0):
+        super().__init__(num_samples, None, _sharding_of("OwnerSampler", sharding, rank, world_size), shuffle, seed)
 
     def __len__(self) -> int:
         return self.plan.shard_len
@@ -116,12 +123,24 @@ class OwnerSampler(_OwnerPlan, Sampler):
 class OwnerBatchSampler(_OwnerPlan, Sampler):
     """The trainer's batches of this rank: the :class:`OwnerSampler` order cut by the one batching rule
     (:func:`alr_fast.data.loaders.plan.batch_bounds`: batches of ``batch_size``, the last two sharing their rows
-    rather than leaving one alone). The same number of batches on every rank. ``sharding`` as for
-    :class:`OwnerSampler`."""
+    rather than leaving one alone). The same number of batches on every rank. ``sharding``, ``rank``,
+    ``world_size`` as for :class:`OwnerSampler`."""
 
-    def __init__(self, num_samples, batch_size: int, *, sharding: Sharding | None = None, shuffle: bool = True,
-                 seed: int = 0):
+    def __init__(self, num_samples, batch_size: int, *, sharding: Sharding | None = None, rank: int | None = None,
+                 world_size: int | None = None, shuffle: bool = True, seed: int = 0):
+        sharding = _sharding_of("OwnerBatchSampler", sharding, rank, world_size)
+        self.sampler = OwnerSampler(num_samples, sharding=sharding, shuffle=shuffle, seed=seed)
+        """The same rows one at a time (the batches, concatenated). It holds the epoch the batches follow, so
+        ``set_epoch`` here or on ``loader.batch_sampler.sampler`` (where PyTorch Lightning calls it) both work."""
         super().__init__(num_samples, batch_size, sharding, shuffle, seed)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.sampler.set_epoch(value)
 
     def __len__(self) -> int:
         return self.plan.steps

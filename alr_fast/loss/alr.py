@@ -287,13 +287,17 @@ class ALR:
         return torch.where(foreign, torch.full_like(local, bank.num_samples), local)
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor, *, reduction: str = "mean",
-                 step: int | None = None, epoch: int | None = None, track: bool = True) -> torch.Tensor:
+                 step: int | None = None, epoch: int | None = None, track: bool = True,
+                 n_valid: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of a batch: cross-entropy against the given labels in warm-up, the ALR loss (which updates
         the rows of ``index`` in the bank) once refinement started.
 
         ``index``: ``[B]`` GLOBAL sample indices (``-1``: a padded row, ignored). ``step`` / ``epoch`` override
         the object's own counters (the trainer passes its own). ``track``: record the predictions for the
-        epoch's signals (the trainer keeps its own record and passes the counts to :meth:`end_epoch`)."""
+        epoch's signals (the trainer keeps its own record and passes the counts to :meth:`end_epoch`).
+        ``n_valid``: ``(index >= 0).sum()`` if the caller has it (a device tensor; the trainer counts its batch's
+        real rows anyway): the fused kernel's ``"mean"`` then skips its counting pre-pass (one launch forward
+        with ``assume_unique``); see :func:`alr_fast.loss.functional.alr_loss`."""
         if not isinstance(index, torch.Tensor):
             index = torch.as_tensor(index)
         if index.device != logits.device:
@@ -314,7 +318,8 @@ class ALR:
         if baseline is None:
             loss = alr_loss(logits, self.bank.soft, local, alpha=p.alpha, lam=p.lam, refine=p.refine,
                             reduction=reduction, backend=self.backend, check_index=check,
-                            assume_unique=self.assume_unique)
+                            assume_unique=self.assume_unique,
+                            n_valid=None if n_valid is None else n_valid.to(logits.device, non_blocking=True))
         else:  # a baseline (fused kernel or reference: alr_fast.loss.functional), rows checked on the host above
             labels = torch.where(local >= 0, self.bank.given[local.clamp_min(0)], -1)
             # 'auto' unless 'torch' was asked for: the fused kernel where it applies (K <= its MAX_K, ELR with
@@ -399,6 +404,24 @@ class ALR:
             "step": self.step,
             "steps_per_epoch": self.steps_per_epoch,
         }
+
+    def gather_state_dicts(self) -> list[dict]:
+        """Every rank's :meth:`state_dict`, in rank order, returned on every rank: a collective (every rank calls
+        it) when distributed; ``[self.state_dict()]`` on one rank. For a framework that saves one rank's copy
+        of the state (a Lightning callback's state, a checkpoint written by rank 0): :meth:`load_state_dict`
+        takes the list back on any world size."""
+        own = self.state_dict()
+        if self.world_size == 1:
+            return [own]
+        found = _dist_world()
+        if found is None or found[1] != self.world_size:
+            raise RuntimeError(
+                f"ALR.gather_state_dicts: this object is rank {self.rank} of {self.world_size} but "
+                f"torch.distributed {'is not initialised' if found is None else f'has {found[1]} ranks'}; save "
+                "each rank's state_dict() instead")
+        states: list = [None] * self.world_size
+        torch.distributed.all_gather_object(states, own)
+        return states
 
     def load_state_dict(self, state) -> None:
         """Restore from :meth:`state_dict` output: one dict (saved with the same world size and rank, or with

@@ -49,6 +49,7 @@ def alr_loss(
     backend: str = "auto",
     check_index: bool = True,
     assume_unique: bool = False,
+    n_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ALR loss on a batch, updating the soft-label ``bank`` in place at rows ``index`` when ``refine``.
 
@@ -67,6 +68,11 @@ def alr_loss(
         assume_unique: promise that no index repeats in the batch: the fused kernel skips the device sort it
             needs for the sequential duplicate semantics, and the torch backend skips its sort and host sync
             (results are undefined if the promise is broken; ``check_index`` detects it).
+        n_valid: optional, ``reduction="mean"`` on the fused kernel: the number of rows with ``index >= 0`` as a
+            one-element tensor on the logits' device (e.g. ``(index >= 0).sum()`` the caller computes anyway).
+            The kernel then needs no counting pre-pass: the forward is one launch (with ``assume_unique``). Not
+            checked against the index (that would sync): a wrong count scales the gradient, not the loss. The
+            torch backends count the rows themselves and ignore it.
 
     Semantics of duplicates and non-finite logits: see :mod:`alr_fast.loss.reference`.
     """
@@ -78,7 +84,8 @@ def alr_loss(
         from alr_fast.loss.triton import fused_alr_loss
 
         validate_fused_inputs(logits, bank, "alr_loss")
-        return fused_alr_loss(logits, bank, index, params, validated=True)
+        return fused_alr_loss(logits, bank, index, params, n_valid=n_valid if reduction == "mean" else None,
+                              validated=True)
     if params.assume_unique:  # no sort, no host sync, closed-form gradient (what the trainer runs on CPU)
         return alr_loss_unique(logits, bank, index, params)
     return alr_loss_reference(logits, bank, index, params)

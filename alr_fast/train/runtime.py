@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -12,8 +13,9 @@ from datetime import timedelta
 import torch
 
 from alr_fast.loss.sharding import Sharding
+from alr_fast.util.logs import verbosity
 
-__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
+__all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
            "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
 
 EXIT_PREEMPTED = 75
@@ -60,9 +62,9 @@ class StopSignals:
             os.kill(os.getpid(), signum)
             return
         self.requested = signum
-        print(f"[alr_fast] rank {self.rank}: {signal.Signals(signum).name} received: finishing "
-              "the current step, then checkpointing and exiting (send it again to exit at once)",
-              file=sys.stderr, flush=True)
+        logging.getLogger("alr_fast.train").warning(
+            "rank %s: %s received: finishing the current step, then checkpointing and exiting (send it again to "
+            "exit at once)", self.rank, signal.Signals(signum).name)
 
     def __enter__(self):
         import threading
@@ -144,17 +146,22 @@ def extensions_dir() -> str:
     return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(sys.prefix, "torch_extensions")
 
 
+def deepspeed_log_level() -> str:
+    """The level of DeepSpeed's logger (``"DeepSpeed"``, which writes to stdout): ``error`` at the default
+    verbosity (its start-up warnings off), its own default ``warning`` with ``-v``, ``info`` with ``-vv``
+    (:func:`alr_fast.util.logs.verbosity`). The trainer passes it as DeepSpeed's ``log_level`` config."""
+    return {0: "error", 1: "warning"}.get(verbosity(), "info")
+
+
 def quiet_deepspeed_import() -> None:
     """Before the first ``import deepspeed``: its start-up chatter off at the default verbosity. On a machine
     without CUDA, DeepSpeed warns that it falls back to the CPU accelerator and torch's extension builder that
     there is no CUDA runtime; the CPU accelerator is named up front (``DS_ACCELERATOR=cpu``, the one DeepSpeed
-    would pick) and the builder's warning is raised to errors only. ``ALR_FAST_VERBOSE=1`` keeps both."""
-    if os.environ.get("ALR_FAST_VERBOSE"):
+    would pick) and the builder's warning is raised to errors only. ``-v`` (``ALR_FAST_VERBOSE=1``) keeps both."""
+    if verbosity():
         return
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import logging
-
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
@@ -188,6 +195,9 @@ def init_distributed(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE
 
     prepare_deepspeed_comm_op(1 if "RANK" not in os.environ else int(os.environ.get("WORLD_SIZE", "1")))
     import deepspeed
+    from deepspeed.utils.logging import set_log_level_from_string
+
+    set_log_level_from_string(deepspeed_log_level())  # for the set-up; deepspeed.initialize gets it in its config
 
     # DeepSpeed's engine insists on LOCAL_RANK (set by every launcher); a plain process is local rank 0. A child
     # process ignores an inherited LOCAL_RANK unless RANK is set too.

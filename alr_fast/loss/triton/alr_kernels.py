@@ -40,7 +40,7 @@ def _alr_grad(p, t, logp, t_sum, ent, lam, HAS_ENTROPY: tl.constexpr):
 @triton.jit
 def _alr_rows(
     logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
-    row, idx, act, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc, n_valid, worst,
+    row, idx, act, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc,
     REFINE: tl.constexpr, HAS_ENTROPY: tl.constexpr, STORE_ROWS: tl.constexpr, ONE_SWEEP: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):  # fmt: skip
@@ -49,9 +49,9 @@ def _alr_rows(
     ``gscale`` multiplies the stored gradient (``1 / n_valid`` for "mean", else 1): the gradient is final when
     the loss's ``grad_output`` is 1. An index ``>= N`` never touches the bank: its row gets a NaN loss and a
     NaN gradient (like a non-finite row). The per-lane loss (0 for padded or inactive lanes, NaN for
-    non-finite or out-of-range rows) is stored with ``STORE_ROWS``; returns the program's running totals
-    ``loss_acc + loss``, ``n_valid`` + the lanes with an index >= 0, and ``worst`` raised to the largest
-    index >= N seen.
+    non-finite or out-of-range rows) is stored with ``STORE_ROWS``; returns the program's running loss
+    ``loss_acc + loss``. (The valid-row count and the out-of-range flag depend on the index only: the caller
+    takes them from its keys, so nothing else is carried from one call to the next.)
     """
     valid, oob, inb = row_status(act, idx, N)
     # K = K_DIV * ROW_ALIGN tells the compiler that the column mask is constant in groups of ROW_ALIGN, so
@@ -121,9 +121,7 @@ def _alr_rows(
         if HAS_ENTROPY:
             loss = loss + lam * ent
 
-    loss_acc, n_valid = finish_rows(loss, bad, valid, act, row, loss_ptr, loss_acc, n_valid, STORE_ROWS)
-    worst = tl.maximum(worst, tl.where(oob, idx, -1))
-    return loss_acc, n_valid, worst
+    return finish_rows(loss, bad, valid, act, row, loss_ptr, loss_acc, STORE_ROWS)
 
 
 @triton.jit
@@ -150,8 +148,6 @@ def _alr_fwd_kernel(
     in_batch = pos < B
     key = tl.load(key_ptr + pos, mask=in_batch, other=-1)
     loss_acc = tl.zeros([ROWS], tl.float32)
-    n_valid = tl.zeros([ROWS], tl.float32)
-    worst = tl.full([ROWS], -1, tl.int64)  # largest out-of-range index seen (-1: none)
     gscale = mean_grad_scale(nvalid_ptr, REDUCTION == 2)
     if DEDUP:
         prev = tl.load(key_ptr + pos - 1, mask=in_batch & (pos > 0), other=-1)
@@ -159,9 +155,9 @@ def _alr_fwd_kernel(
         act = in_batch & ((key < 0) | (pos == 0) | (prev != key))
         while tl.max(act.to(tl.int32), axis=0) > 0:
             row = tl.load(order_ptr + pos, mask=act, other=0)
-            loss_acc, n_valid, worst = _alr_rows(
+            loss_acc = _alr_rows(
                 logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
-                row, key, act, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc, n_valid, worst,
+                row, key, act, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc,
                 REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
             )  # fmt: skip
             # The next occurrence of this bank row must read this occurrence's write: make the write visible
@@ -172,18 +168,22 @@ def _alr_fwd_kernel(
             act = act & (key >= 0) & (nkey == key)
             pos = nxt
     else:
-        loss_acc, n_valid, worst = _alr_rows(
+        loss_acc = _alr_rows(
             logits_ptr, stride_lb, bank_ptr, stride_nb, grad_ptr, stride_gb, loss_ptr,
-            pos, key, in_batch, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc, n_valid, worst,
+            pos, key, in_batch, N, K_DIV, alpha, one_minus_alpha, lam, gscale, loss_acc,
             REFINE, HAS_ENTROPY, REDUCTION == 0, ONE_SWEEP, ROWS, BLOCK_K, ROW_ALIGN,
         )  # fmt: skip
-    worst_idx = tl.max(worst, axis=0)
+    # The program's valid-row count and largest out-of-range index depend on the index only: taken here from
+    # the keys it loaded (each batch row's index is at exactly one position of one program, its own row or,
+    # with DEDUP, its sorted position) rather than carried through the row loop, whose live state is then
+    # just the loss and the positions (triton 3.6's ptxas spilled two duplicate-safe variants carrying more).
+    worst_idx = tl.max(tl.where(key >= N, key, -1), axis=0)
     if worst_idx >= 0:
         tl.atomic_max(err_ptr, worst_idx + 1)  # only when a bad index is present: no cost otherwise
     if REDUCTION != 0:
         last_program_reduces(
-            partial_ptr, counter_ptr, loss_ptr, tl.sum(loss_acc, axis=0), tl.sum(n_valid, axis=0),
-            REDUCTION == 2, RED_BLOCK,
+            partial_ptr, counter_ptr, loss_ptr, tl.sum(loss_acc, axis=0),
+            tl.sum((key >= 0).to(tl.float32), axis=0), REDUCTION == 2, RED_BLOCK,
         )  # fmt: skip
 
 

@@ -79,7 +79,7 @@ def _stateless_kernel(z_ptr, y_ptr, g_ptr, loss_ptr, B, K, stride_zb, stride_gb,
         g = c1 * diff - (1.0 - c1) * p * (logp + ent[:, None])
     bad = (valid & nonfinite) | oob
     store_grad_rows(g_ptr, g_off, c, kmask[None, :], g, 1.0, act, valid, bad)
-    finish_rows(loss, bad, valid, act, row, loss_ptr, 0.0, 0.0, True)
+    finish_rows(loss, bad, valid, act, row, loss_ptr, 0.0, True)
 
 
 @triton.jit
@@ -114,7 +114,7 @@ def _elr_kernel(z_ptr, bank_ptr, idx_ptr, y_ptr, g_ptr, loss_ptr, B, K, N, strid
         g = g - (lam / (1.0 - s))[:, None] * (u - p * tl.sum(u, axis=1)[:, None])
     bad = (valid & nonfinite) | oob
     store_grad_rows(g_ptr, g_off, c, kmask[None, :], g, 1.0, act, valid, bad)
-    finish_rows(loss, bad, valid, act, row, loss_ptr, 0.0, 0.0, True)
+    finish_rows(loss, bad, valid, act, row, loss_ptr, 0.0, True)
 
 
 class _FusedRows(torch.autograd.Function):

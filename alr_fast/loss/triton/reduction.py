@@ -71,7 +71,8 @@ def last_program_reduces(
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     tl.store(partial_ptr + pid, loss_part)
-    tl.store(partial_ptr + n_prog + pid, count_part)
+    if MEAN:
+        tl.store(partial_ptr + n_prog + pid, count_part)  # "sum" needs no count
     # Every thread's partial store is ordered before the (single-thread) release atomic below.
     tl.debug_barrier()
     ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")

@@ -146,13 +146,13 @@ def store_grad_rows(grad_ptr, g_off, c, kmask, g, gscale, act, valid, bad):
 
 
 @triton.jit
-def finish_rows(loss, bad, valid, act, row, loss_ptr, loss_acc, n_valid, STORE_ROWS: tl.constexpr):
+def finish_rows(loss, bad, valid, act, row, loss_ptr, loss_acc, STORE_ROWS: tl.constexpr):
     """Per-row loss epilogue: NaN on ``bad`` rows, 0 on padded or inactive lanes; stored at ``loss_ptr[row]``
-    with ``STORE_ROWS``; returns the program's running ``(loss_acc, n_valid)``."""
+    with ``STORE_ROWS``; returns the program's running loss ``loss_acc`` plus these rows'."""
     loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
     if STORE_ROWS:
         tl.store(loss_ptr + row, loss, mask=act)
-    return loss_acc + tl.where(act, loss, 0.0), n_valid + valid.to(tl.float32)
+    return loss_acc + tl.where(act, loss, 0.0)
 
 
 INTERPRETED = not isinstance(round_to, triton.runtime.JITFunction)
