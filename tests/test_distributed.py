@@ -79,6 +79,15 @@ def test_two_ranks(tmp_path):
     assert given_mass[int(first["global_index"])] == given_mass.min()
     assert not (out / ".export_parts").exists()
     assert "Traceback" not in proc.stderr
+    # Output (docs/output.md): stdout is the summary alone (DeepSpeed's "comm op built" print() of each rank is a
+    # debug message); rank 0 alone writes the epoch lines; train.log has the same lines.
+    printed = json.loads(proc.stdout)  # the whole of stdout parses
+    assert printed["weights_sha256_prefix"] == summary["weights_sha256_prefix"] and printed["world_size"] == 2
+    epoch_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[alr_fast] epoch ")]
+    assert [ln.split(":")[0] for ln in epoch_lines] == ["[alr_fast] epoch 0 (1 of 2, warmup)",
+                                                        "[alr_fast] epoch 1 (2 of 2, refine)"]
+    assert "[alr_fast rank 1]" not in proc.stderr and "built successfully" not in proc.stdout + proc.stderr
+    assert (out / "train.log").read_text().count(" INFO alr_fast.train: epoch ") == 2
 
 
 def _same_run(a: Path, b: Path):
