@@ -2,33 +2,61 @@
 
 from __future__ import annotations
 
+# Only light modules at the top: `--help` and `--version` answer without importing torch or DeepSpeed
+# (tests/test_cli_output.py); each sub-command imports what it runs.
 import argparse
 import contextlib
 import json
 import os
 import sys
-from pathlib import Path
 
-from alr_fast.train.checkpoint import CheckpointError
-from alr_fast.config import DEMO_METHODS, METHODS, apply_overrides, load_config_file
-from alr_fast.recipes import RECIPES, resolve_recipe
-from alr_fast.train.runtime import PeerLost, Preempted, shutdown_distributed
+from alr_fast.util.names import DEMO_METHODS, METHODS, RECIPE_NAMES
+
+RECIPE_DEFAULT = "(default: the recipe's)"
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already names one or there is none to show
+    (a flag, a counter, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS)
+                or isinstance(action, argparse._CountAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every parser of the command line, sub-commands' included, formats its help with :class:`_Formatter`."""
+    parser.formatter_class = _Formatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", help="run folder (default: the recipe's)")
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="per-rank batch size")
-    p.add_argument("--seed", type=int, help="seed of init and data order")
-    p.add_argument("--noise-rate", type=float, help="synthetic noise rate in [0, 1]")
-    p.add_argument("--data-root", help="folder of an on-disk dataset")
-    p.add_argument("--model", help="small_cnn, mlp, preact_resnet18, cifar_resnet34, or a torchvision / timm model name")
-    p.add_argument("--image-size", type=int, help="training crop size in pixels (on-disk datasets)")
-    p.add_argument("--save-every", type=int, help="also checkpoint every N steps")
+    p.add_argument("--out", help=f"run folder {RECIPE_DEFAULT}")
+    p.add_argument("--epochs", type=int, help=f"number of epochs {RECIPE_DEFAULT}")
+    p.add_argument("--batch-size", type=int, help=f"per-rank batch size {RECIPE_DEFAULT}")
+    p.add_argument("--seed", type=int, help=f"seed of init and data order {RECIPE_DEFAULT}")
+    p.add_argument("--noise-rate", type=float, help=f"synthetic noise rate in [0, 1] {RECIPE_DEFAULT}")
+    p.add_argument("--data-root", help=f"folder of an on-disk dataset {RECIPE_DEFAULT}")
+    p.add_argument("--model", help="small_cnn, mlp, preact_resnet18, cifar_resnet34, or a torchvision / timm model "
+                                   f"name {RECIPE_DEFAULT}")
+    p.add_argument("--image-size", type=int, help=f"training crop size in pixels (on-disk datasets) {RECIPE_DEFAULT}")
+    p.add_argument("--save-every", type=int, help=f"also checkpoint every N steps {RECIPE_DEFAULT}")
     p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "strict"),
                    help="continue from the newest complete checkpoint in --out that verifies (an older one, with a "
-                        "warning, if it does not); --resume=strict stops instead")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        "warning, if it does not); --resume=strict stops instead (default: start afresh)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one line per epoch on stderr instead (also what happens when stderr is "
+                        "not a terminal)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more messages: -v adds alr_fast's debug messages and DeepSpeed's and torch's start-up "
+                        "warnings, -vv DeepSpeed's info messages too (default: alr_fast's messages, DeepSpeed's "
+                        "errors)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set method.alpha=0.8 (repeatable)")
 
@@ -50,10 +78,21 @@ def _config_from_args(args, recipe: str):
     if args.resume:
         sets.append("train.resume=true")
         sets.append(f"train.resume_strict={args.resume == 'strict'}")
+    from alr_fast.config import apply_overrides, load_config_file
+    from alr_fast.recipes import resolve_recipe
+
     if getattr(args, "config", None):
         # A saved run's config.json (or a hand-written one) is complete: no recipe resolution, only overrides.
         return apply_overrides(load_config_file(args.config), sets)
     return resolve_recipe(recipe, sets)
+
+
+def shutdown_distributed() -> None:
+    """:func:`alr_fast.train.runtime.shutdown_distributed`, imported when called (so that ``--help`` imports no
+    torch; tests that keep the process group for later runs replace this name)."""
+    from alr_fast.train.runtime import shutdown_distributed as shutdown
+
+    shutdown()
 
 
 def _version() -> str:
@@ -94,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, from {','.join(METHODS)} (default {','.join(DEMO_METHODS)})")
 
     p_train = sub.add_parser("train", help="one run of one method from a recipe")
-    p_train.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
-    p_train.add_argument("--method", choices=METHODS)
+    p_train.add_argument("--recipe", default="demo", choices=sorted(RECIPE_NAMES),
+                         help="dataset and settings to start from (docs/recipes.md)")
+    p_train.add_argument("--method", choices=METHODS, help=f"training method {RECIPE_DEFAULT}")
     p_train.add_argument("--config", metavar="RUN/config.json",
                          help="re-run a saved (or hand-written) config instead of a recipe; flags and --set apply on top")
     # The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead.
@@ -106,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p_train)
 
     p_xval = sub.add_parser("crossval", help="K-fold cross-fit: out-of-sample probabilities for every sample")
-    p_xval.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
-    p_xval.add_argument("--method", choices=METHODS)
+    p_xval.add_argument("--recipe", default="demo", choices=sorted(RECIPE_NAMES),
+                        help="dataset and settings to start from (docs/recipes.md)")
+    p_xval.add_argument("--method", choices=METHODS, help=f"training method {RECIPE_DEFAULT}")
     p_xval.add_argument("--folds", type=int, default=5, help="number of folds K (K models, each on (K-1)/K of the data)")
     p_xval.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: --seed)")
     p_xval.add_argument("--keep-fold-checkpoints", action="store_true",
@@ -129,11 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     add_data_parser(sub)
 
     p_show = sub.add_parser("config", help="print a recipe's resolved config as JSON")
-    p_show.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
+    p_show.add_argument("--recipe", default="demo", choices=sorted(RECIPE_NAMES),
+                        help="dataset and settings to start from (docs/recipes.md)")
     p_show.add_argument("--config", metavar="RUN/config.json", help="show a saved config (with --set applied)")
     p_show.add_argument("--set", dest="overrides", action="append", default=[])
 
+    _show_defaults(parser)
     args = parser.parse_args(argv)
+    from alr_fast.config import apply_overrides, load_config_file
+    from alr_fast.recipes import resolve_recipe
+    from alr_fast.train.checkpoint import CheckpointError
+    from alr_fast.train.runtime import PeerLost, Preempted
+    from alr_fast.util.logs import configure_console, release_console
+
+    # Before anything logs: rank 0's messages and every rank's warnings on stderr (undone when main returns).
+    console = configure_console(getattr(args, "verbose", 0))
     try:
         if args.command == "data":
             return run_data_command(args)
@@ -154,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(shown, indent=2))
             return 0
         if args.command == "demo":
-            from alr_fast.demo import format_table, run_demo
+            from alr_fast.demo import format_table, run_demo, table_notes
 
             cfg = _config_from_args(args, "demo")
             methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -168,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(actual {summary['noise']['actual_rate']:.1%}), {cfg.train.epochs} epochs, "
                   f"total {summary['total_time_s']:.1f} s")
             print(format_table(summary["methods"]))
+            for m, notes in table_notes(summary["methods"]).items():
+                print(f"{m}: {notes}")
             print(f"\nwritten: {cfg.train.out}/summary.json, {cfg.train.out}/comparison.png")
             if "review" in summary:
                 print(f"most suspect labels ({summary['review']['method']}'s bank): {summary['review']['png']} "
@@ -201,11 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Preempted as e:  # every rank stopped after the same step and the checkpoint is written
         print(f"stopped: {e}", file=sys.stderr)
-        shutdown_distributed()
-        if os.environ.get("ALR_FAST_EXIT_STATUS_DIR"):  # under alr_fast.torchrun: report the status to it
-            rank, size = os.environ.get("LOCAL_RANK", "0"), os.environ.get("LOCAL_WORLD_SIZE", "1")
-            with contextlib.suppress(OSError):
-                (Path(os.environ["ALR_FAST_EXIT_STATUS_DIR"]) / f"rank{rank}").write_text(f"{e.exit_code} {size}\n")
+        shutdown_distributed()  # (a launcher wrapper got this rank's status from the trainer already)
         return e.exit_code
     except PeerLost as e:
         # A process group whose peer died cannot be torn down cleanly (gloo's destructor aborts the process):
@@ -218,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         text = e.strerror if isinstance(e, OSError) and e.strerror and "writing " in e.strerror else e
         print(f"error: {text}", file=sys.stderr)
         return 2
+    finally:
+        release_console(console)
 
 
 if __name__ == "__main__":

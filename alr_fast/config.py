@@ -20,6 +20,7 @@ from alr_fast.data.readers.embedded import EMBEDDED_DATASETS
 from alr_fast.loss.baselines import BaselineParamError, BootstrapParams, ELRParams, GCEParams, SCEParams
 from alr_fast.loss.contract import ALRParamError, ALRParams
 from alr_fast.loss.schedule import WARMUP_DEFAULTS, auto_warmup_errors
+from alr_fast.util.names import DEMO_METHODS, METHODS  # the command line reads them without this module
 
 __all__ = [
     "Config",
@@ -39,9 +40,6 @@ __all__ = [
     "resume_differences",
 ]
 
-METHODS = ("ce", "selc", "alr", "elr", "gce", "sce", "bootstrap")
-DEMO_METHODS = ("ce", "selc", "alr")
-"""What the demo compares by default (`python -m alr_fast demo --methods` takes any of METHODS)."""
 
 MAX_COLLECTIVE_TIMEOUT_S = 7 * 24 * 3600.0
 """Upper bound of train.collective_timeout_s (a week; the process group stores it in milliseconds)."""
@@ -317,9 +315,11 @@ class TrainConfig:
     threads: int = 0
     """CPU threads for torch (0 = leave torch's default)."""
     out: str = "runs/latest"
-    """Run folder: config.json, noise.json, metrics.jsonl, curves.png, summary.json, checkpoints/, exports."""
+    """Run folder: config.json, noise.json, metrics.jsonl, curves.png, summary.json, train.log, checkpoints/,
+    exports."""
     progress: bool = True
-    """Show a progress bar (rank 0 only)."""
+    """Show a progress bar (rank 0 only, and only when stderr is a terminal); without one, one line per epoch on
+    stderr (always in the run folder's train.log)."""
     grad_accum: int = 1
     """Micro-batches per optimizer step (DeepSpeed gradient_accumulation_steps)."""
     global_batch_size: int = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from alr_fast.config import Config
 from alr_fast.config import DEMO_METHODS
 
-__all__ = ["run_demo", "format_table"]
+__all__ = ["run_demo", "format_table", "table_notes"]
 
 COLUMNS = (
     ("last_test_acc", "last test acc"),
@@ -27,13 +27,24 @@ COLUMNS = (
 )
 
 
+def table_notes(methods: dict[str, dict]) -> dict[str, str]:
+    """The refining methods whose refined labels are still their given labels (refinement never started or
+    changed no label: a short run), with the run's sentence (alr_fast.train.metrics.refinement_note): their
+    mislabel F1 is shown as n/a, not 0 %. CE, which never refines, keeps its 0 % (the baseline's row)."""
+    return {name: s["refinement_note"] for name, s in methods.items() if s.get("refinement_note") and name != "ce"}
+
+
 def format_table(methods: dict[str, dict]) -> str:
     head = "| method | " + " | ".join(label for _, label in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    notes = table_notes(methods)
     for name, s in methods.items():
         cells = []
         for key, _ in COLUMNS:
             v = s.get(key)
+            if key == "mislabel_f1" and name in notes:
+                cells.append("n/a")  # nothing was refined: 0 % would read as "found no mislabel"
+                continue
             cells.append("-" if v is None else (f"{v:.1f}" if key == "train_time_s" else f"{100 * v:.1f} %"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

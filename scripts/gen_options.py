@@ -43,7 +43,8 @@ Shortcut flags of the command line and the launchers, each setting one field: `-
 (`data.noise_rate`), `--data-root` (`data.data_root`), `--model` (`model.name`), `--image-size`
 (`data.image_size`), `--save-every` (`train.save_every`), `--resume[=strict]` (`train.resume`,
 `train.resume_strict`), `--no-progress` (`train.progress=false`); on `train` and `crossval` also `--method`
-(`method.name`).
+(`method.name`). `-v`/`-vv` (more messages, not a config field) and where the messages go:
+[output.md](output.md).
 
 """
 

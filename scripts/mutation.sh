@@ -23,14 +23,19 @@ elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY=$ROOT/.venv/bin/python
 else PY=python; fi
 OUT=${MUTATION_OUT:-$ROOT/benchmarks/results/mutation}
 WORK=${MUTATION_WORK:-${TMPDIR:-/tmp}/alr_fast_mutation}
+# Mutants tested at once (mutmut's --max-children); default: mutmut's own (one per CPU). On a shared machine
+# use MUTATION_JOBS=1 or 2 (and `nice`).
+JOBS=()
+[[ -n "${MUTATION_JOBS:-}" ]] && JOBS=(--max-children "$MUTATION_JOBS")
 
 # key -> files mutated (mutmut only_mutate globs) | the fast tests run against them (pytest paths or node ids;
 # end-to-end training runs and the loaders' image decoding are left out: they would cost minutes per mutant)
-S=tests/test_data_shards.py; SC=tests/test_schedule.py; EV=tests/test_evaluation.py
+S=tests/test_data_shards.py; BL=tests/test_baselines.py; SC=tests/test_schedule.py; EV=tests/test_evaluation.py
 declare -A MODULES=(
   [reference]="alr_fast/loss/reference.py|tests/test_functional.py tests/test_grad_output.py"
   [torch_fast]="alr_fast/loss/torch_fast.py|tests/test_functional.py tests/test_grad_output.py tests/test_torch_fast.py"
-  [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/alr.py alr_fast/loss/triton/alr_loss.py|tests/test_functional.py tests/test_grad_output.py tests/test_loss_api.py tests/test_alr_object.py tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
+  [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/triton/autograd.py|tests/test_functional.py tests/test_grad_output.py $BL::test_stateless_matches_oracle $BL::test_stateless_nan_rows_padding_and_incoming_gradient $BL::test_elr_matches_oracle $BL::test_elr_duplicates_are_sequential_in_batch_order $BL::test_elr_nan_rows_padding_incoming_gradient_and_assume_unique $BL::test_errors_name_the_argument tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
+  [alr_object]="alr_fast/loss/alr.py|tests/test_alr_object.py $BL::test_alr_object_runs_each_baseline"
   [sharding]="alr_fast/loss/sharding.py|$S::test_sharding_matches_the_rule_written_out $S::test_sharding_rejects_bad_ranks $S::test_bank_plan_and_resharding_agree_on_ownership $S::test_array_loader_odd_n_every_sample_every_epoch_no_batch_of_one tests/test_bank.py tests/test_sharding.py"
   [bank]="alr_fast/loss/bank.py|tests/test_bank.py tests/test_bank_small_print.py"
   [metrics]="alr_fast/train/metrics.py|tests/test_metrics.py tests/test_bank.py"
@@ -39,7 +44,7 @@ declare -A MODULES=(
   [exports]="alr_fast/train/exports.py alr_fast/loss/bank_export.py|tests/test_exports.py tests/test_alr_object.py"
   [evaluation]="alr_fast/train/evaluation.py|$EV::test_topk_hand_computed $EV::test_topk_matches_a_sort_reference $EV::test_noisy_val_rows_are_stratified_deterministic_and_proper $EV::test_noisy_val_slice_is_disjoint_from_training_rows $EV::test_selection_state_tie_and_no_validation_split $EV::test_fill_padding_rows_copies_valid_rows_without_a_host_sync_shape tests/test_evaluation_units.py"
 )
-ORDER=(metrics sharding noise schedule evaluation exports bank torch_fast reference loss_api)
+ORDER=(metrics sharding noise schedule evaluation exports bank torch_fast reference loss_api alr_object)
 
 survivors=0
 if [[ "${1:-}" == "--survivors" ]]; then survivors=1; shift; fi
@@ -68,7 +73,7 @@ rerun_survivors() {  # $1 = key
   done
   cp "$dir/setup.cfg" "$dir/mutants/setup.cfg"
   echo "== $key: rerunning $(echo "$names" | wc -l) survivors with the checkout's tests"
-  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run $names >"$dir/rerun.log" 2>&1) || {
+  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run "${JOBS[@]}" $names >"$dir/rerun.log" 2>&1) || {
     echo "mutation.sh: mutmut rerun failed for $key (see $dir/rerun.log)" >&2; exit 1; }
   (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut results --all true) | sed 's/^ *//' | sort -V \
     | grep -F -f <(echo "$names" | sed 's/$/:/') >"$OUT/$key.after.txt"
@@ -92,11 +97,11 @@ for key in "${keys[@]}"; do
   dir=$WORK/$key
   rm -rf "$dir" && mkdir -p "$dir"
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$dir" 2>/dev/null) || true
-  if [[ " $files " == *" alr_fast/loss/triton/alr_loss.py "* ]]; then
+  if [[ " $files " == *" alr_fast/loss/triton/autograd.py "* ]]; then
     # Only the public module ALRLoss is in scope in the kernel's file: the rest (launch logic, the Triton
     # programs) is marked no-mutate in the scratch copy. (mutmut never mutates decorated functions such as
     # @triton.jit programs anyway.)
-    f=$dir/alr_fast/loss/triton/alr_loss.py
+    f=$dir/alr_fast/loss/triton/autograd.py
     "$PY" - "$f" <<'PYEOF'
 import sys
 path = sys.argv[1]
@@ -122,7 +127,7 @@ PYEOF
   echo "== $key: mutating $files; tests: $tests (scratch: $dir)"
   start=$(date +%s)
   # mutmut puts mutants/ first on sys.path; a PYTHONPATH pointing at a checkout would shadow it.
-  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run >"$dir/run.log" 2>&1) || {
+  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m mutmut run "${JOBS[@]}" >"$dir/run.log" 2>&1) || {
     echo "mutation.sh: mutmut run failed for $key (see $dir/run.log)" >&2; tail -20 "$dir/run.log" >&2; exit 1; }
   secs=$(( $(date +%s) - start ))
   (cd "$dir" && env -u PYTHONPATH "$PY" -m mutmut results --all true) | sed 's/^ *//' | sort -V >"$OUT/$key.txt"

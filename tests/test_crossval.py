@@ -137,8 +137,8 @@ def test_crossval_end_to_end_resume_cleanlab_and_two_ranks(tmp_path):
         p.unlink()
     (out / "oos_pred_probs.npy").unlink()
     proc = cli("crossval", *ARGS, "--folds", "2", "--out", str(out), "--resume", cwd=tmp_path)
-    assert "fold 0/2: finished earlier, not retrained" in proc.stdout
-    assert "fold 1/2: training" in proc.stdout
+    assert "fold 0/2: finished earlier, not retrained" in proc.stderr
+    assert "fold 1/2: training" in proc.stderr
     assert (out / "fold0" / "model.pt").stat().st_mtime_ns == model0
     _, _, oos2 = _check_layout(out, 2)
     # fold 1 resumed from its final checkpoint: the same weights, the same out-of-sample rows

@@ -79,6 +79,15 @@ def test_two_ranks(tmp_path):
     assert given_mass[int(first["global_index"])] == given_mass.min()
     assert not (out / ".export_parts").exists()
     assert "Traceback" not in proc.stderr
+    # Output (docs/output.md): stdout is the summary alone (DeepSpeed's "comm op built" print() of each rank is a
+    # debug message); rank 0 alone writes the epoch lines; train.log has the same lines.
+    printed = json.loads(proc.stdout)  # the whole of stdout parses
+    assert printed["weights_sha256_prefix"] == summary["weights_sha256_prefix"] and printed["world_size"] == 2
+    epoch_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[alr_fast] epoch ")]
+    assert [ln.split(":")[0] for ln in epoch_lines] == ["[alr_fast] epoch 0 (1 of 2, warmup)",
+                                                        "[alr_fast] epoch 1 (2 of 2, refine)"]
+    assert "[alr_fast rank 1]" not in proc.stderr and "built successfully" not in proc.stdout + proc.stderr
+    assert (out / "train.log").read_text().count(" INFO alr_fast.train: epoch ") == 2
 
 
 def _same_run(a: Path, b: Path):
@@ -102,7 +111,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (tmp_path / "cut" / "summary.json").exists()
     resumed = single([*args, "--out", str(tmp_path / "cut"), "--resume"], tmp_path)
-    assert "resumed from" in resumed.stdout and "step 7 of the epoch" in resumed.stdout
+    assert "resumed from" in resumed.stderr and "step 7 of the epoch" in resumed.stderr
     _same_run(tmp_path / "ref", tmp_path / "cut")
 
 
@@ -120,7 +129,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
         saved_bank[s["global_index"]] = s["soft"].float()
     # 1. Same epochs: nothing left to train, so the exports show the re-sharded bank as it was loaded.
     proc = single([*BASE, "--epochs", "2", "--out", str(out), "--resume"], tmp_path)
-    assert "world size 2 -> 1" in proc.stdout
+    assert "world size 2 -> 1" in proc.stderr
     resharded = torch.from_numpy(np.load(out / "soft_labels.npy"))
     assert torch.equal(resharded, saved_bank)  # every row, from the right shard and position
     assert len(complete_checkpoints(out)) == 2  # no epoch ran, nothing new written (the 2-rank run kept 2)
@@ -145,7 +154,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path):
     proc = single([*BASE, "--epochs", "2", "--out", str(tmp_path / "x"), "--resume"], tmp_path)
-    assert "no complete checkpoint" in proc.stdout
+    assert "no complete checkpoint" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -243,7 +252,7 @@ def test_zero_checkpoint_resumes_exactly_on_another_world_size(zero_two_rank_run
     if stage == 2 and world == 1:  # and the resumed run trains on to the end (one stage: both re-partition alike)
         _, _, args = zero_two_rank_run
         proc = single([*args, "--epochs", "3", "--out", str(copy), "--resume"], tmp)
-        assert "world size 2 -> 1" in proc.stdout
+        assert "world size 2 -> 1" in proc.stderr
         summary = json.loads((copy / "summary.json").read_text())
         assert summary["world_size"] == 1 and summary["epochs"] == 3
         rows = [json.loads(x) for x in (copy / "metrics.jsonl").read_text().splitlines()]

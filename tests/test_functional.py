@@ -167,6 +167,34 @@ def test_sequential_rank():
     assert sequential_rank(torch.zeros(0, dtype=torch.long)).numel() == 0
 
 
+def _ranks_by_loop(idx):
+    """sequential_rank written out: the number of earlier positions holding the same value."""
+    seen, out = {}, []
+    for v in idx.tolist():
+        out.append(seen.get(v, 0))
+        seen[v] = seen.get(v, 0) + 1
+    return out
+
+
+def test_sequential_rank_keeps_batch_order_where_an_unstable_sort_would_not():
+    """Many repeats of few values: torch's CPU sort without ``stable=True`` reorders equal keys at these sizes,
+    which would give a later occurrence a lower rank (it would then be applied first)."""
+    g = torch.Generator().manual_seed(3)
+    for n in (100, 1000):
+        idx = torch.randint(-1, 5, (n,), generator=g)
+        assert sequential_rank(idx).tolist() == _ranks_by_loop(idx)
+
+
+def test_sequential_rank_is_int64_on_the_index_device_whatever_the_default_device():
+    """dtype and device come from ``index``, not from torch's defaults: the default device is set to 'meta' here,
+    so a tensor created without ``device=`` would land there (as it would on a GPU run with a CPU index)."""
+    for idx in (torch.tensor([4, 1, 4, -1, 1, 4, 0]), torch.zeros(0, dtype=torch.long)):
+        with torch.device("meta"):
+            r = sequential_rank(idx)
+        assert r.device == idx.device and r.dtype == torch.int64
+        assert r.tolist() == _ranks_by_loop(idx)
+
+
 @pytest.mark.parametrize("refine", [False, True])
 def test_extreme_logits_stay_finite(refine):
     logits, bank, index = make_case(8, 9, 16, seed=2, scale=1e4)
@@ -206,6 +234,21 @@ def test_warmup_is_plain_cross_entropy():
 def test_selc_is_lam_zero():
     logits, bank, index = make_case(8, 6, 12, seed=8)
     check_against_oracle(logits, bank, index, alpha=0.9, lam=0.0, refine=True, reduction="mean", tol=2e-5)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_lam_one_keeps_the_entropy_term(reduction):
+    """lam = 1 (the demo's setting) against the oracle: a special case for 1 would drop or double the entropy."""
+    logits, bank, index = make_case(9, 5, 14, seed=12, pad=2)
+    check_against_oracle(logits, bank, index, alpha=0.7, lam=1.0, refine=True, reduction=reduction, tol=2e-5)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_mean_over_a_single_valid_row(refine):
+    """One valid row among padding: the mean divides by 1 (not by the batch size, nor by a floor above 1)."""
+    logits, bank, index = make_case(5, 4, 8, seed=13)
+    index[[0, 1, 3, 4]] = -1
+    check_against_oracle(logits, bank, index, alpha=0.8, lam=0.4, refine=refine, reduction="mean", tol=2e-5)
 
 
 def test_empty_batch():

@@ -112,7 +112,7 @@ def test_webvision_bf16_zero2_accum2_sigkill_then_resume(tmp_path, fixture_root)
                         env_extra={"ALR_FAST_FAULT_AT_STEP": "9"}, expect=None)
     assert killed.returncode != 0 and not (cut / "summary.json").exists()
     resumed = deepspeed2("train_webvision", [*args, "--out", str(cut), "--resume"], tmp_path)
-    assert "step 3 of the epoch, global step 8, world size 2 -> 2" in resumed.stdout
+    assert "step 3 of the epoch, global step 8, world size 2 -> 2" in resumed.stderr
     cut_state = check_run(cut, "webvision", precision="bf16", num_train=35)
     assert_resumed_matches(ref_state, cut_state, ref, cut)
 

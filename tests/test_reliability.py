@@ -115,9 +115,9 @@ def test_planted_pickle_never_runs_and_is_refused(reference, tmp_path, strict, c
         assert not (out / "model.pt").exists()
     else:
         train(cfg(out, "train.resume=true"))
-        captured = capsys.readouterr()
-        assert "refusing checkpoint" in captured.err and "mp_rank_00_model_states.pt" in captured.err
-        assert "resumed from" in captured.out and "ckpt_000004_step_000000040" in captured.out
+        log = (out / "train.log").read_text()  # the run's messages (alr_fast/util/logs.py)
+        assert "WARNING alr_fast.train: refusing checkpoint" in log and "mp_rank_00_model_states.pt" in log
+        assert "resumed from" in log and "ckpt_000004_step_000000040" in log
         assert same_weights(out, reference)  # resumed from step 40: the same result as the uninterrupted run
     assert not marker.exists()
 
@@ -134,9 +134,9 @@ def test_truncated_shard_falls_back_to_the_previous_checkpoint(reference, tmp_pa
     shard = complete_checkpoints(out)[0] / "bank_rank0.pt"
     shard.write_bytes(shard.read_bytes()[:1000])
     train(cfg(out, "train.resume=true"))
-    captured = capsys.readouterr()
-    assert f"{shard}: 1000 bytes, the manifest says" in captured.err
-    assert "ckpt_000004_step_000000040" in captured.out  # resumed from the previous complete checkpoint
+    log = (out / "train.log").read_text()  # the run's messages (alr_fast/util/logs.py)
+    assert f"{shard}: 1000 bytes, the manifest says" in log
+    assert "resumed from" in log and "ckpt_000004_step_000000040" in log  # the previous complete checkpoint
     assert same_weights(out, reference)
 
 
@@ -166,7 +166,7 @@ def test_signal_checkpoints_exits_75_and_resume_equals_uninterrupted(reference, 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the run
     monkeypatch.delenv("ALR_FAST_FAULT_AT_STEP")
     assert cli.main(["train", *ARGS, "--out", str(out), "--resume"]) == 0
-    assert "step 7 of the epoch" in capsys.readouterr().out
+    assert "step 7 of the epoch" in capsys.readouterr().err  # the command line's messages: stderr
     assert same_weights(out, reference)
     for name in ("soft_labels.npy", "pred_probs.npy", "refined_labels.csv"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
@@ -217,7 +217,7 @@ def test_two_ranks_agree_on_the_stop_step(tmp_path):
                               timeout=600, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         if extra:
-            assert "step 4 of the epoch" in proc.stdout
+            assert "step 4 of the epoch" in proc.stderr
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
     for r in range(2):
         got = torch.load(out / "rank_states" / f"rank{r}.pt", weights_only=True)
@@ -269,7 +269,7 @@ def test_survivor_exits_within_the_collective_timeout(tmp_path, how):
     # The last checkpoint (step 5) is intact: a one-rank --resume finishes the run.
     assert [trainer_json(c)["step"] for c in complete_checkpoints(out)] == [5]
     proc = run_launcher([*ARGS, "--out", str(out), "--resume"])
-    assert proc.returncode == 0 and "world size 2 -> 1" in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == 0 and "world size 2 -> 1" in proc.stderr, proc.stderr[-2000:]
 
 
 def _stopped(pid: int) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import math
 import shutil
 import time
@@ -37,6 +38,8 @@ from alr_fast.train.exports import (CLEANLAB_BATCHED, CLEANLAB_IN_MEMORY, RowPar
 from alr_fast.loss.sharding import Sharding
 
 __all__ = ["assign_folds", "FoldSource", "fold_view", "crossval"]
+
+log = logging.getLogger("alr_fast.crossval")
 
 
 def assign_folds(labels: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
@@ -168,15 +171,15 @@ def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=
         done = fdir / "oos_done.json"
         if done.exists():
             if rt.is_main:
-                print(f"[alr_fast] crossval fold {f}/{num_folds}: finished earlier, not retrained", flush=True)
+                log.info("crossval fold %d/%d: finished earlier, not retrained", f, num_folds)
             fold_info.append(json.loads(done.read_text()))
             continue
         fcfg = copy.deepcopy(cfg)
         fcfg.train.out = str(fdir)
         fcfg.train.seed = cfg.train.seed + f
         if rt.is_main:
-            print(f"[alr_fast] crossval fold {f}/{num_folds}: training on {int((folds != f).sum())} samples, "
-                  f"predicting {int((folds == f).sum())}", flush=True)
+            log.info("crossval fold %d/%d: training on %d samples, predicting %d", f, num_folds,
+                     int((folds != f).sum()), int((folds == f).sum()))
         summary, model = train(fcfg, fold_view(data, folds, f), runtime=rt, return_model=True)
         part = stream_predictions(model, _held_out_source(data, folds, f, rt.rank, rt.world_size, predict_bs), rt,
                                   fdir / f"oos_part{rt.rank}.f32")
@@ -236,8 +239,8 @@ def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=
                      "probability of the given label; oos_suspect_rank 1 = lowest oos_given_prob")}
         info["cleanlab"], info["cleanlab_batched"] = result["cleanlab"], result["cleanlab_batched"]
         exports.write_text(json.dumps(info, indent=2) + "\n")
-        print(f"[alr_fast] crossval: wrote {out}/oos_pred_probs.npy [{n}, {k}] out-of-sample, "
-              f"{result['num_unpredicted']} rows unpredicted", flush=True)
+        log.info("crossval: wrote %s/oos_pred_probs.npy [%d, %d] out-of-sample, %d rows unpredicted", out, n, k,
+                 result["num_unpredicted"])
     barrier()
     return result
 

@@ -62,11 +62,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -77,6 +77,8 @@ from alr_fast.train.distributed import all_reduce_sum, barrier
 
 __all__ = ["save_checkpoint", "full_optimizer_state", "load_full_optimizer_state", "complete_checkpoints", "verify_checkpoint", "load_checkpoint", "load_latest",
            "CheckpointError", "saved_config", "REFUSED", "checkpoint_key_path"]
+
+log = logging.getLogger("alr_fast.train")
 
 COMPLETE = "COMPLETE"
 FULL_STATE = "zero_full_state.pt"
@@ -504,8 +506,8 @@ def load_latest(out: Path, engine, *, shared: dict, per_rank: dict, sharding: Sh
     if not candidates:
         legacy = sorted(_root(out).glob("step_*/COMPLETE")) if _root(out).is_dir() else []
         if legacy and rank == 0:
-            print(f"[alr_fast] WARNING: {legacy[-1].parent} was written by an older alr_fast without a manifest; "
-                  "it is not loaded (its files could not be verified before unpickling)", file=sys.stderr, flush=True)
+            log.warning("%s was written by an older alr_fast without a manifest; it is not loaded (its files could "
+                        "not be verified before unpickling)", legacy[-1].parent)
         return None
     refused = []
     for path in candidates:
@@ -521,8 +523,8 @@ def load_latest(out: Path, engine, *, shared: dict, per_rank: dict, sharding: Sh
                     while target.exists():
                         target = target.with_name(target.name + "_")
                     bad.rename(target)
-                print(f"[alr_fast] WARNING: resuming from {path}, an older checkpoint, because newer ones were "
-                      f"refused (moved to {aside}): {'; '.join(r for _, r in refused)}", file=sys.stderr, flush=True)
+                log.warning("resuming from %s, an older checkpoint, because newer ones were refused (moved to %s): %s",
+                            path, aside, "; ".join(r for _, r in refused))
             barrier()
             load_checkpoint(path, trainer_state, engine, shared=shared, per_rank=per_rank, sharding=sharding,
                             device=device)
@@ -531,6 +533,6 @@ def load_latest(out: Path, engine, *, shared: dict, per_rank: dict, sharding: Sh
         if strict:
             raise CheckpointError(f"--resume=strict: refusing {path}: {reason}")
         if rank == 0:
-            print(f"[alr_fast] WARNING: refusing checkpoint {path}: {reason}", file=sys.stderr, flush=True)
+            log.warning("refusing checkpoint %s: %s", path, reason)
         refused.append((path, f"{path.name}: {reason}"))
     raise CheckpointError(f"no checkpoint in {_root(out)} passed verification: {' | '.join(r for _, r in refused)}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import signal
 import socket
@@ -11,8 +14,13 @@ from datetime import timedelta
 
 import torch
 
-__all__ = ["Runtime", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
-           "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
+from alr_fast.util.logs import verbosity
+
+__all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
+           "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S", "EXIT_STATUS_DIR_ENV", "report_exit_status",
+           "all_ranks_reported"]
+
+log = logging.getLogger("alr_fast.train")
 
 EXIT_PREEMPTED = 75
 """Exit status after SIGTERM/SIGINT was honoured (checkpoint written; run again with --resume). 75 is
@@ -31,34 +39,91 @@ class PeerLost(RuntimeError):
     """A collective failed or timed out: another rank died or hangs."""
 
 
+EXIT_STATUS_DIR_ENV = "ALR_FAST_EXIT_STATUS_DIR"
+"""Set by the launcher wrappers (``python -m alr_fast.torchrun``, ``python -m alr_fast.deepspeed``): the folder in
+which each local rank reports its exit status, so that the wrapper can exit 75 where the launcher itself
+would exit 1 (see :func:`report_exit_status`)."""
+
+
+def _local_world_size() -> str:
+    # torchrun sets LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE
+    return os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or "1"
+
+
+def report_exit_status(code: int) -> None:
+    """Under a launcher wrapper (:data:`EXIT_STATUS_DIR_ENV` set): write ``<code> <local world size>`` to
+    ``rank<LOCAL_RANK>`` in its folder. The trainer calls it as soon as the stop checkpoint is complete, before
+    anything else can go wrong (a launcher that SIGTERMs the remaining ranks once one has exited may kill this
+    rank on its way out: the report, like the checkpoint, is already written). No-op otherwise."""
+    folder = os.environ.get(EXIT_STATUS_DIR_ENV)
+    if not folder:
+        return
+    rank = os.environ.get("LOCAL_RANK", "0")
+    try:
+        tmp = os.path.join(folder, f".rank{rank}.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{code} {_local_world_size()}\n")
+        os.replace(tmp, os.path.join(folder, f"rank{rank}"))
+    except OSError:
+        pass  # the wrapper then reports the launcher's own status
+
+
+def all_ranks_reported(folder, code: int = EXIT_PREEMPTED) -> bool:
+    """True when every local rank wrote a report (:func:`report_exit_status`) with status ``code``, all naming
+    the same local world size."""
+    from pathlib import Path
+
+    reports = [p.read_text().split() for p in Path(folder).glob("rank*")]
+    if not reports or any(len(r) != 2 or not all(x.isdigit() for x in r) for r in reports):
+        return False
+    sizes = {int(r[1]) for r in reports}
+    return len(sizes) == 1 and len(reports) == sizes.pop() and all(int(r[0]) == code for r in reports)
+
+
 class StopSignals:
     """SIGTERM/SIGINT -> a stop request the training loop honours at its next check; a second signal exits at once.
 
     The handler only sets a flag (nothing runs inside a step); the loop looks at :attr:`requested` and, with
-    several ranks, agrees on it with the others (see the trainer). A second signal restores the default
-    handler and re-delivers itself, so the process dies immediately (status -SIGTERM / -SIGINT).
+    several ranks, agrees on it with the others (see the trainer). A second signal :data:`REPEAT_S` seconds or
+    more after the first restores the default handler and re-delivers itself, so the process dies immediately
+    (status -SIGTERM / -SIGINT). One sooner is the same stop delivered twice and is ignored: a scheduler that
+    signals every process of a job (SLURM's cgroup process tracking) reaches the ranks directly, and the launcher
+    forwards the signal it got too, milliseconds later. Once the ranks have agreed to stop (:attr:`decided`, set
+    by the trainer), a rank's first signal is taken silently: it is a launcher stopping the remaining ranks (the
+    deepspeed launcher SIGTERMs them once one has exited), and the message was printed by the rank that
+    received the preemption.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    REPEAT_S = 2.0
 
     def __init__(self):
         self.requested = 0
+        self.decided = False
+        self._first_at = 0.0
         self._previous = {}
         self._pid = os.getpid()
 
     def _handle(self, signum, frame):
+        import time
+
         if os.getpid() != self._pid:
             # A forked child (a DataLoader worker between its fork and its own handlers) inherited this handler:
             # the stop is the parent's to make; the child neither prints nor stops.
             return
         if self.requested:
+            if time.monotonic() - self._first_at < self.REPEAT_S:
+                return  # the same stop, delivered twice
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.requested = signum
-        print(f"[alr_fast] rank {os.environ.get('RANK', '0')}: {signal.Signals(signum).name} received: finishing "
-              "the current step, then checkpointing and exiting (send it again to exit at once)",
-              file=sys.stderr, flush=True)
+        self.requested, self._first_at = signum, time.monotonic()
+        if self.decided:
+            return
+        log.warning(
+            "rank %s: %s received: finishing the current step, then checkpointing and exiting (send it again, "
+            "%g s or more later, to exit at once)", os.environ.get("RANK", "0"), signal.Signals(signum).name,
+            self.REPEAT_S)
 
     def __enter__(self):
         import threading
@@ -134,17 +199,22 @@ def extensions_dir() -> str:
     return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(sys.prefix, "torch_extensions")
 
 
+def deepspeed_log_level() -> str:
+    """The level of DeepSpeed's logger (``"DeepSpeed"``, which writes to stdout): ``error`` at the default
+    verbosity (its start-up warnings off), its own default ``warning`` with ``-v``, ``info`` with ``-vv``
+    (:func:`alr_fast.util.logs.verbosity`). The trainer passes it as DeepSpeed's ``log_level`` config."""
+    return {0: "error", 1: "warning"}.get(verbosity(), "info")
+
+
 def quiet_deepspeed_import() -> None:
     """Before the first ``import deepspeed``: its start-up chatter off at the default verbosity. On a machine
     without CUDA, DeepSpeed warns that it falls back to the CPU accelerator and torch's extension builder that
     there is no CUDA runtime; the CPU accelerator is named up front (``DS_ACCELERATOR=cpu``, the one DeepSpeed
-    would pick) and the builder's warning is raised to errors only. ``ALR_FAST_VERBOSE=1`` keeps both."""
-    if os.environ.get("ALR_FAST_VERBOSE"):
+    would pick) and the builder's warning is raised to errors only. ``-v`` (``ALR_FAST_VERBOSE=1``) keeps both."""
+    if verbosity():
         return
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import logging
-
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
@@ -178,21 +248,34 @@ def init_distributed(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE
 
     prepare_deepspeed_comm_op(1 if "RANK" not in os.environ else int(os.environ.get("WORLD_SIZE", "1")))
     import deepspeed
+    from deepspeed.utils.logging import set_log_level_from_string
+
+    set_log_level_from_string(deepspeed_log_level())  # for the set-up; deepspeed.initialize gets it in its config
 
     # DeepSpeed's engine insists on LOCAL_RANK (set by every launcher); a plain process is local rank 0. A child
     # process ignores an inherited LOCAL_RANK unless RANK is set too.
     os.environ.setdefault("LOCAL_RANK", "0")
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if "RANK" in os.environ:
-            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                       timeout=timedelta(seconds=timeout_s))
-        else:
-            # A group of one on a free local port, passed directly rather than through MASTER_PORT so that child
-            # processes started later (tests, tools) do not inherit a port this process holds.
-            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                       init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                                       timeout=timedelta(seconds=timeout_s))
+        if device.type == "cpu" and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            log.info("loading DeepSpeed's CPU shared-memory comm op from %s (the first run of several processes in "
+                     "this environment builds it, 30-160 s; other runs wait on its lock meanwhile)", extensions_dir())
+        # DeepSpeed print()s "... deepspeed_shm_comm_op built successfully" on stdout, once per rank: at the
+        # default verbosity that line becomes a debug message (shown with -v), stdout stays the results'.
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said) if not verbosity() else contextlib.nullcontext():
+            if "RANK" in os.environ:
+                deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                           timeout=timedelta(seconds=timeout_s))
+            else:
+                # A group of one on a free local port, passed directly rather than through MASTER_PORT so that
+                # child processes started later (tests, tools) do not inherit a port this process holds.
+                deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                           init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                           timeout=timedelta(seconds=timeout_s))
+        for line in said.getvalue().splitlines():
+            if line.strip():
+                log.debug("DeepSpeed: %s", line.strip())
     return dist.get_rank(), dist.get_world_size()
 
 

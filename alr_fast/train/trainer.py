@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import torch
 from alr_fast.loss.alr import ALR
 from alr_fast.loss.bank import SoftLabelBank
 from alr_fast.util.atomic import atomic_path, torch_save, write_text_atomic
+from alr_fast.util.logs import file_only, run_log
 from alr_fast.train.checkpoint import complete_checkpoints, load_latest, save_checkpoint, saved_config
 from alr_fast.config import Config, config_to_dict, provenance, resume_differences, save_config
 from alr_fast.data.train_data import TrainData, build_train_data
@@ -40,11 +43,14 @@ from alr_fast.train.models import build_model
 from alr_fast.train import faults
 from alr_fast.train.plots import plot_curves
 from alr_fast.train.precision import autocast, ds_precision_config, model_input
-from alr_fast.train.runtime import (PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout,
-                                    is_collective_failure, quiet_deepspeed_import, resolve_runtime)
+from alr_fast.train.runtime import (EXIT_PREEMPTED, PeerLost, Preempted, Runtime, StopSignals,
+                                    apply_collective_timeout, deepspeed_log_level, is_collective_failure,
+                                    quiet_deepspeed_import, report_exit_status, resolve_runtime)
 from alr_fast.loss.schedule import prediction_counts
 
 __all__ = ["train", "predict_probs"]
+
+log = logging.getLogger("alr_fast.train")
 
 
 def _ds_config(cfg: Config, rt: Runtime) -> dict:
@@ -59,6 +65,8 @@ def _ds_config(cfg: Config, rt: Runtime) -> dict:
         "gradient_clipping": 1.0,
         # ZeRO 1/2 partition torch.optim.SGD/AdamW state like any other optimizer's (tests/test_rehearsal.py).
         "zero_allow_untested_optimizer": True,
+        # DeepSpeed's logger: errors only at the default verbosity (-v: its warnings, -vv: its info).
+        "log_level": deepspeed_log_level(),
         **ds_precision_config(rt.precision),
     }
 
@@ -102,7 +110,10 @@ class _Loop:
     ``train`` reads as the loop itself; each method here is one phase of it.
     """
 
-    def __init__(self, cfg: Config, data: TrainData | None, runtime: Runtime | None):
+    def __init__(self, cfg: Config, data: TrainData | None, runtime: Runtime | None,
+                 stack: contextlib.ExitStack | None = None):
+        """``stack`` holds ``<out>/train.log``'s handler until :func:`train` ends; a loop built without one (a
+        test's probe) writes no train.log."""
         quiet_deepspeed_import()  # DeepSpeed's start-up warnings off at the default verbosity
         import deepspeed
 
@@ -134,10 +145,20 @@ class _Loop:
                 with atomic_path(out / "noisy_labels.npy") as tmp:
                     np.save(tmp, np.asarray(data.given_labels, dtype=np.int64))
                 write_text_atomic(out / "provenance.json", json.dumps(provenance(), indent=2) + "\n")
+                # The run's messages, with timestamps, for as long as train() runs (appended on --resume).
+                if stack is not None:
+                    stack.enter_context(run_log(out / "train.log", lambda e: logging.WARNING
+                                                if isinstance(e, Preempted) else logging.ERROR))
             except OSError as e:
                 error = e
         if int(all_reduce_sum(torch.tensor(int(error is not None), device=rt.device)).item()):
             raise error or OSError(f"rank 0 could not write the run folder {out} (see its message)")
+        if rt.is_main:
+            from alr_fast import __version__
+
+            log.info("run %s: alr_fast %s, method %s, recipe %s, dataset %s, %d epochs, world size %d, device %s, "
+                     "precision %s, loss backend %s", out, __version__, cfg.method.name, cfg.recipe,
+                     cfg.data.dataset, cfg.train.epochs, rt.world_size, rt.device, rt.precision, rt.backend)
 
         torch.manual_seed(cfg.train.seed)
         k = data.num_classes
@@ -193,8 +214,7 @@ class _Loop:
                             sharding=self.bank.sharding, device=rt.device, strict=cfg.train.resume_strict)
         if found is None:
             if rt.is_main:
-                print(f"[alr_fast] --resume: no complete checkpoint in {self.out}/checkpoints, starting fresh",
-                      flush=True)
+                log.info("--resume: no complete checkpoint in %s/checkpoints, starting fresh", self.out)
             return
         latest, saved = found
         if saved["world_size"] != rt.world_size:
@@ -205,8 +225,8 @@ class _Loop:
                              f"(only train.* fields may change on resume): {'; '.join(diffs)}")
         if rt.is_main:
             s = self.state
-            print(f"[alr_fast] resumed from {latest} (epoch {s.epoch}, step {s.step_in_epoch} of the epoch, "
-                  f"global step {s.step}, world size {saved['world_size']} -> {rt.world_size})", flush=True)
+            log.info("resumed from %s (epoch %d, step %d of the epoch, global step %d, world size %d -> %d)", latest,
+                     s.epoch, s.step_in_epoch, s.step, saved["world_size"], rt.world_size)
 
     def save(self) -> None:
         """Checkpoint the engine, the bank and the loop state (a collective: every rank calls it). Callers have
@@ -231,7 +251,8 @@ class _Loop:
         self.progress = self.tb = self.metrics_file = None
         if not self.rt.is_main:
             return
-        if cfg.train.progress:
+        # A bar only where a person watches (stderr a terminal); a batch job's log gets one line per epoch.
+        if cfg.train.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.progress = tqdm(total=cfg.train.epochs * self.steps_per_epoch, initial=self.state.step,
@@ -294,6 +315,7 @@ class _Loop:
             last = i + 1 == self.steps_per_epoch
             save_due = bool(cfg.train.save_every) and s.step % cfg.train.save_every == 0 and not last
             self.stopping = self.agree_to_stop(force=save_due or last)
+            self.signals.decided = self.stopping
             if (save_due or self.stopping) and not last:
                 self.save()
             if self.faults is not None:
@@ -334,9 +356,7 @@ class _Loop:
         # Automatic end of warm-up and collapse guard: K + 2 numbers reduced once per epoch.
         counts = all_reduce_sum(prediction_counts(self.acc.train_pred[: bank.num_samples], bank.given,
                                                   bank.num_classes))
-        row.update(self.alr.end_epoch(row, epoch=epoch, counts=counts))
-        for msg in self.sched.messages if self.rt.is_main else ():
-            print(f"[alr_fast] {msg}", flush=True)
+        row.update(self.alr.end_epoch(row, epoch=epoch, counts=counts))  # logs the schedule's messages (rank 0)
         if self.clean is not None:
             refined = _gather_global(bank.refined_labels(), bank, -1).cpu()
             preds = _gather_global(self.acc.train_pred[: bank.num_samples], bank, -1).cpu()
@@ -374,7 +394,10 @@ class _Loop:
         return stop < 0
 
     def preempted(self) -> Preempted:
+        """The stop checkpoint is complete: report status 75 to a launcher wrapper now (it may be killed on its
+        way out), and return the exception that ends the run."""
         s = self.state
+        report_exit_status(EXIT_PREEMPTED)
         newest = complete_checkpoints(self.out)
         return Preempted(f"rank {self.rt.rank}: stopped on a signal after global step {s.step} (epoch {s.epoch}, "
                          f"step {s.step_in_epoch} of the epoch); checkpoint {newest[0] if newest else 'none'}; "
@@ -398,6 +421,13 @@ class _Loop:
                 ) from e
 
     def _log(self, epoch: int, row: dict) -> None:
+        if self.rt.is_main:
+            # One plain line per epoch: on stderr when no progress bar shows these numbers, always in train.log.
+            test = row.get("test_acc")
+            log.info("epoch %d (%d of %d, %s): train loss %.4f, test acc %s, %.1f s, %.0f images/s", epoch,
+                     epoch + 1, self.cfg.train.epochs, row["phase"], row["train_loss"],
+                     "-" if test is None else f"{100 * test:.2f} %", row["epoch_time_s"], row["images_per_s"],
+                     extra=file_only() if self.progress is not None else None)
         if self.metrics_file is not None:
             self._write_metrics()
         if self.tb is not None:
@@ -454,7 +484,7 @@ class _Loop:
             summary["refinement_note"] = refinement_note(cfg.method.name, summary.get("refine_from_epoch"),
                                                          cfg.train.epochs, summary["num_changed"])
             if summary["refinement_note"]:
-                print(f"[alr_fast] note: {summary['refinement_note']}", flush=True)
+                log.warning("%s", summary["refinement_note"])
             with atomic_path(self.out / "model.pt") as tmp:
                 torch_save(engine.module.state_dict(), tmp)
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -467,10 +497,15 @@ class _Loop:
 def train(cfg: Config, data: TrainData | None = None, *, runtime: Runtime | None = None, return_model: bool = False):
     """Run one configuration end to end; returns the summary (also written to ``<out>/summary.json``), and the
     trained model too (``(summary, model)``) when ``return_model``."""
-    loop = _Loop(cfg, data, runtime)  # set-up, and the LoopState (restored from a checkpoint with --resume)
-    with loop.guard():  # SIGTERM/SIGINT: checkpoint and raise Preempted; a dead peer: PeerLost naming the step
-        for epoch in range(loop.state.epoch, cfg.train.epochs):
-            timing = loop.run_epoch(epoch)
-            loop.end_epoch(epoch, timing)
-        summary = loop.finish()
+    # The stack holds <out>/train.log's handler (rank 0) for the whole run; an exception that ends the run is
+    # written there too.
+    with contextlib.ExitStack() as stack:
+        loop = _Loop(cfg, data, runtime, stack)  # set-up, and the LoopState (restored with --resume)
+        with loop.guard():  # SIGTERM/SIGINT: checkpoint and raise Preempted; a dead peer: PeerLost naming the step
+            for epoch in range(loop.state.epoch, cfg.train.epochs):
+                timing = loop.run_epoch(epoch)
+                loop.end_epoch(epoch, timing)
+            summary = loop.finish()
+        if loop.rt.is_main:
+            log.info("finished: %s/summary.json", cfg.train.out)
     return (summary, loop.engine.module) if return_model else summary

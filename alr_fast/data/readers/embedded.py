@@ -10,9 +10,12 @@ package's array order; the test split keeps clean labels and is never corrupted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported when the arrays are loaded: the config's checks need only the names
+    import torch
 
 __all__ = ["ArraySplits", "load_embedded", "EMBEDDED_DATASETS"]
 
@@ -62,6 +65,8 @@ def load_embedded(name: str, test_fraction: float = 0.2) -> ArraySplits:
         mean, std = (0.305,), (0.378,)
     else:
         raise ValueError(f"unknown embedded dataset {name!r}; choose from {EMBEDDED_DATASETS}")
+    import torch
+
     labels = np.asarray(y, dtype=np.int64)
     train_idx, test_idx = _stratified_split(labels, test_fraction)
     return ArraySplits(
