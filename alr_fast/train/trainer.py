@@ -43,9 +43,9 @@ from alr_fast.train.models import build_model
 from alr_fast.train import faults
 from alr_fast.train.plots import plot_curves
 from alr_fast.train.precision import autocast, ds_precision_config, model_input
-from alr_fast.train.runtime import (PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout,
-                                    deepspeed_log_level, is_collective_failure, quiet_deepspeed_import,
-                                    resolve_runtime)
+from alr_fast.train.runtime import (EXIT_PREEMPTED, PeerLost, Preempted, Runtime, StopSignals,
+                                    apply_collective_timeout, deepspeed_log_level, is_collective_failure,
+                                    quiet_deepspeed_import, report_exit_status, resolve_runtime)
 from alr_fast.loss.schedule import prediction_counts
 
 __all__ = ["train", "predict_probs"]
@@ -315,6 +315,7 @@ class _Loop:
             last = i + 1 == self.steps_per_epoch
             save_due = bool(cfg.train.save_every) and s.step % cfg.train.save_every == 0 and not last
             self.stopping = self.agree_to_stop(force=save_due or last)
+            self.signals.decided = self.stopping
             if (save_due or self.stopping) and not last:
                 self.save()
             if self.faults is not None:
@@ -393,7 +394,10 @@ class _Loop:
         return stop < 0
 
     def preempted(self) -> Preempted:
+        """The stop checkpoint is complete: report status 75 to a launcher wrapper now (it may be killed on its
+        way out), and return the exception that ends the run."""
         s = self.state
+        report_exit_status(EXIT_PREEMPTED)
         newest = complete_checkpoints(self.out)
         return Preempted(f"rank {self.rt.rank}: stopped on a signal after global step {s.step} (epoch {s.epoch}, "
                          f"step {s.step_in_epoch} of the epoch); checkpoint {newest[0] if newest else 'none'}; "
