@@ -14,6 +14,7 @@ import torch
 from alr_fast.labels.crossval import FoldSource, assign_folds
 from alr_fast.data.loaders.arrays import ArrayLoader
 from alr_fast.train.exports import RowPart
+from alr_fast.loss.sharding import Sharding
 from conftest import free_port
 
 # scikit-learn's digits (1,438 train rows), an MLP, 2 epochs (1 warm-up), 2 folds: seconds per fold.
@@ -55,8 +56,8 @@ def test_fold_source_yields_each_kept_owned_row_exactly_once(n, world, bs):
     keep = np.random.default_rng(n).random(n) < 0.6
     steps = max(int(np.ceil(keep[r::world].sum() / bs)) for r in range(world))
     for rank in range(world):
-        inner = ArrayLoader(images, batch_size=bs, mean=(0.0,), std=(1 / 255,), shuffle=True, seed=1, rank=rank,
-                            world_size=world)
+        inner = ArrayLoader(images, batch_size=bs, mean=(0.0,), std=(1 / 255,), shuffle=True, seed=1,
+                            sharding=Sharding(rank, world))
         src = FoldSource(inner, keep, bs, steps)
         batches = list(src.epoch(2))
         assert len(batches) == len(src) == steps  # the same step count on every rank

@@ -164,6 +164,11 @@ def test_both_loaders_read_tar_members(tmp_path, backend):
         with tarfile.open(tmp_path / shard) as tar:
             ref = tf(Image.open(io.BytesIO(tar.extractfile(name).read())).convert("RGB"))
         assert float((x[i] - ref).abs().mean()) < 0.05, (backend, p)
+    # on several ranks a loader takes the Sharding built with the table's shard blocks (the bank's), nothing else
+    kw = dict(train=False, batch_size=6, backend=backend, crop=16, resize=16, workers=1)
+    assert build_loader(t, sharding=Sharding(1, 2, t.shard_blocks), **kw).shard(0).tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="read under whole tar shards per rank but the sharding given has blocks=None"):
+        build_loader(t, sharding=Sharding(1, 2), **kw)
 
 
 # ------------------------------------------------------------------------------ 1, 2, 3 ranks, opened shards

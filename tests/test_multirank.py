@@ -27,6 +27,7 @@ import torch
 
 from alr_fast.config import apply_overrides
 from alr_fast.data.train_data import build_train_data
+from alr_fast.loss.sharding import Sharding
 from alr_fast.recipes import get_recipe
 from alr_fast.train.models import build_model
 from conftest import free_port
@@ -174,7 +175,7 @@ def test_two_rank_metrics_recomputed_from_the_exports(one_and_two):
     test_acc = float((probs.argmax(1) == data.test_labels[idx]).mean())
     assert len(idx) == len(data.test_labels)
     assert last["test_acc"] == pytest.approx(test_acc, abs=1e-12)
-    idx, probs = probs_of(model, data.predict_source(0, 1, 512))
+    idx, probs = probs_of(model, data.predict_source(Sharding(), 512))
     np.testing.assert_allclose(np.load(two / "pred_probs.npy")[idx], probs, atol=2e-6)
     assert sorted(idx.tolist()) == list(range(N))
 
@@ -197,7 +198,7 @@ def test_crossval_out_of_sample_probabilities_two_ranks_vs_one(tmp_path):
         oos[out] = np.load(out / "oos_pred_probs.npy")
         for f in range(2):
             model = model_from(out / f"fold{f}" / "model.pt", data)
-            idx, probs = probs_of(model, data.predict_source(0, 1, 512))
+            idx, probs = probs_of(model, data.predict_source(Sharding(), 512))
             held = folds[idx] == f
             np.testing.assert_allclose(oos[out][idx[held]], probs[held], atol=2e-6)
     np.testing.assert_array_equal(np.load(one / "folds.npy"), np.load(two / "folds.npy"))
