@@ -1,4 +1,4 @@
-"""ALR in a Hugging Face ``Trainer`` (image classification): a ``compute_loss`` override, any number of ranks.
+"""ALR in a Hugging Face ``Trainer`` (image classification): a ``compute_loss`` override, CPU ranks under torchrun.
 
     torchrun --nproc_per_node 2 examples/hf_trainer_digits.py --out runs/hf_digits
 
@@ -135,7 +135,7 @@ def main() -> None:
     targs = TrainingArguments(
         output_dir=args.out, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, lr_scheduler_type="constant", max_grad_norm=1.0,  # as alr_fast train
-        seed=args.seed, use_cpu=True, ddp_backend="gloo",  # "nccl" (the default) on GPUs
+        seed=args.seed, use_cpu=True, ddp_backend="gloo",  # GPUs: drop both (NCCL); not run in CI, which has none
         ddp_find_unused_parameters=False,  # as a plain DDP loop
         remove_unused_columns=False,  # keep "index" in the batch
         save_strategy="epoch" if args.save else "no", logging_strategy="no", report_to="none", disable_tqdm=True)

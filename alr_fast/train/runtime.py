@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import torch
 
+from alr_fast.loss.sharding import Sharding
 from alr_fast.util.logs import verbosity
 
 __all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
@@ -97,8 +98,10 @@ class StopSignals:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
     REPEAT_S = 2.0
 
-    def __init__(self):
+    def __init__(self, rank: int = 0):
         self.requested = 0
+        self.rank = int(rank)
+        """The rank named in the stop message (the trainer passes the runtime's)."""
         self.decided = False
         self._first_at = 0.0
         self._previous = {}
@@ -122,7 +125,7 @@ class StopSignals:
             return
         log.warning(
             "rank %s: %s received: finishing the current step, then checkpointing and exiting (send it again, "
-            "%g s or more later, to exit at once)", os.environ.get("RANK", "0"), signal.Signals(signum).name,
+            "%g s or more later, to exit at once)", self.rank, signal.Signals(signum).name,
             self.REPEAT_S)
 
     def __enter__(self):
@@ -154,6 +157,12 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def sharding(self, blocks: tuple[int, ...] | None = None) -> Sharding:
+        """This rank's :class:`alr_fast.loss.sharding.Sharding`: the one place the runtime's rank and world
+        size become the owner rule the bank and every loader are given. ``blocks``: the dataset's tar-shard
+        boundaries (``TrainData.sharding_blocks``); they decide nothing on one rank and are dropped there."""
+        return Sharding(self.rank, self.world_size, blocks if self.world_size > 1 else None)
 
 
 NUMERICS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
