@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import sys
-from pathlib import Path
 
 from alr_fast.util.names import DEMO_METHODS, METHODS, RECIPE_NAMES
 
@@ -255,11 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Preempted as e:  # every rank stopped after the same step and the checkpoint is written
         print(f"stopped: {e}", file=sys.stderr)
-        shutdown_distributed()
-        if os.environ.get("ALR_FAST_EXIT_STATUS_DIR"):  # under alr_fast.torchrun: report the status to it
-            rank, size = os.environ.get("LOCAL_RANK", "0"), os.environ.get("LOCAL_WORLD_SIZE", "1")
-            with contextlib.suppress(OSError):
-                (Path(os.environ["ALR_FAST_EXIT_STATUS_DIR"]) / f"rank{rank}").write_text(f"{e.exit_code} {size}\n")
+        shutdown_distributed()  # (a launcher wrapper got this rank's status from the trainer already)
         return e.exit_code
     except PeerLost as e:
         # A process group whose peer died cannot be torn down cleanly (gloo's destructor aborts the process):

@@ -1,12 +1,16 @@
 """``python -m alr_fast.torchrun [torchrun options] launchers/train.py ...``: torchrun, passing a preemption's
 exit status through.
 
-When torchrun itself receives SIGTERM or SIGINT it forwards the signal to the ranks, which finish their step,
-write one checkpoint and exit with status 75 (:data:`alr_fast.train.runtime.EXIT_PREEMPTED`); torchrun then
-raises and exits 1 with a traceback, so a scheduler sees a failure instead of "run me again". This wrapper runs
-torchrun in the same process (same options, same behaviour otherwise) and exits 75 when every rank it started
-exited 75; in every other case it ends as torchrun would. Each rank reports its status in a folder this
-wrapper names in ``ALR_FAST_EXIT_STATUS_DIR`` (alr_fast/cli.py).
+torchrun starts each rank in a session of its own, so a signal to torchrun's process group (a scheduler's
+SIGTERM, Ctrl-C in a terminal) reaches torchrun alone; torchrun forwards it once to every rank, which finish
+their step, write one checkpoint and exit with status 75 (:data:`alr_fast.train.runtime.EXIT_PREEMPTED`).
+torchrun itself then raises ``SignalException`` and exits 1 with a traceback (or, when the ranks were signalled
+directly, ``ChildFailedError``: exit 1), so a scheduler sees a failure instead of "run me again"; no torchrun
+option changes that. This wrapper runs torchrun in the same process (same options, same behaviour otherwise) and
+exits 75, with one line instead of the traceback, when every rank it started reported status 75 (each rank
+writes its report as soon as the stop checkpoint is complete: :func:`alr_fast.train.runtime.report_exit_status`,
+in the folder this wrapper names in ``ALR_FAST_EXIT_STATUS_DIR``); in every other case it ends as torchrun
+would. With several nodes, run it as the launcher on every node (each reports its own ranks).
 """
 
 from __future__ import annotations
@@ -18,20 +22,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-from alr_fast.train.runtime import EXIT_PREEMPTED
+from alr_fast.train.runtime import EXIT_PREEMPTED, EXIT_STATUS_DIR_ENV, all_ranks_reported
 from alr_fast.util.logs import configure_console
 
-__all__ = ["main", "all_ranks_preempted"]
+__all__ = ["main", "all_ranks_preempted", "report_preempted"]
 
 
 def all_ranks_preempted(status_dir: Path) -> bool:
-    """True when every local rank wrote ``<status> <local world size>`` with status 75."""
-    reports = [p.read_text().split() for p in Path(status_dir).glob("rank*")]
-    if not reports:
-        return False
-    sizes = {int(r[1]) for r in reports if len(r) == 2}
-    return (len(sizes) == 1 and len(reports) == sizes.pop()
-            and all(len(r) == 2 and int(r[0]) == EXIT_PREEMPTED for r in reports))
+    """True when every local rank reported status 75 (``<status> <local world size>`` files)."""
+    return all_ranks_reported(status_dir, EXIT_PREEMPTED)
+
+
+def report_preempted(launcher: str, how: str) -> None:
+    """The launcher process's one line: ``[alr_fast] WARNING: every rank stopped with a checkpoint (...)``."""
+    configure_console(rank=0)  # this launcher process's own message, on stderr
+    logging.getLogger(f"alr_fast.{launcher}").warning(
+        "every rank stopped with a checkpoint (%s: %s); exit status %d: run again with --resume", launcher, how,
+        EXIT_PREEMPTED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,19 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import main as torchrun_main
 
     status_dir = Path(tempfile.mkdtemp(prefix="alr_fast_exit_"))
-    os.environ["ALR_FAST_EXIT_STATUS_DIR"] = str(status_dir)  # inherited by the ranks torchrun starts
+    os.environ[EXIT_STATUS_DIR_ENV] = str(status_dir)  # inherited by the ranks torchrun starts
     try:
         torchrun_main(list(sys.argv[1:] if argv is None else argv))
         return 0
     except (SignalException, ChildFailedError) as e:
         if all_ranks_preempted(status_dir):
-            configure_console(rank=0)  # this launcher process's own message, on stderr
-            logging.getLogger("alr_fast.torchrun").warning(
-                "every rank stopped with a checkpoint (%s); exit status %d: run again with --resume",
-                type(e).__name__, EXIT_PREEMPTED)
+            report_preempted("torchrun", type(e).__name__)
             return EXIT_PREEMPTED
         raise
     finally:
+        os.environ.pop(EXIT_STATUS_DIR_ENV, None)
         shutil.rmtree(status_dir, ignore_errors=True)
 
 

@@ -53,18 +53,20 @@ class SyntheticData:
     """N random samples of dimension D with K classes, held in memory; each rank's epoch is a permutation of
     the rows it owns (i % world == rank), the last batch padded with index -1, like the trainer's loaders."""
 
+    sharding_blocks = None  # the strided owner rule, as TrainData without tar shards
+
     def __init__(self, n: int, k: int, dim: int, device: torch.device):
         g = torch.Generator().manual_seed(0)
         self.num_classes, self.dim, self.device = k, dim, device
         self.features = torch.randn(n, dim, generator=g).to(device)
         self.given_labels = torch.randint(0, k, (n,), generator=g).numpy()
 
-    def train_source(self, rank: int, world: int, batch: int, seed: int):
+    def train_source(self, sharding: Sharding, batch: int, seed: int):
         data = self
 
         class Source:
             def epoch(self, epoch: int):
-                owned = torch.from_numpy(Sharding(rank, world).owned(data.features.shape[0]))
+                owned = torch.from_numpy(sharding.owned(data.features.shape[0]))
                 order = owned[torch.randperm(owned.numel(), generator=torch.Generator().manual_seed(seed + epoch))]
                 for i in range(0, order.numel(), batch):
                     idx = order[i : i + batch]
@@ -123,11 +125,11 @@ def main(argv=None) -> int:
         model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
                             image_size=data.image_size, width=cfg.model.width).to(rt.device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=_optimizer(cfg, model), config=_ds_config(cfg, rt))
+    sharding = rt.sharding(data.sharding_blocks)  # the trainer's way: one Sharding for the bank and the loader
     bank = SoftLabelBank(torch.from_numpy(data.given_labels), data.num_classes, cfg.method.bank_dtype,
-                         sharding=Sharding(rt.rank, rt.world_size,
-                                                  data.sharding_blocks if rt.world_size > 1 else None)).to(rt.device)
+                         sharding=sharding).to(rt.device)
     given = torch.from_numpy(data.given_labels).to(rt.device)
-    loader = data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed)
+    loader = data.train_source(sharding, cfg.train.batch_size, cfg.train.seed)
 
     def batches():
         epoch = 0

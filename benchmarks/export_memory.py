@@ -63,7 +63,6 @@ def main() -> None:
         dist.init_process_group("gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     from alr_fast.loss.bank import SoftLabelBank
-    from alr_fast.loss.sharding import Sharding
     from alr_fast.train.runtime import Runtime
     from alr_fast.data.train_data import TrainData
 
@@ -83,8 +82,8 @@ def main() -> None:
     data = TrainData.from_arrays(images, labels.numpy(), None, images[:10], labels[:10].numpy(), num_classes=k,
                                  mean=(0.5,), std=(0.25,))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, k))
-    bank = SoftLabelBank(labels, k, "float32", sharding=Sharding(rank, world))
     rt = Runtime(device=torch.device("cpu"), precision="fp32", backend="torch", rank=rank, world_size=world)
+    bank = SoftLabelBank(labels, k, "float32", sharding=rt.sharding(data.sharding_blocks))
     out = Path(args.out)
     if dist.is_initialized():
         dist.barrier()

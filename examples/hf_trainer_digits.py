@@ -1,4 +1,4 @@
-"""ALR in a Hugging Face ``Trainer`` (image classification): a ``compute_loss`` override, any number of ranks.
+"""ALR in a Hugging Face ``Trainer`` (image classification): a ``compute_loss`` override, CPU ranks under torchrun.
 
     torchrun --nproc_per_node 2 examples/hf_trainer_digits.py --out runs/hf_digits
 
@@ -14,7 +14,9 @@ train --set data.dataset=digits`` reads them; needs the [demo] and [examples] ex
   position and ``accelerator.prepare`` then splits its batches between the ranks, so a rank would be handed
   rows another rank owns. The loader's ``set_epoch`` (called by the Trainer before every epoch) reaches the
   sampler;
-* a ``TrainerCallback`` closes every epoch (``alr.end_epoch()`` on every rank).
+* a ``TrainerCallback`` closes every epoch (``alr.end_epoch()`` on every rank) and, with ``--save``, writes
+  every rank's ALR state (``ALR.gather_state_dicts``) into each of the Trainer's checkpoints; ``--resume
+  CHECKPOINT`` loads it back before the Trainer resumes from that checkpoint.
 
 tests/test_examples.py checks this against the equivalent ``alr_fast train`` run.
 """
@@ -72,7 +74,12 @@ class ALRTrainer(Trainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
-class ALREpochs(TrainerCallback):
+ALR_STATE = "alr_states.pt"
+
+
+class ALRCallback(TrainerCallback):
+    """Closes each epoch of ``alr`` and saves its state (every rank's) into each of the Trainer's checkpoints."""
+
     def __init__(self, alr: ALR):
         self.alr = alr
 
@@ -80,6 +87,11 @@ class ALREpochs(TrainerCallback):
         signals = self.alr.end_epoch()  # a collective: every rank runs the callbacks
         if state.is_world_process_zero:
             print(json.dumps({"epoch": round(state.epoch) - 1, **signals}), flush=True)
+
+    def on_save(self, args, state, control, **kwargs):
+        states = self.alr.gather_state_dicts()  # a collective; the Trainer has just written the checkpoint
+        if state.is_world_process_zero:
+            torch.save(states, os.path.join(args.output_dir, f"checkpoint-{state.global_step}", ALR_STATE))
 
 
 class DigitsMLP(torch.nn.Module):
@@ -104,6 +116,8 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=0.3)
     p.add_argument("--warmup", default="auto", help="'auto' or a number of epochs")
     p.add_argument("--ramp-epochs", type=float, default=5.0)
+    p.add_argument("--save", action="store_true", help="a Trainer checkpoint (with the ALR state) after every epoch")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint folder of a --save run")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -121,10 +135,10 @@ def main() -> None:
     targs = TrainingArguments(
         output_dir=args.out, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, lr_scheduler_type="constant", max_grad_norm=1.0,  # as alr_fast train
-        seed=args.seed, use_cpu=True, ddp_backend="gloo",  # "nccl" (the default) on GPUs
+        seed=args.seed, use_cpu=True, ddp_backend="gloo",  # GPUs: drop both (NCCL); not run in CI, which has none
         ddp_find_unused_parameters=False,  # as a plain DDP loop
         remove_unused_columns=False,  # keep "index" in the batch
-        save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True)
+        save_strategy="epoch" if args.save else "no", logging_strategy="no", report_to="none", disable_tqdm=True)
     # TrainingArguments started the process group under torchrun: rank and world size are known from here on.
     sampler = OwnerBatchSampler(data, args.batch_size, seed=args.seed, rank=targs.process_index,
                                 world_size=targs.world_size)
@@ -139,8 +153,10 @@ def main() -> None:
     # without decay on biases).
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     trainer = ALRTrainer(model=model, args=targs, train_dataset=data, optimizers=(opt, None),
-                         callbacks=[ALREpochs(alr)], alr=alr, sampler=sampler)
-    trainer.train()
+                         callbacks=[ALRCallback(alr)], alr=alr, sampler=sampler)
+    if args.resume:
+        alr.load_state_dict(torch.load(os.path.join(args.resume, ALR_STATE)))  # every rank's, re-sharded here
+    trainer.train(resume_from_checkpoint=args.resume)
 
     info = alr.export(args.out)  # every rank: each writes its rows, rank 0 assembles the files
     if trainer.is_world_process_zero():

@@ -1,4 +1,4 @@
-"""ALR in PyTorch Lightning: a callback and a LightningModule, DDP strategy, any number of CPU or GPU ranks.
+"""ALR in PyTorch Lightning: a callback and a LightningModule, DDP strategy, any number of CPU ranks.
 
     torchrun --nproc_per_node 2 examples/lightning_digits.py --out runs/lightning_digits
 
@@ -8,11 +8,13 @@ Lightning:
 
 * the module calls ``alr(logits, index)`` in ``training_step`` (``WithIndex`` puts the global index in the batch);
 * the loader is built with ``OwnerBatchSampler`` and the Trainer with ``use_distributed_sampler=False``, so
-  Lightning does not swap in its ``DistributedSampler`` (which does not follow the owner rule); Lightning calls
-  the sampler's ``set_epoch`` before every epoch;
+  Lightning does not swap in its ``DistributedSampler`` (which does not follow the owner rule). Lightning calls
+  the sampler's ``set_epoch`` before each epoch but the first one it runs, whose iterator it makes earlier:
+  the module's ``train_dataloader`` sets that epoch (it matters when a run resumes, ``--resume``);
 * :class:`ALRCallback` closes every epoch (``alr.end_epoch()`` on every rank) and puts the soft labels of ALL
   ranks in Lightning's checkpoints: Lightning writes only rank 0's copy of a callback's state, so the callback
-  gathers every rank's rows (``ALR.gather_state_dicts``) and restores them on any number of ranks.
+  gathers every rank's rows (``ALR.gather_state_dicts``) and gives them all back to ``ALR.load_state_dict``
+  (which keeps the rows this rank owns, also under another number of ranks).
 
 tests/test_examples.py checks this against the equivalent ``alr_fast train`` run.
 """
@@ -45,7 +47,8 @@ class ALRCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         signals = self.alr.end_epoch()  # a collective: every rank runs this hook
-        pl_module.log("train_acc_given", float(signals["train_acc_given"]), rank_zero_only=True)
+        # The same value on every rank (end_epoch all-reduced the counts); sync_dist as Lightning asks of epoch metrics.
+        pl_module.log("train_acc_given", float(signals["train_acc_given"]), sync_dist=True)
         if self.print_signals and trainer.is_global_zero:
             print(json.dumps({"epoch": trainer.current_epoch, **signals}), flush=True)
 
@@ -58,15 +61,21 @@ class ALRCallback(pl.Callback):
 
 
 class DigitsMLP(pl.LightningModule):
-    def __init__(self, alr: ALR, lr: float):
+    def __init__(self, alr: ALR, loader: DataLoader, lr: float):
         super().__init__()
-        self.alr, self.lr = alr, lr
+        self.alr, self.loader, self.lr = alr, loader, lr
         self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(),
                                        torch.nn.Linear(128, 10))
 
     def training_step(self, batch, batch_idx):
         x, _, index = batch
         return self.alr(self.net(x), index)  # cross-entropy in warm-up, then ALR; updates this rank's rows
+
+    def train_dataloader(self):
+        # Lightning makes the first epoch's iterator (the first of a resumed run too) before it calls set_epoch:
+        # set the epoch here, or a resumed run would replay epoch 0's order.
+        self.loader.batch_sampler.set_epoch(self.trainer.current_epoch)
+        return self.loader
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
@@ -84,6 +93,7 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=0.3)
     p.add_argument("--warmup", default="auto", help="'auto' or a number of epochs")
     p.add_argument("--ramp-epochs", type=float, default=5.0)
+    p.add_argument("--resume", metavar="CKPT", help="continue a run from its OUT/last.ckpt (up to --epochs)")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -99,6 +109,7 @@ def main() -> None:
     images = (s.train_images.float() - mean) / std
     data = WithIndex(TensorDataset(images, torch.as_tensor(labels)))  # items (image, label, global index)
 
+    # accelerator="gpu" (NCCL) for GPUs: not run in this project's CI, which has none.
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                          max_epochs=args.epochs, use_distributed_sampler=False,  # OwnerBatchSampler shards
                          gradient_clip_val=1.0, gradient_clip_algorithm="norm",  # as alr_fast train
@@ -114,8 +125,8 @@ def main() -> None:
               steps_per_epoch=len(loader), rank=rank, world_size=world, assume_unique=True)
 
     torch.manual_seed(args.seed)  # the same initial weights as alr_fast train's mlp with this seed
-    model = DigitsMLP(alr, args.lr)
-    trainer.fit(model, train_dataloaders=loader)
+    model = DigitsMLP(alr, loader, args.lr)
+    trainer.fit(model, ckpt_path=args.resume)  # ALRCallback restores the ALR state of a resumed run
 
     info = alr.export(args.out)  # every rank: each writes its rows, rank 0 assembles the files
     trainer.save_checkpoint(os.path.join(args.out, "last.ckpt"))  # holds every rank's soft labels (ALRCallback)

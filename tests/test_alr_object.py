@@ -231,6 +231,16 @@ def test_bad_arguments_are_named():
         ALR(torch.tensor([0, 1]), 2, warmup_rule={"patients": 2})
     with pytest.raises(ValueError, match="outside"):
         ALR(torch.tensor([0, 5]), 2)
+    from alr_fast.loss.sharding import Sharding
+
+    with pytest.raises(ValueError, match="either sharding or rank/world_size/shard_blocks"):
+        ALR(torch.tensor([0, 1, 1]), 2, sharding=Sharding(1, 2), world_size=2)
+    with pytest.raises(TypeError, match="sharding must be an alr_fast.loss.sharding.Sharding"):
+        ALR(torch.tensor([0, 1, 1]), 2, sharding=(1, 2))
+    given = ALR(torch.tensor([0, 1, 1, 0, 1]), 2, sharding=Sharding(1, 2, (0, 2, 3, 5)))  # the trainer's way
+    # N / W = 2.5 lies as near boundary 2 as 3: the lower is rank 1's start
+    assert given.sharding == Sharding(1, 2, (0, 2, 3, 5)) and given.global_index.tolist() == [2, 3, 4]
+    assert given.rank == 1 and given.world_size == 2
 
 
 def test_trainer_gives_the_fused_mean_its_count_one_forward_launch_per_step(tmp_path, monkeypatch):

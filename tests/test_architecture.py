@@ -115,7 +115,7 @@ LAYERS = [
     ("train", ["alr_fast.train"]),
     ("labels", ["alr_fast.labels"]),
     ("entry", ["alr_fast.recipes", "alr_fast.cli", "alr_fast.demo", "alr_fast.launch", "alr_fast.torchrun",
-               "alr_fast.__main__"]),
+               "alr_fast.deepspeed", "alr_fast.__main__"]),
 ]
 
 

@@ -14,6 +14,7 @@ import torch
 from alr_fast.labels.crossval import FoldSource, assign_folds
 from alr_fast.data.loaders.arrays import ArrayLoader
 from alr_fast.train.exports import RowPart
+from alr_fast.loss.sharding import Sharding
 from conftest import free_port
 
 # scikit-learn's digits (1,438 train rows), an MLP, 2 epochs (1 warm-up), 2 folds: seconds per fold.
@@ -55,8 +56,8 @@ def test_fold_source_yields_each_kept_owned_row_exactly_once(n, world, bs):
     keep = np.random.default_rng(n).random(n) < 0.6
     steps = max(int(np.ceil(keep[r::world].sum() / bs)) for r in range(world))
     for rank in range(world):
-        inner = ArrayLoader(images, batch_size=bs, mean=(0.0,), std=(1 / 255,), shuffle=True, seed=1, rank=rank,
-                            world_size=world)
+        inner = ArrayLoader(images, batch_size=bs, mean=(0.0,), std=(1 / 255,), shuffle=True, seed=1,
+                            sharding=Sharding(rank, world))
         src = FoldSource(inner, keep, bs, steps)
         batches = list(src.epoch(2))
         assert len(batches) == len(src) == steps  # the same step count on every rank
@@ -97,7 +98,8 @@ def _check_layout(out: Path, k_folds: int):
     return folds, labels, np.asarray(oos)
 
 
-def test_crossval_end_to_end_resume_cleanlab_and_two_ranks(tmp_path):
+def test_crossval_end_to_end_resume_and_cleanlab(tmp_path):
+    """1 rank; the 2-rank cross-fit is tests/test_multirank.py::test_crossval_out_of_sample_probabilities_two_ranks_vs_one."""
     out = tmp_path / "run"
     cli("train", *ARGS, "--out", str(out), cwd=tmp_path)  # a full run first: its CSV gains the oos columns
     # --keep-fold-checkpoints: the resume below must find fold 1's checkpoints (the 2-rank run checks pruning)
@@ -143,21 +145,3 @@ def test_crossval_end_to_end_resume_cleanlab_and_two_ranks(tmp_path):
     _, _, oos2 = _check_layout(out, 2)
     # fold 1 resumed from its final checkpoint: the same weights, the same out-of-sample rows
     np.testing.assert_array_equal(oos2, oos)
-
-
-    # 2 ranks (torchrun): the same folds, labels and file layout as the 1-rank cross-fit above
-    one, two = out, tmp_path / "two"
-    cli("crossval", *ARGS, "--folds", "2", "--out", str(two), nproc=2, cwd=tmp_path)
-    f1, l1, p1 = _check_layout(one, 2)
-    f2, l2, p2 = _check_layout(two, 2)
-    np.testing.assert_array_equal(f1, f2)
-    np.testing.assert_array_equal(l1, l2)
-    assert len(list((two / "fold0").glob("oos_part*.f32"))) == 2  # each rank predicted its own held-out rows
-    # By default a finished fold's checkpoints are deleted (they only serve resuming it); its model stays.
-    for f in (0, 1):
-        assert not (two / f"fold{f}" / "checkpoints").exists() and (two / f"fold{f}" / "model.pt").exists()
-    r1, r2 = _read_csv(one / "refined_labels.csv"), _read_csv(two / "refined_labels.csv")
-    assert list(r2[0]) == ["global_index", "given_label", "oos_label", "oos_confidence", "oos_given_prob",
-                           "oos_suspect_rank"]
-    assert [c for c in r1[0] if c.startswith("oos_")] == list(r2[0])[2:]
-    assert [r["given_label"] for r in r1] == [r["given_label"] for r in r2]

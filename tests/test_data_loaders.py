@@ -15,6 +15,7 @@ from alr_fast.data.loaders.transforms import recipe_transform
 from alr_fast.data.readers import read_split
 from alr_fast.data.readers.cifar import read_cifar
 from alr_fast.data.readers.webvision import read_ilsvrc_val
+from alr_fast.loss.sharding import Sharding
 
 # Tolerance of DALI vs torchvision on the deterministic eval transform (resize shorter side + centre crop),
 # in grey levels of the 0..255 input. Both decode with libjpeg-turbo's default (ISLOW) IDCT - ANIMAL-10N,
@@ -112,7 +113,7 @@ def test_shards_disjoint_complete_and_no_duplicate_reaches_the_loss(backend, wor
     t = _table("clothing1m", "clothing1m", "train")  # 70 rows: 70 / 3 -> shards of 24, padded with -1
     valid_all = []
     for rank in range(world):
-        loader = build_loader(t, train=True, batch_size=16, backend=backend, workers=1, rank=rank, world_size=world,
+        loader = build_loader(t, train=True, batch_size=16, backend=backend, workers=1, sharding=Sharding(rank, world),
                               seed=4, stick_to_shard=stick)
         x, idx, sizes = collect(loader, epoch=1)
         assert len(sizes) == len(loader) == -(-(-(-70 // world)) // 16)  # same step count on every rank
@@ -132,7 +133,7 @@ def test_resumed_epoch_repeats_the_uninterrupted_one(backend):
     # Clothing1M train: random crop + flip, drawn per (seed, epoch, global index): a resume at step 2 gives
     # exactly the last batches of the full epoch, images included.
     t = _table("clothing1m", "clothing1m", "train")
-    loader = build_loader(t, train=True, batch_size=16, backend=backend, workers=1, seed=6, rank=1, world_size=2)
+    loader = build_loader(t, train=True, batch_size=16, backend=backend, workers=1, seed=6, sharding=Sharding(1, 2))
     x_full, i_full, sizes = collect(loader, epoch=3)
     x_tail, i_tail, _ = collect_from(loader, 3, 2)
     assert torch.equal(i_tail, i_full[32:]) and torch.equal(x_tail, x_full[32:])
@@ -170,10 +171,10 @@ def test_torch_path_reproducible_across_worker_counts():
 @needs_dali
 def test_stick_to_shard_keeps_owned_rows_per_rank():
     t = _table("animal10n", "animal10n", "train")
-    loader = build_loader(t, train=True, batch_size=8, backend="dali", workers=1, rank=1, world_size=2)
+    loader = build_loader(t, train=True, batch_size=8, backend="dali", workers=1, sharding=Sharding(1, 2))
     e0, e1 = collect(loader, 0)[1], collect(loader, 1)[1]
     assert sorted(e0.tolist()) == sorted(e1.tolist()) == list(range(1, 60, 2)) and not torch.equal(e0, e1)
-    predict = build_loader(t, train=False, batch_size=8, backend="dali", workers=1, rank=1, world_size=2)
+    predict = build_loader(t, train=False, batch_size=8, backend="dali", workers=1, sharding=Sharding(1, 2))
     assert collect(predict, 0)[1].tolist() == list(range(1, 60, 2))  # eval: owned rows in index order
 @needs_dali
 def test_class_balanced_subset_through_the_loader():
@@ -181,12 +182,12 @@ def test_class_balanced_subset_through_the_loader():
     sub = ClassBalancedSubset(t.labels, 28, num_classes=14, seed=0)
     for world in (1, 2):
         for rank in range(world):
-            loader = build_loader(t, train=True, batch_size=10, backend="dali", workers=1, subset=sub, rank=rank,
-                                  world_size=world)
+            loader = build_loader(t, train=True, batch_size=10, backend="dali", workers=1, subset=sub,
+                                  sharding=Sharding(rank, world))
             assert len(loader) == -(-(28 // world) // 10)
             for epoch in (0, 1):
                 idx = collect(loader, epoch)[1]
-                assert sorted(idx.tolist()) == sub(epoch, rank, world).tolist()
+                assert sorted(idx.tolist()) == sub(epoch, Sharding(rank, world)).tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -21,6 +21,7 @@ from alr_fast.data.readers.safe_pickle import UnsafePickleError, safe_load_numpy
 from alr_fast.data.readers.webvision import read_ilsvrc_val, read_mini_webvision, read_webvision
 from alr_fast.data.tools.fixtures import CIFAR10_NAMES, ILSVRC_DIR_NAME, ILSVRC_LIST_NAME
 from alr_fast.data.noise import make_noisy_labels
+from alr_fast.loss.sharding import Sharding
 
 
 def _key_labels(path):
@@ -51,6 +52,20 @@ def test_cifar10_train_order_pixels_and_labels():
     assert t.images[i, 31, 0, 2] == data[i, 2048 + 31 * 32]
     assert t.class_names == CIFAR10_NAMES and t.noise_rate() == 0.0
     assert len(read_cifar(root / "cifar-10-batches-py", "cifar10", "test")) == 40  # root may be the folder
+
+
+@pytest.mark.parametrize("n", [5, 19, 23])
+def test_cifar10_fixture_has_exactly_num_train_samples(n):
+    """make-fixture spreads any count over CIFAR-10's 5 batches (first batches one larger): none dropped."""
+    t = read_cifar(fixture_root("cifar10", num_train=n), "cifar10", "train")
+    assert len(t) == n and t.labels.shape == (n,)
+
+
+def test_cifar10_fixture_refuses_fewer_than_five(tmp_path):
+    from alr_fast.data.tools.fixtures import make_fixture
+
+    with pytest.raises(ValueError, match="--num-train: CIFAR-10 is stored as 5 training batches"):
+        make_fixture("cifar10", tmp_path / "c", num_train=4)
 
 
 def test_cifar_synthetic_noise_matches_alr_fast_noise():
@@ -330,7 +345,8 @@ def test_noise_file_npz_needs_key_and_missing_file(tmp_path):
 @pytest.mark.parametrize("stick", [True, False])
 @pytest.mark.parametrize("n, world", [(70, 1), (70, 3), (10, 4), (5, 8)])
 def test_epoch_plan_shards_disjoint_complete_padded_at_end(n, world, stick):
-    plans = [EpochPlan(n, shuffle=True, seed=2, rank=r, world_size=world, stick_to_shard=stick) for r in range(world)]
+    plans = [EpochPlan(n, shuffle=True, seed=2, sharding=Sharding(r, world), stick_to_shard=stick)
+             for r in range(world)]
     for epoch in (0, 1):
         shards = [p.shard(epoch) for p in plans]
         # equal step counts; a shuffled shard holds at least 2 rows (never a training batch of one)
@@ -346,13 +362,13 @@ def test_epoch_plan_shards_disjoint_complete_padded_at_end(n, world, stick):
 
 def test_epoch_plan_owned_rows_fixed_moving_rows_change_and_exclude():
     for rank in range(2):
-        p = EpochPlan(50, shuffle=True, seed=0, rank=rank, world_size=2)  # stick_to_shard=True by default
+        p = EpochPlan(50, shuffle=True, seed=0, sharding=Sharding(rank, 2))  # stick_to_shard=True by default
         s0, s3 = p.shard(0), p.shard(3)
         assert sorted(s0.tolist()) == sorted(s3.tolist()) == list(range(rank, 50, 2))
         assert not np.array_equal(s0, s3)  # same rows, new order every epoch
-    moving = EpochPlan(50, shuffle=True, seed=0, rank=0, world_size=2, stick_to_shard=False)
+    moving = EpochPlan(50, shuffle=True, seed=0, sharding=Sharding(0, 2), stick_to_shard=False)
     assert set(moving.shard(0).tolist()) != set(moving.shard(3).tolist())
-    ex = EpochPlan(50, shuffle=False, rank=1, world_size=2, exclude=np.array([3, 7, 8]))
+    ex = EpochPlan(50, shuffle=False, sharding=Sharding(1, 2), exclude=np.array([3, 7, 8]))
     assert ex.shard_len == 25 and ex.shard(0).tolist() == [i for i in range(1, 50, 2) if i not in (3, 7)] + [-1, -1]
     moving_ex = EpochPlan(50, shuffle=False, exclude=np.array([3, 7]), stick_to_shard=False)
     assert moving_ex.epoch_size == 48 and not np.isin([3, 7], moving_ex.shard(0)).any()
@@ -361,7 +377,7 @@ def test_epoch_plan_owned_rows_fixed_moving_rows_change_and_exclude():
 def test_class_balanced_subset_per_rank_draws_owned_rows():
     t = read_clothing1m(fixture_root("clothing1m"), "train")  # 70 = 5 per class x 14
     sub = ClassBalancedSubset(t.labels, 28, num_classes=14, seed=3)
-    plans = [EpochPlan(len(t), shuffle=True, seed=1, rank=r, world_size=2, subset=sub) for r in range(2)]
+    plans = [EpochPlan(len(t), shuffle=True, seed=1, sharding=Sharding(r, 2), subset=sub) for r in range(2)]
     assert plans[0].shard_len == plans[1].shard_len == 14
     rows = [p.shard(4) for p in plans]
     for rank, r in enumerate(rows):
@@ -371,10 +387,10 @@ def test_class_balanced_subset_per_rank_draws_owned_rows():
     class NotOwned:
         epoch_size = 8
 
-        def __call__(self, epoch, rank=0, world_size=1):
+        def __call__(self, epoch, sharding=Sharding()):
             return np.arange(4)
 
-    bad = EpochPlan(len(t), shuffle=True, rank=1, world_size=2, subset=NotOwned())
+    bad = EpochPlan(len(t), shuffle=True, sharding=Sharding(1, 2), subset=NotOwned())
     with pytest.raises(ValueError, match=r"gave rank 1 rows it does not own \(i % 2 != 1\)"):
         bad.shard(0)
 

@@ -51,7 +51,7 @@ def test_bank_plan_and_resharding_agree_on_ownership():
     for world in (1, 2, 3):
         for rank in range(world):
             bank = SoftLabelBank(labels, 4, sharding=Sharding(rank, world))
-            plan = EpochPlan(23, shuffle=True, seed=1, rank=rank, world_size=world)
+            plan = EpochPlan(23, shuffle=True, seed=1, sharding=Sharding(rank, world))
             read = plan.shard(0)
             read = np.sort(read[read >= 0])
             assert read.tolist() == bank.global_index.tolist() == Sharding(rank, world).owned(23).tolist()
@@ -80,8 +80,8 @@ def test_batch_bounds_never_leave_a_batch_of_one(batch):
 
 def _array_epochs(n, world, batch, epochs=3):
     images = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
-    loaders = [ArrayLoader(images, batch_size=batch, mean=(0.5,), std=(0.25,), shuffle=True, seed=4, rank=r,
-                           world_size=world) for r in range(world)]
+    loaders = [ArrayLoader(images, batch_size=batch, mean=(0.5,), std=(0.25,), shuffle=True, seed=4,
+                           sharding=Sharding(r, world)) for r in range(world)]
     assert len({len(ld) for ld in loaders}) == 1  # steps per epoch equal on every rank
     return loaders, [[list(ld.epoch(e)) for ld in loaders] for e in range(epochs)]
 
@@ -134,8 +134,8 @@ def test_on_disk_loaders_odd_n_no_batch_of_one(backend, world):
     t = read_split("animal10n", fixture_root("animal10n"), "test")  # 28 rows
     sub_rows = np.array([i for i in range(len(t)) if i not in (4, 9, 17)])  # 25 rows left: odd
     exclude = np.setdiff1d(np.arange(len(t)), sub_rows)
-    loaders = [build_loader(t, train=True, batch_size=4, backend=backend, workers=1, seed=2, rank=r,
-                            world_size=world, exclude=exclude, crop=32) for r in range(world)]
+    loaders = [build_loader(t, train=True, batch_size=4, backend=backend, workers=1, seed=2,
+                            sharding=Sharding(r, world), exclude=exclude, crop=32) for r in range(world)]
     assert len({len(ld) for ld in loaders}) == 1
     for epoch in (0, 1):
         seen = []

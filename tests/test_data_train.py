@@ -10,6 +10,7 @@ from test_data_fixtures import fixture_root, needs_dali
 
 from alr_fast.config import apply_overrides
 from alr_fast.data.train_data import reader_train_data
+from alr_fast.loss.sharding import Sharding
 from alr_fast.recipes import get_recipe
 
 
@@ -42,7 +43,7 @@ def test_two_epochs_of_training_on_a_fixture(tmp_path, name, loader, extra):
         known = data.extra["clean_labels_known"]
         assert 0 < known < data.num_train and int((data.clean_labels >= 0).sum()) == known
         assert rows[-1]["num_clean_known"] == known
-        assert data.image_size == 64 and len(data.train_source(0, 1, 16, 0)) == 2  # 28-row subset per epoch
+        assert data.image_size == 64 and len(data.train_source(Sharding(), 16, 0)) == 2  # 28-row subset per epoch
 
 
 def test_reader_train_data_errors(tmp_path):

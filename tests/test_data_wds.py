@@ -164,6 +164,11 @@ def test_both_loaders_read_tar_members(tmp_path, backend):
         with tarfile.open(tmp_path / shard) as tar:
             ref = tf(Image.open(io.BytesIO(tar.extractfile(name).read())).convert("RGB"))
         assert float((x[i] - ref).abs().mean()) < 0.05, (backend, p)
+    # on several ranks a loader takes the Sharding built with the table's shard blocks (the bank's), nothing else
+    kw = dict(train=False, batch_size=6, backend=backend, crop=16, resize=16, workers=1)
+    assert build_loader(t, sharding=Sharding(1, 2, t.shard_blocks), **kw).shard(0).tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="read under whole tar shards per rank but the sharding given has blocks=None"):
+        build_loader(t, sharding=Sharding(1, 2), **kw)
 
 
 # ------------------------------------------------------------------------------ 1, 2, 3 ranks, opened shards
@@ -179,8 +184,9 @@ def test_each_rank_opens_only_its_training_shards(tmp_path):
     assert main(["data", "index", "--dataset", "webdataset", "--root", str(root)]) == 0
     train = read_webdataset(root, "train")
     shards = [os.path.realpath(root / s) for s in train.tar["shards"]]
+    # A small CNN: what is checked is which shards each rank opens (training, evaluation, exports).
     args = ["--recipe", "own-data", "--data-root", str(root), "--set", "data.dataset=webdataset", "--epochs", "2",
-            "--batch-size", "4", "--image-size", "32", "--no-progress", "--set", "model.name=resnet18",
+            "--batch-size", "4", "--image-size", "32", "--no-progress", "--set", "model.name=small_cnn",
             "--set", "train.threads=1", "--set", "data.workers=1", "--set", "train.tensorboard=false",
             "--set", "data.val_fraction=0"]
     hook = str(ROOT / "tests" / "openlog")

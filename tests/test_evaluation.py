@@ -13,6 +13,7 @@ from alr_fast.data.loaders.arrays import ArrayLoader
 from alr_fast.data.loaders.wrappers import ExcludeRows, noisy_val_rows
 from alr_fast.train.evaluation import EvalPlan, topk_correct
 from alr_fast.recipes import get_recipe
+from alr_fast.loss.sharding import Sharding
 
 
 def test_topk_hand_computed():
@@ -63,8 +64,8 @@ def test_noisy_val_slice_is_disjoint_from_training_rows(world):
     val = noisy_val_rows(given, 0.2, seed=0)
     trained, steps = [], set()
     for rank in range(world):
-        base = ArrayLoader(images, batch_size=16, mean=(0.5,), std=(0.5,), shuffle=True, seed=5, rank=rank,
-                           world_size=world)
+        base = ArrayLoader(images, batch_size=16, mean=(0.5,), std=(0.5,), shuffle=True, seed=5,
+                           sharding=Sharding(rank, world))
         loader = ExcludeRows(base, val, n, "cpu")
         assert len(loader) == len(base)  # same steps: ranks stay in step
         steps.add(len(loader))

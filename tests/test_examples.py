@@ -8,7 +8,8 @@ equal and the soft labels equal within 1e-5. Why not bit for bit: the trainer cl
 DeepSpeed's implementation, the examples with torch.nn.utils.clip_grad_norm_ (Lightning's and the Trainer's
 clipping call it too); the two round the norm differently (measured: 6e-8 apart in the weights after 3 epochs on
 one rank; 6e-8 in the soft labels here). The three examples compute the same thing, so their weights must be
-equal to each other exactly.
+equal to each other exactly. The Lightning and Hugging Face examples run 2 epochs, then resume from their
+checkpoints for the third: the resumed runs must equal the uninterrupted ones.
 """
 
 from __future__ import annotations
@@ -67,11 +68,15 @@ def trainer_run(tmp_path_factory) -> Path:
     return trainer
 
 
-def _run_example(script: str, trainer: Path, out: Path) -> None:
-    """Runs examples/<script> on 2 ranks with the trainer run's labels; checks it against the trainer run."""
-    proc = _torchrun(str(ROOT / "examples" / script), [
-        "--out", str(out), "--labels", str(trainer / "noisy_labels.npy"), *EXAMPLE_ARGS], out.parent)
-    epochs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"epoch"')]
+def _launch(script: str, trainer: Path, out: Path, extra: tuple[str, ...] = ()) -> str:
+    """Runs examples/<script> on 2 ranks with the trainer run's labels (``extra``: more arguments); its stdout."""
+    return _torchrun(str(ROOT / "examples" / script), [
+        "--out", str(out), "--labels", str(trainer / "noisy_labels.npy"), *EXAMPLE_ARGS, *extra], out.parent).stdout
+
+
+def _check(stdout: str, trainer: Path, out: Path) -> None:
+    """An example's run (its stdout, every epoch's line; its folder ``out``) against the trainer run."""
+    epochs = [json.loads(line) for line in stdout.splitlines() if line.startswith('{"epoch"')]
     assert [e["phase"] for e in epochs] == ["warmup", "refine", "refine"]
     rows = [json.loads(line) for line in (trainer / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([e["train_acc_given"] for e in epochs], [r["train_acc_given"] for r in rows],
@@ -87,7 +92,7 @@ def _run_example(script: str, trainer: Path, out: Path) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(trainer_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "example"
-    _run_example("ddp_digits.py", trainer_run, out)
+    _check(_launch("ddp_digits.py", trainer_run, out), trainer_run, out)
     return out
 
 
@@ -102,10 +107,13 @@ def _same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
-def test_lightning_example_matches_alr_fast_train_on_two_ranks(trainer_run, ddp_run, tmp_path):
+def test_lightning_example_resumed_matches_alr_fast_train_on_two_ranks(trainer_run, ddp_run, tmp_path):
+    """Two epochs, a Lightning checkpoint, then the third epoch resumed from it: the same as one run."""
+    first = _launch("lightning_digits.py", trainer_run, tmp_path / "first", ("--epochs", str(EPOCHS - 1)))
     out = tmp_path / "example"
-    _run_example("lightning_digits.py", trainer_run, out)
-    _same_weights(out, ddp_run)  # the same computation as the plain DDP loop, step for step
+    last = _launch("lightning_digits.py", trainer_run, out, ("--resume", str(tmp_path / "first" / "last.ckpt")))
+    _check(first + last, trainer_run, out)
+    _same_weights(out, ddp_run)  # the same computation as the uninterrupted plain DDP loop, step for step
     # Lightning writes rank 0's copy of a callback's state: the callback gathered both ranks' soft-label rows.
     ckpt = torch.load(out / "last.ckpt", weights_only=False)
     states = ckpt["callbacks"]["ALRCallback"]["alr_states"]
@@ -117,7 +125,14 @@ def test_lightning_example_matches_alr_fast_train_on_two_ranks(trainer_run, ddp_
     assert one.epoch == EPOCHS and one.schedule.switch_epoch == 1
 
 
-def test_hf_trainer_example_matches_alr_fast_train_on_two_ranks(trainer_run, ddp_run, tmp_path):
+def test_hf_trainer_example_resumed_matches_alr_fast_train_on_two_ranks(trainer_run, ddp_run, tmp_path):
+    """Two epochs with a Trainer checkpoint after each, then the third epoch resumed from the last checkpoint."""
+    first = _launch("hf_trainer_digits.py", trainer_run, tmp_path / "first", ("--epochs", str(EPOCHS - 1), "--save"))
+    ckpts = sorted((tmp_path / "first").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in ckpts] == ["checkpoint-12", "checkpoint-24"]  # 12 steps per epoch on each rank
+    states = torch.load(ckpts[-1] / "alr_states.pt")
+    assert [s["rank"] for s in states] == [0, 1] and states[0]["epoch"] == EPOCHS - 1
     out = tmp_path / "example"
-    _run_example("hf_trainer_digits.py", trainer_run, out)
-    _same_weights(out, ddp_run)
+    last = _launch("hf_trainer_digits.py", trainer_run, out, ("--resume", str(ckpts[-1])))
+    _check(first + last, trainer_run, out)
+    _same_weights(out, ddp_run)  # the same computation as the uninterrupted plain DDP loop, step for step

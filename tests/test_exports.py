@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alr_fast.loss.bank import SoftLabelBank
+from alr_fast.loss.sharding import Sharding
 from alr_fast.train.exports import RowPart, assemble_rows, iter_rows, predict_probs, write_exports
 from alr_fast.train.runtime import Runtime
 from alr_fast.data.train_data import TrainData
@@ -65,7 +66,7 @@ def test_write_exports_matches_in_memory_reference(tmp_path):
     data, model, bank = _tiny()
     n, k = data.num_train, data.num_classes
     info = write_exports(tmp_path, SimpleNamespace(module=model), bank, data, RT, 8, chunk_bytes=5 * k * 4)
-    gidx, probs = predict_probs(model, data.predict_source(0, 1, 8), RT)
+    gidx, probs = predict_probs(model, data.predict_source(Sharding(), 8), RT)
     ref_pred = np.zeros((n, k), np.float32)
     ref_pred[gidx.numpy()] = probs.numpy()
     np.testing.assert_array_equal(np.load(tmp_path / "pred_probs.npy"), ref_pred)

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from alr_fast.data.indexed import OwnerBatchSampler, OwnerSampler, WithIndex
 from alr_fast.data.loaders.arrays import ArrayLoader
+from alr_fast.loss.sharding import Sharding
 
 
 @pytest.mark.parametrize("n,world", [(1, 1), (10, 1), (11, 2), (7, 3), (2, 3), (101, 4)])
@@ -16,7 +17,7 @@ def test_every_rank_reads_its_own_rows_once_with_padding_and_equal_steps(n, worl
     for epoch in (0, 1):
         seen, lengths = [], []
         for r in range(world):
-            s = OwnerSampler(n, rank=r, world_size=world, seed=5)
+            s = OwnerSampler(n, sharding=Sharding(r, world), seed=5)
             s.set_epoch(epoch)
             rows = list(s)
             lengths.append(len(rows))
@@ -46,9 +47,9 @@ def test_batch_sampler_gives_the_trainers_batches():
     images = torch.zeros(23, 1, 2, 2, dtype=torch.uint8)
     for world in (1, 2):
         for r in range(world):
-            ours = OwnerBatchSampler(23, 4, rank=r, world_size=world, seed=3)
-            theirs = ArrayLoader(images, batch_size=4, mean=(0.0,), std=(1.0,), shuffle=True, seed=3, rank=r,
-                                 world_size=world)
+            ours = OwnerBatchSampler(23, 4, sharding=Sharding(r, world), seed=3)
+            theirs = ArrayLoader(images, batch_size=4, mean=(0.0,), std=(1.0,), shuffle=True, seed=3,
+                                 sharding=Sharding(r, world))
             assert len(ours) == len(theirs)
             for epoch in (0, 2):
                 ours.set_epoch(epoch)
@@ -79,11 +80,11 @@ def test_with_index_serves_tuples_dicts_and_padding_through_a_dataloader():
     x = torch.arange(12, dtype=torch.float32).view(6, 2) + 1
     y = torch.arange(6)
     ds = WithIndex(TensorDataset(x, y))
-    loader = DataLoader(ds, batch_size=4, sampler=OwnerSampler(ds, rank=1, world_size=4, shuffle=False))
+    loader = DataLoader(ds, batch_size=4, sampler=OwnerSampler(ds, sharding=Sharding(1, 4), shuffle=False))
     (bx, by, bi), = list(loader)
     assert bi.tolist() == [1, 5]
     torch.testing.assert_close(bx, x[[1, 5]])
-    s = OwnerSampler(ds, rank=3, world_size=4)  # owns only sample 3: a padding row joins it
+    s = OwnerSampler(ds, sharding=Sharding(3, 4))  # owns only sample 3: a padding row joins it
     xs, ys, idx = next(iter(DataLoader(ds, batch_size=2, sampler=s)))
     assert sorted(idx.tolist()) == [-1, 3]
     pad = idx.tolist().index(-1)
@@ -104,7 +105,23 @@ def test_with_index_serves_tuples_dicts_and_padding_through_a_dataloader():
 
 
 def test_rank_defaults_to_one_process_and_bad_rank_is_named():
-    assert OwnerSampler(4).plan.world_size == 1
+    assert OwnerSampler(4).plan.sharding == Sharding(0, 1)
     with pytest.raises(ValueError, match="rank 2 outside"):
-        OwnerSampler(4, rank=2, world_size=2)
-    assert np.all(np.diff(list(OwnerSampler(9, shuffle=False, rank=1, world_size=3))) == 3)
+        OwnerSampler(4, sharding=Sharding(2, 2))
+    with pytest.raises(TypeError, match="OwnerBatchSampler: sharding must be an alr_fast.loss.sharding.Sharding"):
+        OwnerBatchSampler(4, 2, sharding=(1, 2))  # a tuple is not a Sharding: refused, not misread
+    with pytest.raises(ValueError, match="OwnerSampler: give either sharding or rank/world_size, not both"):
+        OwnerSampler(4, sharding=Sharding(0, 2), rank=0)
+    assert OwnerBatchSampler(9, 2, rank=1, world_size=3).plan.sharding == Sharding(1, 3)  # ints: the strided rule
+    assert np.all(np.diff(list(OwnerSampler(9, shuffle=False, sharding=Sharding(1, 3)))) == 3)
+
+
+def test_sampler_given_the_alr_objects_sharding_reads_exactly_its_bank_rows():
+    """docs/own-loop.md: ``OwnerSampler(..., sharding=alr.sharding)`` reads the rows the ALR bank holds."""
+    from alr_fast import ALR
+
+    labels = torch.arange(17) % 3
+    for r in range(3):
+        alr = ALR(labels, 3, rank=r, world_size=3, backend="torch")
+        rows = [i for i in OwnerSampler(17, sharding=alr.sharding, seed=4) if i >= 0]
+        assert sorted(rows) == alr.global_index.tolist() and len(rows) == len(set(rows))

@@ -193,6 +193,19 @@ def test_out_of_range_index_is_masked_and_reported(K, launch, assume_unique):
     raise_on_bad_index(DEVICE)  # reset: nothing to report
 
 
+@pytest.mark.parametrize("assume_unique", [True, False])
+def test_index_equal_to_n_alone_is_reported(assume_unique):
+    """The flag's boundary: index == N (the first out-of-range row) is reported even when it is the only bad
+    index, and repeated (the duplicate-safe path's sorted keys hold it twice)."""
+    logits, bank, _ = _case(B=6, K=5, N=20, seed=11)
+    index = torch.tensor([3, 20, -1, 19, 0, 20 if not assume_unique else 7], device=DEVICE)
+    rows = fused_alr_loss(logits, bank, index, ALRParams(ALPHA, LAM, reduction="none", assume_unique=assume_unique))
+    assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2, 3, 4]]).all()
+    with pytest.raises(IndexError, match="index 20 is out of range"):
+        raise_on_bad_index(DEVICE, n_rows=20)
+    raise_on_bad_index(DEVICE)
+
+
 def test_in_range_calls_leave_the_flag_clear():
     logits, bank, index = _case(seed=9)
     fused_alr_loss(logits, bank, index, ALRParams(ALPHA, LAM, assume_unique=True))

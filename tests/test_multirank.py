@@ -27,6 +27,7 @@ import torch
 
 from alr_fast.config import apply_overrides
 from alr_fast.data.train_data import build_train_data
+from alr_fast.loss.sharding import Sharding
 from alr_fast.recipes import get_recipe
 from alr_fast.train.models import build_model
 from conftest import free_port
@@ -174,7 +175,7 @@ def test_two_rank_metrics_recomputed_from_the_exports(one_and_two):
     test_acc = float((probs.argmax(1) == data.test_labels[idx]).mean())
     assert len(idx) == len(data.test_labels)
     assert last["test_acc"] == pytest.approx(test_acc, abs=1e-12)
-    idx, probs = probs_of(model, data.predict_source(0, 1, 512))
+    idx, probs = probs_of(model, data.predict_source(Sharding(), 512))
     np.testing.assert_allclose(np.load(two / "pred_probs.npy")[idx], probs, atol=2e-6)
     assert sorted(idx.tolist()) == list(range(N))
 
@@ -197,7 +198,7 @@ def test_crossval_out_of_sample_probabilities_two_ranks_vs_one(tmp_path):
         oos[out] = np.load(out / "oos_pred_probs.npy")
         for f in range(2):
             model = model_from(out / f"fold{f}" / "model.pt", data)
-            idx, probs = probs_of(model, data.predict_source(0, 1, 512))
+            idx, probs = probs_of(model, data.predict_source(Sharding(), 512))
             held = folds[idx] == f
             np.testing.assert_allclose(oos[out][idx[held]], probs[held], atol=2e-6)
     np.testing.assert_array_equal(np.load(one / "folds.npy"), np.load(two / "folds.npy"))
@@ -205,6 +206,18 @@ def test_crossval_out_of_sample_probabilities_two_ranks_vs_one(tmp_path):
     diff = np.abs(p1 - p2).max(axis=1)
     assert float(np.median(diff)) < 5e-3 and float(diff.max()) < 0.1, (np.median(diff), diff.max())
     assert float((p1.argmax(1) == p2.argmax(1)).mean()) > 0.98
+    # What the 2-rank run leaves: each rank predicted its own held-out rows of each fold; by default a finished
+    # fold's checkpoints are deleted (they only serve resuming it), its model stays; the CSV of a cross-fit alone.
+    for f in range(2):
+        assert len(list((two / f"fold{f}").glob("oos_part*.f32"))) == 2
+        assert not (two / f"fold{f}" / "checkpoints").exists() and (two / f"fold{f}" / "model.pt").exists()
+    rows = {}
+    for out in (one, two):
+        with open(out / "refined_labels.csv", newline="") as fh:
+            rows[out] = list(csv.DictReader(fh))
+        assert list(rows[out][0]) == ["global_index", "given_label", "oos_label", "oos_confidence",
+                                      "oos_given_prob", "oos_suspect_rank"]
+    assert [r["given_label"] for r in rows[one]] == [r["given_label"] for r in rows[two]]
 
 
 # ------------------------------------------------------------------ all_gather_rows

@@ -5,7 +5,8 @@
   item with its tensors zeroed and index -1, which the loss ignores.
 * :class:`OwnerSampler` (one index at a time, for ``DataLoader(batch_size=B)``) and :class:`OwnerBatchSampler`
   (whole batches, for ``DataLoader(batch_sampler=...)``) give rank ``r`` of ``W`` exactly the samples it owns
-  under the project's owner rule (``i % W == r``, :class:`alr_fast.loss.sharding.Sharding`), in a new
+  under the project's owner rule (``i % W == r``; the :class:`alr_fast.loss.sharding.Sharding` they are given,
+  e.g. ``alr.sharding``, else the ``torch.distributed`` group's), in a new
   deterministic order each epoch (``set_epoch``), padded with ``-1`` (never a repeated sample, whose soft label
   would be updated twice) to a length common to all ranks, so every rank takes the same number of steps -
   what DDP, FSDP and DeepSpeed need. They follow the trainer's epoch plan
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from alr_fast.data.loaders.plan import EpochPlan
+from alr_fast.loss.sharding import Sharding
 
 __all__ = ["WithIndex", "OwnerSampler", "OwnerBatchSampler", "zero_like"]
 
@@ -67,22 +69,30 @@ class WithIndex(Dataset):
         return item, i
 
 
-def _rank_world(rank, world_size) -> tuple[int, int]:
+def _sharding_of(owner: str, sharding, rank, world_size) -> Sharding:
+    """The one place a user's own loop turns what it was given into a :class:`Sharding`: the object itself (e.g.
+    ``alr.sharding``), or ``rank``/``world_size`` ints (strided rule), or, without either, the initialised
+    ``torch.distributed`` group's (a user's loop has no runtime of the trainer's to ask), else one rank."""
+    if sharding is not None:
+        if not isinstance(sharding, Sharding):
+            raise TypeError(f"{owner}: sharding must be an alr_fast.loss.sharding.Sharding (e.g. alr.sharding), "
+                            f"got {sharding!r}")
+        if rank is not None or world_size is not None:
+            raise ValueError(f"{owner}: give either sharding or rank/world_size, not both")
+        return sharding
     dist = torch.distributed
     live = dist.is_available() and dist.is_initialized()
     if rank is None:
         rank = dist.get_rank() if live else 0
     if world_size is None:
         world_size = dist.get_world_size() if live else 1
-    return int(rank), int(world_size)
+    return Sharding(rank, world_size)
 
 
 class _OwnerPlan:
-    def __init__(self, num_samples, batch_size, rank, world_size, shuffle, seed):
+    def __init__(self, num_samples, batch_size, sharding: Sharding, shuffle, seed):
         n = len(num_samples) if hasattr(num_samples, "__len__") else int(num_samples)
-        rank, world_size = _rank_world(rank, world_size)
-        self.plan = EpochPlan(n, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                              batch_size=batch_size)
+        self.plan = EpochPlan(n, shuffle=shuffle, seed=seed, sharding=sharding, batch_size=batch_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -91,15 +101,17 @@ class _OwnerPlan:
 
 
 class OwnerSampler(_OwnerPlan, Sampler):
-    """Global indices of the samples rank ``rank`` owns, shuffled per epoch, padded with -1 to
+    """Global indices of the samples this rank owns, shuffled per epoch, padded with -1 to
     ``ceil(N / W)`` (at least 2 when shuffled). ``num_samples``: N or the dataset.
-    ``rank``/``world_size``: default from the initialised ``torch.distributed`` group, else 0 and 1.
+    Whose samples: ``sharding`` (:class:`alr_fast.loss.sharding.Sharding`; pass ``alr.sharding`` and the sampler
+    reads exactly the rows the ALR object's bank holds), or ``rank``/``world_size`` (the strided rule); default:
+    the initialised ``torch.distributed`` group's rank and size, else one rank.
     Use with :class:`WithIndex` (which serves -1) and ``DataLoader(batch_size=B)``; the last batch may hold a
     single row (use :class:`OwnerBatchSampler` for a model with BatchNorm)."""
 
-    def __init__(self, num_samples, *, rank: int | None = None, world_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0):
-        super().__init__(num_samples, None, rank, world_size, shuffle, seed)
+    def __init__(self, num_samples, *, sharding: Sharding | None = None, rank: int | None = None,
+                 world_size: int | None = None, shuffle: bool = True, seed: int = 0):
+        super().__init__(num_samples, None, _sharding_of("OwnerSampler", sharding, rank, world_size), shuffle, seed)
 
     def __len__(self) -> int:
         return self.plan.shard_len
@@ -109,16 +121,18 @@ class OwnerSampler(_OwnerPlan, Sampler):
 
 
 class OwnerBatchSampler(_OwnerPlan, Sampler):
-    """The trainer's batches of rank ``rank``: the :class:`OwnerSampler` order cut by the one batching rule
+    """The trainer's batches of this rank: the :class:`OwnerSampler` order cut by the one batching rule
     (:func:`alr_fast.data.loaders.plan.batch_bounds`: batches of ``batch_size``, the last two sharing their rows
-    rather than leaving one alone). The same number of batches on every rank."""
+    rather than leaving one alone). The same number of batches on every rank. ``sharding``, ``rank``,
+    ``world_size`` as for :class:`OwnerSampler`."""
 
-    def __init__(self, num_samples, batch_size: int, *, rank: int | None = None, world_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0):
-        self.sampler = OwnerSampler(num_samples, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
+    def __init__(self, num_samples, batch_size: int, *, sharding: Sharding | None = None, rank: int | None = None,
+                 world_size: int | None = None, shuffle: bool = True, seed: int = 0):
+        sharding = _sharding_of("OwnerBatchSampler", sharding, rank, world_size)
+        self.sampler = OwnerSampler(num_samples, sharding=sharding, shuffle=shuffle, seed=seed)
         """The same rows one at a time (the batches, concatenated). It holds the epoch the batches follow, so
         ``set_epoch`` here or on ``loader.batch_sampler.sampler`` (where PyTorch Lightning calls it) both work."""
-        super().__init__(num_samples, batch_size, rank, world_size, shuffle, seed)
+        super().__init__(num_samples, batch_size, sharding, shuffle, seed)
 
     @property
     def epoch(self) -> int:

@@ -4,7 +4,8 @@ The embedded datasets (:mod:`alr_fast.data.readers.embedded`) become in-memory :
 the on-disk ones go through ``reader_train_data(cfg, device)``.
 
 Reads the configured dataset's train and test splits (:mod:`alr_fast.data.readers`) and returns loader
-factories built by :func:`alr_fast.data.loaders.build_loader`: ``train_source`` (this rank's owned rows,
+factories built by :func:`alr_fast.data.loaders.build_loader`, each given the rank's
+:class:`alr_fast.loss.sharding.Sharding`: ``train_source`` (the rows it owns,
 shuffled, the recipe's augmentation when ``data.augment``; Clothing1M draws a class-balanced subset of
 ``data.subset_size`` rows per epoch), ``predict_source`` (the same owned rows, index order, eval transform)
 and ``test_source`` (the clean test split; WebVision's val). With ``data.skip_unreadable`` every listed image
@@ -33,6 +34,7 @@ from alr_fast.data.readers.embedded import EMBEDDED_DATASETS, load_embedded
 from alr_fast.data.readers.records import SampleTable
 from alr_fast.data.loaders.wrappers import EvalSet, RemapRows, subset_table
 from alr_fast.data.noise import label_hash, make_noisy_labels
+from alr_fast.loss.sharding import Sharding
 
 __all__ = ["BatchSource", "TrainData", "build_train_data", "reader_train_data", "on_disk_eval_sets", "TEST_SPLIT",
            "CLOTHING1M_DEFAULT_SUBSET", "generic_eval_splits"]
@@ -55,8 +57,10 @@ class BatchSource(Protocol):
 class TrainData:
     """A dataset as the loop sees it: labels by global index and factories for this rank's loaders.
 
-    ``train_source(rank, world, batch_size, seed)`` must yield only indices the rank owns
-    (``Sharding(rank, world, sharding_blocks)``) or -1; ``predict_source(rank, world, batch_size)`` the same rows in a fixed order with the eval transform.
+    ``train_source(sharding, batch_size, seed)`` must yield only indices ``sharding`` owns
+    (:class:`alr_fast.loss.sharding.Sharding`, the rank's, built with :attr:`sharding_blocks` when there are
+    several ranks) or -1; ``predict_source(sharding, batch_size)`` the same rows in a fixed order with the eval
+    transform.
     """
 
     given_labels: np.ndarray
@@ -66,10 +70,10 @@ class TrainData:
     num_classes: int
     in_channels: int
     image_size: int
-    train_source: Callable[[int, int, int, int], BatchSource]
+    train_source: Callable[[Sharding, int, int], BatchSource]
     test_source: Callable[[int], BatchSource]
     test_labels: np.ndarray
-    predict_source: Callable[[int, int, int], BatchSource]
+    predict_source: Callable[[Sharding, int], BatchSource]
     noise_manifest: dict | None = None
     extra: dict = field(default_factory=dict)
     eval_sets: list = field(default_factory=list)
@@ -91,13 +95,13 @@ class TrainData:
                     device: torch.device | str = "cpu") -> "TrainData":
         """In-memory uint8 [N, C, H, W] images (the embedded datasets, quality study folds)."""
 
-        def train_source(rank, world, batch_size, seed):
+        def train_source(sharding, batch_size, seed):
             return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=True, seed=seed,
-                               rank=rank, world_size=world, augment=augment, device=device)
+                               sharding=sharding, augment=augment, device=device)
 
-        def predict_source(rank, world, batch_size):
-            return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, rank=rank,
-                               world_size=world, device=device)
+        def predict_source(sharding, batch_size):
+            return ArrayLoader(train_images, batch_size=batch_size, mean=mean, std=std, shuffle=False,
+                               sharding=sharding, device=device)
 
         def test_source(batch_size):
             return ArrayLoader(test_images, batch_size=batch_size, mean=mean, std=std, shuffle=False, device=device)
@@ -204,17 +208,17 @@ def reader_train_data(cfg, device: torch.device | str = "cpu"):
     crop = d.image_size or None
     common = dict(backend=d.loader, device=device, crop=crop, workers=d.workers)
 
-    def train_source(rank: int, world: int, batch_size: int, seed: int):
+    def train_source(sharding: Sharding, batch_size: int, seed: int):
         subset = None
         if d.dataset == "clothing1m":
             subset = ClassBalancedSubset(train.labels, d.subset_size or CLOTHING1M_DEFAULT_SUBSET,
                                          num_classes=train.num_classes, seed=seed, exclude=exclude_train)
-        return build_loader(train, train=True, augment=d.augment, batch_size=batch_size, seed=seed, rank=rank,
-                            world_size=world, subset=subset, exclude=exclude_train, **common)
+        return build_loader(train, train=True, augment=d.augment, batch_size=batch_size, seed=seed,
+                            sharding=sharding, subset=subset, exclude=exclude_train, **common)
 
-    def predict_source(rank: int, world: int, batch_size: int):
-        return build_loader(train, train=False, batch_size=batch_size, rank=rank, world_size=world,
-                            exclude=exclude_train, **common)
+    def predict_source(sharding: Sharding, batch_size: int):
+        return build_loader(train, train=False, batch_size=batch_size, sharding=sharding, exclude=exclude_train,
+                            **common)
 
     def test_source(batch_size: int):
         return build_loader(test, train=False, batch_size=batch_size, exclude=exclude_test, **common)

@@ -104,9 +104,9 @@ class FoldSource:
             rest_x, rest_i = rest_x[:0], rest_i[:0]
 
 
-def _owned_counts(mask: np.ndarray, world: int, blocks=None) -> list[int]:
-    blocks = blocks if world > 1 else None
-    return [int(mask[Sharding(r, world, blocks).owned(mask.size)].sum()) for r in range(world)]
+def _owned_counts(mask: np.ndarray, sharding: Sharding) -> list[int]:
+    """How many rows of ``mask`` each rank of ``sharding``'s world owns (under its rule), in rank order."""
+    return [int(mask[dataclasses.replace(sharding, rank=r).owned(mask.size)].sum()) for r in range(sharding.world)]
 
 
 def fold_view(data, folds: np.ndarray, fold: int):
@@ -114,23 +114,22 @@ def fold_view(data, folds: np.ndarray, fold: int):
     (the held-out rows are predicted by :func:`crossval` into the out-of-sample file)."""
     train_mask = folds != fold
 
-    def train_source(rank, world, batch_size, seed):
-        inner = data.train_source(rank, world, batch_size, seed)
-        owned = _owned_counts(train_mask, world, getattr(data, "sharding_blocks", None))
+    def train_source(sharding, batch_size, seed):
+        inner = data.train_source(sharding, batch_size, seed)
+        owned = _owned_counts(train_mask, sharding)
         steps = min(len(inner), math.ceil(max(owned) / batch_size))
         return FoldSource(inner, train_mask, batch_size, steps)
 
-    def predict_source(rank, world, batch_size):
-        return FoldSource(data.predict_source(rank, world, batch_size), np.zeros_like(train_mask), batch_size, 0)
+    def predict_source(sharding, batch_size):
+        return FoldSource(data.predict_source(sharding, batch_size), np.zeros_like(train_mask), batch_size, 0)
 
     return dataclasses.replace(data, train_source=train_source, predict_source=predict_source)
 
 
-def _held_out_source(data, folds: np.ndarray, fold: int, rank: int, world: int, batch_size: int):
+def _held_out_source(data, folds: np.ndarray, fold: int, sharding: Sharding, batch_size: int):
     held = folds == fold
-    inner = data.predict_source(rank, world, batch_size)
-    return FoldSource(inner, held, batch_size,
-                      math.ceil(_owned_counts(held, world, getattr(data, "sharding_blocks", None))[rank] / batch_size))
+    inner = data.predict_source(sharding, batch_size)
+    return FoldSource(inner, held, batch_size, math.ceil(_owned_counts(held, sharding)[sharding.rank] / batch_size))
 
 
 def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=None, runtime=None,
@@ -181,8 +180,8 @@ def crossval(cfg: Config, num_folds: int, *, fold_seed: int | None = None, data=
             log.info("crossval fold %d/%d: training on %d samples, predicting %d", f, num_folds,
                      int((folds != f).sum()), int((folds == f).sum()))
         summary, model = train(fcfg, fold_view(data, folds, f), runtime=rt, return_model=True)
-        part = stream_predictions(model, _held_out_source(data, folds, f, rt.rank, rt.world_size, predict_bs), rt,
-                                  fdir / f"oos_part{rt.rank}.f32")
+        held_out = _held_out_source(data, folds, f, rt.sharding(data.sharding_blocks), predict_bs)
+        part = stream_predictions(model, held_out, rt, fdir / f"oos_part{rt.rank}.f32")
         if part.index.size and not (folds[part.index] == f).all():
             raise RuntimeError(f"crossval fold {f}: rank {rt.rank} predicted a row outside the held-out fold")
         barrier()

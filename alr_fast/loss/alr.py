@@ -112,6 +112,8 @@ class ALR:
             checked by :meth:`end_epoch` covers out-of-range and foreign indices without a per-step sync).
         shard_blocks: tar-shard datasets only: the first global index of each shard, then N; the bank then owns
             whole shards per rank (:class:`alr_fast.loss.sharding.Sharding`); default: the strided rule.
+        sharding: the owner rule as one :class:`alr_fast.loss.sharding.Sharding` (what the trainer passes, the
+            same object its loaders are given), instead of ``rank``/``world_size``/``shard_blocks``.
     """
 
     def __init__(self, labels, num_classes: int | None = None, *, method: str = "alr", alpha: float = 0.9,
@@ -120,7 +122,7 @@ class ALR:
                  rank: int | None = None, world_size: int | None = None, device=None,
                  bank_dtype: str | torch.dtype = "float32", backend: str = "auto", assume_unique: bool = False,
                  check_index: bool | None = None, hparams: dict | None = None,
-                 shard_blocks: tuple[int, ...] | None = None,
+                 shard_blocks: tuple[int, ...] | None = None, sharding: Sharding | None = None,
                  _schedule: RefinementSchedule | None = None):
         if method not in METHODS:
             raise ValueError(f"ALR: method must be one of {METHODS}, got {method!r}")
@@ -143,6 +145,12 @@ class ALR:
             raise ValueError("ALR: labels is empty")
         if num_classes is None:
             num_classes = int(labels.max()) + 1
+        if sharding is not None:
+            if not isinstance(sharding, Sharding):
+                raise TypeError(f"ALR: sharding must be an alr_fast.loss.sharding.Sharding, got {sharding!r}")
+            if rank is not None or world_size is not None or shard_blocks is not None:
+                raise ValueError("ALR: give either sharding or rank/world_size/shard_blocks, not both")
+            rank, world_size = sharding.rank, sharding.world
         found = _dist_world()
         if rank is None:
             rank = found[0] if found else 0
@@ -151,13 +159,14 @@ class ALR:
         if found and (rank, world_size) != found:
             log.warning("ALR: rank %d of %d given, but torch.distributed says rank %d of %d", rank, world_size,
                         *found)
+        if sharding is None:
+            sharding = Sharding(rank, world_size, shard_blocks if world_size > 1 else None)
         device = torch.device(device) if device is not None else labels.device
         self.method, self.alpha, self.lam = method, float(alpha), float(lam)
         self.backend, self.assume_unique = backend, bool(assume_unique)
         self._check_index = check_index
         self._labels_all = labels.cpu().numpy().astype(np.int64)  # the given labels by global index (exports)
-        self.bank = SoftLabelBank(labels.to(device), int(num_classes), bank_dtype,
-                                  sharding=Sharding(rank, world_size, shard_blocks if world_size > 1 else None))
+        self.bank = SoftLabelBank(labels.to(device), int(num_classes), bank_dtype, sharding=sharding)
         self.sharding = self.bank.sharding
         if _schedule is not None:
             self.schedule = _schedule
@@ -190,18 +199,18 @@ class ALR:
     # -- construction from the trainer's config ----------------------------------------------------------------
     @classmethod
     def from_config(cls, method_cfg, labels, num_classes: int, *, epochs: int, steps_per_epoch: int,
-                    rank: int = 0, world_size: int = 1, device=None, backend: str = "auto",
-                    assume_unique: bool = False, check_index: bool | None = None,
-                    shard_blocks: tuple[int, ...] | None = None) -> "ALR":
-        """From a :class:`alr_fast.config.MethodConfig` (the trainer's way: same schedule rules, same bank)."""
+                    sharding: Sharding = Sharding(), device=None, backend: str = "auto",
+                    assume_unique: bool = False, check_index: bool | None = None) -> "ALR":
+        """From a :class:`alr_fast.config.MethodConfig` (the trainer's way: same schedule rules, same bank), for the
+        rank ``sharding`` describes."""
         sched = RefinementSchedule.from_config(method_cfg, epochs, steps_per_epoch, np.asarray(labels), num_classes)
         hparams = {k: getattr(method_cfg, k) for k in BASELINE_DEFAULTS}
         return cls(labels, num_classes, method=method_cfg.name, alpha=method_cfg.alpha, lam=method_cfg.lam,
                    hparams=hparams,
                    ramp_epochs=method_cfg.ramp_epochs, ramp_alpha=method_cfg.ramp_alpha, epochs=epochs,
-                   steps_per_epoch=steps_per_epoch, rank=rank, world_size=world_size, device=device,
+                   steps_per_epoch=steps_per_epoch, sharding=sharding, device=device,
                    bank_dtype=method_cfg.bank_dtype, backend=backend, assume_unique=assume_unique,
-                   check_index=check_index, shard_blocks=shard_blocks, _schedule=sched)
+                   check_index=check_index, _schedule=sched)
 
     # -- properties ---------------------------------------------------------------------------------------------
     @property

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from alr_fast.data.loaders.wrappers import EvalSet, ExcludeRows, noisy_val_rows
+from alr_fast.loss.sharding import Sharding
 from alr_fast.train.precision import model_input
 
 __all__ = ["topk_correct", "EvalPlan"]
@@ -96,7 +97,9 @@ class EvalPlan:
             if rows_source is not None:
                 source = lambda bs, r=val_rows: rows_source(r, bs)  # noqa: E731
             else:
-                source = lambda bs, r=val_rows: _KeepRows(data.predict_source(0, 1, bs), r, data.num_train)  # noqa: E731
+                # the whole train split through one rank's eyes (Sharding(): rank 0 of 1), filtered to the slice
+                source = lambda bs, r=val_rows: _KeepRows(  # noqa: E731
+                    data.predict_source(Sharding(), bs), r, data.num_train)
             sets.append(EvalSet("noisy_val", "val", source, np.asarray(data.given_labels), int(val_rows.size)))
         return cls(sets, data.num_classes, val_rows, data.num_train)
 

@@ -173,7 +173,7 @@ def write_exports(out: Path, engine, bank: SoftLabelBank, data: "TrainData", rt:
     barrier()
     error = None
     try:  # every rank writes its part files; a rank that fails (disk full) makes every rank stop, parts removed
-        stream_predictions(engine.module, data.predict_source(rt.rank, rt.world_size, batch_size), rt,
+        stream_predictions(engine.module, data.predict_source(bank.sharding, batch_size), rt,
                            parts / f"pred{rt.rank}.f32")
         write_bank_part(parts, bank, chunk_bytes=chunk_bytes)  # soft labels, refined label, given-label mass
     except OSError as e:

@@ -7,7 +7,7 @@ tests/test_rehearsal.py) set them on the training processes they start:
 * ``ALR_FAST_FAULT_AT_STEP=N`` acts right after global step N, on every rank or only on rank
   ``ALR_FAST_FAULT_RANK``; ``ALR_FAST_FAULT_SIGNAL`` says how: KILL (default: SIGKILL after that step's
   checkpoint, if any), STOP (SIGSTOP there: a rank that hangs, its peers hit the collective timeout), TERM or
-  INT (that signal, before the step's stop check), TERM2 (SIGTERM twice);
+  INT (that signal, before the step's stop check), TERM2 (SIGTERM twice, 2.5 s apart);
 * ``ALR_FAST_NAN_AT_STEP=k`` feeds NaN images to global step k (counting from 1), so its loss is NaN.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,11 @@ class FaultHook:
             os.kill(os.getpid(), signal.SIGKILL if self.how == "KILL" else signal.SIGSTOP)
             return
         signum = signal.SIGINT if self.how == "INT" else signal.SIGTERM
-        for _ in range(2 if self.how == "TERM2" else 1):
+        os.kill(os.getpid(), signum)
+        if self.how == "TERM2":  # a second one, later than a repeated delivery of the first (StopSignals.REPEAT_S)
+            from alr_fast.train.runtime import StopSignals
+
+            time.sleep(StopSignals.REPEAT_S + 0.5)
             os.kill(os.getpid(), signum)
 
 

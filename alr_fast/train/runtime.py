@@ -14,10 +14,12 @@ from datetime import timedelta
 
 import torch
 
+from alr_fast.loss.sharding import Sharding
 from alr_fast.util.logs import verbosity
 
 __all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
-           "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S"]
+           "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S", "EXIT_STATUS_DIR_ENV", "report_exit_status",
+           "all_ranks_reported"]
 
 log = logging.getLogger("alr_fast.train")
 
@@ -38,34 +40,93 @@ class PeerLost(RuntimeError):
     """A collective failed or timed out: another rank died or hangs."""
 
 
+EXIT_STATUS_DIR_ENV = "ALR_FAST_EXIT_STATUS_DIR"
+"""Set by the launcher wrappers (``python -m alr_fast.torchrun``, ``python -m alr_fast.deepspeed``): the folder in
+which each local rank reports its exit status, so that the wrapper can exit 75 where the launcher itself
+would exit 1 (see :func:`report_exit_status`)."""
+
+
+def _local_world_size() -> str:
+    # torchrun sets LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE
+    return os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or "1"
+
+
+def report_exit_status(code: int) -> None:
+    """Under a launcher wrapper (:data:`EXIT_STATUS_DIR_ENV` set): write ``<code> <local world size>`` to
+    ``rank<LOCAL_RANK>`` in its folder. The trainer calls it as soon as the stop checkpoint is complete, before
+    anything else can go wrong (a launcher that SIGTERMs the remaining ranks once one has exited may kill this
+    rank on its way out: the report, like the checkpoint, is already written). No-op otherwise."""
+    folder = os.environ.get(EXIT_STATUS_DIR_ENV)
+    if not folder:
+        return
+    rank = os.environ.get("LOCAL_RANK", "0")
+    try:
+        tmp = os.path.join(folder, f".rank{rank}.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{code} {_local_world_size()}\n")
+        os.replace(tmp, os.path.join(folder, f"rank{rank}"))
+    except OSError:
+        pass  # the wrapper then reports the launcher's own status
+
+
+def all_ranks_reported(folder, code: int = EXIT_PREEMPTED) -> bool:
+    """True when every local rank wrote a report (:func:`report_exit_status`) with status ``code``, all naming
+    the same local world size."""
+    from pathlib import Path
+
+    reports = [p.read_text().split() for p in Path(folder).glob("rank*")]
+    if not reports or any(len(r) != 2 or not all(x.isdigit() for x in r) for r in reports):
+        return False
+    sizes = {int(r[1]) for r in reports}
+    return len(sizes) == 1 and len(reports) == sizes.pop() and all(int(r[0]) == code for r in reports)
+
+
 class StopSignals:
     """SIGTERM/SIGINT -> a stop request the training loop honours at its next check; a second signal exits at once.
 
     The handler only sets a flag (nothing runs inside a step); the loop looks at :attr:`requested` and, with
-    several ranks, agrees on it with the others (see the trainer). A second signal restores the default
-    handler and re-delivers itself, so the process dies immediately (status -SIGTERM / -SIGINT).
+    several ranks, agrees on it with the others (see the trainer). A second signal :data:`REPEAT_S` seconds or
+    more after the first restores the default handler and re-delivers itself, so the process dies immediately
+    (status -SIGTERM / -SIGINT). One sooner is the same stop delivered twice and is ignored: a scheduler that
+    signals every process of a job (SLURM's cgroup process tracking) reaches the ranks directly, and the launcher
+    forwards the signal it got too, milliseconds later. Once the ranks have agreed to stop (:attr:`decided`, set
+    by the trainer), a rank's first signal is taken silently: it is a launcher stopping the remaining ranks (the
+    deepspeed launcher SIGTERMs them once one has exited), and the message was printed by the rank that
+    received the preemption.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    REPEAT_S = 2.0
 
-    def __init__(self):
+    def __init__(self, rank: int = 0):
         self.requested = 0
+        self.rank = int(rank)
+        """The rank named in the stop message (the trainer passes the runtime's)."""
+        self.decided = False
+        self._first_at = 0.0
         self._previous = {}
         self._pid = os.getpid()
 
     def _handle(self, signum, frame):
+        import time
+
         if os.getpid() != self._pid:
             # A forked child (a DataLoader worker between its fork and its own handlers) inherited this handler:
             # the stop is the parent's to make; the child neither prints nor stops.
             return
         if self.requested:
+            if time.monotonic() - self._first_at < self.REPEAT_S:
+                return  # the same stop, delivered twice
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.requested = signum
+        self.requested, self._first_at = signum, time.monotonic()
+        if self.decided:
+            return
         log.warning(
-            "rank %s: %s received: finishing the current step, then checkpointing and exiting (send it again to "
-            "exit at once)", os.environ.get("RANK", "0"), signal.Signals(signum).name)
+            "rank %s: %s received: finishing the current step, then checkpointing and exiting (send it again, "
+            "%g s or more later, to exit at once)", self.rank, signal.Signals(signum).name,
+            self.REPEAT_S)
 
     def __enter__(self):
         import threading
@@ -96,6 +157,12 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def sharding(self, blocks: tuple[int, ...] | None = None) -> Sharding:
+        """This rank's :class:`alr_fast.loss.sharding.Sharding`: the one place the runtime's rank and world
+        size become the owner rule the bank and every loader are given. ``blocks``: the dataset's tar-shard
+        boundaries (``TrainData.sharding_blocks``); they decide nothing on one rank and are dropped there."""
+        return Sharding(self.rank, self.world_size, blocks if self.world_size > 1 else None)
 
 
 NUMERICS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",

@@ -7,8 +7,9 @@ average of the predictions in the bank; GCE, SCE and bootstrapping leave the ban
 never refines. The loss of every method is :class:`alr_fast.loss.alr.ALR`'s.
 
 Data parallelism: rank r reads only the samples it owns (global index i with i % W == r; for tar shards, whole
-shards: alr_fast.loss.sharding) and holds only their
-bank rows (:mod:`alr_fast.loss.bank`), so the per-step work is the local loss plus DeepSpeed's gradient all-reduce;
+shards: alr_fast.loss.sharding; the runtime's rank and world size become one Sharding, ``Runtime.sharding``, given
+to the loaders and the bank alike) and holds only their bank rows (:mod:`alr_fast.loss.bank`), so the per-step
+work is the local loss plus DeepSpeed's gradient all-reduce;
 bank rows never travel during training. Once per epoch the ranks all-gather small per-sample vectors (refined
 label, prediction) for the metrics; exports and re-sharding assemble the global bank.
 """
@@ -43,9 +44,9 @@ from alr_fast.train.models import build_model
 from alr_fast.train import faults
 from alr_fast.train.plots import plot_curves
 from alr_fast.train.precision import autocast, ds_precision_config, model_input
-from alr_fast.train.runtime import (PeerLost, Preempted, Runtime, StopSignals, apply_collective_timeout,
-                                    deepspeed_log_level, is_collective_failure, quiet_deepspeed_import,
-                                    resolve_runtime)
+from alr_fast.train.runtime import (EXIT_PREEMPTED, PeerLost, Preempted, Runtime, StopSignals,
+                                    apply_collective_timeout, deepspeed_log_level, is_collective_failure,
+                                    quiet_deepspeed_import, report_exit_status, resolve_runtime)
 from alr_fast.loss.schedule import prediction_counts
 
 __all__ = ["train", "predict_probs"]
@@ -169,8 +170,10 @@ class _Loop:
         apply_collective_timeout(rt.device, cfg.train.collective_timeout_s)  # DeepSpeed's own groups too
         self.given = torch.from_numpy(data.given_labels)
         self.clean = torch.from_numpy(data.clean_labels) if data.clean_labels is not None else None
+        # The owner rule of this rank, one object: the bank and every loader are given this same Sharding.
+        self.sharding = rt.sharding(data.sharding_blocks)
         self.train_loader = self.plan.wrap_train(
-            data.train_source(rt.rank, rt.world_size, cfg.train.batch_size, cfg.train.seed), rt.device)
+            data.train_source(self.sharding, cfg.train.batch_size, cfg.train.seed), rt.device)
         self.steps_per_epoch = len(self.train_loader)
         # Host syncs; on CUDA the loaders' indices are in range by construction.
         self.check_index = rt.device.type == "cpu"
@@ -179,12 +182,12 @@ class _Loop:
         # every loader yields a permutation of the rank's rows (padding is -1), so an index never repeats within a
         # batch and the fused kernel can skip its duplicate-ordering sort.
         self.alr = ALR.from_config(cfg.method, torch.from_numpy(data.given_labels), k, epochs=cfg.train.epochs,
-                                   steps_per_epoch=self.steps_per_epoch, rank=rt.rank, world_size=rt.world_size,
+                                   steps_per_epoch=self.steps_per_epoch, sharding=self.sharding,
                                    device=rt.device, backend=rt.backend, assume_unique=True,
-                                   check_index=self.check_index, shard_blocks=data.sharding_blocks)
+                                   check_index=self.check_index)
         self.bank, self.sched = self.alr.bank, self.alr.schedule
         self.faults = faults.from_env(rt.rank)  # None unless a reliability test asks (alr_fast/train/faults.py)
-        self.signals = StopSignals()
+        self.signals = StopSignals(rt.rank)
         self.stopping = False
         # Smallest global step whose loss was non-finite (_NO_BAD_STEP: none); read every nan_check_every steps.
         self.bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=rt.device)
@@ -315,6 +318,7 @@ class _Loop:
             last = i + 1 == self.steps_per_epoch
             save_due = bool(cfg.train.save_every) and s.step % cfg.train.save_every == 0 and not last
             self.stopping = self.agree_to_stop(force=save_due or last)
+            self.signals.decided = self.stopping
             if (save_due or self.stopping) and not last:
                 self.save()
             if self.faults is not None:
@@ -393,7 +397,10 @@ class _Loop:
         return stop < 0
 
     def preempted(self) -> Preempted:
+        """The stop checkpoint is complete: report status 75 to a launcher wrapper now (it may be killed on its
+        way out), and return the exception that ends the run."""
         s = self.state
+        report_exit_status(EXIT_PREEMPTED)
         newest = complete_checkpoints(self.out)
         return Preempted(f"rank {self.rt.rank}: stopped on a signal after global step {s.step} (epoch {s.epoch}, "
                          f"step {s.step_in_epoch} of the epoch); checkpoint {newest[0] if newest else 'none'}; "

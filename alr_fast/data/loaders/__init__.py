@@ -16,6 +16,7 @@ import torch
 from alr_fast.data.loaders.plan import Subset
 from alr_fast.data.loaders.transforms import recipe_transform
 from alr_fast.data.readers.records import SampleTable
+from alr_fast.loss.sharding import Sharding
 
 __all__ = ["build_loader", "LOADER_BACKENDS"]
 
@@ -32,8 +33,7 @@ def build_loader(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | str = torch.float32,
     seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
+    sharding: Sharding = Sharding(),
     stick_to_shard: bool = True,
     subset: Subset | None = None,
     crop: int | None = None,
@@ -46,7 +46,8 @@ def build_loader(
     otherwise a fixed order with the eval transform. ``augment`` overrides the transform choice.
 
     ``workers`` is DALI's ``num_threads`` or the DataLoader's ``num_workers``: the same CPU budget either way
-    (DALI needs at least one thread). By default a rank reads the rows it owns (``stick_to_shard``).
+    (DALI needs at least one thread). ``sharding``: this rank's :class:`alr_fast.loss.sharding.Sharding` (default:
+one rank); by default the loader reads the rows it owns (``stick_to_shard``).
     """
     from alr_fast.data.loaders.dali import DaliLoader, dali_available
     from alr_fast.data.loaders.torch_loader import TorchLoader
@@ -57,7 +58,7 @@ def build_loader(
         backend = "dali" if dali_available() else "torch"
     augment = train if augment is None else augment
     spec = recipe_transform(table.name, train=augment, crop=crop, resize=resize, mean=table.mean, std=table.std)
-    common = dict(batch_size=batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size,
+    common = dict(batch_size=batch_size, shuffle=train, seed=seed, sharding=sharding,
                   stick_to_shard=stick_to_shard, subset=subset, exclude=exclude, skip_unreadable=skip_unreadable,
                   scan_workers=workers, device=device, dtype=dtype)
     if backend == "dali":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from alr_fast.data.loaders.plan import EpochPlan
+from alr_fast.loss.sharding import Sharding
 
 __all__ = ["ArrayLoader"]
 
@@ -27,8 +28,7 @@ class ArrayLoader:
         std: tuple[float, ...],
         shuffle: bool,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
+        sharding: Sharding = Sharding(),
         augment: bool = False,
         device: torch.device | str = "cpu",
     ):
@@ -40,12 +40,10 @@ class ArrayLoader:
         self.images = images.to(self.device)
         self.batch_size = batch_size
         self.seed = seed
-        self.rank = rank
         self.augment = augment
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255.0
-        self.plan = EpochPlan(images.shape[0], shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                              batch_size=batch_size)
+        self.plan = EpochPlan(images.shape[0], shuffle=shuffle, seed=seed, sharding=sharding, batch_size=batch_size)
 
     def __len__(self) -> int:
         return self.plan.steps
@@ -59,7 +57,7 @@ class ArrayLoader:
     def epoch(self, epoch: int, start_step: int = 0):
         """Yield ``(images float [b, C, H, W] normalised, index int64 [b])`` for this rank, from ``start_step``."""
         for step, rows in enumerate(self.plan.batches(epoch, start_step), start=start_step):
-            g = torch.Generator().manual_seed(hash((self.seed, epoch, self.rank, step)) & 0x7FFF_FFFF_FFFF)
+            g = torch.Generator().manual_seed(hash((self.seed, epoch, self.plan.sharding.rank, step)) & 0x7FFF_FFFF_FFFF)
             idx = torch.from_numpy(rows).to(self.device)
             x = self.images[idx.clamp_min(0)].float()
             x = (x - self.mean) / self.std

@@ -3,10 +3,12 @@
 Both loaders expose the interface of :class:`alr_fast.data.loaders.arrays.ArrayLoader` (the trainer's
 ``BatchSource``): ``len(loader)`` steps per epoch (the same on every rank) and ``epoch(epoch, start_step=0)``
 yielding ``(images float [b, C, H, W] normalised, index int64 [b])`` from batch ``start_step`` on (resuming
-mid-epoch); rows whose index is -1 are padding (never a duplicated sample for the loss). By default a rank
-reads only the samples it owns in the bank (:class:`alr_fast.loss.sharding.Sharding`), cut into batches by the
-one rule of :func:`alr_fast.data.loaders.plan.batch_bounds` (no training batch of one row).
-Given the same table, seed, rank and world size both loaders read the same global indices in the same order,
+mid-epoch); rows whose index is -1 are padding (never a duplicated sample for the loss). A loader is given its
+rank's :class:`alr_fast.loss.sharding.Sharding` (default: one rank) and by default reads only the samples that
+sharding owns (the bank's rows), cut into batches by the one rule of
+:func:`alr_fast.data.loaders.plan.batch_bounds` (no training batch of one row). A tar-shard table needs, on
+several ranks, a Sharding built with its ``shard_blocks`` (anything else is refused).
+Given the same table, seed and sharding both loaders read the same global indices in the same order,
 and a sample's random crop/flip depends only on (seed, epoch, global index), so a resumed epoch repeats the
 uninterrupted one exactly (DALI's random-resized crop excepted: it draws from the pipeline's stream).
 """
@@ -22,6 +24,7 @@ from alr_fast.data.loaders.imagecheck import UnreadableImage, UnreadableImagesWa
 from alr_fast.data.loaders.plan import EpochPlan, Subset
 from alr_fast.data.loaders.transforms import TransformSpec
 from alr_fast.data.readers.records import SampleTable
+from alr_fast.loss.sharding import Sharding
 from alr_fast.util.dtypes import choose_dtype
 
 __all__ = ["IndexedLoader", "OUTPUT_DTYPES"]
@@ -38,8 +41,7 @@ class IndexedLoader:
         batch_size: int,
         shuffle: bool,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
+        sharding: Sharding = Sharding(),
         stick_to_shard: bool = True,
         subset: Subset | None = None,
         exclude: np.ndarray | None = None,
@@ -77,9 +79,15 @@ class IndexedLoader:
                 )
                 excluded.append(np.array([u.index for u in self.skipped], dtype=np.int64))
         self.excluded = np.unique(np.concatenate(excluded)) if excluded else np.zeros(0, dtype=np.int64)
-        self.plan = EpochPlan(len(table), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+        if sharding.world > 1 and sharding.blocks != table.shard_blocks:
+            raise ValueError(
+                f"{type(self).__name__}: {table.name}/{table.split} is read under "
+                f"{'whole tar shards per rank' if table.shard_blocks else 'the strided owner rule'} but the "
+                f"sharding given has blocks={None if sharding.blocks is None else sharding.blocks[:4]}...; pass the "
+                "Sharding built with the table's shard_blocks (TrainData.sharding_blocks), as the bank's is")
+        self.plan = EpochPlan(len(table), shuffle=shuffle, seed=seed, sharding=sharding,
                               stick_to_shard=stick_to_shard, subset=subset, exclude=self.excluded,
-                              batch_size=self.batch_size, blocks=table.shard_blocks)
+                              batch_size=self.batch_size)
 
     def __len__(self) -> int:
         return self.plan.steps

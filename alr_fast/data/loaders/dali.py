@@ -273,7 +273,7 @@ class DaliLoader(IndexedLoader):
     def _build(self, epoch: int) -> None:
         from nvidia.dali import pipeline_def
 
-        seed = (self.seed * 1_000_003 + epoch * 7_919 + self.plan.rank) % (2**31 - 1)
+        seed = (self.seed * 1_000_003 + epoch * 7_919 + self.plan.sharding.rank) % (2**31 - 1)
         common = dict(batch_size=self.plan.max_batch, num_threads=self.num_threads,
                       device_id=self.placement.device_id, seed=seed, prefetch_queue_depth=self.prefetch_queue_depth)
         out_dtype = _dali_dtype(self.dtype)

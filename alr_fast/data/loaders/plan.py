@@ -1,7 +1,8 @@
 """The epoch plan of every loader: which global indices an epoch reads on each rank, in which order, cut into
 which batches; and each sample's random numbers.
 
-Sharding (``world_size`` W ranks, ownership by :class:`alr_fast.loss.sharding.Sharding`), two modes:
+A plan is given the rank's :class:`alr_fast.loss.sharding.Sharding` (rank r of W ranks and the owner rule; the
+trainer passes the same object its bank holds), two modes:
 
 * ``stick_to_shard=True`` (the default, what the trainer uses): rank r reads the samples it owns - the rows
   its soft-label bank shard holds (:mod:`alr_fast.loss.bank`) - in every epoch, in a new order each epoch, seeded
@@ -56,13 +57,13 @@ def batch_bounds(length: int, batch_size: int) -> np.ndarray:
 
 
 class Subset(Protocol):
-    """A per-epoch subset: ``subset(epoch, rank, world_size)`` -> int64 global indices, at most
-    ``ceil(epoch_size / world_size)`` of them, all with ``i % world_size == rank`` (for ``world_size`` 1:
-    any rows, at most ``epoch_size``)."""
+    """A per-epoch subset: ``subset(epoch, sharding)`` -> int64 global indices, at most
+    ``ceil(epoch_size / W)`` of them, all owned by ``sharding`` (rank r of W, the strided rule); without
+    ``sharding`` (one rank): any rows, at most ``epoch_size``."""
 
     epoch_size: int
 
-    def __call__(self, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray: ...
+    def __call__(self, epoch: int, sharding: Sharding = Sharding()) -> np.ndarray: ...
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -107,9 +108,9 @@ def balanced_quotas(counts: np.ndarray, size: int, rng: np.random.Generator) -> 
 class ClassBalancedSubset:
     """A class-balanced random subset of ``size`` training rows, redrawn every epoch.
 
-    ``subset(epoch)`` draws ``size`` rows from all rows (seeded by (seed, epoch)); ``subset(epoch, rank, W)``
-    draws this rank's share, ``ceil(epoch_size / W)`` rows, class-balanced among the rows it owns
-    (``i % W == rank``; seeded by (seed, epoch, rank)). Returns sorted int64 global indices (the loader
+    ``subset(epoch)`` draws ``size`` rows from all rows (seeded by (seed, epoch)); ``subset(epoch, sharding)``
+    draws rank r of W's share, ``ceil(epoch_size / W)`` rows, class-balanced among the rows it owns
+    (``i % W == r``; seeded by (seed, epoch, r, W)). Returns sorted int64 global indices (the loader
     shuffles them). Rows in ``exclude`` (e.g. unreadable images) are never drawn.
     """
 
@@ -129,19 +130,19 @@ class ClassBalancedSubset:
         """Rows per epoch over all ranks (before the per-rank rounding up)."""
         self._by_class: dict[tuple[int, int], list[np.ndarray]] = {}
 
-    def _classes(self, rank: int, world_size: int) -> list[np.ndarray]:
-        key = (rank, world_size)
+    def _classes(self, sharding: Sharding) -> list[np.ndarray]:
+        key = (sharding.rank, sharding.world)
         if key not in self._by_class:
-            rows = Sharding(rank, world_size).owned(self.labels.shape[0])
+            rows = sharding.owned(self.labels.shape[0])
             rows = rows[self.keep[rows]]
             self._by_class[key] = [rows[self.labels[rows] == c] for c in range(self.num_classes)]
         return self._by_class[key]
 
-    def __call__(self, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-        by_class = self._classes(rank, world_size)
-        rng = np.random.default_rng([self.seed, int(epoch), rank, world_size, 0xC1074])
+    def __call__(self, epoch: int, sharding: Sharding = Sharding()) -> np.ndarray:
+        by_class = self._classes(sharding)
+        rng = np.random.default_rng([self.seed, int(epoch), sharding.rank, sharding.world, 0xC1074])
         counts = np.array([ix.size for ix in by_class], dtype=np.int64)
-        quota = balanced_quotas(counts, math.ceil(self.epoch_size / world_size), rng)
+        quota = balanced_quotas(counts, math.ceil(self.epoch_size / sharding.world), rng)
         picks = [rng.choice(ix, size=q, replace=False) for ix, q in zip(by_class, quota.tolist()) if q]
         return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
 
@@ -152,20 +153,18 @@ class EpochPlan:
     ``batch_size`` is needed only for :meth:`batches`, :attr:`steps` and :meth:`batch_start`.
     """
 
-    def __init__(self, num_samples: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+    def __init__(self, num_samples: int, *, shuffle: bool, seed: int = 0, sharding: Sharding = Sharding(),
                  stick_to_shard: bool = True, subset: Subset | None = None, exclude: np.ndarray | None = None,
-                 batch_size: int | None = None, blocks: tuple[int, ...] | None = None):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"EpochPlan: rank {rank} outside [0, world_size={world_size})")
+                 batch_size: int | None = None):
+        if not isinstance(sharding, Sharding):
+            raise TypeError(f"EpochPlan: sharding must be an alr_fast.loss.sharding.Sharding, got {sharding!r}")
         self.num_samples = int(num_samples)
         self.shuffle = shuffle
         self.seed = int(seed)
-        # blocks: tar shards' first rows, the shard-contiguous ownership (alr_fast.loss.sharding)
-        self.sharding = Sharding(rank, world_size, blocks if world_size > 1 else None)
-        if self.sharding.blocks is not None and (not stick_to_shard or subset is not None):
+        self.sharding = sharding
+        """Whose rows this plan reads: rank r of W, strided or (tar shards, ``blocks``) shard-contiguous."""
+        if sharding.blocks is not None and (not stick_to_shard or subset is not None):
             raise ValueError("EpochPlan: tar shards are read by the ranks owning them (stick_to_shard=True, no subset)")
-        self.rank = self.sharding.rank
-        self.world_size = self.sharding.world
         self.stick_to_shard = stick_to_shard
         self.subset = subset
         keep = np.ones(self.num_samples, dtype=bool)
@@ -219,10 +218,11 @@ class EpochPlan:
         """The rows this epoch may read: owned rows (``stick_to_shard``) or all rows, subset, not excluded."""
         if self.subset is not None:
             if self.stick_to_shard:
-                idx = np.asarray(self.subset(epoch, self.rank, self.world_size), dtype=np.int64)
+                idx = np.asarray(self.subset(epoch, self.sharding), dtype=np.int64)
                 if not self.sharding.owns(idx).all():
-                    raise ValueError(f"EpochPlan: the subset of epoch {epoch} gave rank {self.rank} rows it does not "
-                                     f"own (i % {self.world_size} != {self.rank})")
+                    r, w = self.sharding.rank, self.sharding.world
+                    raise ValueError(f"EpochPlan: the subset of epoch {epoch} gave rank {r} rows it does not "
+                                     f"own (i % {w} != {r})")
                 limit = self.shard_len
             else:
                 idx = np.asarray(self.subset(epoch), dtype=np.int64)
@@ -243,7 +243,7 @@ class EpochPlan:
             if self.shuffle:
                 # torch's generator, seeded as the in-memory loader always was: the embedded datasets (demo,
                 # quality study) keep the exact sample order, hence the published figures, on one plan.
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch) + self.rank * 7_777_777)
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch) + self.sharding.rank * 7_777_777)
                 cand = cand[torch.randperm(cand.size, generator=g).numpy()]
             out = np.full(self.shard_len, -1, dtype=np.int64)
             out[: cand.size] = cand
@@ -251,6 +251,6 @@ class EpochPlan:
         order = cand
         if self.shuffle:
             order = cand[np.random.default_rng([self.seed, int(epoch), 0x5EED]).permutation(cand.size)]
-        padded = np.full(self.shard_len * self.world_size, -1, dtype=np.int64)
+        padded = np.full(self.shard_len * self.sharding.world, -1, dtype=np.int64)
         padded[: order.size] = order
         return padded[self.sharding.owned(padded.size)]

@@ -110,10 +110,14 @@ def _cifar(out: Path, rng: np.random.Generator, name: str, num_train: int, num_t
     if name == "cifar10":
         folder = out / "cifar-10-batches-py"
         folder.mkdir(parents=True, exist_ok=True)
-        per = max(1, num_train // 5)
+        if num_train < 5:
+            raise ValueError(f"--num-train: CIFAR-10 is stored as 5 training batches, so at least 5, got {num_train}")
+        # num_train exactly: the first num_train % 5 batches hold one image more (the official ones are equal).
+        sizes = [num_train // 5 + (b < num_train % 5) for b in range(5)]
+        per = sizes[0]
         train_labels = []
         for b in range(1, 6):
-            d, labels = batch(per, "labels", {"batch_label": f"training batch {b} of 5"})
+            d, labels = batch(sizes[b - 1], "labels", {"batch_label": f"training batch {b} of 5"})
             dump(d, folder / f"data_batch_{b}")
             train_labels.append(labels)
         d, _ = batch(num_test, "labels", {"batch_label": "testing batch 1 of 1"})
