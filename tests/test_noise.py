@@ -135,3 +135,84 @@ def test_bad_arguments(kwargs, match):
 def test_seed_must_be_int():
     with pytest.raises(TypeError, match="seed must be an int"):
         make_noisy_labels(np.array([0, 1]), kind="sym-incl", rate=0.2, num_classes=10, seed="1")
+
+
+def _instance_oracle(labels, images, rate, k, seed):
+    """Xia et al.'s instance-dependent noise written from the module docstring, one sample at a time in float64.
+
+    Same random draws in the same order (the documented source: default_rng(seed)): the per-sample rates (normal,
+    out-of-range ones redrawn), W [K, D, K], one uniform per sample. Returns (labels, ambiguous): ambiguous marks
+    samples whose uniform lies within 1e-6 of a class boundary, where float32 rounding may decide either way."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    x = np.asarray(images, dtype=np.float64).reshape(n, -1)
+    if n and x.max() > 1.0:
+        x = x / 255.0
+    flip = rng.normal(rate, 0.1, size=n)
+    while True:
+        bad = [i for i in range(n) if not 0.0 <= flip[i] <= 1.0]
+        if not bad:
+            break
+        flip[bad] = rng.normal(rate, 0.1, size=len(bad))
+    w = rng.standard_normal((k, x.shape[1], k))
+    u = rng.random(n)
+    out, ambiguous = np.array(labels, dtype=np.int64), np.zeros(n, dtype=bool)
+    for i in range(n):
+        y = int(labels[i])
+        s = x[i] @ w[y]
+        others = [j for j in range(k) if j != y]
+        e = np.exp(s[others] - s[others].max())
+        q = np.zeros(k)
+        q[others] = flip[i] * e / e.sum()
+        q[y] = 1.0 - flip[i]
+        c = np.cumsum(q)
+        target = u[i] * c[-1]
+        out[i] = next((j for j in range(k) if c[j] >= target), k - 1)
+        ambiguous[i] = np.abs(c - target).min() < 1e-6
+    return out, ambiguous
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.4, 0.95])
+@pytest.mark.parametrize("pixels", ["uint8", "unit", "small-ints"])
+def test_instance_noise_matches_a_per_sample_oracle(rate, pixels):
+    """Every sample's noisy label against the oracle above: rates near 0 and 1 (many truncated draws), pixels
+    given as 0..255 bytes, as floats in [0, 1] whose maximum is exactly 1 (not rescaled), and as small integers
+    0..2 (rescaled: the maximum is above 1). Class 0 is absent and classes 7-9 have one sample each."""
+    rng = np.random.default_rng(11)
+    y = np.concatenate([rng.integers(1, 7, 300), [7, 8, 9]])
+    raw = rng.integers(0, 256, (y.size, 3, 4, 4))
+    images = {"uint8": raw.astype(np.uint8), "unit": (raw == 255).astype(np.float64) + (raw < 255) * raw / 256.0,
+              "small-ints": (raw % 3).astype(np.uint8)}[pixels]
+    if pixels == "unit":
+        images.flat[0] = 1.0
+    noisy, m = make_noisy_labels(y, kind="instance", rate=rate, num_classes=10, seed=4, images=images)
+    ref, ambiguous = _instance_oracle(y, images, rate, 10, 4)
+    assert ambiguous.sum() <= 2
+    np.testing.assert_array_equal(noisy[~ambiguous], ref[~ambiguous])
+    assert noisy.dtype == np.int64 and m.actual_rate == float((noisy != y).mean())
+
+
+
+def test_boundaries_and_error_texts():
+    y = np.array([0, 1, 1, 0, 1])
+    all_flipped, m = make_noisy_labels(y, kind="sym-excl", rate=1.0, num_classes=2, seed=0)  # rate 1, K = 2 allowed
+    assert np.array_equal(all_flipped, 1 - y) and m.actual_rate == 1.0
+    with pytest.raises(ValueError, match=r"label 2 at index 0 is outside \[0, 2\)"):
+        make_noisy_labels(np.array([2, 0]), kind="pair", rate=0.5, num_classes=2, seed=0)
+    with pytest.raises(ValueError, match=r"make_noisy_labels: num_classes must be >= 2, got 1"):
+        make_noisy_labels(np.array([0, 0]), kind="pair", rate=0.5, num_classes=1, seed=0)
+    with pytest.raises(ValueError, match=r"labels must be a 1-D integer array, got int64 \(2, 2\)"):
+        make_noisy_labels(np.zeros((2, 2), dtype=np.int64), kind="pair", rate=0.5, num_classes=2, seed=0)
+    with pytest.raises(TypeError, match="seed must be an int, got str"):
+        make_noisy_labels(y, kind="pair", rate=0.5, num_classes=2, seed="0")
+
+
+def test_transition_matrix_and_hash_by_hand():
+    from alr_fast.data.noise import transition_matrix
+
+    clean = np.array([0, 0, 0, 0, 2])  # class 1 absent, class 2 seen once
+    noisy = np.array([0, 1, 1, 2, 0])
+    np.testing.assert_array_equal(transition_matrix(clean, noisy, 3),
+                                  [[0.25, 0.5, 0.25], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    # the hash is of int64 little-endian values, whatever the input's integer type
+    assert label_hash(np.array([3, 1, 2], dtype=np.int32)) == label_hash(np.array([3, 1, 2], dtype=np.int64))
