@@ -2,6 +2,7 @@
 each rank's exit-status report, the wrapper's reading of the reports, and the silent stop signal that a
 launcher sends to ranks already stopping. End to end through both launchers: tests/test_preemption_group.py."""
 
+import logging
 import os
 import signal
 
@@ -9,6 +10,30 @@ import pytest
 
 from alr_fast.train import runtime
 from alr_fast.train.runtime import EXIT_PREEMPTED, StopSignals, all_ranks_reported, report_exit_status
+
+
+@pytest.fixture
+def stop_messages():
+    """The messages the runtime's logger emits during the test, from a handler on that logger itself, at any
+    level, whatever earlier tests in the same process did to logging (caplog depends on propagation to the root
+    logger and on the levels of the loggers above; a run of the suite on 2 workers once saw no record)."""
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = runtime.log
+    handler, level, disabled = Keep(logging.DEBUG), logger.level, logger.disabled
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.disabled = disabled
 
 
 def report(monkeypatch, folder, rank, code, **env):
@@ -46,7 +71,7 @@ def test_no_report_without_a_wrapper_and_none_read_from_an_empty_folder(tmp_path
 
 
 @pytest.mark.parametrize("decided", [False, True])
-def test_a_signal_once_the_ranks_agreed_to_stop_is_taken_silently(caplog, decided):
+def test_a_signal_once_the_ranks_agreed_to_stop_is_taken_silently(stop_messages, decided):
     """A first SIGTERM prints the stop message, unless the ranks already agreed to stop (a launcher SIGTERMs the
     ranks left once one has exited: the deepspeed launcher does): then it is recorded without a word."""
     with StopSignals() as stop:
@@ -56,12 +81,12 @@ def test_a_signal_once_the_ranks_agreed_to_stop_is_taken_silently(caplog, decide
             if stop.requested:
                 break
         assert stop.requested == signal.SIGTERM
-    said = [r.getMessage() for r in caplog.records if "received" in r.getMessage()]
+    said = [m for m in stop_messages if "received" in m]
     assert len(said) == (0 if decided else 1) and all("SIGTERM received" in m for m in said), said
     assert signal.getsignal(signal.SIGTERM) != stop._handle  # handlers restored
 
 
-def test_the_same_signal_delivered_twice_counts_once(caplog, monkeypatch):
+def test_the_same_signal_delivered_twice_counts_once(stop_messages, monkeypatch):
     """A scheduler that signals every process of the job and the launcher forwarding its own copy: two SIGTERMs
     within StopSignals.REPEAT_S are one stop request (one message, the process lives on); one after that exits at
     once (re-delivered with the default handler; end to end: test_reliability.py::test_second_signal_exits_at_once).
@@ -79,6 +104,6 @@ def test_the_same_signal_delivered_twice_counts_once(caplog, monkeypatch):
         now[0] += 0.2
         stop._handle(signal.SIGTERM, None)
         assert killed == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    assert [r.getMessage() for r in caplog.records].count(
+    assert stop_messages.count(
         "rank 0: SIGTERM received: finishing the current step, then checkpointing and exiting (send it again, 2 s or "
         "more later, to exit at once)") == 1

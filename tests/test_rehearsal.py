@@ -100,8 +100,8 @@ def test_webvision_zero2_accum2_sigkill_then_resume(tmp_path, fixture_root):
     mid-epoch 1, then --resume: bitwise the uninterrupted run's weights (buffers included), bank and
     predictions. (DALI's fused random-resized crop draws from the pipeline's own stream and is not replayed
     on a mid-epoch resume, alr_fast/data/loaders/dali.py, so DALI is rehearsed in the other runs.) fp32 because
-    bf16 convolutions run 10-20x slower than fp32 on CPUs without AVX-512 BF16 (three ResNet-50 launches took 3
-    minutes); bf16 is rehearsed with a real backbone in the cifar and animal10n runs, and a bf16 ZeRO 1/2 resume
+    bf16 convolutions run 10-15x slower than fp32 on CPUs without AVX-512 BF16 (benchmarks/bench_bf16_cpu.py;
+    three bf16 ResNet-50 launches took 3 minutes); bf16 is rehearsed with a real backbone in the cifar and animal10n runs, and a bf16 ZeRO 1/2 resume
     (on another world size too) in tests/test_distributed.py."""
     root = fixture_root("webvision")
     args = ["--recipe", "webvision", "--data-root", str(root), *TINY, "--set", "data.webvision_source=google",
@@ -140,7 +140,7 @@ def test_clothing1m_torchrun_zero1_dali(tmp_path, fixture_root):
 
 def test_cifar_bf16_zero0_accum2(tmp_path, fixture_root):
     """deepspeed, the recipe's CIFAR ResNet, bf16 without ZeRO (DeepSpeed's own BF16 optimizer) + grad_accum 2,
-    DALI (from memory). 16 px crops and 19 samples (shards of 10/9): bf16 convolutions run 10-20x slower than
+    DALI (from memory). 16 px crops and 19 samples (shards of 10/9): bf16 convolutions run 10-15x slower than
     fp32 on CPUs without AVX-512 BF16, and this is the rehearsal's bf16 run with a real backbone."""
     root = fixture_root("cifar10")
     out = tmp_path / "c10"
@@ -152,8 +152,8 @@ def test_cifar_bf16_zero0_accum2(tmp_path, fixture_root):
 
 def test_animal10n_zero2_dali(tmp_path, fixture_root):
     """deepspeed, the recipe's VGG (140M parameters: checkpoints off, CI time), fp32 + ZeRO 2 + DALI (the
-    other ZeRO 2 runs use the torchvision loader). fp32: the VGG's bf16 convolutions took ~30 s per step of 4
-    images on a CPU without AVX-512 BF16."""
+    other ZeRO 2 runs use the torchvision loader). fp32: a bf16 forward and backward of 4 images takes 12x
+    fp32's on a CPU without AVX-512 BF16 (benchmarks/results/ci/bf16_cpu.json)."""
     root = fixture_root("animal10n")
     out = tmp_path / "a10n"
     deepspeed2("train_animal10n", ["--data-root", str(root), "--out", str(out), *TINY,
