@@ -216,3 +216,44 @@ def test_transition_matrix_and_hash_by_hand():
                                   [[0.25, 0.5, 0.25], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     # the hash is of int64 little-endian values, whatever the input's integer type
     assert label_hash(np.array([3, 1, 2], dtype=np.int32)) == label_hash(np.array([3, 1, 2], dtype=np.int64))
+
+
+def test_manifest_records_each_kind_and_its_convention():
+    """The manifest's fields and its convention text, per kind (the record of what was done)."""
+    conventions = {
+        "none": "no noise",
+        "sym-incl": "round(rate*N) random samples relabelled uniformly over all K classes",
+        "sym-excl": "round(rate*N) random samples relabelled uniformly over the K-1 other classes",
+        "asym-cifar10": "global round(rate*N) subset; 9->1, 2->0, 4->7, 3<->5 (DivideMix/SELC)",
+        "asym-digits": "global round(rate*N) subset; 1<->7, 3<->8, 5<->6, 4<->9 (alr_fast's digit map)",
+        "pair": "each sample w.p. rate: i -> (i+1) mod K",
+        "instance": "Xia et al. 2020 instance-dependent (truncated-normal rates, W ~ N(0,1) [K, D, K])",
+        "asym-cifar100": "each sample w.p. rate -> next class circularly inside blocks of 5 ids (Co-teaching/ELR)",
+    }
+    for kind, text in conventions.items():
+        k = 100 if kind == "asym-cifar100" else 10
+        y = np.arange(40) % k
+        images = np.arange(40 * 4).reshape(40, 4) % 7 if kind == "instance" else None
+        noisy, m = make_noisy_labels(y, kind=kind, rate=0.5, num_classes=k, seed=np.int64(3), images=images)
+        assert m.convention == text, kind
+        assert (m.kind, m.requested_rate, m.num_classes, m.num_samples, m.seed) == (kind, 0.5, k, 40, 3), kind
+        assert m.actual_rate == float((noisy != y).mean()) and noisy.dtype == np.int64, kind
+        assert m.noisy_hash == label_hash(noisy) and m.clean_hash == label_hash(y), kind
+    assert make_noisy_labels(y, kind="none", rate=0.5, num_classes=100, seed=0)[0].tolist() == y.tolist()
+
+
+def test_sym_incl_draws_each_new_label_uniformly_and_small_cases():
+    y = np.zeros(3000, dtype=np.int64)
+    noisy, _ = make_noisy_labels(y, kind="sym-incl", rate=1.0, num_classes=3, seed=2)
+    counts = np.bincount(noisy, minlength=3)  # 1000 each expected, std about 26
+    assert counts.min() > 850 and counts.max() < 1150, counts
+    # the manifest's matrix is rounded to 6 decimals: one of three samples moved gives 2/3 and 1/3
+    _, m = make_noisy_labels(np.zeros(3, dtype=np.int64), kind="sym-excl", rate=1 / 3, num_classes=3, seed=0)
+    assert sorted(m.transition_matrix[0]) == [0.0, 0.333333, 0.666667]
+    _, empty = make_noisy_labels(np.zeros(0, dtype=np.int64), kind="sym-incl", rate=0.5, num_classes=3, seed=0)
+    assert empty.actual_rate == 0.0 and empty.num_samples == 0
+    with pytest.raises(ValueError, match=r"make_noisy_labels: kind='instance' needs images \(an array \[N, \.\.\.\] "
+                                         r"of pixels\)"):
+        make_noisy_labels(y[:4], kind="instance", rate=0.5, num_classes=3, seed=0)
+    with pytest.raises(ValueError, match="make_noisy_labels: images has 3 rows but labels has 4"):
+        make_noisy_labels(y[:4], kind="instance", rate=0.5, num_classes=3, seed=0, images=np.zeros((3, 5)))
