@@ -135,3 +135,125 @@ def test_bad_arguments(kwargs, match):
 def test_seed_must_be_int():
     with pytest.raises(TypeError, match="seed must be an int"):
         make_noisy_labels(np.array([0, 1]), kind="sym-incl", rate=0.2, num_classes=10, seed="1")
+
+
+def _instance_oracle(labels, images, rate, k, seed):
+    """Xia et al.'s instance-dependent noise written from the module docstring, one sample at a time in float64.
+
+    Same random draws in the same order (the documented source: default_rng(seed)): the per-sample rates (normal,
+    out-of-range ones redrawn), W [K, D, K], one uniform per sample. Returns (labels, ambiguous): ambiguous marks
+    samples whose uniform lies within 1e-6 of a class boundary, where float32 rounding may decide either way."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    x = np.asarray(images, dtype=np.float64).reshape(n, -1)
+    if n and x.max() > 1.0:
+        x = x / 255.0
+    flip = rng.normal(rate, 0.1, size=n)
+    while True:
+        bad = [i for i in range(n) if not 0.0 <= flip[i] <= 1.0]
+        if not bad:
+            break
+        flip[bad] = rng.normal(rate, 0.1, size=len(bad))
+    w = rng.standard_normal((k, x.shape[1], k))
+    u = rng.random(n)
+    out, ambiguous = np.array(labels, dtype=np.int64), np.zeros(n, dtype=bool)
+    for i in range(n):
+        y = int(labels[i])
+        s = x[i] @ w[y]
+        others = [j for j in range(k) if j != y]
+        e = np.exp(s[others] - s[others].max())
+        q = np.zeros(k)
+        q[others] = flip[i] * e / e.sum()
+        q[y] = 1.0 - flip[i]
+        c = np.cumsum(q)
+        target = u[i] * c[-1]
+        out[i] = next((j for j in range(k) if c[j] >= target), k - 1)
+        ambiguous[i] = np.abs(c - target).min() < 1e-6
+    return out, ambiguous
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.4, 0.95])
+@pytest.mark.parametrize("pixels", ["uint8", "unit", "small-ints"])
+def test_instance_noise_matches_a_per_sample_oracle(rate, pixels):
+    """Every sample's noisy label against the oracle above: rates near 0 and 1 (many truncated draws), pixels
+    given as 0..255 bytes, as floats in [0, 1] whose maximum is exactly 1 (not rescaled), and as small integers
+    0..2 (rescaled: the maximum is above 1). Class 0 is absent and classes 7-9 have one sample each."""
+    rng = np.random.default_rng(11)
+    y = np.concatenate([rng.integers(1, 7, 300), [7, 8, 9]])
+    raw = rng.integers(0, 256, (y.size, 3, 4, 4))
+    images = {"uint8": raw.astype(np.uint8), "unit": (raw == 255).astype(np.float64) + (raw < 255) * raw / 256.0,
+              "small-ints": (raw % 3).astype(np.uint8)}[pixels]
+    if pixels == "unit":
+        images.flat[0] = 1.0
+    noisy, m = make_noisy_labels(y, kind="instance", rate=rate, num_classes=10, seed=4, images=images)
+    ref, ambiguous = _instance_oracle(y, images, rate, 10, 4)
+    assert ambiguous.sum() <= 2
+    np.testing.assert_array_equal(noisy[~ambiguous], ref[~ambiguous])
+    assert noisy.dtype == np.int64 and m.actual_rate == float((noisy != y).mean())
+
+
+
+def test_boundaries_and_error_texts():
+    y = np.array([0, 1, 1, 0, 1])
+    all_flipped, m = make_noisy_labels(y, kind="sym-excl", rate=1.0, num_classes=2, seed=0)  # rate 1, K = 2 allowed
+    assert np.array_equal(all_flipped, 1 - y) and m.actual_rate == 1.0
+    with pytest.raises(ValueError, match=r"label 2 at index 0 is outside \[0, 2\)"):
+        make_noisy_labels(np.array([2, 0]), kind="pair", rate=0.5, num_classes=2, seed=0)
+    with pytest.raises(ValueError, match=r"make_noisy_labels: num_classes must be >= 2, got 1"):
+        make_noisy_labels(np.array([0, 0]), kind="pair", rate=0.5, num_classes=1, seed=0)
+    with pytest.raises(ValueError, match=r"labels must be a 1-D integer array, got int64 \(2, 2\)"):
+        make_noisy_labels(np.zeros((2, 2), dtype=np.int64), kind="pair", rate=0.5, num_classes=2, seed=0)
+    with pytest.raises(TypeError, match="seed must be an int, got str"):
+        make_noisy_labels(y, kind="pair", rate=0.5, num_classes=2, seed="0")
+
+
+def test_transition_matrix_and_hash_by_hand():
+    from alr_fast.data.noise import transition_matrix
+
+    clean = np.array([0, 0, 0, 0, 2])  # class 1 absent, class 2 seen once
+    noisy = np.array([0, 1, 1, 2, 0])
+    np.testing.assert_array_equal(transition_matrix(clean, noisy, 3),
+                                  [[0.25, 0.5, 0.25], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    # the hash is of int64 little-endian values, whatever the input's integer type
+    assert label_hash(np.array([3, 1, 2], dtype=np.int32)) == label_hash(np.array([3, 1, 2], dtype=np.int64))
+
+
+def test_manifest_records_each_kind_and_its_convention():
+    """The manifest's fields and its convention text, per kind (the record of what was done)."""
+    conventions = {
+        "none": "no noise",
+        "sym-incl": "round(rate*N) random samples relabelled uniformly over all K classes",
+        "sym-excl": "round(rate*N) random samples relabelled uniformly over the K-1 other classes",
+        "asym-cifar10": "global round(rate*N) subset; 9->1, 2->0, 4->7, 3<->5 (DivideMix/SELC)",
+        "asym-digits": "global round(rate*N) subset; 1<->7, 3<->8, 5<->6, 4<->9 (alr_fast's digit map)",
+        "pair": "each sample w.p. rate: i -> (i+1) mod K",
+        "instance": "Xia et al. 2020 instance-dependent (truncated-normal rates, W ~ N(0,1) [K, D, K])",
+        "asym-cifar100": "each sample w.p. rate -> next class circularly inside blocks of 5 ids (Co-teaching/ELR)",
+    }
+    for kind, text in conventions.items():
+        k = 100 if kind == "asym-cifar100" else 10
+        y = np.arange(40) % k
+        images = np.arange(40 * 4).reshape(40, 4) % 7 if kind == "instance" else None
+        noisy, m = make_noisy_labels(y, kind=kind, rate=0.5, num_classes=k, seed=np.int64(3), images=images)
+        assert m.convention == text, kind
+        assert (m.kind, m.requested_rate, m.num_classes, m.num_samples, m.seed) == (kind, 0.5, k, 40, 3), kind
+        assert m.actual_rate == float((noisy != y).mean()) and noisy.dtype == np.int64, kind
+        assert m.noisy_hash == label_hash(noisy) and m.clean_hash == label_hash(y), kind
+    assert make_noisy_labels(y, kind="none", rate=0.5, num_classes=100, seed=0)[0].tolist() == y.tolist()
+
+
+def test_sym_incl_draws_each_new_label_uniformly_and_small_cases():
+    y = np.zeros(3000, dtype=np.int64)
+    noisy, _ = make_noisy_labels(y, kind="sym-incl", rate=1.0, num_classes=3, seed=2)
+    counts = np.bincount(noisy, minlength=3)  # 1000 each expected, std about 26
+    assert counts.min() > 850 and counts.max() < 1150, counts
+    # the manifest's matrix is rounded to 6 decimals: one of three samples moved gives 2/3 and 1/3
+    _, m = make_noisy_labels(np.zeros(3, dtype=np.int64), kind="sym-excl", rate=1 / 3, num_classes=3, seed=0)
+    assert sorted(m.transition_matrix[0]) == [0.0, 0.333333, 0.666667]
+    _, empty = make_noisy_labels(np.zeros(0, dtype=np.int64), kind="sym-incl", rate=0.5, num_classes=3, seed=0)
+    assert empty.actual_rate == 0.0 and empty.num_samples == 0
+    with pytest.raises(ValueError, match=r"make_noisy_labels: kind='instance' needs images \(an array \[N, \.\.\.\] "
+                                         r"of pixels\)"):
+        make_noisy_labels(y[:4], kind="instance", rate=0.5, num_classes=3, seed=0)
+    with pytest.raises(ValueError, match="make_noisy_labels: images has 3 rows but labels has 4"):
+        make_noisy_labels(y[:4], kind="instance", rate=0.5, num_classes=3, seed=0, images=np.zeros((3, 5)))
