@@ -257,3 +257,10 @@ def test_sym_incl_draws_each_new_label_uniformly_and_small_cases():
         make_noisy_labels(y[:4], kind="instance", rate=0.5, num_classes=3, seed=0)
     with pytest.raises(ValueError, match="make_noisy_labels: images has 3 rows but labels has 4"):
         make_noisy_labels(y[:4], kind="instance", rate=0.5, num_classes=3, seed=0, images=np.zeros((3, 5)))
+
+
+@pytest.mark.parametrize("kind", ["none", "sym-incl", "sym-excl", "asym-digits", "pair", "instance"])
+def test_no_sample_gives_no_label_and_a_zero_rate(kind):
+    labels, manifest = make_noisy_labels(np.zeros(0, dtype=np.int64), kind=kind, rate=0.4, num_classes=10, seed=0,
+                                         images=np.zeros((0, 4, 4), dtype=np.uint8))
+    assert labels.shape == (0,) and labels.dtype == np.int64 and manifest.actual_rate == 0.0

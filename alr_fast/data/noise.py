@@ -188,7 +188,8 @@ def make_noisy_labels(
         images = np.asarray(images)
         if images.shape[0] != n:
             raise ValueError(f"make_noisy_labels: images has {images.shape[0]} rows but labels has {n}")
-        noisy = _instance_noise(clean, images, float(rate), num_classes, rng)
+        if n:  # no sample, no draw (like every other kind)
+            noisy = _instance_noise(clean, images, float(rate), num_classes, rng)
         convention = "Xia et al. 2020 instance-dependent (truncated-normal rates, W ~ N(0,1) [K, D, K])"
 
     manifest = NoiseManifest(
