@@ -177,7 +177,7 @@ def test_state_dict_reshards_two_to_one_and_to_three_exactly(tmp_path):
         ALR(labels, 6).load_state_dict(saved)
 
 
-def test_gather_state_dicts_on_one_rank_and_refused_for_ranks_without_a_process_group():
+def test_gather_state_dicts_on_one_rank_and_refused_for_ranks_without_a_process_group(monkeypatch):
     # The gather across real ranks runs in tests/test_examples.py (the Lightning example's checkpoint holds every
     # rank's rows, compared there with the exported soft labels).
     g = torch.Generator().manual_seed(6)
@@ -190,7 +190,14 @@ def test_gather_state_dicts_on_one_rank_and_refused_for_ranks_without_a_process_
     fresh.load_state_dict(one.gather_state_dicts())
     assert torch.equal(fresh.soft_labels, one.soft_labels)
     assert not torch.equal(fresh.soft_labels, ALR(labels, 4).soft_labels)  # the call did move the rows
+    # Whatever process group earlier tests in this process left behind: none, then one of another size.
+    import alr_fast.loss.alr as alr_module
+
+    monkeypatch.setattr(alr_module, "_dist_world", lambda: None)
     with pytest.raises(RuntimeError, match="rank 1 of 2 but torch.distributed is not initialised"):
+        _shard_objects(labels, 4, 2)[1].gather_state_dicts()
+    monkeypatch.setattr(alr_module, "_dist_world", lambda: (0, 1))
+    with pytest.raises(RuntimeError, match="rank 1 of 2 but torch.distributed has 1 ranks"):
         _shard_objects(labels, 4, 2)[1].gather_state_dicts()
 
 
