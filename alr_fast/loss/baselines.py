@@ -233,7 +233,7 @@ def elr_loss_reference(logits: torch.Tensor, bank: torch.Tensor, index: torch.Te
     beta, lam, eps = params.beta, params.lam, ELR_CLAMP
     valid = index >= 0
     z, good, logp, p = _prepare(logits, valid)
-    per_row = -_label_logp(logp, labels)
+    per_row = -_label_logp(logp, torch.where(valid, labels, torch.zeros_like(labels)))  # a padded row's label: any
     if params.refine:
         c = p.clamp(eps, 1.0 - eps)  # gradient passes where eps <= p <= 1 - eps (torch.clamp's rule)
         c_det = c.detach()
