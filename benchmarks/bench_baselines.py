@@ -7,10 +7,12 @@ called with ``assume_unique``, its closed-form path ``elr_loss_unique`` in alr_f
 a GPU, ``fused`` (``backend="triton"``: alr_fast/loss/triton/baselines.py). ``--calls`` calls back to back,
 ``--reps`` times; median µs per call (CUDA events on a GPU, wall time on the CPU), min and max. Without a GPU
 only ``eager`` runs (the fused kernels run on the CPU only under the Triton interpreter, which is not a speed).
-ALR's own fused path is benchmarked by bench_loss.py.
+Two reference rows (``--methods``): ``alr``, ALR as the trainer calls it (``eager`` = ``backend="torch"``, which
+with ``assume_unique`` is the CPU fast path ``alr_fast/loss/torch_fast.py``; ``fused`` = ALR's kernel), and
+``ce``, ``F.cross_entropy`` (eager only). ALR's kernel itself is benchmarked in detail by bench_loss.py.
 
     python benchmarks/bench_baselines.py                       # GPU: both implementations
-    python benchmarks/bench_baselines.py --B 256 --K 10 100    # CPU: eager only
+    python benchmarks/bench_baselines.py --B 256 1024 --K 10 100 1000 --dtypes fp32 bf16   # CPU: eager only
 
 Writes ``benchmarks/results/bench_baselines_<device>.json`` and the markdown table next to it.
 """
@@ -27,15 +29,22 @@ from pathlib import Path
 import torch
 
 from _common import REPO, cpu_model, run_metadata  # noqa: E402  (benchmarks/ is on sys.path)
-from alr_fast import bootstrap_loss, elr_loss, gce_loss, sce_loss
+from alr_fast import alr_loss, bootstrap_loss, elr_loss, gce_loss, sce_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 METHODS = ("elr", "gce", "sce", "bootstrap")
+REFERENCES = ("alr", "ce")
+"""Rows to compare the baselines with: ALR as the trainer calls it (``alr_loss(assume_unique=True)``: the CPU fast
+path on a CPU, the fused kernel on a GPU) and plain cross-entropy (``F.cross_entropy``, eager only)."""
 
 
 def make_call(method: str, impl: str, logits, bank, index, labels):
     backend = "triton" if impl == "fused" else "torch"
     common = dict(backend=backend, check_index=False)
+    if method == "alr":
+        return lambda: alr_loss(logits, bank, index, alpha=0.9, lam=1.0, assume_unique=True, **common)
+    if method == "ce":
+        return lambda: torch.nn.functional.cross_entropy(logits.float(), labels)
     if method == "elr":
         return lambda: elr_loss(logits, bank, index, labels, beta=0.7, lam=3.0, assume_unique=True, **common)
     if method == "gce":
@@ -76,7 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--B", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--K", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16"])
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", choices=METHODS + REFERENCES, default=list(METHODS + REFERENCES),
+                    help="the baselines, and for comparison 'alr' (as the trainer calls it) and 'ce' (eager only)")
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
@@ -95,6 +105,8 @@ def main(argv=None) -> int:
                     bank = torch.softmax(torch.randn(2 * B, K, generator=g), 1).to(device)
                     index = torch.randperm(2 * B, generator=g)[:B].to(device)
                     for impl in impls:
+                        if method == "ce" and impl == "fused":
+                            continue  # no fused cross-entropy in this project: torch's own kernels
                         us = time_step(make_call(method, impl, logits, bank, index, labels), logits, device,
                                        args.calls, args.reps, args.warmup)
                         q = [min(us), max(us)]
@@ -121,9 +133,10 @@ def main(argv=None) -> int:
                     cell = {r["impl"]: r for r in rows if (r["method"], r["dtype"], r["B"], r["K"]) ==
                             (method, dname, B, K)}
                     vals = [f"{cell[i]['median_us']:.0f} ({cell[i]['min_us']:.0f}-{cell[i]['max_us']:.0f})"
-                            for i in impls]
+                            if i in cell else "-" for i in impls]
                     if "fused" in impls:
-                        vals.append(f"{cell['eager']['median_us'] / cell['fused']['median_us']:.1f}x")
+                        vals.append(f"{cell['eager']['median_us'] / cell['fused']['median_us']:.1f}x"
+                                    if "fused" in cell else "-")
                     lines.append(f"| {method} | {dname} | {B} | {K} | " + " | ".join(vals) + " |")
     (out / f"bench_baselines_{slug}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

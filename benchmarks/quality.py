@@ -146,9 +146,11 @@ def baselines_report(records: list[dict], meta: dict) -> str:
     arms = list(dict.fromkeys(r["arm"] for r in records))
     seeds_done = sorted({r["seed"] for r in records})
     lines = ["# Baselines study: ELR, GCE, SCE and soft bootstrapping against ALR and CE", "",
-             f"Command: `{meta['command']}`  ", f"git {meta['git_sha'][:10]}, {meta['date_utc']} UTC, "
+             f"Command: `{meta['command']}`  ",
+             # a study collected from several invocations names its commits in full (and says how its time adds up)
+             f"git {meta['git_sha'] if ' ' in meta['git_sha'] else meta['git_sha'][:10]}, {meta['date_utc']} UTC, "
              f"{meta['machine']}, device {meta['device']}, torch {meta['torch']}, "
-             f"total {meta['total_time_s'] / 60:.1f} min (this invocation).  ",
+             f"total {meta['total_time_s'] / 60:.1f} min ({meta.get('total_time_note', 'this invocation')}).  ",
              f"Seeds requested {meta['seeds']}, seeds with at least one run {seeds_done}; mean ± sample std over "
              f"the seeds each cell has (which seeds: the last table; '(1 seed)': a single run). Best mean of a row "
              f"in bold. Noisy validation slice: data.val_fraction = "

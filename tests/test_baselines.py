@@ -398,11 +398,14 @@ def test_bench_baselines_smoke(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_baselines.py"), "--B", "8", "--K", "4",
-                           "--dtypes", "fp32", "--methods", "elr", "gce", "--calls", "1", "--reps", "2", "--warmup",
+                           "--dtypes", "fp32", "--methods", "elr", "gce", "alr", "ce", "--calls", "1", "--reps", "2", "--warmup",
                            "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     slug = "cuda" if torch.cuda.is_available() else "cpu"
     rows = __import__("json").loads((tmp_path / f"bench_baselines_{slug}.json").read_text())["rows"]
-    assert {(r["method"], r["impl"]) for r in rows} >= {("elr", "eager"), ("gce", "eager")}
+    want = {(m, "eager") for m in ("elr", "gce", "alr", "ce")}
+    if slug == "cuda":
+        want |= {("elr", "fused"), ("gce", "fused"), ("alr", "fused")}  # no fused cross-entropy row
+    assert {(r["method"], r["impl"]) for r in rows} == want
     assert all(r["min_us"] <= r["median_us"] <= r["max_us"] for r in rows)
     assert "| elr | fp32 | 8 | 4 |" in (tmp_path / f"bench_baselines_{slug}.md").read_text()

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from alr_fast.data.loaders.wrappers import EvalSet, ExcludeRows, noisy_val_rows
+from alr_fast.data.loaders.wrappers import EvalSet, ExcludeRows, _KeepRows, noisy_val_rows
 from alr_fast.loss.sharding import Sharding
 from alr_fast.train.precision import model_input
 
