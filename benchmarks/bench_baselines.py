@@ -1,14 +1,15 @@
-"""Benchmark the baselines' losses (ELR, GCE, SCE, soft bootstrapping): fused Triton kernel vs eager reference.
+"""Benchmark the baselines' losses (ELR, GCE, SCE, soft bootstrapping): fused Triton kernel vs the torch backend.
 
 One timed call is a training step's loss work: forward (ELR's bank update included) and backward to the logits,
 as the trainer calls it (``assume_unique=True``, ``check_index=False``, mean reduction). Per (method, logits dtype,
-B, K, implementation): ``eager`` (``backend="torch"``: alr_fast/loss/baselines.py) and, on a GPU, ``fused``
-(``backend="triton"``: alr_fast/loss/triton/baselines.py). ``--calls`` calls back to back, ``--reps`` times;
-median µs per call (CUDA events on a GPU, wall time on the CPU), min and max. Without a GPU only ``eager`` runs
-(the fused kernels run on the CPU only under the Triton interpreter, which is not a speed). Two reference rows
-(``--methods``): ``alr``, ALR as the trainer calls it (``eager`` = ``backend="torch"``, which with
-``assume_unique`` is the CPU fast path ``alr_fast/loss/torch_fast.py``; ``fused`` = ALR's kernel), and ``ce``,
-``F.cross_entropy`` (eager only). ALR's kernel itself is benchmarked in detail by bench_loss.py.
+B, K, implementation): ``eager`` (``backend="torch"``: the reference in alr_fast/loss/baselines.py; for ELR,
+called with ``assume_unique``, its closed-form path ``elr_loss_unique`` in alr_fast/loss/torch_fast.py) and, on
+a GPU, ``fused`` (``backend="triton"``: alr_fast/loss/triton/baselines.py). ``--calls`` calls back to back,
+``--reps`` times; median µs per call (CUDA events on a GPU, wall time on the CPU), min and max. Without a GPU
+only ``eager`` runs (the fused kernels run on the CPU only under the Triton interpreter, which is not a speed).
+Two reference rows (``--methods``): ``alr``, ALR as the trainer calls it (``eager`` = ``backend="torch"``, which
+with ``assume_unique`` is the CPU fast path ``alr_fast/loss/torch_fast.py``; ``fused`` = ALR's kernel), and
+``ce``, ``F.cross_entropy`` (eager only). ALR's kernel itself is benchmarked in detail by bench_loss.py.
 
     python benchmarks/bench_baselines.py                       # GPU: both implementations
     python benchmarks/bench_baselines.py --B 256 1024 --K 10 100 1000 --dtypes fp32 bf16   # CPU: eager only

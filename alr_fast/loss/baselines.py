@@ -1,7 +1,8 @@
 """Pure-PyTorch references of the loss-based baselines: ELR, GCE, SCE and soft bootstrapping (the specification).
 
-Every backend (this file, the fused Triton kernels in ``alr_fast.loss.triton``) and the tests compare against
-these functions, as ALR's backends compare against :mod:`alr_fast.loss.reference`. The conventions are ALR's:
+Every backend (the fused Triton kernels in ``alr_fast.loss.triton``, ELR's closed-form CPU path in
+``alr_fast.loss.torch_fast``) and the tests compare against these functions, as ALR's backends compare against
+:mod:`alr_fast.loss.reference`. The conventions are ALR's:
 
 * math in fp32 (fp64 stays fp64, for tests); ``p = softmax(z)`` per row;
 * a row is **valid** when its index (ELR) or its label (GCE, SCE, bootstrap: no per-sample state, so the label is

@@ -31,7 +31,7 @@ from alr_fast.loss.baselines import (
     validate_labels,
 )
 from alr_fast.loss.reference import alr_loss_reference
-from alr_fast.loss.torch_fast import alr_loss_unique
+from alr_fast.loss.torch_fast import alr_loss_unique, elr_loss_unique
 
 __all__ = ["alr_loss", "raise_on_bad_index", "elr_loss", "gce_loss", "sce_loss", "bootstrap_loss", "ALRParams", "resolve_backend", "validate_inputs", "describe", "LOGIT_DTYPES", "BANK_DTYPES",
            "BACKENDS", "REDUCTIONS"]
@@ -104,9 +104,10 @@ def raise_on_bad_index(backend: str, device: torch.device, n_rows: int) -> None:
 
 # --- the loss-based baselines (specification: alr_fast.loss.baselines) --------------------------------------------
 def _baseline_backend(backend: str, logits: torch.Tensor, where: str, *, unique: bool = True) -> str:
-    """``'torch'`` (the reference) or ``'triton'`` (alr_fast.loss.triton.baselines). ``'auto'`` takes the fused
-    kernel for CUDA logits when it applies: fp32/bf16/fp16 logits, K <= its MAX_K, and for ELR no repeated index
-    promised (``assume_unique``); otherwise the reference. ``'triton'`` where it does not apply is an error."""
+    """``'torch'`` (the reference; for ELR with ``assume_unique`` its closed-form path in torch_fast) or
+    ``'triton'`` (alr_fast.loss.triton.baselines). ``'auto'`` takes the fused kernel for CUDA logits when it
+    applies: fp32/bf16/fp16 logits, K <= its MAX_K, and for ELR no repeated index promised (``assume_unique``);
+    otherwise ``'torch'``. ``'triton'`` where it does not apply is an error."""
     if backend not in BACKENDS:
         raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
@@ -136,7 +137,9 @@ def elr_loss(logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, labe
     ``bank``/``index`` follow :func:`alr_loss` (index < 0: padding; duplicates sequential in batch order;
     ``check_index``/``assume_unique`` as there); ``labels`` ``[B]`` int64 are the given labels (a valid row's must
     be in ``[0, K)``). ``refine=False`` is plain cross-entropy on ``labels`` (no bank write).
-    Semantics: :mod:`alr_fast.loss.baselines`."""
+    Backends: the fused kernel where ``_baseline_backend`` picks it; otherwise, with ``assume_unique``, the
+    closed-form path :func:`alr_fast.loss.torch_fast.elr_loss_unique` (no sort, no host sync, no autograd graph:
+    what the trainer runs on CPU), and without it the reference. Semantics: :mod:`alr_fast.loss.baselines`."""
     params = ELRParams(beta, lam, refine, reduction, assume_unique)
     validate_inputs(logits, bank, index, where="elr_loss", check_index=check_index, assume_unique=assume_unique)
     validate_labels(logits, labels, where="elr_loss", check_values=check_index, valid=index >= 0)
@@ -145,6 +148,8 @@ def elr_loss(logits: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, labe
 
         validate_fused_inputs(logits, bank, "elr_loss")
         return fused_elr_loss(logits, bank, index, labels, params)
+    if params.assume_unique:  # no sort, no host sync, closed-form gradient (what the trainer runs on CPU)
+        return elr_loss_unique(logits, bank, index, labels, params)
     return elr_loss_reference(logits, bank, index, labels, params)
 
 
