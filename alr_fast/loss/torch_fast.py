@@ -148,7 +148,8 @@ class _UniqueELR(torch.autograd.Function):
         if not all_good:
             z = torch.where(good[:, None], z, 0.0)
         logp = F.log_softmax(z, dim=1)
-        y = labels.clamp_min(0)[:, None]
+        # a padded row's label may be anything (it is never checked): read label 0 there
+        y = (labels if all_good else torch.where(valid, labels, 0)).clamp_min(0)[:, None]
         per_row = logp.gather(1, y).squeeze(1).neg_()  # -log p_y
         p = torch.exp(logp)
         if reduction == "mean":  # 1/n_valid folded into the gradient, as in _UniqueALR
