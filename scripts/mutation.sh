@@ -35,13 +35,13 @@ declare -A MODULES=(
   [reference]="alr_fast/loss/reference.py|tests/test_functional.py tests/test_grad_output.py"
   [torch_fast]="alr_fast/loss/torch_fast.py|tests/test_functional.py tests/test_grad_output.py tests/test_torch_fast.py"
   [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/triton/autograd.py|tests/test_loss_api_units.py tests/test_functional.py tests/test_grad_output.py $BL::test_stateless_matches_oracle $BL::test_stateless_nan_rows_padding_and_incoming_gradient $BL::test_elr_matches_oracle $BL::test_elr_duplicates_are_sequential_in_batch_order $BL::test_elr_nan_rows_padding_incoming_gradient_and_assume_unique $BL::test_errors_name_the_argument tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
-  [alr_object]="alr_fast/loss/alr.py|tests/test_alr_object.py $BL::test_alr_object_runs_each_baseline"
+  [alr_object]="alr_fast/loss/alr.py|tests/test_alr_object_units.py tests/test_alr_object.py $BL::test_alr_object_runs_each_baseline"
   [sharding]="alr_fast/loss/sharding.py|$S::test_sharding_matches_the_rule_written_out $S::test_sharding_rejects_bad_ranks $S::test_bank_plan_and_resharding_agree_on_ownership $S::test_array_loader_odd_n_every_sample_every_epoch_no_batch_of_one tests/test_bank.py tests/test_sharding.py"
   [bank]="alr_fast/loss/bank.py|tests/test_bank.py tests/test_bank_small_print.py"
   [metrics]="alr_fast/train/metrics.py|tests/test_metrics.py tests/test_bank.py"
   [schedule]="alr_fast/loss/schedule.py alr_fast/train/schedule.py|$SC::test_plateau_fires_at_the_first_flat_epoch $SC::test_peak_of_a_noisy_validation_accuracy $SC::test_noisy_plateau_window_smooths_the_wiggles $SC::test_no_stall_means_max_epochs_and_no_rise_means_no_stall $SC::test_min_epochs_and_loss_signals $SC::test_resume_in_the_middle_gives_the_same_decision $SC::test_rule_errors_name_the_problem $SC::test_ramp_values_per_step $SC::test_schedule_from_config_refines_from_the_fixed_warmup_and_never_for_ce $SC::test_prediction_counts_match_numpy $SC::test_collapse_guard_flags_a_jump_and_reports_it_once $SC::test_config_fields_are_validated tests/test_schedule_units.py"
   [noise]="alr_fast/data/noise.py|tests/test_noise.py"
-  [exports]="alr_fast/train/exports.py alr_fast/loss/bank_export.py|tests/test_exports.py tests/test_alr_object.py"
+  [exports]="alr_fast/train/exports.py alr_fast/loss/bank_export.py|tests/test_exports.py tests/test_alr_object.py tests/test_alr_object_units.py"
   [evaluation]="alr_fast/train/evaluation.py|$EV::test_topk_hand_computed $EV::test_topk_matches_a_sort_reference $EV::test_noisy_val_rows_are_stratified_deterministic_and_proper $EV::test_noisy_val_slice_is_disjoint_from_training_rows $EV::test_selection_state_tie_and_no_validation_split $EV::test_fill_padding_rows_copies_valid_rows_without_a_host_sync_shape tests/test_evaluation_units.py"
 )
 ORDER=(metrics sharding noise schedule evaluation exports bank torch_fast reference loss_api alr_object)
