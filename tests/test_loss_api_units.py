@@ -114,6 +114,8 @@ def test_validate_fused_inputs_strides():
     with pytest.raises(ValueError, match=r"^w: bank must have unit column stride and distinct rows .* got strides "
                                          r"\(1, 9\)"):
         validate_fused_inputs(logits, bank.t().contiguous().t(), "w")
+    with pytest.raises(ValueError, match=r"got strides \(1, 9\)"):  # two columns, column-major
+        validate_fused_inputs(logits[:, :2], bank[:, :2].t().contiguous().t(), "w")
     with pytest.raises(ValueError, match=r"got strides \(0, 1\)"):
         validate_fused_inputs(logits, torch.zeros(5).as_strided((2, 5), (0, 1)), "w")
     with pytest.raises(TypeError, match=r"^w: logits dtype torch.float64 is not supported by the fused kernel \(it "
@@ -184,6 +186,8 @@ def test_alr_loss_triton_runs_the_kernel_and_passes_n_valid_for_mean_only():
     assert torch.isnan(out[0]) and torch.isfinite(out[1:]).all()
     with pytest.raises(IndexError, match="index 99 is out of range for a bank of 9 rows"):
         functional.raise_on_bad_index("triton", logits.device, bank.shape[0])  # reads and resets the flag
+    with pytest.raises(TypeError, match=r"^alr_loss: logits dtype torch.float64 is not supported by the fused kernel"):
+        alr_loss(logits.double(), bank.clone(), index, alpha=0.7, lam=0.4, backend="triton")
     # n_valid is the mean's count: a wrong one scales the gradient, not the loss
     l1, g1 = _loss_grad(alr_loss, logits, bank.clone(), index, alpha=0.7, lam=0.4, backend="triton")
     l2, g2 = _loss_grad(alr_loss, logits, bank.clone(), index, alpha=0.7, lam=0.4, backend="triton",
@@ -278,6 +282,8 @@ def test_stateless_wrappers_pass_every_argument(method):
             l_t, g_t = _loss_grad(fn, logits, labels, backend="torch", reduction=red, **hp)
             torch.testing.assert_close(l_f, l_t, rtol=3e-5, atol=3e-6)
             torch.testing.assert_close(g_f, g_t, rtol=3e-5, atol=3e-6)
+        with pytest.raises(ValueError, match=f"^{method}_loss: backend='triton' cannot run this call: logits dtype"):
+            fn(logits.double(), labels, backend="triton", **hp)
         # without the label check an out-of-range label is the kernel's NaN row, not an error
         bad = labels.clone()
         bad[0] = 4
@@ -340,5 +346,16 @@ def test_elr_wrapper_passes_every_argument(monkeypatch):
                 torch.testing.assert_close(l_f, l_t, rtol=3e-5, atol=3e-6)
                 torch.testing.assert_close(g_f, g_t, rtol=3e-5, atol=3e-6)
                 torch.testing.assert_close(b_f, b_t, rtol=1e-6, atol=1e-7)
+        # without the index check (check_index=False) a valid row's out-of-range label is not checked on the host:
+        # the kernel gives that row a NaN loss and gradient and leaves its bank row alone
+        for label in (4, -3):
+            bad = labels.clone()
+            bad[0] = label
+            b_bad = bank.clone()
+            out, g = _loss_grad(elr_loss, logits, b_bad, index, bad, backend="triton", assume_unique=True,
+                                check_index=False, reduction="none", **hp)
+            assert torch.isnan(out[0]) and torch.isfinite(out[1:]).all()
+            assert torch.isnan(g[0]).all() and torch.isfinite(g[1:]).all()
+            assert torch.equal(b_bad[index[0]], bank[index[0]]) and not torch.equal(b_bad, bank)
         with pytest.raises(ValueError, match=r"^elr_loss: bank must have unit column stride"):
             elr_loss(logits, bank.t().contiguous().t(), index, labels, backend="triton", assume_unique=True, **hp)

@@ -6,9 +6,9 @@ logits held in registers; the backward only scales the stored gradient by ``grad
 references' (:mod:`alr_fast.loss.baselines`), with two limits, both routed to the reference by
 :func:`alr_fast.loss.functional`: K up to :data:`MAX_K` columns (one tile per row), and ELR only with
 ``assume_unique`` (the reference applies repeated indices in batch order; this kernel does not sort).
-A valid row whose index (ELR) or label (GCE, SCE, bootstrapping) is ``>= N`` / ``>= K`` gets a NaN loss and
-gradient and never touches the bank; ELR's labels are not checked here (the functional API checks indices and
-labels when ``check_index``).
+A valid row whose index (ELR) or label (GCE, SCE, bootstrapping) is ``>= N`` / ``>= K``, or (ELR) whose label is
+outside ``[0, K)``, gets a NaN loss and gradient and never touches the bank (the functional API checks indices and
+labels on the host when ``check_index``; these rows are what an unchecked call gets).
 """
 
 from __future__ import annotations
@@ -101,18 +101,19 @@ def _elr_kernel(z_ptr, bank_ptr, idx_ptr, y_ptr, g_ptr, loss_ptr, B, K, N, strid
     onehot, lpy, py = _label_rows(logp, p, y, c)
     loss = -lpy
     g = p - tl.where(onehot, 1.0, 0.0)
+    ybad = inb & ((y < 0) | (y >= K))  # a valid row's label outside [0, K): a NaN row, as an index >= N is
     if REFINE:
         t = load_rows(bank_ptr, b_off, c, m2)
         cl = tl.where(kmask[None, :], tl.minimum(tl.maximum(p, eps), 1.0 - eps), 0.0)
         t_new = beta * t + (1.0 - beta) * (cl / tl.sum(cl, axis=1)[:, None])
-        good = inb & ~nonfinite
+        good = inb & ~nonfinite & ~ybad
         store_rows(bank_ptr, b_off, c, t_new, good[:, None] & kmask[None, :])  # rounded to the bank's dtype
         s = tl.sum(cl * t_new, axis=1)
         loss = loss + lam * tl.log(1.0 - s)
         inside = (p >= eps) & (p <= 1.0 - eps) & kmask[None, :]
         u = tl.where(inside, t_new * p, 0.0)
         g = g - (lam / (1.0 - s))[:, None] * (u - p * tl.sum(u, axis=1)[:, None])
-    bad = (valid & nonfinite) | oob
+    bad = (valid & nonfinite) | oob | ybad
     store_grad_rows(g_ptr, g_off, c, kmask[None, :], g, 1.0, act, valid, bad)
     finish_rows(loss, bad, valid, act, row, loss_ptr, 0.0, True)
 
