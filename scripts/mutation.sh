@@ -30,12 +30,12 @@ JOBS=()
 
 # key -> files mutated (mutmut only_mutate globs) | the fast tests run against them (pytest paths or node ids;
 # end-to-end training runs and the loaders' image decoding are left out: they would cost minutes per mutant)
-S=tests/test_data_shards.py; BL=tests/test_baselines.py; SC=tests/test_schedule.py; EV=tests/test_evaluation.py
+S=tests/test_data_shards.py; BL=tests/test_baselines.py; AO=tests/test_alr_object.py; SC=tests/test_schedule.py; EV=tests/test_evaluation.py
 declare -A MODULES=(
   [reference]="alr_fast/loss/reference.py|tests/test_functional.py tests/test_grad_output.py"
   [torch_fast]="alr_fast/loss/torch_fast.py|tests/test_functional.py tests/test_grad_output.py tests/test_torch_fast.py"
   [loss_api]="alr_fast/loss/contract.py alr_fast/loss/functional.py alr_fast/loss/triton/autograd.py|tests/test_loss_api_units.py tests/test_functional.py tests/test_grad_output.py $BL::test_stateless_matches_oracle $BL::test_stateless_nan_rows_padding_and_incoming_gradient $BL::test_elr_matches_oracle $BL::test_elr_duplicates_are_sequential_in_batch_order $BL::test_elr_nan_rows_padding_incoming_gradient_and_assume_unique $BL::test_errors_name_the_argument tests/test_kernel_alr.py::test_module_wrapper tests/test_kernel_alr.py::test_input_errors_name_the_argument tests/test_kernel_alr.py::test_functional_backend_dispatch"
-  [alr_object]="alr_fast/loss/alr.py|tests/test_alr_object_units.py tests/test_alr_object.py $BL::test_alr_object_runs_each_baseline"
+  [alr_object]="alr_fast/loss/alr.py|tests/test_alr_object_units.py $AO::test_values_match_the_oracle_through_warmup_ramp_and_refinement $AO::test_selc_and_ce_methods $AO::test_auto_warmup_decides_as_the_rule_on_the_signal_it_measures $AO::test_two_simulated_ranks_route_global_indices_and_refuse_foreign_ones $AO::test_device_flag_refuses_a_foreign_index_without_a_host_check $AO::test_state_dict_reshards_two_to_one_and_to_three_exactly $AO::test_gather_state_dicts_on_one_rank_and_refused_for_ranks_without_a_process_group $AO::test_export_writes_the_trainers_files_from_every_rank $AO::test_bad_arguments_are_named $BL::test_alr_object_runs_each_baseline"
   [sharding]="alr_fast/loss/sharding.py|$S::test_sharding_matches_the_rule_written_out $S::test_sharding_rejects_bad_ranks $S::test_bank_plan_and_resharding_agree_on_ownership $S::test_array_loader_odd_n_every_sample_every_epoch_no_batch_of_one tests/test_bank.py tests/test_sharding.py"
   [bank]="alr_fast/loss/bank.py|tests/test_bank.py tests/test_bank_small_print.py"
   [metrics]="alr_fast/train/metrics.py|tests/test_metrics.py tests/test_bank.py"
