@@ -138,9 +138,15 @@ def test_build_names_the_test_split_and_adds_the_noisy_slice(dataset, test_name)
     assert plan.wrap_train("the source", "cpu") == "the source"  # no slice: the train source as it is
 
     cfg.data.val_fraction, cfg.data.val_seed = 0.3, 5
+    data.eval_sets = [_set("ilsvrc_val", "test", n=4), _set("val", "val", n=5)]  # the extra sets a reader provides
     plan = EvalPlan.build(cfg, data, "cpu")
     rows = noisy_val_rows(data.given_labels, 0.3, 5)
-    assert plan.val_rows.tolist() == rows.tolist() and plan.selected_by == "noisy_val"
+    assert plan.val_rows.tolist() == rows.tolist() and plan.selected_by == "val"  # the clean split wins
+    assert [(s.name, s.role) for s in plan.sets] == [(test_name, "test"), ("ilsvrc_val", "test"), ("val", "val"),
+                                                     ("noisy_val", "val")]
+    data.eval_sets = []
+    plan = EvalPlan.build(cfg, data, "cpu")
+    assert plan.selected_by == "noisy_val"
     (test, val) = plan.sets
     assert (val.name, val.role, val.count) == ("noisy_val", "val", rows.size)
     assert np.array_equal(val.labels, data.given_labels) and np.array_equal(test.labels, data.test_labels)
@@ -149,6 +155,10 @@ def test_build_names_the_test_split_and_adds_the_noisy_slice(dataset, test_name)
 @pytest.mark.parametrize("rows_source", [True, False])
 def test_the_noisy_slice_is_exactly_its_rows_with_or_without_rows_source(rows_source):
     data = _tiny_data(rows_source=rows_source)
+    calls = []
+    if rows_source:  # the slice is read through rows_source when the data has one (no pass over the whole table)
+        real = data.rows_source
+        data.rows_source = lambda rows, bs: calls.append(rows.tolist()) or real(rows, bs)
     cfg = SimpleNamespace(data=SimpleNamespace(dataset="digits", val_fraction=0.4, val_seed=1))
     plan = EvalPlan.build(cfg, data, "cpu")
     val = plan.sets[1]
@@ -170,6 +180,7 @@ def test_the_noisy_slice_is_exactly_its_rows_with_or_without_rows_source(rows_so
 
     out = plan.evaluate(Oracle(), "cpu", 4)
     assert out["noisy_val_top1"] == 1.0 and val.count == plan.val_rows.size
+    assert calls == ([plan.val_rows.tolist()] * 2 if rows_source else [])
 
 
 def test_wrap_train_pads_exactly_the_slice_rows():
@@ -180,3 +191,16 @@ def test_wrap_train_pads_exactly_the_slice_rows():
     assert isinstance(wrapped, ExcludeRows) and wrapped.num_rows == 23
     kept = [i for _, idx in wrapped.epoch(0) for i in idx.tolist() if i >= 0]
     assert sorted(kept) == sorted(set(range(23)) - set(plan.val_rows.tolist()))
+
+
+def test_build_takes_a_data_object_without_the_optional_fields():
+    """A data object with only the required fields (no eval_sets, no rows_source): the test split and the slice,
+    read by filtering predict_source."""
+    full = _tiny_data()
+    data = SimpleNamespace(test_source=full.test_source, test_labels=full.test_labels, given_labels=full.given_labels,
+                           predict_source=full.predict_source, num_classes=4, num_train=23)
+    cfg = SimpleNamespace(data=SimpleNamespace(dataset="cifar10", val_fraction=0.3, val_seed=0))
+    plan = EvalPlan.build(cfg, data, "cpu")
+    assert [s.name for s in plan.sets] == ["test", "noisy_val"]
+    seen = sorted(i for _, idx in plan.sets[1].source(8).epoch(0) for i in idx.tolist() if i >= 0)
+    assert seen == plan.val_rows.tolist()
