@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import json
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from alr_fast.loss.bank_export import assemble_bank_files, write_bank_part
 from alr_fast.loss.sharding import Sharding
 from alr_fast.train.exports import add_oos_columns, class_names_of, predict_probs, stream_predictions, write_exports
 from alr_fast.train.runtime import Runtime
+from alr_fast.util.rowfiles import write_csv
 from test_exports import _tiny
 
 RT = Runtime(device=torch.device("cpu"), precision="fp32", backend="torch", rank=0, world_size=1)
@@ -107,7 +109,35 @@ def test_a_full_disk_raises_names_the_folder_and_leaves_no_part(tmp_path, monkey
     assert not (tmp_path / ".export_parts").exists() and not (tmp_path / "exports.json").exists()
 
 
-def test_a_rank_without_rows_and_a_csv_in_several_chunks(tmp_path):
+def test_another_ranks_failure_is_raised_on_this_rank(tmp_path, monkeypatch):
+    data, model, bank = _tiny(n=9, k=3, seed=2)
+    votes = iter([1])  # the first vote: another rank could not write its parts
+    monkeypatch.setattr(exports, "all_reduce_sum", lambda t: torch.tensor(next(votes)))
+    with pytest.raises(OSError, match=r"^exports: another rank could not write its part files in .*\.export_parts "
+                                      r"\(see its message\)$"):
+        write_exports(tmp_path, SimpleNamespace(module=model), bank, data, RT, 4)
+    assert not (tmp_path / ".export_parts").exists()
+    votes = iter([0, 1])  # the parts are whole, then rank 0's assembly failed (as seen from any rank)
+    monkeypatch.setattr(exports, "all_reduce_sum", lambda t: torch.tensor(next(votes)))
+    with pytest.raises(OSError, match=r"^exports: rank 0 could not write the exports in .* \(see its message\)$"):
+        write_exports(tmp_path, SimpleNamespace(module=model), bank, data, RT, 4)
+
+
+def test_a_rank_other_than_0_writes_its_parts_and_returns_nothing(tmp_path):
+    data, model, _ = _tiny(n=9, k=3, seed=3)
+    rt1 = Runtime(device=torch.device("cpu"), precision="fp32", backend="torch", rank=1, world_size=2)
+    bank1 = SoftLabelBank(torch.from_numpy(data.given_labels), 3, torch.float32, sharding=Sharding(1, 2))
+    (tmp_path / ".export_parts").mkdir()  # rank 0 makes the folder
+    assert write_exports(tmp_path, SimpleNamespace(module=model), bank1, data, rt1, 4) == {}
+    assert sorted(p.name for p in (tmp_path / ".export_parts").iterdir()) == [
+        "bank1.npz", "pred1.f32", "pred1.index.npy", "soft1.f32", "soft1.index.npy"]
+    assert not (tmp_path / "exports.json").exists()
+
+
+def test_a_rank_without_rows_and_a_csv_in_several_chunks(tmp_path, monkeypatch):
+    import alr_fast.loss.bank_export as bank_export
+
+    monkeypatch.setattr(bank_export, "write_csv", functools.partial(write_csv, block=2))  # the CSV in 3 blocks
     labels = torch.tensor([2, 0, 1, 1, 0])
     n, k, world = 5, 3, 7  # more ranks than rows: ranks 5 and 6 own nothing
     g = torch.Generator().manual_seed(0)
@@ -140,7 +170,8 @@ def test_a_rank_without_rows_and_a_csv_in_several_chunks(tmp_path):
         assemble_bank_files(tmp_path / "o2", sub, labels.numpy(), k, 1)
 
 
-def test_oos_columns_without_a_training_run(tmp_path):
+def test_oos_columns_without_a_training_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(exports, "write_csv", functools.partial(write_csv, block=3))  # the CSV in 3 blocks
     n, k = 7, 3
     given = np.array([0, 2, 1, 1, 0, 2, 2])
     oos = np.random.default_rng(1).dirichlet(np.ones(k), n).astype(np.float32)
