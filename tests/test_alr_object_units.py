@@ -209,3 +209,126 @@ def test_export_files_summary_and_collectives(tmp_path, monkeypatch):
     assert not (tmp_path / "f" / "exports.json").exists() and (tmp_path / "f" / ".export_parts").is_dir()
     soft = np.load(tmp_path / "e" / "soft_labels.npy")
     assert np.array_equal(soft[pair[1].global_index.numpy()], pair[1].soft_labels.float().numpy())
+
+
+def test_constructor_defaults_and_messages(monkeypatch, caplog):
+    from alr_fast.loss.schedule import AutoWarmupRule
+
+    d = ALR(torch.tensor([0, 2, 2, 1], dtype=torch.int32))
+    s = d.schedule
+    assert (d.alpha, d.lam, d.num_classes, s.mode, s.ramp_epochs, s.ramp_alpha) == (0.9, 0.3, 3, "auto", 5.0, False)
+    assert s.switch_epoch is None and s.steps_per_epoch == 1 and s.label_prior_max == 0.5
+    assert s.rule.max_epochs == AutoWarmupRule.DEFAULT_MAX_EPOCHS and d.last_signals == {}
+    assert d._labels_all.dtype == np.int64 and d.train_pred.dtype == torch.long
+    assert d.train_pred.tolist() == [-1] * 5 and d.epoch == d.step == d.calls_in_epoch == 0
+    assert [ALR(LABELS, epochs=e).schedule.rule.max_epochs for e in (1, 2, 9)] == [1, 1, 4]
+    assert ALR(LABELS, warmup=3).schedule.switch_epoch == 3 and ALR(torch.tensor([1])).num_classes == 2
+    for kw, msg in [
+        (dict(alpha=1.5), "ALR: alpha must be in [0, 1], got 1.5"),
+        (dict(ramp_epochs=-1), "ALR: ramp_epochs must be >= 0, got -1"),
+        (dict(warmup=-1), "ALR: warmup must be >= 0 epochs, got -1"),
+        (dict(method="sce", hparams={"sce_alpha": -1}), "ALR: sce_alpha must be a finite number >= 0, got -1"),
+        (dict(method="sce", hparams={"sce_log_zero": 1.0}), "ALR: sce_log_zero must be a finite number < 0, got 1.0"),
+        (dict(method="bootstrap", hparams={"bootstrap_beta": 2}), "ALR: bootstrap_beta must be in [0, 1], got 2"),
+        (dict(method="gce", hparams={"gce_q": 0}), "ALR: gce_q must be in (0, 1], got 0"),
+        (dict(method="elr", hparams={"elr_beta": 2}), "ALR: elr_beta must be in [0, 1], got 2"),
+        (dict(sharding=Sharding(0, 2), rank=0), "ALR: give either sharding or rank/world_size/shard_blocks, not both"),
+    ]:
+        with pytest.raises(ValueError, match="^" + __import__("re").escape(msg) + "$"):
+            ALR(LABELS, **kw)
+    with pytest.raises(ValueError, match=r"^ALR: labels is empty$"):
+        ALR(torch.tensor([], dtype=torch.long), 3)
+    # tar shards: the blocks are kept with several ranks, dropped with one
+    blocks = ALR(LABELS, rank=1, world_size=2, shard_blocks=(0, 5, 11))
+    assert blocks.sharding == Sharding(1, 2, (0, 5, 11)) and blocks.global_index.tolist() == list(range(5, 11))
+    assert ALR(LABELS, shard_blocks=(0, 5, 11)).sharding == Sharding(0, 1)
+    # rank and world size from torch.distributed when not given; a disagreement is logged
+    monkeypatch.setattr(alr_module, "_dist_world", lambda: (1, 3))
+    found = ALR(LABELS)
+    assert (found.rank, found.world_size) == (1, 3)
+    caplog.set_level(logging.WARNING, logger="alr_fast")
+    ALR(LABELS, rank=1, world_size=3)
+    assert caplog.records == []
+    ALR(LABELS, rank=0, world_size=3)
+    assert [r.getMessage() for r in caplog.records] == ["ALR: rank 0 of 3 given, but torch.distributed says rank 1 of 3"]
+
+
+def test_call_takes_any_index_form_and_its_overrides():
+    ref = _obj(warmup=2, ramp_epochs=0)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 4, generator=g) * 3
+    want = ref(z, torch.tensor([0, 5, 9, -1]), epoch=2)  # refinement (epoch 2 >= warmup 2)
+    for index in ([0, 5, 9, -1], torch.tensor([0, 5, 9, -1], dtype=torch.int32)):
+        o = _obj(warmup=2, ramp_epochs=0)
+        assert torch.equal(o(z, index, epoch=2), want) and torch.equal(o.soft_labels, ref.soft_labels)
+    o = _obj(warmup=2, ramp_epochs=0)
+    o(z, [0, 5, 9, -1])  # the object's own epoch 0: warm-up, the bank is not written
+    assert torch.equal(o.soft_labels, _obj().soft_labels) and o.step == 1
+    o(z, [0, 5, 9, -1], step=40)
+    assert o.step == 41 and o.calls_in_epoch == 2
+    assert o.train_pred[[0, 5, 9]].tolist() == z.argmax(1)[:3].tolist() and o.train_pred[11] == z.argmax(1)[3]
+    u = _obj(warmup=0, ramp_epochs=0, assume_unique=True)
+    with pytest.raises(ValueError, match="assume_unique=True but index repeats a row"):
+        u(z, [0, 5, 5, -1])
+    e = _obj(method="elr", warmup=0, assume_unique=True)
+    with pytest.raises(ValueError, match="^elr_loss: assume_unique=True but index repeats a row"):
+        e(z, [0, 5, 5, -1])
+
+
+@pytest.mark.parametrize("method", ["elr", "gce", "sce", "bootstrap"])
+def test_baselines_get_the_reduction_and_the_torch_backend(method):
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(4, 4, generator=g) * 3
+    o = _obj(method=method, warmup=0, backend="torch")
+    per_row = o(z, [0, 5, 9, -1], reduction="none")
+    assert per_row.shape == (4,) and per_row[3] == 0
+    s = _obj(method=method, warmup=0, backend="torch")(z, [0, 5, 9, -1], reduction="sum")
+    torch.testing.assert_close(s, per_row.sum())
+
+
+def test_foreign_and_out_of_range_indices_on_the_host_and_on_the_device():
+    r1 = _obj(rank=1, world_size=2, warmup=0)
+    z = torch.randn(3, 4)
+    with pytest.raises(IndexError, match=r"^ALR: rank 1 of 2 got global index 0, which rank 0 owns \(owner rule: "
+                                         r"alr_fast.loss.sharding\); give each rank only its own samples "
+                                         r"\(alr_fast.OwnerSampler\)$"):
+        r1(z, [1, 0, 3])
+    with pytest.raises(IndexError, match=r"^ALR: index 11 is out of range for 11 training samples$"):
+        r1(z, [1, 11, 3])
+    kernels = pytest.importorskip("alr_fast.loss.triton")
+    if not kernels.HAS_FUSED_ALR:
+        pytest.skip("no triton")
+    # the fused path on CPU logits (the interpreter) still checks on the host by default
+    dev = _obj(rank=1, world_size=2, warmup=0, backend="triton")
+    with pytest.raises(IndexError, match="which rank 0 owns"):
+        dev(z, [1, 0, 3])
+    # unchecked: a foreign index (row 0 too) is masked and flagged on the device; its bank row is not written
+    flag = _obj(rank=1, world_size=2, warmup=0, ramp_epochs=0, backend="triton", check_index=False)
+    out = flag(z, [1, 0, 3], reduction="none")
+    assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+    padded = _obj(rank=1, world_size=2, warmup=0, ramp_epochs=0, backend="triton", check_index=False)
+    padded(z, [1, -1, 3])
+    assert torch.equal(flag.soft_labels, padded.soft_labels)  # the foreign row wrote nothing (not sample 1's row)
+    assert not torch.equal(padded.soft_labels, _obj(rank=1, world_size=2).soft_labels)
+    with pytest.raises(IndexError, match=r"^ALR: rank 1 of 2 was given a global index it does not own or that is out "
+                                         r"of range \(>= 11\) since the last check \(alr_loss \(fused\): index .* is out "
+                                         r"of range for a bank of 5 rows; its rows got NaN loss\); those rows got a NaN "
+                                         r"loss and their bank rows were not touched. Give each rank only its own "
+                                         r"samples \(alr_fast.OwnerSampler\)$"):
+        flag.check_indices()
+    # n_valid reaches the fused mean: a wrong count scales the gradient, not the loss
+    a, b = (_obj(warmup=0, ramp_epochs=0, backend="triton") for _ in range(2))
+    za, zb = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    la, lb = a(za, [1, 4, 6]), b(zb, [1, 4, 6], n_valid=torch.tensor([6.0]))
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(zb.grad, za.grad * 3 / 6)
+
+
+def test_steps_estimated_from_a_one_step_epoch():
+    src = _obj(warmup=1, ramp_epochs=0, steps_per_epoch=1)
+    src.end_epoch()
+    dst = _obj(warmup=1, ramp_epochs=0, rank=0, world_size=2)
+    dst.load_state_dict(src.state_dict())
+    assert dst.steps_per_epoch == 1 and dst.step == 1  # ceil(1 * 1 / 2) = 1
