@@ -258,6 +258,10 @@ def test_call_takes_any_index_form_and_its_overrides():
     g = torch.Generator().manual_seed(3)
     z = torch.randn(4, 4, generator=g) * 3
     want = ref(z, torch.tensor([0, 5, 9, -1]), epoch=2)  # refinement (epoch 2 >= warmup 2)
+    assert not torch.equal(ref.soft_labels, _obj().soft_labels) and ref.epoch == 0  # it wrote the bank
+    pred = ref.train_pred.clone()
+    assert ref.to("cpu") is ref and torch.equal(ref.train_pred, pred) and ref.device == torch.device("cpu")
+    assert _obj(rank=1, world_size=2).owns(torch.tensor([0, 1, 2, 3, -1])).tolist() == [False, True, False, True, False]
     for index in ([0, 5, 9, -1], torch.tensor([0, 5, 9, -1], dtype=torch.int32)):
         o = _obj(warmup=2, ramp_epochs=0)
         assert torch.equal(o(z, index, epoch=2), want) and torch.equal(o.soft_labels, ref.soft_labels)
