@@ -23,6 +23,13 @@ from alr_fast.loss.sharding import Sharding
 LABELS = torch.tensor([0, 2, 1, 2, 2, 0, 1, 2, 0, 2, 1])  # N = 11, K = 4 (class 3 never given)
 
 
+@pytest.fixture(autouse=True)
+def _no_process_group(monkeypatch):
+    """Whatever process group an earlier test in this process left behind, these objects see none (a test that
+    needs one patches ``_dist_world`` itself)."""
+    monkeypatch.setattr(alr_module, "_dist_world", lambda: None)
+
+
 def _obj(**kw):
     kw.setdefault("backend", "torch")
     return ALR(LABELS, 4, **kw)

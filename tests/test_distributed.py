@@ -195,6 +195,11 @@ full = full_optimizer_state(loop.engine)
 if loop.rt.rank == 0:
     module = {k: v.detach().cpu().clone() for k, v in loop.engine.module.named_parameters()}
     torch.save({"full": full, "module": module, "step": loop.state.step, "epoch": loop.state.epoch}, sys.argv[2])
+# Leave as the trainer does: every rank done, then the process group destroyed (a rank exiting with its gloo
+# threads alive aborted once in CI: "terminate called without an active exception", SIGABRT).
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 """
 # ZeRO 1 with AdamW (moments and a step counter), ZeRO 2 with SGD (momentum): bf16 weights, fp32 masters.
 ZERO_RUNS = {1: ["--set", "optim.optimizer=adamw", "--set", "optim.lr=0.01"], 2: []}
