@@ -83,26 +83,40 @@ class _UniqueALR(torch.autograd.Function):
             c = c * scale
             grad = (c[:, None] - (lam * scale) * logp) * p if has_entropy else c[:, None] * p
             grad = grad.sub_(t * scale)
-        if not all_good:
-            nan = torch.full_like(per_row, float("nan"))
-            per_row = torch.where(good, per_row, torch.where(valid, nan, 0.0))
-            grad = torch.where(good[:, None], grad, torch.where(valid, nan, 0.0)[:, None])
-        if reduction == "none":
-            loss = per_row
-        else:
-            loss = per_row.sum() * scale
-        ctx.save_for_backward(grad)
-        ctx.per_row = reduction == "none"
-        ctx.out_dtype = logits.dtype
-        return loss
+        return _finish(ctx, logits, per_row, grad, good, valid, all_good, reduction, scale)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if grad.device.type == "cpu" and grad_output.dim() == 0 and float(grad_output) == 1.0:
-            return grad.to(ctx.out_dtype), None, None, None, None, None, None  # already final: no pass
-        factor = grad_output[:, None] if ctx.per_row else grad_output
-        return (grad * factor).to(ctx.out_dtype), None, None, None, None, None, None
+        return _scaled_grad(ctx, grad_output), None, None, None, None, None, None
+
+
+def _finish(ctx, logits, per_row, grad, good, valid, all_good: bool, reduction: str, scale):
+    """The end of both closed-form forwards: NaN loss and gradient on valid rows that are not good, 0 on
+    padding; the reduction (``scale``: the mean's 1/n_valid, already folded into ``grad``); the gradient saved
+    for :func:`_scaled_grad`."""
+    if not all_good:
+        nan = torch.full_like(per_row, float("nan"))
+        per_row = torch.where(good, per_row, torch.where(valid, nan, 0.0))
+        grad = torch.where(good[:, None], grad, torch.where(valid, nan, 0.0)[:, None])
+    if reduction == "none":
+        loss = per_row
+    elif reduction == "sum":
+        loss = per_row.sum()
+    else:
+        loss = per_row.sum() * scale
+    ctx.save_for_backward(grad)
+    ctx.per_row = reduction == "none"
+    ctx.out_dtype = logits.dtype
+    return loss
+
+
+def _scaled_grad(ctx, grad_output):
+    """dL/dz: the saved gradient times ``grad_output`` (per row for ``"none"``); no pass for a scalar 1 on CPU."""
+    (grad,) = ctx.saved_tensors
+    if grad.device.type == "cpu" and grad_output.dim() == 0 and float(grad_output) == 1.0:
+        return grad.to(ctx.out_dtype)  # already final
+    factor = grad_output[:, None] if ctx.per_row else grad_output
+    return (grad * factor).to(ctx.out_dtype)
 
 
 def _reads_are_free(device: torch.device) -> bool:
@@ -185,28 +199,11 @@ class _UniqueELR(torch.autograd.Function):
         # - e_y (times scale)
         ey = torch.full_like(per_row, -scale) if isinstance(scale, float) else (-scale).expand_as(per_row)
         grad.scatter_add_(1, y, ey[:, None])
-        if not all_good:
-            nan = torch.full_like(per_row, float("nan"))
-            per_row = torch.where(good, per_row, torch.where(valid, nan, 0.0))
-            grad = torch.where(good[:, None], grad, torch.where(valid, nan, 0.0)[:, None])
-        if reduction == "none":
-            loss = per_row
-        elif reduction == "sum":
-            loss = per_row.sum()
-        else:
-            loss = per_row.sum() * scale
-        ctx.save_for_backward(grad)
-        ctx.per_row = reduction == "none"
-        ctx.out_dtype = logits.dtype
-        return loss
+        return _finish(ctx, logits, per_row, grad, good, valid, all_good, reduction, scale)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if grad.device.type == "cpu" and grad_output.dim() == 0 and float(grad_output) == 1.0:
-            return grad.to(ctx.out_dtype), None, None, None, None, None, None, None  # already final: no pass
-        factor = grad_output[:, None] if ctx.per_row else grad_output
-        return (grad * factor).to(ctx.out_dtype), None, None, None, None, None, None, None
+        return _scaled_grad(ctx, grad_output), None, None, None, None, None, None, None
 
 
 _HARDTANH_BACKWARD = torch.ops.aten.hardtanh_backward.grad_input
