@@ -16,4 +16,11 @@ if [ "$workers" != "1" ] && [ "$workers" != "0" ]; then
     case "$a" in -n|-n[0-9]*|--numprocesses|--numprocesses=*) parallel=() ;; esac
   done
 fi
+# The suite's multi-rank runs need several GiB of RAM at once; /dev/shm (tmpfs) counts against it. DeepSpeed's
+# CPU all-reduce workspaces (~66 MB per rank) are left there by runs outside alr_fast's trainer (which unlinks
+# its own): say so, rather than fail later with a rank killed for memory.
+stale=$(ls /dev/shm 2>/dev/null | grep -c '^deepspeed_allreduce_buffer_' || true)
+if [ "${stale:-0}" -gt 0 ]; then
+  echo "[test.sh] warning: $stale DeepSpeed all-reduce workspaces in /dev/shm ($(du -ch /dev/shm/deepspeed_allreduce_buffer_* 2>/dev/null | tail -1 | cut -f1) of RAM): left by DeepSpeed runs that ended; 'rm /dev/shm/deepspeed_allreduce_buffer_*' frees them when no DeepSpeed job runs" >&2
+fi
 exec "$ROOT/.venv/bin/python" -m pytest ${parallel[@]+"${parallel[@]}"} "$@"

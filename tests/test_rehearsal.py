@@ -59,8 +59,21 @@ def launcher(name: str) -> str:
     return str(ROOT / "launchers" / f"{name}.py")
 
 
+def shm_left(port: int) -> list[str]:
+    """DeepSpeed CPU all-reduce workspaces of a run on ``port`` still in /dev/shm (each ~66 MB of RAM)."""
+    import os
+
+    shm = Path("/dev/shm")
+    return sorted(p.name for p in shm.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")) if shm.is_dir() else []
+
+
 def deepspeed2(script: str, args: list[str], cwd, **kw):
-    return run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), launcher(script), *args], cwd, **kw)
+    """A 2-rank run under the deepspeed launcher; afterwards no shared-memory workspace of the run is left behind
+    (DeepSpeed never unlinks them; the trainer does once both ranks have mapped them)."""
+    port = free_port()
+    proc = run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), launcher(script), *args], cwd, **kw)
+    assert shm_left(port) == [], f"left in /dev/shm by the run on port {port}: {shm_left(port)}"
+    return proc
 
 
 def torchrun2(script: str, args: list[str], cwd, **kw):

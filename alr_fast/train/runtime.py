@@ -17,7 +17,7 @@ import torch
 from alr_fast.loss.sharding import Sharding
 from alr_fast.util.logs import verbosity
 
-__all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
+__all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "release_shm_buffers", "shm_buffer_name", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
            "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S", "EXIT_STATUS_DIR_ENV", "report_exit_status",
            "all_ranks_reported"]
 
@@ -285,7 +285,49 @@ def init_distributed(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE
         for line in said.getvalue().splitlines():
             if line.strip():
                 log.debug("DeepSpeed: %s", line.strip())
+        release_shm_buffers()
     return dist.get_rank(), dist.get_world_size()
+
+
+SHM_BUFFER_PREFIX = "deepspeed_allreduce_buffer"
+
+
+def shm_buffer_name(rank: int, addr: str | None = None, port: str | None = None) -> str:
+    """The POSIX shared-memory name under which DeepSpeed's CPU comm op keeps ``rank``'s all-reduce workspace
+    (about 66 MB each): ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``."""
+    addr = os.environ.get("MASTER_ADDR", "") if addr is None else addr
+    port = os.environ.get("MASTER_PORT", "") if port is None else port
+    return f"{SHM_BUFFER_PREFIX}_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def release_shm_buffers() -> bool:
+    """Unlink this rank's DeepSpeed CPU all-reduce workspace from ``/dev/shm`` once every rank has mapped it.
+
+    DeepSpeed's shared-memory comm op (CPU, all ranks on one machine) creates one ~66 MB POSIX shared-memory
+    segment per rank and never unlinks it: each 2-rank CPU run would leave 132 MB of RAM behind in ``/dev/shm``
+    (tmpfs) for good, and a later run on the same master port would open the stale segment. Every rank has opened
+    every peer's segment when ``deepspeed.init_distributed`` returns (its set-up waits for them); after a barrier
+    each rank unlinks its own name. The mappings stay valid until the processes exit, so nothing is left behind
+    even by a run that is killed. Returns whether this rank's segment was found and unlinked (False where the op
+    did not run: one process, CUDA, ranks on several machines)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return False
+    if os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):  # the op's own test for "all ranks local"
+        return False
+    dist.barrier()
+    name = shm_buffer_name(dist.get_rank())
+    try:
+        from _posixshmem import shm_unlink
+    except ImportError:  # pragma: no cover - CPython on POSIX always has it
+        return False
+    try:
+        shm_unlink("/" + name)
+    except FileNotFoundError:
+        return False
+    log.debug("unlinked DeepSpeed's shared-memory all-reduce workspace /dev/shm/%s (mapped by every rank)", name)
+    return True
 
 
 def is_collective_failure(e: RuntimeError) -> bool:
