@@ -9,6 +9,7 @@ place (a dtype error names bf16, an assertion in ZeRO names the stage), at 32 px
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,8 +62,6 @@ def launcher(name: str) -> str:
 
 def shm_left(port: int) -> list[str]:
     """DeepSpeed CPU all-reduce workspaces of a run on ``port`` still in /dev/shm (each ~66 MB of RAM)."""
-    import os
-
     shm = Path("/dev/shm")
     return sorted(p.name for p in shm.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")) if shm.is_dir() else []
 

@@ -35,19 +35,7 @@ __all__ = ["alr_loss_unique", "elr_loss_unique"]
 class _UniqueALR(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, bank, index, alpha, lam, refine, reduction):
-        z = logits if logits.dtype == torch.float64 else logits.float()
-        valid = index >= 0
-        # A row is finite iff its max and min are (NaN propagates through both). amax/amin: ~100x faster than
-        # aminmax or isfinite().all() on this CPU build (measured, 256 x 1000 fp32).
-        good = valid & torch.isfinite(z.amax(dim=1)) & torch.isfinite(z.amin(dim=1))
-        # On a CPU reading a flag costs nothing (no device to wait for): skip the masking passes when every row
-        # is valid and finite, the usual case. Elsewhere the masks are applied unconditionally (no host sync).
-        on_cpu = _reads_are_free(z.device)
-        all_good = on_cpu and bool(good.all())
-        if not all_good:
-            # Padded or non-finite rows are zeroed so their NaN/inf cannot reach the bank or a statistic; their
-            # outputs are set below (log_softmax is per row: other rows are never affected).
-            z = torch.where(good[:, None], z, 0.0)
+        z, valid, good, on_cpu, all_good = _start(logits, index)
         logp = F.log_softmax(z, dim=1)
         p = logp.exp()
         t = bank.index_select(0, index.clamp_min(0)).to(z.dtype)
@@ -66,11 +54,7 @@ class _UniqueALR(torch.autograd.Function):
         ent = -torch.mul(p, logp, out=buf).sum(dim=1) if has_entropy else None
         if has_entropy:
             per_row = per_row + lam * ent
-        if reduction == "mean":  # 1/n_valid folded into the gradient: the backward is a no-op for grad_output 1
-            n = valid.sum().clamp_min(1)
-            scale = 1.0 / float(n) if on_cpu else 1.0 / n.to(z.dtype)  # a Python float on CPU: no sync there
-        else:
-            scale = 1.0
+        scale = _mean_scale(valid, reduction, on_cpu, z.dtype)
         # dL/dz = (sum_k t_k) p - t - lam p (log p + H) = p (sum t - lam H - lam log p) - t   (times scale)
         c = t.sum(dim=1) - lam * ent if has_entropy else t.sum(dim=1)
         if isinstance(scale, float):
@@ -88,6 +72,34 @@ class _UniqueALR(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         return _scaled_grad(ctx, grad_output), None, None, None, None, None, None
+
+
+def _start(logits, index):
+    """The beginning of both closed-form forwards: ``(z, valid, good, on_cpu, all_good)``, with ``z`` the logits in
+    the math dtype (fp64 stays fp64, else fp32) and every row that is not ``good`` (padding or non-finite) zeroed."""
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    valid = index >= 0
+    # A row is finite iff its max and min are (NaN propagates through both). amax/amin: ~100x faster than
+    # aminmax or isfinite().all() on this CPU build (measured, 256 x 1000 fp32).
+    good = valid & torch.isfinite(z.amax(dim=1)) & torch.isfinite(z.amin(dim=1))
+    # On a CPU reading a flag costs nothing (no device to wait for): skip the masking passes when every row
+    # is valid and finite, the usual case. Elsewhere the masks are applied unconditionally (no host sync).
+    on_cpu = _reads_are_free(z.device)
+    all_good = on_cpu and bool(good.all())
+    if not all_good:
+        # Padded or non-finite rows are zeroed so their NaN/inf cannot reach the bank or a statistic; their
+        # outputs are set by _finish (log_softmax is per row: other rows are never affected).
+        z = torch.where(good[:, None], z, 0.0)
+    return z, valid, good, on_cpu, all_good
+
+
+def _mean_scale(valid, reduction: str, on_cpu: bool, dtype: torch.dtype):
+    """The factor folded into the gradient (so that the backward is a no-op for a ``grad_output`` of 1): the mean's
+    1/n_valid, a Python float on CPU (no sync there) and a 0-d tensor elsewhere; 1.0 for ``"sum"``/``"none"``."""
+    if reduction != "mean":
+        return 1.0
+    n = valid.sum().clamp_min(1)
+    return 1.0 / float(n) if on_cpu else 1.0 / n.to(dtype)
 
 
 def _finish(ctx, logits, per_row, grad, good, valid, all_good: bool, reduction: str, scale):
@@ -154,23 +166,13 @@ class _UniqueELR(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, bank, index, labels, beta, lam, refine, reduction):
-        z = logits if logits.dtype == torch.float64 else logits.float()
-        valid = index >= 0
-        good = valid & torch.isfinite(z.amax(dim=1)) & torch.isfinite(z.amin(dim=1))  # as in _UniqueALR
-        on_cpu = _reads_are_free(z.device)
-        all_good = on_cpu and bool(good.all())
-        if not all_good:
-            z = torch.where(good[:, None], z, 0.0)
+        z, valid, good, on_cpu, all_good = _start(logits, index)
         logp = F.log_softmax(z, dim=1)
         # a padded row's label may be anything (it is never checked): read label 0 there
         y = (labels if all_good else torch.where(valid, labels, 0)).clamp_min(0)[:, None]
         per_row = logp.gather(1, y).squeeze(1).neg_()  # -log p_y
         p = torch.exp(logp)
-        if reduction == "mean":  # 1/n_valid folded into the gradient, as in _UniqueALR
-            n = valid.sum().clamp_min(1)
-            scale = 1.0 / float(n) if on_cpu else 1.0 / n.to(z.dtype)
-        else:
-            scale = 1.0
+        scale = _mean_scale(valid, reduction, on_cpu, z.dtype)
         if refine:
             eps = ELR_CLAMP
             # logp is not needed any more: its buffer holds c, then the gradient (each fresh [B, K] buffer costs

@@ -17,7 +17,7 @@ import torch
 from alr_fast.loss.sharding import Sharding
 from alr_fast.util.logs import verbosity
 
-__all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "release_shm_buffers", "shm_buffer_name", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
+__all__ = ["Runtime", "deepspeed_log_level", "resolve_runtime", "init_distributed", "shutdown_distributed", "release_shm_buffers", "prepare_deepspeed_comm_op", "extensions_dir", "quiet_deepspeed_import", "apply_collective_timeout", "is_collective_failure", "numerics", "StopSignals", "Preempted",
            "PeerLost", "EXIT_PREEMPTED", "DEFAULT_COLLECTIVE_TIMEOUT_S", "EXIT_STATUS_DIR_ENV", "report_exit_status",
            "all_ranks_reported"]
 
@@ -289,17 +289,6 @@ def init_distributed(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE
     return dist.get_rank(), dist.get_world_size()
 
 
-SHM_BUFFER_PREFIX = "deepspeed_allreduce_buffer"
-
-
-def shm_buffer_name(rank: int, addr: str | None = None, port: str | None = None) -> str:
-    """The POSIX shared-memory name under which DeepSpeed's CPU comm op keeps ``rank``'s all-reduce workspace
-    (about 66 MB each): ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``."""
-    addr = os.environ.get("MASTER_ADDR", "") if addr is None else addr
-    port = os.environ.get("MASTER_PORT", "") if port is None else port
-    return f"{SHM_BUFFER_PREFIX}_{os.getuid()}_{addr}_{port}_{rank}"
-
-
 def release_shm_buffers() -> bool:
     """Unlink this rank's DeepSpeed CPU all-reduce workspace from ``/dev/shm`` once every rank has mapped it.
 
@@ -317,7 +306,9 @@ def release_shm_buffers() -> bool:
     if os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):  # the op's own test for "all ranks local"
         return False
     dist.barrier()
-    name = shm_buffer_name(dist.get_rank())
+    # the op's name for this rank's workspace: deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
     try:
         from _posixshmem import shm_unlink
     except ImportError:  # pragma: no cover - CPython on POSIX always has it
