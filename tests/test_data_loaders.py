@@ -272,3 +272,45 @@ def test_a_process_with_live_loader_workers_exits(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_group_signal_while_workers_start_does_not_kill_them(tmp_path, sig):
+    """A batch job's stop signal goes to the whole process group. torch's worker loop installs a SIGTERM handler
+    that kills the worker for any sender but its parent, before the loader's worker_init_fn makes the worker
+    ignore the signal: a signal landing in between killed a worker ('DataLoader worker ... exited unexpectedly',
+    seen when a preemption arrived while the end-of-epoch evaluation started its workers). Here every worker
+    signals itself right in that window; they must survive, and the parent's signal mask must be as before."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from test_data_fixtures import fixture_root as _root
+
+    script = textwrap.dedent(f"""
+        import os, signal
+        from torch.utils.data._utils import signal_handling
+        from alr_fast.data.loaders.torch_loader import TorchLoader
+        from alr_fast.data.loaders.transforms import recipe_transform
+        from alr_fast.data.readers import read_split
+
+        torch_handlers = signal_handling._set_worker_signal_handlers
+        def handlers_then_signal(*a):       # runs in each worker, before worker_init_fn
+            torch_handlers(*a)
+            os.kill(os.getpid(), signal.{sig})
+        signal_handling._set_worker_signal_handlers = handlers_then_signal
+        signal.signal(signal.{sig}, lambda *a: print("parent got a signal", flush=True))
+        t = read_split("cifar10", {str(_root("cifar10"))!r}, "train")
+        for persistent in (True, False):
+            loader = TorchLoader(t, recipe_transform("cifar10", train=False), batch_size=4, shuffle=False,
+                                 num_workers=2, persistent_workers=persistent)
+            for epoch in (0, 1):
+                n = sum(len(idx) for _, idx in loader.epoch(epoch))
+                assert n == len(t), (n, len(t))
+                assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
+            loader.close()
+        print("ok", flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout[-500:] + proc.stderr[-2000:]

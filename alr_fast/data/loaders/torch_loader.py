@@ -13,6 +13,7 @@ with the same images an uninterrupted epoch would have given.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import weakref
@@ -123,9 +124,26 @@ def _worker_init(_worker_id: int) -> None:
     # fork would print the stop message again. Since a worker ignores SIGTERM, multiprocessing's exit hook (which
     # terminates daemonic children with SIGTERM and then joins them) could wait for ever: TorchLoader shuts its
     # workers down itself before that hook runs (_close_workers), and the DataLoader's watchdog ends a worker
-    # whose parent is gone.
+    # whose parent is gone. A worker is forked with both signals blocked (TorchLoader.epoch): torch's worker loop
+    # installs a SIGTERM handler that kills the worker for any sender but its parent, before this function runs;
+    # a group signal in between stays pending and is discarded here, once ignored, by the unblock.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """SIGTERM and SIGINT held back in this thread (and in what it forks or starts) for the block; one that
+    arrives meanwhile is delivered when it ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class TorchLoader(IndexedLoader):
@@ -163,7 +181,11 @@ class TorchLoader(IndexedLoader):
         self.shard_from(epoch, start_step)  # validates start_step
         self.batches.epoch = int(epoch)
         self.batches.start_step = int(start_step)
-        for x, idx in self.dataloader:
+        # iter() forks the workers (each epoch, or once when they persist): with the stop signals blocked, so that
+        # none reaches a worker before _worker_init has made it ignore them
+        with _stop_signals_blocked() if self.num_workers > 0 else contextlib.nullcontext():
+            batches = iter(self.dataloader)
+        for x, idx in batches:
             x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
             yield x, idx.to(device=self.device, dtype=torch.long, non_blocking=True)
 
